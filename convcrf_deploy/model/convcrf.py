@@ -1,0 +1,263 @@
+"""`ConvCRF`: the convolutional CRF of Teichmann & Cipolla as a PyTorch module.
+
+Mean-field inference with windowed Gaussian message passing (docs/ops.md) on a blurred grid:
+
+    Q = softmax(z)
+    repeat iterations:
+        M = message_passing(pool(Q), K)                     # at 1/blur resolution
+        Q = softmax((unary_weight - w) * log_softmax(z) + w * upsample(compat(M)))
+
+with ``K = w_app * gaussian_kernel(appearance features) + w_smooth * gaussian_kernel(smoothness
+features)`` built once per image from pooled (position, RGB) features. Pooling is average
+pooling by ``blur`` with the last window covering the remainder (``ceil(H / blur)`` rows);
+upsampling is bilinear by ``blur`` (half-pixel centres), cropped back to ``H x W``.
+
+Two code paths compute the same function:
+
+* the differentiable path (PyTorch ops plus the custom ops), used whenever a gradient is
+  needed or on devices without a fused kernel;
+* the fused CPU inference path, which does the full-resolution part of each iteration
+  (upsample, add, softmax, pool) in one native pass; used under ``torch.no_grad()`` on CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import _native
+from ..config import CRFConfig
+from .. import ops
+
+
+def _axis_centres(size: int, blur: int, device, dtype) -> torch.Tensor:
+    """``[ceil(size/blur)]``: mean full-resolution coordinate of each pooled window."""
+    starts = torch.arange(0, size, blur, device=device, dtype=dtype)
+    ends = torch.clamp(starts + blur, max=size)
+    return (starts + ends - 1) / 2
+
+
+def pool(x: torch.Tensor, blur: int) -> torch.Tensor:
+    """``[N, C, H, W] -> [N, C, ceil(H/b), ceil(W/b)]``: mean over each ``b x b`` window, the
+    last window of each axis covering only the pixels that remain."""
+    if blur == 1:
+        return x
+    return F.avg_pool2d(x, blur, stride=blur, ceil_mode=True, count_include_pad=False)
+
+
+def upsample(x: torch.Tensor, blur: int, height: int, width: int) -> torch.Tensor:
+    """``[N, C, h, w] -> [N, C, H, W]``: bilinear by ``blur`` (half-pixel), cropped."""
+    if blur == 1:
+        return x
+    up = F.interpolate(x, scale_factor=blur, mode="bilinear", align_corners=False)
+    return up[:, :, :height, :width]
+
+
+class ConvCRF(nn.Module):
+    """Convolutional CRF layer.
+
+    Args:
+        config: hyper-parameters and which of them train (:class:`CRFConfig`).
+        implementation: ``"auto"`` (native kernels when built), ``"native"`` or
+            ``"reference"`` (pure PyTorch ``F.unfold``, the original implementation's method).
+
+    Shapes:
+        - unary_logits: ``(N, C, H, W)`` logits of the unary network (not probabilities).
+        - image: ``(N, 3, H, W)`` RGB in 0..255 (any float dtype or uint8).
+        - output: ``(N, C, H, W)`` class probabilities, in the dtype of ``unary_logits``.
+
+    Example:
+        >>> crf = ConvCRF(CRFConfig(num_classes=21, filter_size=7))
+        >>> probs = crf(torch.randn(1, 21, 120, 160), torch.rand(1, 3, 120, 160) * 255)
+    """
+
+    def __init__(self, config: CRFConfig | None = None, *, implementation: ops.Implementation = "auto"):
+        super().__init__()
+        self.config = config or CRFConfig()
+        cfg = self.config
+        self.implementation = implementation
+        trainable = set(cfg.trainable)
+
+        def parameter(value, group: str) -> nn.Parameter:
+            tensor = torch.as_tensor(value, dtype=torch.float32).clone()
+            return nn.Parameter(tensor, requires_grad=group in trainable)
+
+        # Bandwidths are stored as logs so that training keeps them positive.
+        self.log_appearance_position_bandwidth = parameter(
+            math.log(cfg.appearance_position_bandwidth), "bandwidths")
+        self.log_appearance_color_bandwidth = parameter(
+            math.log(cfg.appearance_color_bandwidth), "bandwidths")
+        self.log_smoothness_bandwidth = parameter(math.log(cfg.smoothness_bandwidth), "bandwidths")
+        self.appearance_weight = parameter(cfg.appearance_weight, "kernel_weights")
+        self.smoothness_weight = parameter(cfg.smoothness_weight, "kernel_weights")
+        self.message_weight = parameter(
+            torch.full((cfg.num_classes,), float(cfg.message_weight)), "message_weight")
+        self.register_buffer("unary_weight", torch.tensor(float(cfg.unary_weight)))
+
+        self.compatibility: nn.Conv2d | None = None
+        if cfg.compatibility == "learned":
+            # +C: a 1x1 convolution over classes, initialised to Potts (identity: with softmax
+            # normalisation Potts' -sum_{l' != l} M(l') equals M(l) up to a per-pixel constant).
+            conv = nn.Conv2d(cfg.num_classes, cfg.num_classes, kernel_size=1, bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(torch.eye(cfg.num_classes).view_as(conv.weight))
+            conv.weight.requires_grad_("compatibility" in trainable)
+            self.compatibility = conv
+
+        self.feature_transform: nn.Conv2d | None = None
+        if cfg.learned_features:
+            # +T: smoothness features = a learnable 1x1 map of (x, y, r, g, b) / bandwidths,
+            # initialised to the hand-crafted (x, y) / theta_gamma. A 1x1 map keeps the layer
+            # independent of the image size.
+            conv = nn.Conv2d(5, 2, kernel_size=1, bias=True)
+            with torch.no_grad():
+                conv.weight.zero_()
+                conv.weight[0, 0, 0, 0] = 1.0
+                conv.weight[1, 1, 0, 0] = 1.0
+                conv.bias.zero_()
+            for p in conv.parameters():
+                p.requires_grad_("features" in trainable)
+            self.feature_transform = conv
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def _validate(self, unary_logits: torch.Tensor, image: torch.Tensor) -> None:
+        cfg = self.config
+        for name, t, layout in (("unary_logits", unary_logits, "[N, C, H, W]"),
+                                ("image", image, "[N, 3, H, W]")):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}; add a "
+                                 "batch dimension with .unsqueeze(0) for a single image")
+            if t.numel() == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): every dimension "
+                                 "must be at least 1")
+        if not unary_logits.is_floating_point():
+            raise ValueError(f"unary_logits must be floating point, got {unary_logits.dtype}")
+        n, c, h, w = unary_logits.shape
+        if image.shape[1] != 3:
+            raise ValueError(f"image must have 3 (RGB) channels in dimension 1, got shape "
+                             f"{tuple(image.shape)}; for HWC images use .permute(0, 3, 1, 2)")
+        if (image.shape[0], image.shape[2], image.shape[3]) != (n, h, w):
+            raise ValueError(f"unary_logits {tuple(unary_logits.shape)} and image "
+                             f"{tuple(image.shape)} disagree on N, H or W; resize the logits to "
+                             "the image size first")
+        if c != cfg.num_classes:
+            raise ValueError(f"unary_logits has {c} classes but CRFConfig.num_classes is "
+                             f"{cfg.num_classes}")
+        if unary_logits.device != image.device:
+            raise ValueError(f"unary_logits is on {unary_logits.device} but image is on "
+                             f"{image.device}")
+        if not bool(torch.isfinite(unary_logits).all()):
+            raise ValueError("unary_logits contains NaN or infinite values; the CRF expects "
+                             "finite logits (log-probabilities of 0 give -inf: clamp them)")
+
+    # ---- pieces ------------------------------------------------------------------------
+
+    def pairwise_kernel(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``[N, k*k, h, w]``: the weighted sum of the appearance and smoothness kernels on
+        the blurred grid (``h = ceil(H/blur)``). ``image`` is ``[N, 3, H, W]`` float32."""
+        cfg = self.config
+        b, k = cfg.blur, cfg.filter_size
+        n = image.shape[0]
+        rgb = pool(image, b)
+        h, w = rgb.shape[2:]
+        ys = _axis_centres(height, b, image.device, image.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = _axis_centres(width, b, image.device, image.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        position = torch.cat([xs, ys], dim=1)
+        theta_alpha = self.log_appearance_position_bandwidth.exp()
+        theta_beta = self.log_appearance_color_bandwidth.exp()
+        theta_gamma = self.log_smoothness_bandwidth.exp()
+        appearance = torch.cat([position / theta_alpha, rgb / theta_beta], dim=1)
+        smoothness = position / theta_gamma
+        if self.feature_transform is not None:
+            smoothness = self.feature_transform(torch.cat([smoothness, rgb / theta_beta], dim=1))
+        impl = self.implementation
+        return (self.appearance_weight * ops.gaussian_kernel(appearance.contiguous(), k,
+                                                             implementation=impl)
+                + self.smoothness_weight * ops.gaussian_kernel(smoothness.contiguous(), k,
+                                                               implementation=impl))
+
+    def _messages(self, q_low: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Blurred-grid messages after compatibility and per-class weighting, ``[N, C, h, w]``."""
+        m = ops.message_passing(q_low, kernel, self.config.filter_size,
+                                implementation=self.implementation)
+        if self.compatibility is not None:
+            m = self.compatibility(m)
+        return m * self.message_weight.view(1, -1, 1, 1)
+
+    def _use_fused(self, unary_logits: torch.Tensor) -> bool:
+        if self.implementation == "reference" or unary_logits.device.type != "cpu":
+            return False
+        if _native.cpu_library() is None:
+            return False
+        return not (torch.is_grad_enabled() and
+                    (unary_logits.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward(self, unary_logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Run mean-field inference.
+
+        Args:
+            unary_logits: ``(N, C, H, W)`` logits (fp32, fp16 or bf16; computed in fp32).
+            image: ``(N, 3, H, W)`` RGB in 0..255.
+
+        Returns:
+            ``(N, C, H, W)`` probabilities in ``unary_logits.dtype``.
+        """
+        self._validate(unary_logits, image)
+        out_dtype = unary_logits.dtype
+        z = unary_logits.float()
+        img = image.float()
+        if self.config.iterations == 0:
+            return torch.softmax(z, dim=1).to(out_dtype)
+        height, width = z.shape[2:]
+        kernel = self.pairwise_kernel(img, height, width)
+        if self._use_fused(z):
+            q = self._forward_fused(z, kernel)
+        else:
+            q = self._forward_differentiable(z, kernel)
+        return q.to(out_dtype)
+
+    def _forward_differentiable(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        height, width = z.shape[2:]
+        scale = (self.unary_weight - self.message_weight).view(1, -1, 1, 1)
+        unary_term = scale * torch.log_softmax(z, dim=1)
+        q = torch.softmax(z, dim=1)
+        for _ in range(cfg.iterations):
+            m = self._messages(pool(q, cfg.blur), kernel)
+            q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
+        return q
+
+    @torch.no_grad()
+    def _forward_fused(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        lib = _native.cpu_library()
+        n, c, h, w = z.shape
+        b = cfg.blur
+        z = z.contiguous()
+        hl, wl = -(-h // b), -(-w // b)
+        scale = (self.unary_weight - self.message_weight).float().contiguous()
+        unary_term = torch.empty_like(z)
+        q_low = torch.empty(n, c, hl, wl)
+        threads = torch.get_num_threads()
+        # Step 0: Q = softmax(z), pooled; also yields the weighted log-softmax unary term.
+        _native.check(lib.convcrf_mean_field_step_f32(
+            z.data_ptr(), None, n, c, h, w, b, scale.data_ptr(), unary_term.data_ptr(),
+            q_low.data_ptr(), None, threads), "mean-field step")
+        q_full = torch.empty_like(z)
+        for it in range(cfg.iterations):
+            m = self._messages(q_low, kernel).contiguous()
+            last = it == cfg.iterations - 1
+            next_low = None if last else torch.empty_like(q_low)
+            _native.check(lib.convcrf_mean_field_step_f32(
+                unary_term.data_ptr(), m.data_ptr(), n, c, h, w, b, None, None,
+                None if last else next_low.data_ptr(), q_full.data_ptr() if last else None,
+                threads), "mean-field step")
+            q_low = next_low
+        return q_full

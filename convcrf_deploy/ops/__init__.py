@@ -1,0 +1,297 @@
+"""The two ConvCRF ops (contract in docs/ops.md), as PyTorch custom ops with autograd.
+
+* :func:`gaussian_kernel` ``(features [N,D,h,w], filter_size) -> K [N,k*k,h,w]``
+* :func:`message_passing` ``(q [N,C,h,w], K [N,k*k,h,w], filter_size) -> M [N,C,h,w]``
+
+They run the native CPU library on CPU tensors, the native CUDA library on CUDA tensors when
+it is built, and the pure-PyTorch reference (:mod:`convcrf_deploy.ops.reference`) otherwise
+or when ``implementation="reference"`` is asked for. fp16/bf16 inputs are computed in fp32
+and returned in their own dtype.
+
+Example:
+    >>> import torch
+    >>> from convcrf_deploy import ops
+    >>> features = torch.randn(1, 5, 32, 48)
+    >>> K = ops.gaussian_kernel(features, filter_size=7)       # [1, 49, 32, 48]
+    >>> M = ops.message_passing(torch.rand(1, 21, 32, 48), K, 7)  # [1, 21, 32, 48]
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .. import _native
+from ..config import MAX_FILTER_SIZE
+from .reference import gaussian_kernel_reference, message_passing_reference
+
+__all__ = ["gaussian_kernel", "message_passing", "native_available", "Implementation",
+           "gaussian_kernel_reference", "message_passing_reference", "validate_filter_size"]
+
+Implementation = Literal["auto", "native", "reference"]
+_FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def native_available(device: str = "cpu") -> bool:
+    """Whether the native library for ``device`` ("cpu" or "cuda") is built and loadable."""
+    if device == "cpu":
+        return _native.cpu_library() is not None
+    if device == "cuda":
+        return _native.cuda_library() is not None
+    return False
+
+
+def validate_filter_size(filter_size: int) -> None:
+    if isinstance(filter_size, bool) or not isinstance(filter_size, int):
+        raise ValueError(f"filter_size must be an int, got {filter_size!r}")
+    if filter_size % 2 == 0 or not 1 <= filter_size <= MAX_FILTER_SIZE:
+        raise ValueError(f"filter_size must be odd and in 1..{MAX_FILTER_SIZE} (the window is "
+                         f"centred on the pixel), got {filter_size}; use e.g. 5, 7, 11 or 13")
+
+
+def _check_4d(name: str, t: torch.Tensor, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)} "
+                         f"({t.dim()} dimensions)")
+    if t.dtype not in _FLOAT_TYPES:
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _native_dtype(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous tensor in a dtype the native libraries compute in (fp32 or fp64)."""
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.contiguous()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+# ---- native dispatch (no autograd here: the custom ops below add it) ------------------------
+
+def _cpu_call(name: str, dtype: torch.dtype):
+    lib = _native.cpu_library()
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    return getattr(lib, f"convcrf_{name}_{suffix}")
+
+
+def _run_gaussian_kernel(features: torch.Tensor, filter_size: int) -> torch.Tensor:
+    n, d, h, w = features.shape
+    x = _native_dtype(features)
+    if features.device.type == "cpu" and _native.cpu_library() is not None:
+        out = torch.empty(n, filter_size * filter_size, h, w, dtype=x.dtype)
+        _native.check(_cpu_call("gaussian_kernel", x.dtype)(
+            x.data_ptr(), n, d, h, w, filter_size, out.data_ptr(), _threads()), "gaussian_kernel")
+    elif features.device.type == "cuda" and x.dtype == torch.float32 and _native.cuda_library():
+        out = torch.empty(n, filter_size * filter_size, h, w, dtype=x.dtype, device=x.device)
+        _native.check(_native.cuda_library().convcrf_cuda_gaussian_kernel(
+            x.data_ptr(), _native.CUDA_FLOAT32, n, d, h, w, filter_size, out.data_ptr(),
+            torch.cuda.current_stream(x.device).cuda_stream), "gaussian_kernel (CUDA)")
+    else:
+        out = gaussian_kernel_reference(x, filter_size)
+    return out.to(features.dtype)
+
+
+def _run_message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int) -> torch.Tensor:
+    n, c, h, w = q.shape
+    qx, kx = _native_dtype(q), _native_dtype(kernel).to(_native_dtype(q).dtype)
+    if q.device.type == "cpu" and _native.cpu_library() is not None:
+        out = torch.empty(n, c, h, w, dtype=qx.dtype)
+        _native.check(_cpu_call("message_passing", qx.dtype)(
+            qx.data_ptr(), kx.data_ptr(), n, c, h, w, filter_size, out.data_ptr(), _threads()),
+            "message_passing")
+    elif q.device.type == "cuda" and qx.dtype == torch.float32 and _native.cuda_library():
+        out = torch.empty_like(qx)
+        _native.check(_native.cuda_library().convcrf_cuda_message_passing(
+            qx.data_ptr(), kx.data_ptr(), _native.CUDA_FLOAT32, n, c, h, w, filter_size,
+            out.data_ptr(), torch.cuda.current_stream(qx.device).cuda_stream),
+            "message_passing (CUDA)")
+    else:
+        out = message_passing_reference(qx, kx, filter_size)
+    return out.to(q.dtype)
+
+
+# ---- custom ops ------------------------------------------------------------------------------
+
+@torch.library.custom_op("convcrf::gaussian_kernel", mutates_args=())
+def _gaussian_kernel_op(features: torch.Tensor, filter_size: int) -> torch.Tensor:
+    return _run_gaussian_kernel(features, filter_size)
+
+
+@_gaussian_kernel_op.register_fake
+def _(features: torch.Tensor, filter_size: int) -> torch.Tensor:
+    n, _, h, w = features.shape
+    return features.new_empty(n, filter_size * filter_size, h, w)
+
+
+@torch.library.custom_op("convcrf::gaussian_kernel_backward", mutates_args=())
+def _gaussian_kernel_backward_op(grad_kernel: torch.Tensor, features: torch.Tensor,
+                                 kernel: torch.Tensor, filter_size: int) -> torch.Tensor:
+    n, d, h, w = features.shape
+    if features.device.type == "cpu" and _native.cpu_library() is not None:
+        f = _native_dtype(features)
+        k, g = kernel.to(f.dtype).contiguous(), grad_kernel.to(f.dtype).contiguous()
+        out = torch.empty_like(f)
+        _native.check(_cpu_call("gaussian_kernel_backward", f.dtype)(
+            f.data_ptr(), k.data_ptr(), g.data_ptr(), n, d, h, w, filter_size, out.data_ptr(),
+            _threads()), "gaussian_kernel backward")
+        return out.to(features.dtype)
+    # Other devices: differentiate the reference (same formula, computed by autograd).
+    with torch.enable_grad():
+        f = features.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(gaussian_kernel_reference(f, filter_size), f,
+                                      grad_kernel.float())
+    return grad.to(features.dtype)
+
+
+@_gaussian_kernel_backward_op.register_fake
+def _(grad_kernel, features, kernel, filter_size):
+    return torch.empty_like(features)
+
+
+def _gaussian_kernel_setup(ctx, inputs, output):
+    features, filter_size = inputs
+    ctx.save_for_backward(features, output)
+    ctx.filter_size = filter_size
+
+
+def _gaussian_kernel_backward(ctx, grad_kernel):
+    features, kernel = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = _gaussian_kernel_backward_op(grad_kernel.contiguous(), features, kernel,
+                                            ctx.filter_size)
+    return grad, None
+
+
+_gaussian_kernel_op.register_autograd(_gaussian_kernel_backward, setup_context=_gaussian_kernel_setup)
+
+
+@torch.library.custom_op("convcrf::message_passing", mutates_args=())
+def _message_passing_op(q: torch.Tensor, kernel: torch.Tensor, filter_size: int) -> torch.Tensor:
+    return _run_message_passing(q, kernel, filter_size)
+
+
+@_message_passing_op.register_fake
+def _(q, kernel, filter_size):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("convcrf::message_passing_backward", mutates_args=())
+def _message_passing_backward_op(grad_messages: torch.Tensor, q: torch.Tensor,
+                                 kernel: torch.Tensor, filter_size: int,
+                                 need_q: bool, need_kernel: bool) -> list[torch.Tensor]:
+    n, c, h, w = q.shape
+    if q.device.type == "cpu" and _native.cpu_library() is not None:
+        g = _native_dtype(grad_messages)
+        qx, kx = q.to(g.dtype).contiguous(), kernel.to(g.dtype).contiguous()
+        grad_q = torch.zeros_like(qx)
+        grad_k = torch.zeros_like(kx)
+        if need_q:
+            _native.check(_cpu_call("message_passing_transposed", g.dtype)(
+                g.data_ptr(), kx.data_ptr(), n, c, h, w, filter_size, grad_q.data_ptr(),
+                _threads()), "message_passing backward (q)")
+        if need_kernel:
+            _native.check(_cpu_call("message_passing_kernel_grad", g.dtype)(
+                g.data_ptr(), qx.data_ptr(), n, c, h, w, filter_size, grad_k.data_ptr(),
+                _threads()), "message_passing backward (kernel)")
+        return [grad_q.to(q.dtype), grad_k.to(kernel.dtype)]
+    with torch.enable_grad():
+        qf = q.detach().float().requires_grad_(True)
+        kf = kernel.detach().float().requires_grad_(True)
+        grad_q, grad_k = torch.autograd.grad(message_passing_reference(qf, kf, filter_size),
+                                             (qf, kf), grad_messages.float())
+    return [grad_q.to(q.dtype), grad_k.to(kernel.dtype)]
+
+
+@_message_passing_backward_op.register_fake
+def _(grad_messages, q, kernel, filter_size, need_q, need_kernel):
+    return [torch.empty_like(q), torch.empty_like(kernel)]
+
+
+def _message_passing_setup(ctx, inputs, output):
+    q, kernel, filter_size = inputs
+    ctx.save_for_backward(q, kernel)
+    ctx.filter_size = filter_size
+
+
+def _message_passing_backward(ctx, grad_messages):
+    q, kernel = ctx.saved_tensors
+    need_q, need_kernel = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_q or need_kernel):
+        return None, None, None
+    grad_q, grad_k = _message_passing_backward_op(grad_messages.contiguous(), q, kernel,
+                                                  ctx.filter_size, need_q, need_kernel)
+    return (grad_q if need_q else None), (grad_k if need_kernel else None), None
+
+
+_message_passing_op.register_autograd(_message_passing_backward,
+                                      setup_context=_message_passing_setup)
+
+
+# ---- public API ------------------------------------------------------------------------------
+
+def _require_native(implementation: str, device: torch.device) -> None:
+    if implementation not in ("auto", "native", "reference"):
+        raise ValueError(f"implementation must be 'auto', 'native' or 'reference', got "
+                         f"{implementation!r}")
+    if implementation == "native" and not native_available(device.type):
+        raise RuntimeError(f"implementation='native' but the native {device.type} library is "
+                           "not built; reinstall with `pip install .` (a C++ compiler is needed)")
+
+
+def gaussian_kernel(features: torch.Tensor, filter_size: int, *,
+                    implementation: Implementation = "auto") -> torch.Tensor:
+    """Windowed Gaussian kernel of per-pixel features.
+
+    Args:
+        features: ``[N, D, h, w]`` float tensor, features already divided by their bandwidths.
+        filter_size: odd window size ``k`` (1..31).
+        implementation: ``"auto"`` (native when built, else reference), ``"native"`` or
+            ``"reference"``.
+
+    Returns:
+        ``K [N, k*k, h, w]`` with ``K[n, (dy+r)*k + (dx+r), y, x] =
+        exp(-0.5 * sum_d (F[n,d,y,x] - F[n,d,y+dy,x+dx])^2)``, ``r = k // 2``, zero at the
+        centre and where ``(y+dy, x+dx)`` is outside the image. Same dtype as ``features``.
+    """
+    _check_4d("features", features, "[N, D, h, w]")
+    validate_filter_size(filter_size)
+    _require_native(implementation, features.device)
+    if implementation == "reference":
+        return gaussian_kernel_reference(features, filter_size)
+    return _gaussian_kernel_op(features, filter_size)
+
+
+def message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int, *,
+                    implementation: Implementation = "auto") -> torch.Tensor:
+    """Windowed message passing: a per-pixel filter shared by all classes.
+
+    Args:
+        q: ``[N, C, h, w]`` (class probabilities in mean-field inference).
+        kernel: ``[N, k*k, h, w]``, e.g. from :func:`gaussian_kernel`.
+        filter_size: odd window size ``k``; must satisfy ``kernel.shape[1] == k*k``.
+        implementation: see :func:`gaussian_kernel`.
+
+    Returns:
+        ``M [N, C, h, w]`` with ``M[n,c,y,x] = sum_{dy,dx} K[n,(dy+r)*k+(dx+r),y,x] *
+        q[n,c,y+dy,x+dx]`` (terms outside the image are zero). Same dtype as ``q``.
+    """
+    _check_4d("q", q, "[N, C, h, w]")
+    _check_4d("kernel", kernel, "[N, k*k, h, w]")
+    validate_filter_size(filter_size)
+    n, c, h, w = q.shape
+    expected = (n, filter_size * filter_size, h, w)
+    if tuple(kernel.shape) != expected:
+        raise ValueError(f"kernel must have shape [N, k*k, h, w] = {list(expected)} for q of "
+                         f"shape {list(q.shape)} and filter_size {filter_size}, got "
+                         f"{list(kernel.shape)}")
+    if q.device != kernel.device:
+        raise ValueError(f"q is on {q.device} but kernel is on {kernel.device}")
+    _require_native(implementation, q.device)
+    if implementation == "reference":
+        return message_passing_reference(q, kernel.to(q.dtype), filter_size)
+    return _message_passing_op(q, kernel, filter_size)

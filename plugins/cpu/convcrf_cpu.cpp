@@ -1,0 +1,647 @@
+// convcrf_cpu.cpp: multithreaded CPU implementation of the ConvCRF ops (C API in convcrf_cpu.h).
+//
+// Loops are organised so that the innermost one runs along a contiguous image row with no
+// bounds test inside (see convcrf::shiftedRange), which compilers vectorise. On x86-64 the
+// row workers are compiled twice (AVX2+FMA and baseline) and picked at load time, so the
+// library runs on any x86-64 CPU and uses AVX2 where it exists.
+#include "convcrf_cpu.h"
+
+#include "../common/convcrf_math.h"
+
+#include <algorithm>
+#include <exception>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CONVCRF_NO_MULTIVERSION)
+#define CONVCRF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CONVCRF_MULTIVERSION
+#endif
+
+namespace convcrf {
+namespace {
+
+constexpr int32_t kCpuApiVersion = 1;
+
+// Run fn(begin, end) over [0, total) split into contiguous chunks on up to numThreads threads.
+// Threads are started per call rather than pooled: a call costs tens of microseconds more, but
+// the library stays safe across fork() (PyTorch DataLoader workers) and holds no global state.
+template <typename Fn>
+void parallelFor(int64_t total, int32_t numThreads, Fn fn)
+{
+    if (total <= 0)
+        return;
+    int64_t threads = numThreads > 0 ? numThreads : static_cast<int64_t>(std::thread::hardware_concurrency());
+    threads = std::max<int64_t>(1, std::min<int64_t>(threads, total));
+    if (threads == 1) {
+        fn(int64_t(0), total);
+        return;
+    }
+    std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(threads - 1));
+    int64_t chunk = (total + threads - 1) / threads;
+    for (int64_t t = 1; t < threads; ++t) {
+        int64_t begin = t * chunk;
+        int64_t end = std::min(total, begin + chunk);
+        if (begin >= end)
+            break;
+        workers.emplace_back([=] { fn(begin, end); });
+    }
+    fn(int64_t(0), std::min(total, chunk));
+    for (auto& worker : workers)
+        worker.join();
+}
+
+Status checkCommon(int64_t n, int64_t channels, int64_t h, int64_t w, int32_t filterSize)
+{
+    if (!isValidFilterSize(filterSize))
+        return kErrorInvalidFilterSize;
+    if (n < 0 || channels < 0 || h < 0 || w < 0)
+        return kErrorInvalidShape;
+    return kSuccess;
+}
+
+bool isEmpty(int64_t n, int64_t channels, int64_t h, int64_t w)
+{
+    return n == 0 || channels == 0 || h == 0 || w == 0;
+}
+
+// ---- gaussian kernel -------------------------------------------------------------------
+
+template <typename T>
+void gaussianKernelRow(const T* __restrict features, int64_t d, int64_t h, int64_t w,
+                       int32_t k, T* __restrict kernel, int64_t row)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const T* fn = features + n * d * plane;
+    T* kn = kernel + n * int64_t(k) * k * plane;
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            T* out = kn + int64_t(offsetChannel(dy, dx, r, k)) * plane + y * w;
+            const int64_t yy = y + dy;
+            for (int64_t x = 0; x < w; ++x)
+                out[x] = T(0);
+            if (yy < 0 || yy >= h || (dy == 0 && dx == 0))
+                continue;  // the centre and rows outside the image stay zero
+            int64_t begin, end;
+            shiftedRange(w, dx, begin, end);
+            // Accumulate squared distances in the output row, then map them through exp.
+            for (int64_t c = 0; c < d; ++c) {
+                const T* __restrict a = fn + c * plane + y * w;
+                const T* __restrict b = fn + c * plane + yy * w + dx;
+                for (int64_t x = begin; x < end; ++x)
+                    out[x] += squaredDifference<T, T>(a[x], b[x]);
+            }
+            for (int64_t x = begin; x < end; ++x)
+                out[x] = gaussianWeight<T>(out[x]);
+        }
+    }
+}
+
+CONVCRF_MULTIVERSION void gaussianKernelRowsF32(const float* f, int64_t d, int64_t h, int64_t w,
+                                                int32_t k, float* out, int64_t b, int64_t e)
+{
+    for (int64_t row = b; row < e; ++row)
+        gaussianKernelRow<float>(f, d, h, w, k, out, row);
+}
+
+void gaussianKernelRowsF64(const double* f, int64_t d, int64_t h, int64_t w, int32_t k,
+                           double* out, int64_t b, int64_t e)
+{
+    for (int64_t row = b; row < e; ++row)
+        gaussianKernelRow<double>(f, d, h, w, k, out, row);
+}
+
+// d K[o,p] / d F[:,p] and d K[o,p-o] / d F[:,p], gathered per output pixel p so that rows are
+// independent (no atomics, no races).
+template <typename T>
+void gaussianKernelBackwardRow(const T* __restrict features, const T* __restrict kernel,
+                               const T* __restrict gradKernel, int64_t d, int64_t h, int64_t w,
+                               int32_t k, T* __restrict grad, int64_t row, std::vector<T>& weight)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const int64_t kk = int64_t(k) * k;
+    const T* fn = features + n * d * plane;
+    const T* kn = kernel + n * kk * plane;
+    const T* gn = gradKernel + n * kk * plane;
+    T* out = grad + n * d * plane;
+    weight.resize(static_cast<size_t>(w));
+    T* wt = weight.data();
+    for (int64_t c = 0; c < d; ++c)
+        for (int64_t x = 0; x < w; ++x)
+            out[c * plane + y * w + x] = T(0);
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            if (dy == 0 && dx == 0)
+                continue;
+            const int64_t o = offsetChannel(dy, dx, r, k);
+            int64_t begin, end;
+            // Pairs (p, p + o): this pixel is the centre of the window.
+            const int64_t yy = y + dy;
+            if (yy >= 0 && yy < h) {
+                shiftedRange(w, dx, begin, end);
+                const T* kr = kn + o * plane + y * w;
+                const T* gr = gn + o * plane + y * w;
+                for (int64_t x = begin; x < end; ++x)
+                    wt[x] = kr[x] * gr[x];
+                for (int64_t c = 0; c < d; ++c) {
+                    const T* a = fn + c * plane + y * w;
+                    const T* b = fn + c * plane + yy * w + dx;
+                    T* g = out + c * plane + y * w;
+                    for (int64_t x = begin; x < end; ++x)
+                        g[x] -= wt[x] * (a[x] - b[x]);
+                }
+            }
+            // Pairs (p - o, p): this pixel is the neighbour at offset o of pixel p - o.
+            const int64_t ys = y - dy;
+            if (ys >= 0 && ys < h) {
+                shiftedRange(w, -dx, begin, end);
+                const T* kr = kn + o * plane + ys * w - dx;
+                const T* gr = gn + o * plane + ys * w - dx;
+                for (int64_t x = begin; x < end; ++x)
+                    wt[x] = kr[x] * gr[x];
+                for (int64_t c = 0; c < d; ++c) {
+                    const T* a = fn + c * plane + ys * w - dx;
+                    const T* b = fn + c * plane + y * w;
+                    T* g = out + c * plane + y * w;
+                    for (int64_t x = begin; x < end; ++x)
+                        g[x] += wt[x] * (a[x] - b[x]);
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+void gaussianKernelBackwardRows(const T* f, const T* kernel, const T* gk, int64_t d, int64_t h,
+                                int64_t w, int32_t k, T* grad, int64_t b, int64_t e)
+{
+    std::vector<T> scratch;
+    for (int64_t row = b; row < e; ++row)
+        gaussianKernelBackwardRow<T>(f, kernel, gk, d, h, w, k, grad, row, scratch);
+}
+
+// ---- message passing -------------------------------------------------------------------
+
+template <typename T>
+void messagePassingRow(const T* __restrict q, const T* __restrict kernel, int64_t c, int64_t h,
+                       int64_t w, int32_t k, T* __restrict messages, int64_t row)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const T* qn = q + n * c * plane;
+    const T* kn = kernel + n * int64_t(k) * k * plane;
+    T* mn = messages + n * c * plane + y * w;
+    for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t x = 0; x < w; ++x)
+            mn[ch * plane + x] = T(0);
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        const int64_t yy = y + dy;
+        if (yy < 0 || yy >= h)
+            continue;
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            int64_t begin, end;
+            shiftedRange(w, dx, begin, end);
+            const T* __restrict kr = kn + int64_t(offsetChannel(dy, dx, r, k)) * plane + y * w;
+            for (int64_t ch = 0; ch < c; ++ch) {
+                const T* __restrict qr = qn + ch * plane + yy * w + dx;
+                T* __restrict mr = mn + ch * plane;
+                for (int64_t x = begin; x < end; ++x)
+                    mr[x] += kr[x] * qr[x];
+            }
+        }
+    }
+}
+
+CONVCRF_MULTIVERSION void messagePassingRowsF32(const float* q, const float* kernel, int64_t c,
+                                                int64_t h, int64_t w, int32_t k, float* out,
+                                                int64_t b, int64_t e)
+{
+    for (int64_t row = b; row < e; ++row)
+        messagePassingRow<float>(q, kernel, c, h, w, k, out, row);
+}
+
+template <typename T>
+void messagePassingTransposedRow(const T* __restrict g, const T* __restrict kernel, int64_t c,
+                                 int64_t h, int64_t w, int32_t k, T* __restrict out, int64_t row)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const T* gn = g + n * c * plane;
+    const T* kn = kernel + n * int64_t(k) * k * plane;
+    T* on = out + n * c * plane + y * w;
+    for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t x = 0; x < w; ++x)
+            on[ch * plane + x] = T(0);
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        const int64_t ys = y - dy;  // the pixel whose window reaches this one at offset (dy, dx)
+        if (ys < 0 || ys >= h)
+            continue;
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            int64_t begin, end;
+            shiftedRange(w, -dx, begin, end);
+            const T* __restrict kr = kn + int64_t(offsetChannel(dy, dx, r, k)) * plane + ys * w - dx;
+            for (int64_t ch = 0; ch < c; ++ch) {
+                const T* __restrict gr = gn + ch * plane + ys * w - dx;
+                T* __restrict orow = on + ch * plane;
+                for (int64_t x = begin; x < end; ++x)
+                    orow[x] += kr[x] * gr[x];
+            }
+        }
+    }
+}
+
+template <typename T>
+void messagePassingKernelGradRow(const T* __restrict g, const T* __restrict q, int64_t c,
+                                 int64_t h, int64_t w, int32_t k, T* __restrict gradKernel,
+                                 int64_t row)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const T* gn = g + n * c * plane + y * w;
+    const T* qn = q + n * c * plane;
+    T* kn = gradKernel + n * int64_t(k) * k * plane + y * w;
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            T* __restrict out = kn + int64_t(offsetChannel(dy, dx, r, k)) * plane;
+            for (int64_t x = 0; x < w; ++x)
+                out[x] = T(0);
+            const int64_t yy = y + dy;
+            if (yy < 0 || yy >= h)
+                continue;
+            int64_t begin, end;
+            shiftedRange(w, dx, begin, end);
+            for (int64_t ch = 0; ch < c; ++ch) {
+                const T* __restrict gr = gn + ch * plane;
+                const T* __restrict qr = qn + ch * plane + yy * w + dx;
+                for (int64_t x = begin; x < end; ++x)
+                    out[x] += gr[x] * qr[x];
+            }
+        }
+    }
+}
+
+// ---- fused mean-field step -------------------------------------------------------------
+
+struct MeanFieldGeometry {
+    int64_t c, h, w, hLow, wLow;
+    int32_t blur;
+    std::vector<int64_t> x0, x1;   // bilinear source columns of each full-res column
+    std::vector<float> lambdaX;    // weight of x1
+};
+
+// Row helpers with restrict-qualified arguments: the rows live in one scratch buffer, and
+// without the qualifier GCC falls back to scalar code when it cannot prove they are disjoint.
+inline void maximumInPlace(float* __restrict acc, const float* __restrict row, int64_t w)
+{
+    for (int64_t x = 0; x < w; ++x)
+        acc[x] = row[x] > acc[x] ? row[x] : acc[x];
+}
+
+inline void expShiftedAccumulate(float* __restrict row, const float* __restrict shift,
+                                 float* __restrict sum, int64_t w)
+{
+    for (int64_t x = 0; x < w; ++x) {
+        const float e = expPoly(row[x] - shift[x]);
+        row[x] = e;
+        sum[x] += e;
+    }
+}
+
+inline void multiplyInPlace(float* __restrict row, const float* __restrict factor, int64_t w)
+{
+    for (int64_t x = 0; x < w; ++x)
+        row[x] *= factor[x];
+}
+
+// One low-resolution row `i` of image `n`: the `blur` full-resolution rows it pools.
+CONVCRF_MULTIVERSION void meanFieldLowRowF32(const MeanFieldGeometry& geo, const float* unaryTerm,
+                                             const float* messagesLow, const float* unaryScale,
+                                             float* logUnaryOut, float* qLow, float* qFull,
+                                             int64_t n, int64_t i, std::vector<float>& scratch)
+{
+    const int64_t c = geo.c, h = geo.h, w = geo.w, wl = geo.wLow, hl = geo.hLow;
+    const int64_t plane = h * w, planeLow = hl * wl;
+    const int32_t b = geo.blur;
+    scratch.resize(static_cast<size_t>(c * w + 3 * w + wl + c * wl));
+    float* logits = scratch.data();          // [c][w]
+    float* maxRow = logits + c * w;          // [w]
+    float* sumRow = maxRow + w;              // [w]
+    float* lseRow = sumRow + w;              // [w]
+    float* lowRow = lseRow + w;              // [wl] messages of one class, interpolated in y
+    float* pooled = lowRow + wl;             // [c][wl]
+    const int64_t* x0 = geo.x0.data();
+    const int64_t* x1 = geo.x1.data();
+    const float* lx = geo.lambdaX.data();
+    for (int64_t j = 0; j < c * wl; ++j)
+        pooled[j] = 0.0f;
+
+    const int64_t yEnd = std::min<int64_t>(h, (i + 1) * b);
+    for (int64_t y = i * b; y < yEnd; ++y) {
+        int64_t y0 = 0, y1 = 0;
+        float ly = 0.0f;
+        if (messagesLow)
+            upsampleSource<float>(y, b, hl, y0, y1, ly);
+        for (int64_t ch = 0; ch < c; ++ch) {
+            const float* __restrict u = unaryTerm + (n * c + ch) * plane + y * w;
+            float* __restrict l = logits + ch * w;
+            if (messagesLow) {
+                const float* m0 = messagesLow + (n * c + ch) * planeLow + y0 * wl;
+                const float* m1 = messagesLow + (n * c + ch) * planeLow + y1 * wl;
+                for (int64_t j = 0; j < wl; ++j)
+                    lowRow[j] = m0[j] + ly * (m1[j] - m0[j]);
+                for (int64_t x = 0; x < w; ++x) {
+                    const float a = lowRow[x0[x]];
+                    l[x] = u[x] + a + lx[x] * (lowRow[x1[x]] - a);
+                }
+            } else {
+                for (int64_t x = 0; x < w; ++x)
+                    l[x] = u[x];
+            }
+        }
+        // Softmax over classes, vectorised across the row.
+        for (int64_t x = 0; x < w; ++x)
+            maxRow[x] = logits[x];
+        for (int64_t ch = 1; ch < c; ++ch)
+            maximumInPlace(maxRow, logits + ch * w, w);
+        for (int64_t x = 0; x < w; ++x)
+            sumRow[x] = 0.0f;
+        if (logUnaryOut) {
+            for (int64_t x = 0; x < w; ++x)
+                lseRow[x] = maxRow[x];
+        }
+        for (int64_t ch = 0; ch < c; ++ch)
+            expShiftedAccumulate(logits + ch * w, maxRow, sumRow, w);
+        if (logUnaryOut) {
+            for (int64_t x = 0; x < w; ++x)
+                lseRow[x] += std::log(sumRow[x]);
+            for (int64_t ch = 0; ch < c; ++ch) {
+                const float* __restrict u = unaryTerm + (n * c + ch) * plane + y * w;
+                float* __restrict out = logUnaryOut + (n * c + ch) * plane + y * w;
+                const float s = unaryScale ? unaryScale[ch] : 1.0f;
+                for (int64_t x = 0; x < w; ++x)
+                    out[x] = s * (u[x] - lseRow[x]);
+            }
+        }
+        for (int64_t x = 0; x < w; ++x)
+            sumRow[x] = 1.0f / sumRow[x];
+        for (int64_t ch = 0; ch < c; ++ch) {
+            float* l = logits + ch * w;
+            multiplyInPlace(l, sumRow, w);
+            if (qFull) {
+                float* __restrict out = qFull + (n * c + ch) * plane + y * w;
+                for (int64_t x = 0; x < w; ++x)
+                    out[x] = l[x];
+            }
+            if (qLow) {
+                float* p = pooled + ch * wl;
+                for (int64_t j = 0; j < wl; ++j) {
+                    const int64_t xEnd = std::min<int64_t>(w, (j + 1) * b);
+                    float s = 0.0f;
+                    for (int64_t x = j * b; x < xEnd; ++x)
+                        s += l[x];
+                    p[j] += s;
+                }
+            }
+        }
+    }
+    if (qLow) {
+        const float cy = static_cast<float>(poolCount(i, b, h));
+        for (int64_t ch = 0; ch < c; ++ch) {
+            float* out = qLow + (n * c + ch) * planeLow + i * wl;
+            const float* p = pooled + ch * wl;
+            for (int64_t j = 0; j < wl; ++j)
+                out[j] = p[j] / (cy * static_cast<float>(poolCount(j, b, w)));
+        }
+    }
+}
+
+// Wraps a C API body: validation has already happened, so the only exceptions left are
+// std::bad_alloc and thread creation failures; none may cross the C boundary.
+template <typename Fn>
+int32_t guarded(Fn fn)
+{
+    try {
+        fn();
+        return kSuccess;
+    } catch (...) {
+        return kErrorUnsupported;
+    }
+}
+
+template <typename T>
+int32_t gaussianKernelImpl(const T* f, int64_t n, int64_t d, int64_t h, int64_t w, int32_t k,
+                           T* out, int32_t threads)
+{
+    if (Status s = checkCommon(n, d, h, w, k))
+        return s;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if ((d > 0 && !f) || !out)
+        return kErrorNullPointer;
+    return guarded([&] {
+        parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+            if constexpr (std::is_same<T, float>::value)
+                gaussianKernelRowsF32(f, d, h, w, k, out, b, e);
+            else
+                gaussianKernelRowsF64(f, d, h, w, k, out, b, e);
+        });
+    });
+}
+
+template <typename T>
+int32_t gaussianKernelBackwardImpl(const T* f, const T* kernel, const T* gk, int64_t n,
+                                   int64_t d, int64_t h, int64_t w, int32_t k, T* grad,
+                                   int32_t threads)
+{
+    if (Status s = checkCommon(n, d, h, w, k))
+        return s;
+    if (isEmpty(n, d, h, w))
+        return kSuccess;
+    if (!f || !kernel || !gk || !grad)
+        return kErrorNullPointer;
+    return guarded([&] {
+        parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+            gaussianKernelBackwardRows<T>(f, kernel, gk, d, h, w, k, grad, b, e);
+        });
+    });
+}
+
+template <typename T>
+int32_t messagePassingImpl(const T* q, const T* kernel, int64_t n, int64_t c, int64_t h,
+                           int64_t w, int32_t k, T* out, int32_t threads)
+{
+    if (Status s = checkCommon(n, c, h, w, k))
+        return s;
+    if (isEmpty(n, c, h, w))
+        return kSuccess;
+    if (!q || !kernel || !out)
+        return kErrorNullPointer;
+    return guarded([&] {
+        parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+            if constexpr (std::is_same<T, float>::value) {
+                messagePassingRowsF32(q, kernel, c, h, w, k, out, b, e);
+            } else {
+                for (int64_t row = b; row < e; ++row)
+                    messagePassingRow<T>(q, kernel, c, h, w, k, out, row);
+            }
+        });
+    });
+}
+
+template <typename T>
+int32_t messagePassingTransposedImpl(const T* g, const T* kernel, int64_t n, int64_t c,
+                                     int64_t h, int64_t w, int32_t k, T* out, int32_t threads)
+{
+    if (Status s = checkCommon(n, c, h, w, k))
+        return s;
+    if (isEmpty(n, c, h, w))
+        return kSuccess;
+    if (!g || !kernel || !out)
+        return kErrorNullPointer;
+    return guarded([&] {
+        parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+            for (int64_t row = b; row < e; ++row)
+                messagePassingTransposedRow<T>(g, kernel, c, h, w, k, out, row);
+        });
+    });
+}
+
+template <typename T>
+int32_t messagePassingKernelGradImpl(const T* g, const T* q, int64_t n, int64_t c, int64_t h,
+                                     int64_t w, int32_t k, T* out, int32_t threads)
+{
+    if (Status s = checkCommon(n, c, h, w, k))
+        return s;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if ((c > 0 && (!g || !q)) || !out)
+        return kErrorNullPointer;
+    return guarded([&] {
+        parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+            for (int64_t row = b; row < e; ++row)
+                messagePassingKernelGradRow<T>(g, q, c, h, w, k, out, row);
+        });
+    });
+}
+
+}  // namespace
+}  // namespace convcrf
+
+using namespace convcrf;
+
+extern "C" {
+
+int32_t convcrf_cpu_api_version(void)
+{
+    return kCpuApiVersion;
+}
+
+int32_t convcrf_gaussian_kernel_f32(const float* f, int64_t n, int64_t d, int64_t h, int64_t w,
+                                    int32_t k, float* out, int32_t threads)
+{
+    return gaussianKernelImpl<float>(f, n, d, h, w, k, out, threads);
+}
+
+int32_t convcrf_gaussian_kernel_f64(const double* f, int64_t n, int64_t d, int64_t h, int64_t w,
+                                    int32_t k, double* out, int32_t threads)
+{
+    return gaussianKernelImpl<double>(f, n, d, h, w, k, out, threads);
+}
+
+int32_t convcrf_gaussian_kernel_backward_f32(const float* f, const float* kernel, const float* gk,
+                                             int64_t n, int64_t d, int64_t h, int64_t w,
+                                             int32_t k, float* grad, int32_t threads)
+{
+    return gaussianKernelBackwardImpl<float>(f, kernel, gk, n, d, h, w, k, grad, threads);
+}
+
+int32_t convcrf_gaussian_kernel_backward_f64(const double* f, const double* kernel,
+                                             const double* gk, int64_t n, int64_t d, int64_t h,
+                                             int64_t w, int32_t k, double* grad, int32_t threads)
+{
+    return gaussianKernelBackwardImpl<double>(f, kernel, gk, n, d, h, w, k, grad, threads);
+}
+
+int32_t convcrf_message_passing_f32(const float* q, const float* kernel, int64_t n, int64_t c,
+                                    int64_t h, int64_t w, int32_t k, float* out, int32_t threads)
+{
+    return messagePassingImpl<float>(q, kernel, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_message_passing_f64(const double* q, const double* kernel, int64_t n, int64_t c,
+                                    int64_t h, int64_t w, int32_t k, double* out, int32_t threads)
+{
+    return messagePassingImpl<double>(q, kernel, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_message_passing_transposed_f32(const float* g, const float* kernel, int64_t n,
+                                               int64_t c, int64_t h, int64_t w, int32_t k,
+                                               float* out, int32_t threads)
+{
+    return messagePassingTransposedImpl<float>(g, kernel, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_message_passing_transposed_f64(const double* g, const double* kernel, int64_t n,
+                                               int64_t c, int64_t h, int64_t w, int32_t k,
+                                               double* out, int32_t threads)
+{
+    return messagePassingTransposedImpl<double>(g, kernel, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_message_passing_kernel_grad_f32(const float* g, const float* q, int64_t n,
+                                                int64_t c, int64_t h, int64_t w, int32_t k,
+                                                float* out, int32_t threads)
+{
+    return messagePassingKernelGradImpl<float>(g, q, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_message_passing_kernel_grad_f64(const double* g, const double* q, int64_t n,
+                                                int64_t c, int64_t h, int64_t w, int32_t k,
+                                                double* out, int32_t threads)
+{
+    return messagePassingKernelGradImpl<double>(g, q, n, c, h, w, k, out, threads);
+}
+
+int32_t convcrf_mean_field_step_f32(const float* unaryTerm, const float* messagesLow, int64_t n,
+                                    int64_t c, int64_t h, int64_t w, int32_t blur,
+                                    const float* unaryScale, float* logUnaryOut, float* qLow,
+                                    float* qFull, int32_t threads)
+{
+    if (blur < 1)
+        return kErrorInvalidBlur;
+    if (n < 0 || c < 0 || h < 0 || w < 0)
+        return kErrorInvalidShape;
+    if (isEmpty(n, c, h, w))
+        return kSuccess;
+    if (!unaryTerm)
+        return kErrorNullPointer;
+    if (logUnaryOut && messagesLow)
+        return kErrorInvalidShape;  // the log-unary output is defined for the first step only
+    return guarded([&] {
+        MeanFieldGeometry geo;
+        geo.c = c;
+        geo.h = h;
+        geo.w = w;
+        geo.blur = blur;
+        geo.hLow = pooledSize(h, blur);
+        geo.wLow = pooledSize(w, blur);
+        geo.x0.resize(static_cast<size_t>(w));
+        geo.x1.resize(static_cast<size_t>(w));
+        geo.lambdaX.resize(static_cast<size_t>(w));
+        for (int64_t x = 0; x < w; ++x)
+            upsampleSource<float>(x, blur, geo.wLow, geo.x0[x], geo.x1[x], geo.lambdaX[x]);
+        parallelFor(n * geo.hLow, threads, [&](int64_t b, int64_t e) {
+            std::vector<float> scratch;
+            for (int64_t task = b; task < e; ++task)
+                meanFieldLowRowF32(geo, unaryTerm, messagesLow, unaryScale, logUnaryOut, qLow,
+                                   qFull, task / geo.hLow, task % geo.hLow, scratch);
+        });
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,131 @@
+"""`ModelMetadata`: what a deployed model needs besides its weights (no torch needed).
+
+The same record travels in checkpoints (``save_model``), in ONNX ``metadata_props`` (under the
+keys of :data:`ONNX_KEYS`) and into the runtime, which uses it for pre- and post-processing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
+
+#: ONNX metadata_props keys written by the export and read by the runtime.
+ONNX_KEYS = {
+    "classes": "convcrf.classes",            # JSON list of class names
+    "palette": "convcrf.palette",            # JSON list of [r, g, b] (0..255), one per class
+    "normalization": "convcrf.normalization",  # JSON {"mean": [3], "std": [3]} (in-graph)
+    "input_size": "convcrf.input_size",      # JSON [height, width]: nominal input size
+    "resize": "convcrf.resize",              # "none" | "stretch" | "letterbox"
+    "crf_config": "convcrf.crf_config",      # CRFConfig.to_json()
+    "version": "convcrf.version",            # toolkit version that exported the file
+    "flavor": "convcrf.flavor",              # export flavour
+}
+
+ResizePolicy = Literal["none", "stretch", "letterbox"]
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """PASCAL VOC's colour map (bit-interleaved class index), extended to any class count."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+@dataclass
+class ModelMetadata:
+    """Description of a segmentation model's classes and input convention.
+
+    Attributes:
+        class_names: one name per output class, in channel order.
+        palette: one ``[r, g, b]`` colour (0..255) per class, for overlays.
+        mean, std: the unary's input normalisation, applied to RGB scaled to 0..1:
+            ``(image / 255 - mean) / std``. Exported graphs apply it themselves.
+        input_size: nominal ``(height, width)`` the model was trained at.
+        resize: how the runtime maps a frame to the model: ``"none"`` (feed the frame as is),
+            ``"stretch"`` (resize to ``input_size``) or ``"letterbox"`` (fit inside, pad).
+    """
+
+    class_names: list[str]
+    palette: list[list[int]] = field(default_factory=list)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int] = (240, 320)
+    resize: ResizePolicy = "stretch"
+
+    def __post_init__(self) -> None:
+        self.class_names = [str(name) for name in self.class_names]
+        if not self.class_names:
+            raise ValueError("ModelMetadata.class_names: at least one class is needed")
+        if not self.palette:
+            self.palette = default_palette(len(self.class_names))
+        self.palette = [[int(v) for v in colour] for colour in self.palette]
+        if len(self.palette) != len(self.class_names) or any(
+                len(colour) != 3 or not all(0 <= v <= 255 for v in colour) for colour in self.palette):
+            raise ValueError("ModelMetadata.palette: need one [r, g, b] in 0..255 per class "
+                             f"({len(self.class_names)}), got {self.palette!r}")
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or any(v <= 0 for v in self.std):
+            raise ValueError("ModelMetadata.mean/std: three values each, std > 0")
+        self.input_size = tuple(int(v) for v in self.input_size)
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"ModelMetadata.input_size: (height, width) >= 1, got {self.input_size}")
+        if self.resize not in ("none", "stretch", "letterbox"):
+            raise ValueError(f"ModelMetadata.resize: 'none', 'stretch' or 'letterbox', got "
+                             f"{self.resize!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def for_classes(cls, names: Sequence[str], **kwargs: Any) -> "ModelMetadata":
+        return cls(class_names=list(names), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        data["input_size"] = list(self.input_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        known = {"class_names", "palette", "mean", "std", "input_size", "resize"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelMetadata: unknown field(s) {unknown}")
+        return cls(**data)
+
+    def to_onnx_props(self) -> dict[str, str]:
+        """The metadata_props entries (strings) describing this model."""
+        return {
+            ONNX_KEYS["classes"]: json.dumps(self.class_names),
+            ONNX_KEYS["palette"]: json.dumps(self.palette),
+            ONNX_KEYS["normalization"]: json.dumps({"mean": list(self.mean), "std": list(self.std)}),
+            ONNX_KEYS["input_size"]: json.dumps(list(self.input_size)),
+            ONNX_KEYS["resize"]: self.resize,
+        }
+
+    @classmethod
+    def from_onnx_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        """Inverse of :meth:`to_onnx_props`; raises ``ValueError`` naming a missing key."""
+        try:
+            norm = json.loads(props[ONNX_KEYS["normalization"]])
+            return cls(class_names=json.loads(props[ONNX_KEYS["classes"]]),
+                       palette=json.loads(props[ONNX_KEYS["palette"]]),
+                       mean=norm["mean"], std=norm["std"],
+                       input_size=json.loads(props[ONNX_KEYS["input_size"]]),
+                       resize=props.get(ONNX_KEYS["resize"], "stretch"))
+        except KeyError as exc:
+            raise ValueError(f"ONNX file lacks metadata {exc.args[0]!r}: was it exported by "
+                             "convcrf-export?") from exc
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"ONNX file has malformed convcrf metadata: {exc}") from exc

@@ -1,4 +1,11 @@
-"""PyTorch models: the ConvCRF layer (and, built on it, full segmentation models)."""
+"""PyTorch models: the ConvCRF layer, unary networks, segmentation models and checkpoints."""
 from .convcrf import ConvCRF, pool, upsample
+from .unaries import (UNARY_ARCHITECTURES, FastFCN, ResNetFCN, build_unary, register_unary)
+from .segmentation import SegmentationModel
+from .checkpoint import (DEMO_MODEL_PATH, CheckpointError, CheckpointNotFoundError, load_model,
+                         save_model)
 
-__all__ = ["ConvCRF", "pool", "upsample"]
+__all__ = ["ConvCRF", "pool", "upsample",
+           "FastFCN", "ResNetFCN", "UNARY_ARCHITECTURES", "register_unary", "build_unary",
+           "SegmentationModel", "save_model", "load_model", "DEMO_MODEL_PATH",
+           "CheckpointError", "CheckpointNotFoundError"]

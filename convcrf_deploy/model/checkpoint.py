@@ -1,0 +1,213 @@
+"""Safe checkpoints of :class:`SegmentationModel`: ``save_model`` and ``load_model``.
+
+A checkpoint is a plain dictionary written with ``torch.save`` and read with
+``torch.load(weights_only=True)``, so loading one executes no code from the file::
+
+    {"format": "convcrf-deploy/model", "format_version": 1, "toolkit_version": "0.1.0",
+     "unary": {"name": "fast_fcn", "kwargs": {...}},      # a registered architecture
+     "state_dict": {...},                                   # tensors of unary and CRF
+     "crf_config": CRFConfig.to_dict() or None,
+     "metadata": ModelMetadata.to_dict()}
+
+Your own unary network is stored the same way once registered with
+:func:`convcrf_deploy.model.register_unary`. An unregistered module can still be saved: it is
+then pickled (``"unary": {"name": None, "pickled": True}`` plus a ``"unary_pickle"`` byte
+tensor), and ``load_model(path, allow_pickle=True)`` is required to load it, because
+unpickling runs code chosen by whoever wrote the file.
+
+``load_model("demo")`` loads the demo model shipped with the package (trained on
+:class:`convcrf_deploy.data.scenes.SyntheticScene`; see ``scripts/train_demo_model.py``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import CRFConfig
+from ..metadata import ModelMetadata
+from .convcrf import ConvCRF
+from .segmentation import SegmentationModel
+from .unaries import build_unary
+
+FORMAT = "convcrf-deploy/model"
+FORMAT_VERSION = 1
+
+#: The demo checkpoint shipped in the package; ``load_model("demo")`` loads it.
+DEMO_MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "demo.pt"
+
+
+class CheckpointError(ValueError):
+    """A file is not a loadable convcrf-deploy checkpoint; the message says why and what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+def _toolkit_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
+    """Write ``model`` to ``path`` as a checkpoint (see the module docstring for the format).
+
+    The unary is stored by its spec when it has one (built-in or registered architecture);
+    otherwise it is pickled, and loading then needs ``allow_pickle=True``.
+    """
+    if not isinstance(model, SegmentationModel):
+        raise ValueError(f"save_model expects a SegmentationModel, got {type(model).__name__}")
+    checkpoint: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "toolkit_version": _toolkit_version(),
+        "unary": model.unary_spec,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "crf_config": model.crf.config.to_dict() if model.crf is not None else None,
+        "metadata": model.metadata.to_dict(),
+    }
+    if model.unary_spec is None:
+        buffer = io.BytesIO()
+        torch.save(model.unary, buffer)
+        # A byte tensor keeps the outer file loadable with weights_only=True, so load_model
+        # can read the header and refuse politely before any unpickling happens.
+        checkpoint["unary"] = {"name": None, "pickled": True,
+                               "class": f"{type(model.unary).__module__}."
+                                        f"{type(model.unary).__qualname__}"}
+        checkpoint["unary_pickle"] = torch.frombuffer(bytearray(buffer.getvalue()),
+                                                      dtype=torch.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def _read(path: Path, map_location) -> dict[str, Any]:
+    """The checkpoint dictionary in ``path``; CheckpointError for anything else."""
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "global" in text.lower():
+            raise CheckpointError(
+                f"{path} contains pickled Python objects, not a convcrf-deploy checkpoint "
+                "(those hold only tensors and plain values); refusing to unpickle it. Save "
+                "models with convcrf_deploy.save_model.") from exc
+        raise CheckpointError(f"{path} is not a convcrf-deploy checkpoint: it is not a "
+                              f"PyTorch file or it is corrupt ({text.splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            AttributeError, IndexError, TypeError, UnicodeDecodeError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
+                              f"truncated, corrupt or not a PyTorch file ({first_line})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = (f"a dict with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict)
+                 else f"a {type(data).__name__}")
+        raise CheckpointError(f"{path} is a PyTorch file but not a convcrf-deploy checkpoint "
+                              f"(found {found}); checkpoints are written by "
+                              "convcrf_deploy.save_model")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format version {version}, written by convcrf-deploy "
+            f"{data.get('toolkit_version', '?')}; this version ({_toolkit_version()}) reads "
+            f"up to version {FORMAT_VERSION}: upgrade convcrf-deploy")
+    missing = [k for k in ("unary", "state_dict", "crf_config", "metadata") if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing {missing}; the file is damaged")
+    return data
+
+
+def _load_unary(data: dict[str, Any], path: Path, allow_pickle: bool) -> tuple[nn.Module,
+                                                                                 dict | None]:
+    spec = data["unary"]
+    if isinstance(spec, dict) and spec.get("pickled"):
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path} stores its unary network ({spec.get('class', 'unknown class')}) as "
+                "pickled Python code, and unpickling runs arbitrary code from the file. Only "
+                "if you trust its source, load it with load_model(path, allow_pickle=True). To "
+                "avoid this, register the architecture with "
+                "convcrf_deploy.model.register_unary(name, factory) and save again.")
+        blob = data.get("unary_pickle")
+        if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8:
+            raise CheckpointError(f"{path}: pickled unary is missing or damaged")
+        try:
+            unary = torch.load(io.BytesIO(blob.cpu().numpy().tobytes()), weights_only=False)
+        except Exception as exc:   # any failure of foreign code being unpickled
+            raise CheckpointError(f"{path}: could not unpickle the unary network: {exc} "
+                                  "(is the module defining its class importable?)") from exc
+        if not isinstance(unary, nn.Module):
+            raise CheckpointError(f"{path}: pickled unary is a {type(unary).__name__}, "
+                                  "not an nn.Module")
+        return unary, None
+    try:
+        unary = build_unary(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    except TypeError as exc:    # the factory rejected the stored kwargs
+        raise CheckpointError(f"{path}: cannot build unary {spec.get('name')!r} with "
+                              f"kwargs {spec.get('kwargs')}: {exc}") from exc
+    return unary, spec
+
+
+def load_model(path_or_demo: str | os.PathLike, *, allow_pickle: bool = False,
+               map_location: str | torch.device = "cpu") -> SegmentationModel:
+    """Load a checkpoint written by :func:`save_model`, in eval mode.
+
+    Args:
+        path_or_demo: checkpoint path, or ``"demo"`` for the shipped demo model
+            (:data:`DEMO_MODEL_PATH`).
+        allow_pickle: allow checkpoints whose unary was pickled (unregistered module).
+            Unpickling executes code from the file: only for files you trust.
+        map_location: device for the tensors (as in ``torch.load``).
+
+    Raises:
+        CheckpointError (a ``ValueError``): the file is missing, corrupt, not a checkpoint,
+        from a newer format, names an unregistered architecture, needs ``allow_pickle``, or
+        its weights do not fit the architecture.
+    """
+    if isinstance(path_or_demo, str) and path_or_demo == "demo":
+        path = DEMO_MODEL_PATH
+        if not path.exists():
+            raise CheckpointNotFoundError(
+                f"the demo model is missing from the installation ({path}); reinstall "
+                "convcrf-deploy or regenerate it with scripts/train_demo_model.py")
+    else:
+        path = Path(path_or_demo)
+    data = _read(path, map_location)
+    try:
+        metadata = ModelMetadata.from_dict(data["metadata"])
+        crf_config = (CRFConfig.from_dict(data["crf_config"]) if data["crf_config"] is not None
+                      else None)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid metadata or CRF configuration: {exc}") from exc
+    unary, spec = _load_unary(data, path, allow_pickle)
+    crf = ConvCRF(crf_config) if crf_config is not None else None
+    try:
+        model = SegmentationModel(unary, crf, metadata, unary_spec=spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    state_dict = data["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: state_dict is a {type(state_dict).__name__}, not a dict")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the stored weights do not fit the architecture "
+            f"{spec['name'] if spec else 'pickled unary'!r}: {exc}") from exc
+    model.to(map_location)
+    return model.eval()

@@ -25,7 +25,10 @@ _STATUS_MESSAGES = {
     4: "invalid blur (must be >= 1)",
     5: "CUDA launch failed",
     6: "internal error (out of memory or thread creation failed)",
+    7: "NaN or infinite values in the input",
 }
+
+STATUS_NON_FINITE = 7
 
 LIB_DIR = Path(__file__).resolve().parent / "_lib"
 

@@ -151,9 +151,11 @@ class ConvCRF(nn.Module):
         if unary_logits.device != image.device:
             raise ValueError(f"unary_logits is on {unary_logits.device} but image is on "
                              f"{image.device}")
-        if not bool(torch.isfinite(unary_logits).all()):
-            raise ValueError("unary_logits contains NaN or infinite values; the CRF expects "
-                             "finite logits (log-probabilities of 0 give -inf: clamp them)")
+
+    @staticmethod
+    def _non_finite_error() -> ValueError:
+        return ValueError("unary_logits contains NaN or infinite values; the CRF expects finite "
+                          "logits (log-probabilities of 0 give -inf: clamp them first)")
 
     # ---- pieces ------------------------------------------------------------------------
 
@@ -214,12 +216,16 @@ class ConvCRF(nn.Module):
         z = unary_logits.float()
         img = image.float()
         if self.config.iterations == 0:
+            if not bool(torch.isfinite(z).all()):
+                raise self._non_finite_error()
             return torch.softmax(z, dim=1).to(out_dtype)
         height, width = z.shape[2:]
         kernel = self.pairwise_kernel(img, height, width)
         if self._use_fused(z):
-            q = self._forward_fused(z, kernel)
+            q = self._forward_fused(z, kernel)  # checks finiteness in its first native pass
         else:
+            if not bool(torch.isfinite(z).all()):
+                raise self._non_finite_error()
             q = self._forward_differentiable(z, kernel)
         return q.to(out_dtype)
 
@@ -247,9 +253,12 @@ class ConvCRF(nn.Module):
         q_low = torch.empty(n, c, hl, wl)
         threads = torch.get_num_threads()
         # Step 0: Q = softmax(z), pooled; also yields the weighted log-softmax unary term.
-        _native.check(lib.convcrf_mean_field_step_f32(
+        status = lib.convcrf_mean_field_step_f32(
             z.data_ptr(), None, n, c, h, w, b, scale.data_ptr(), unary_term.data_ptr(),
-            q_low.data_ptr(), None, threads), "mean-field step")
+            q_low.data_ptr(), None, threads)
+        if status == _native.STATUS_NON_FINITE:
+            raise self._non_finite_error()
+        _native.check(status, "mean-field step")
         q_full = torch.empty_like(z)
         for it in range(cfg.iterations):
             m = self._messages(q_low, kernel).contiguous()

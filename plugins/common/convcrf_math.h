@@ -36,6 +36,7 @@ enum Status : int32_t {
     kErrorInvalidBlur = 4,         // blur < 1
     kErrorCuda = 5,                // a CUDA launch failed (see cudaGetLastError)
     kErrorUnsupported = 6,         // e.g. data type not compiled in
+    kErrorNonFinite = 7,           // NaN or infinite values in an input that must be finite
 };
 
 CONVCRF_HD bool isValidFilterSize(int32_t filterSize)
@@ -71,7 +72,9 @@ CONVCRF_HD void shiftedRange(int64_t width, int32_t dx, int64_t& begin, int64_t&
 // -87.3 give ~1e-38 rather than 0, which is immaterial for Gaussian weights and softmax.
 CONVCRF_HD float expPoly(float x)
 {
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    // Written as two selects that map to single max/min instructions; NaN propagates.
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
     // Round x*log2(e) to the nearest integer with the 1.5*2^23 trick (no floorf: vectorises
     // on plain SSE2).
     const float magic = 12582912.0f;

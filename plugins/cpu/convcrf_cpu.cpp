@@ -9,6 +9,7 @@
 #include "../common/convcrf_math.h"
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <thread>
 #include <type_traits>
@@ -294,130 +295,236 @@ struct MeanFieldGeometry {
     std::vector<float> lambdaX;    // weight of x1
 };
 
-// Row helpers with restrict-qualified arguments: the rows live in one scratch buffer, and
-// without the qualifier GCC falls back to scalar code when it cannot prove they are disjoint.
-inline void maximumInPlace(float* __restrict acc, const float* __restrict row, int64_t w)
+// Pixels of a row processed together by the softmax: all classes of a block stay in L1
+// (21 classes x 64 floats = 5 KB), and each class row is a short vectorisable loop.
+constexpr int64_t kBlock = 64;
+
+// The three passes of a softmax over classes for one block of `len` pixels. Arguments are
+// restrict-qualified because the buffers share one scratch allocation: without it GCC emits
+// scalar fallbacks when it cannot prove them disjoint.
+//   logits[c][x] (block-strided by kBlock) -> probabilities in place; sum = sum_c exp(l - max).
+inline void blockMaxInit(float* __restrict mx, const float* __restrict l, int64_t len)
 {
-    for (int64_t x = 0; x < w; ++x)
-        acc[x] = row[x] > acc[x] ? row[x] : acc[x];
+    for (int64_t x = 0; x < len; ++x)
+        mx[x] = l[x];
 }
 
-inline void expShiftedAccumulate(float* __restrict row, const float* __restrict shift,
-                                 float* __restrict sum, int64_t w)
+inline void blockMax(float* __restrict mx, const float* __restrict l, int64_t len)
 {
-    for (int64_t x = 0; x < w; ++x) {
-        const float e = expPoly(row[x] - shift[x]);
-        row[x] = e;
+    for (int64_t x = 0; x < len; ++x)
+        mx[x] = l[x] > mx[x] ? l[x] : mx[x];
+}
+
+// True when the block holds NaN or +-inf (x - x is 0 only for finite x).
+inline bool blockHasNonFinite(const float* __restrict l, int64_t len)
+{
+    int32_t bad = 0;
+    for (int64_t x = 0; x < len; ++x)
+        bad |= !(l[x] - l[x] == 0.0f);
+    return bad != 0;
+}
+
+inline void blockExpAccumulate(float* __restrict l, const float* __restrict mx,
+                               float* __restrict sum, int64_t len)
+{
+    for (int64_t x = 0; x < len; ++x) {
+        const float e = expPoly(l[x] - mx[x]);
+        l[x] = e;
         sum[x] += e;
     }
 }
 
-inline void multiplyInPlace(float* __restrict row, const float* __restrict factor, int64_t w)
+// Normalise one class row of the block, write it out and/or add it to the pooling sums.
+inline void blockNormalize(float* __restrict l, const float* __restrict inv, float* __restrict out,
+                           float* __restrict pooled, int64_t len)
 {
-    for (int64_t x = 0; x < w; ++x)
-        row[x] *= factor[x];
+    for (int64_t x = 0; x < len; ++x)
+        l[x] *= inv[x];
+    if (out)
+        for (int64_t x = 0; x < len; ++x)
+            out[x] = l[x];
+    if (pooled)
+        for (int64_t x = 0; x < len; ++x)
+            pooled[x] += l[x];
+}
+
+// logits = unary + a + ly * (b - a): the messages interpolated between two x-upsampled rows.
+inline void blockLogits(float* __restrict l, const float* __restrict unary,
+                        const float* __restrict a, const float* __restrict b, float ly,
+                        int64_t len)
+{
+    for (int64_t x = 0; x < len; ++x)
+        l[x] = unary[x] + a[x] + ly * (b[x] - a[x]);
+}
+
+// Scratch of one thread: the messages of low-resolution rows upsampled along x (a ring of
+// three rows, since full-resolution rows of low row i interpolate between rows i-1, i, i+1),
+// the logits of one block and the pooling accumulator.
+struct MeanFieldScratch {
+    std::vector<float> upsampledX;        // [3][c][w]
+    int64_t cachedRow[3] = {-1, -1, -1};  // low row held by each ring slot
+    int64_t cachedImage = -1;
+    std::vector<float> logits;            // [c][kBlock]
+    std::vector<float> maxRow, sumRow;    // [kBlock]
+    std::vector<float> pooledFull;        // [c][w]: Q summed over the rows of one low row
+    bool nonFinite = false;               // the first step saw NaN/inf in the unary
+
+    void resize(int64_t c, int64_t w)
+    {
+        upsampledX.resize(static_cast<size_t>(3 * c * w));
+        logits.resize(static_cast<size_t>(c * kBlock));
+        maxRow.resize(kBlock);
+        sumRow.resize(kBlock);
+        pooledFull.resize(static_cast<size_t>(c * w));
+    }
+};
+
+// One row upsampled along x: o[x] = m[x0] + lambda * (m[x1] - m[x0]) (upsampleSource).
+// For blur 4 the interior has the fixed phase pattern x = 4j + s -> (j-1, j, 0.625),
+// (j-1, j, 0.875), (j, j+1, 0.125), (j, j+1, 0.375), written out so that it vectorises;
+// the generic gather handles the borders and other blur factors with identical results.
+inline void upsampleRowX(const MeanFieldGeometry& geo, const float* __restrict m,
+                         float* __restrict o)
+{
+    const int64_t w = geo.w, wl = geo.wLow;
+    const int64_t* x0 = geo.x0.data();
+    const int64_t* x1 = geo.x1.data();
+    const float* lx = geo.lambdaX.data();
+    int64_t interiorBegin = 0, interiorEnd = 0;  // in low-res columns j
+    if (geo.blur == 4) {
+        interiorBegin = 1;
+        interiorEnd = std::min<int64_t>(wl - 1, w / 4);
+        if (interiorEnd < interiorBegin)
+            interiorEnd = interiorBegin;
+    }
+    for (int64_t x = 0; x < 4 * interiorBegin && x < w; ++x)
+        o[x] = m[x0[x]] + lx[x] * (m[x1[x]] - m[x0[x]]);
+    for (int64_t j = interiorBegin; j < interiorEnd; ++j) {
+        const float left = m[j - 1], mid = m[j], right = m[j + 1];
+        o[4 * j + 0] = left + 0.625f * (mid - left);
+        o[4 * j + 1] = left + 0.875f * (mid - left);
+        o[4 * j + 2] = mid + 0.125f * (right - mid);
+        o[4 * j + 3] = mid + 0.375f * (right - mid);
+    }
+    for (int64_t x = std::max<int64_t>(4 * interiorEnd, 4 * interiorBegin); x < w; ++x)
+        o[x] = m[x0[x]] + lx[x] * (m[x1[x]] - m[x0[x]]);
+}
+
+// Messages of low row `row` of image `n`, upsampled along x for every class ([c][w]).
+// Each low row is upsampled once per thread and reused by the full rows of three low rows,
+// so this gather runs on 1/blur of the full-resolution pixels.
+const float* upsampledMessageRow(const MeanFieldGeometry& geo, const float* messagesLow,
+                                 int64_t n, int64_t row, MeanFieldScratch& s)
+{
+    const int64_t slot = row % 3, c = geo.c, w = geo.w, wl = geo.wLow;
+    float* out = s.upsampledX.data() + slot * c * w;
+    if (s.cachedImage == n && s.cachedRow[slot] == row)
+        return out;
+    if (s.cachedImage != n) {
+        s.cachedImage = n;
+        s.cachedRow[0] = s.cachedRow[1] = s.cachedRow[2] = -1;
+    }
+    for (int64_t ch = 0; ch < c; ++ch)
+        upsampleRowX(geo, messagesLow + ((n * c + ch) * geo.hLow + row) * wl, out + ch * w);
+    s.cachedRow[slot] = row;
+    return out;
+}
+
+// Sum groups of `blur` consecutive values: out[j] = sum_{x in window j} p[x] / divisor(j).
+// The blur == 4 case (the paper's default) has a constant stride that GCC vectorises.
+inline void poolRow(const float* __restrict p, float* __restrict out, int64_t w, int64_t wl,
+                    int32_t b, float rowCount)
+{
+    int64_t j = 0;
+    if (b == 4) {
+        const float inv = 1.0f / (4.0f * rowCount);
+        for (; j < w / 4; ++j)
+            out[j] = (p[4 * j] + p[4 * j + 1] + p[4 * j + 2] + p[4 * j + 3]) * inv;
+    }
+    for (; j < wl; ++j) {
+        const int64_t xEnd = std::min<int64_t>(w, (j + 1) * b);
+        float sum = 0.0f;
+        for (int64_t x = j * b; x < xEnd; ++x)
+            sum += p[x];
+        out[j] = sum / (rowCount * static_cast<float>(xEnd - j * b));
+    }
 }
 
 // One low-resolution row `i` of image `n`: the `blur` full-resolution rows it pools.
 CONVCRF_MULTIVERSION void meanFieldLowRowF32(const MeanFieldGeometry& geo, const float* unaryTerm,
                                              const float* messagesLow, const float* unaryScale,
                                              float* logUnaryOut, float* qLow, float* qFull,
-                                             int64_t n, int64_t i, std::vector<float>& scratch)
+                                             int64_t n, int64_t i, MeanFieldScratch& s)
 {
+    bool nonFinite = false;
     const int64_t c = geo.c, h = geo.h, w = geo.w, wl = geo.wLow, hl = geo.hLow;
     const int64_t plane = h * w, planeLow = hl * wl;
     const int32_t b = geo.blur;
-    scratch.resize(static_cast<size_t>(c * w + 3 * w + wl + c * wl));
-    float* logits = scratch.data();          // [c][w]
-    float* maxRow = logits + c * w;          // [w]
-    float* sumRow = maxRow + w;              // [w]
-    float* lseRow = sumRow + w;              // [w]
-    float* lowRow = lseRow + w;              // [wl] messages of one class, interpolated in y
-    float* pooled = lowRow + wl;             // [c][wl]
-    const int64_t* x0 = geo.x0.data();
-    const int64_t* x1 = geo.x1.data();
-    const float* lx = geo.lambdaX.data();
-    for (int64_t j = 0; j < c * wl; ++j)
-        pooled[j] = 0.0f;
+    float* logits = s.logits.data();
+    float* mx = s.maxRow.data();
+    float* sum = s.sumRow.data();
+    float* pooled = qLow ? s.pooledFull.data() : nullptr;
+    if (pooled)
+        std::fill(s.pooledFull.begin(), s.pooledFull.end(), 0.0f);
 
     const int64_t yEnd = std::min<int64_t>(h, (i + 1) * b);
     for (int64_t y = i * b; y < yEnd; ++y) {
-        int64_t y0 = 0, y1 = 0;
+        const float* msgA = nullptr;
+        const float* msgB = nullptr;
         float ly = 0.0f;
-        if (messagesLow)
+        if (messagesLow) {
+            int64_t y0 = 0, y1 = 0;
             upsampleSource<float>(y, b, hl, y0, y1, ly);
-        for (int64_t ch = 0; ch < c; ++ch) {
-            const float* __restrict u = unaryTerm + (n * c + ch) * plane + y * w;
-            float* __restrict l = logits + ch * w;
-            if (messagesLow) {
-                const float* m0 = messagesLow + (n * c + ch) * planeLow + y0 * wl;
-                const float* m1 = messagesLow + (n * c + ch) * planeLow + y1 * wl;
-                for (int64_t j = 0; j < wl; ++j)
-                    lowRow[j] = m0[j] + ly * (m1[j] - m0[j]);
-                for (int64_t x = 0; x < w; ++x) {
-                    const float a = lowRow[x0[x]];
-                    l[x] = u[x] + a + lx[x] * (lowRow[x1[x]] - a);
-                }
-            } else {
-                for (int64_t x = 0; x < w; ++x)
-                    l[x] = u[x];
-            }
+            msgA = upsampledMessageRow(geo, messagesLow, n, y0, s);
+            msgB = upsampledMessageRow(geo, messagesLow, n, y1, s);
         }
-        // Softmax over classes, vectorised across the row.
-        for (int64_t x = 0; x < w; ++x)
-            maxRow[x] = logits[x];
-        for (int64_t ch = 1; ch < c; ++ch)
-            maximumInPlace(maxRow, logits + ch * w, w);
-        for (int64_t x = 0; x < w; ++x)
-            sumRow[x] = 0.0f;
-        if (logUnaryOut) {
-            for (int64_t x = 0; x < w; ++x)
-                lseRow[x] = maxRow[x];
-        }
-        for (int64_t ch = 0; ch < c; ++ch)
-            expShiftedAccumulate(logits + ch * w, maxRow, sumRow, w);
-        if (logUnaryOut) {
-            for (int64_t x = 0; x < w; ++x)
-                lseRow[x] += std::log(sumRow[x]);
+        const float* unaryRow = unaryTerm + n * c * plane + y * w;
+        for (int64_t x0 = 0; x0 < w; x0 += kBlock) {
+            const int64_t len = std::min<int64_t>(kBlock, w - x0);
             for (int64_t ch = 0; ch < c; ++ch) {
-                const float* __restrict u = unaryTerm + (n * c + ch) * plane + y * w;
-                float* __restrict out = logUnaryOut + (n * c + ch) * plane + y * w;
-                const float s = unaryScale ? unaryScale[ch] : 1.0f;
-                for (int64_t x = 0; x < w; ++x)
-                    out[x] = s * (u[x] - lseRow[x]);
+                float* l = logits + ch * kBlock;
+                const float* u = unaryRow + ch * plane + x0;
+                if (msgA)
+                    blockLogits(l, u, msgA + ch * w + x0, msgB + ch * w + x0, ly, len);
+                else
+                    std::copy_n(u, len, l);
+                if (ch == 0)
+                    blockMaxInit(mx, l, len);
+                else
+                    blockMax(mx, l, len);
+                if (logUnaryOut)
+                    nonFinite |= blockHasNonFinite(l, len);
             }
-        }
-        for (int64_t x = 0; x < w; ++x)
-            sumRow[x] = 1.0f / sumRow[x];
-        for (int64_t ch = 0; ch < c; ++ch) {
-            float* l = logits + ch * w;
-            multiplyInPlace(l, sumRow, w);
-            if (qFull) {
-                float* __restrict out = qFull + (n * c + ch) * plane + y * w;
-                for (int64_t x = 0; x < w; ++x)
-                    out[x] = l[x];
-            }
-            if (qLow) {
-                float* p = pooled + ch * wl;
-                for (int64_t j = 0; j < wl; ++j) {
-                    const int64_t xEnd = std::min<int64_t>(w, (j + 1) * b);
-                    float s = 0.0f;
-                    for (int64_t x = j * b; x < xEnd; ++x)
-                        s += l[x];
-                    p[j] += s;
+            std::fill_n(sum, len, 0.0f);
+            for (int64_t ch = 0; ch < c; ++ch)
+                blockExpAccumulate(logits + ch * kBlock, mx, sum, len);
+            if (logUnaryOut) {
+                // First step only: the weighted log-softmax of the unary, scale * (z - lse).
+                for (int64_t x = 0; x < len; ++x)
+                    mx[x] += std::log(sum[x]);
+                for (int64_t ch = 0; ch < c; ++ch) {
+                    const float* __restrict u = unaryRow + ch * plane + x0;
+                    float* __restrict out = logUnaryOut + (n * c + ch) * plane + y * w + x0;
+                    const float scale = unaryScale ? unaryScale[ch] : 1.0f;
+                    for (int64_t x = 0; x < len; ++x)
+                        out[x] = scale * (u[x] - mx[x]);
                 }
             }
+            for (int64_t x = 0; x < len; ++x)
+                sum[x] = 1.0f / sum[x];
+            for (int64_t ch = 0; ch < c; ++ch)
+                blockNormalize(logits + ch * kBlock, sum,
+                               qFull ? qFull + (n * c + ch) * plane + y * w + x0 : nullptr,
+                               pooled ? pooled + ch * w + x0 : nullptr, len);
         }
     }
-    if (qLow) {
-        const float cy = static_cast<float>(poolCount(i, b, h));
-        for (int64_t ch = 0; ch < c; ++ch) {
-            float* out = qLow + (n * c + ch) * planeLow + i * wl;
-            const float* p = pooled + ch * wl;
-            for (int64_t j = 0; j < wl; ++j)
-                out[j] = p[j] / (cy * static_cast<float>(poolCount(j, b, w)));
-        }
+    if (pooled) {
+        const float rowCount = static_cast<float>(poolCount(i, b, h));
+        for (int64_t ch = 0; ch < c; ++ch)
+            poolRow(pooled + ch * w, qLow + (n * c + ch) * planeLow + i * wl, w, wl, b, rowCount);
     }
+    if (nonFinite)
+        s.nonFinite = true;
 }
 
 // Wraps a C API body: validation has already happened, so the only exceptions left are
@@ -622,7 +729,8 @@ int32_t convcrf_mean_field_step_f32(const float* unaryTerm, const float* message
         return kErrorNullPointer;
     if (logUnaryOut && messagesLow)
         return kErrorInvalidShape;  // the log-unary output is defined for the first step only
-    return guarded([&] {
+    int32_t status = kSuccess;
+    int32_t failure = guarded([&] {
         MeanFieldGeometry geo;
         geo.c = c;
         geo.h = h;
@@ -635,13 +743,19 @@ int32_t convcrf_mean_field_step_f32(const float* unaryTerm, const float* message
         geo.lambdaX.resize(static_cast<size_t>(w));
         for (int64_t x = 0; x < w; ++x)
             upsampleSource<float>(x, blur, geo.wLow, geo.x0[x], geo.x1[x], geo.lambdaX[x]);
+        std::atomic<bool> nonFinite{false};
         parallelFor(n * geo.hLow, threads, [&](int64_t b, int64_t e) {
-            std::vector<float> scratch;
+            MeanFieldScratch scratch;
+            scratch.resize(c, w);
             for (int64_t task = b; task < e; ++task)
                 meanFieldLowRowF32(geo, unaryTerm, messagesLow, unaryScale, logUnaryOut, qLow,
                                    qFull, task / geo.hLow, task % geo.hLow, scratch);
+            if (scratch.nonFinite)
+                nonFinite = true;
         });
+        status = nonFinite ? kErrorNonFinite : kSuccess;
     });
+    return failure != kSuccess ? failure : status;
 }
 
 }  // extern "C"

@@ -92,6 +92,8 @@ CONVCRF_API int32_t convcrf_message_passing_kernel_grad_f64(const double* gradMe
 // null when not wanted. If logUnaryOut is non-null, it receives
 //   unaryScale[c] * log_softmax(unaryTerm)[c]   (needs messagesLow == null),
 // which is how the first step turns logits into the weighted unary term of later steps.
+// The first step (logUnaryOut != null) returns kErrorNonFinite (7) if unaryTerm holds NaN or
+// infinite values; the outputs are then meaningless.
 CONVCRF_API int32_t convcrf_mean_field_step_f32(const float* unaryTerm, const float* messagesLow,
                                                 int64_t n, int64_t c, int64_t h, int64_t w,
                                                 int32_t blur, const float* unaryScale,

@@ -13,7 +13,11 @@
 
 #include <stdint.h>
 
-#if defined(_WIN32)
+// CONVCRF_CUDA_STATIC: the launchers are linked into another library (the TensorRT plugin)
+// and must not be exported from it.
+#if defined(CONVCRF_CUDA_STATIC)
+#define CONVCRF_CUDA_API
+#elif defined(_WIN32)
 #define CONVCRF_CUDA_API __declspec(dllexport)
 #else
 #define CONVCRF_CUDA_API __attribute__((visibility("default")))

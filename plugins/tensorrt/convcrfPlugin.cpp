@@ -1,0 +1,483 @@
+// convcrfPlugin.cpp: the TensorRT glue of the ConvCRF plugins (see convcrfPlugin.h).
+#include "convcrfPlugin.h"
+
+#include "convcrfPluginLogic.h"
+#include "convcrf_cuda.h"
+#include "convcrf_math.h"
+
+#include <atomic>
+#include <cstdio>
+#include <exception>
+#include <new>
+
+using namespace nvinfer1;
+
+namespace convcrf {
+namespace trt {
+
+// ---- logging ---------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
+
+void logMessage(ILogger::Severity severity, std::string const& message) noexcept
+{
+    try {
+        std::string const text = "[convcrf plugin] " + message;
+        ILoggerFinder* finder = gLoggerFinder.load();
+        ILogger* logger = finder ? finder->findLogger() : nullptr;
+        if (logger)
+            logger->log(severity, text.c_str());
+        else
+            std::fprintf(stderr, "%s: %s\n", severity <= ILogger::Severity::kERROR ? "ERROR" : "WARNING",
+                         text.c_str());
+    } catch (...) {
+        // Logging must never throw out of a noexcept TensorRT callback.
+    }
+}
+
+}  // namespace
+
+void setLoggerFinder(ILoggerFinder* finder) noexcept
+{
+    gLoggerFinder.store(finder);
+}
+
+void reportError(std::string const& message, IErrorRecorder* recorder) noexcept
+{
+    logMessage(ILogger::Severity::kERROR, message);
+    if (recorder) {
+        try {
+            recorder->reportError(ErrorCode::kINVALID_ARGUMENT, message.c_str());
+        } catch (...) {
+        }
+    }
+}
+
+void reportWarning(std::string const& message) noexcept
+{
+    logMessage(ILogger::Severity::kWARNING, message);
+}
+
+// ---- helpers ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr int32_t kStatusError = -1;
+
+std::string dimsError(Dims const& dims, int32_t index, std::vector<int64_t>& out)
+{
+    if (dims.nbDims < 0 || dims.nbDims > Dims::MAX_DIMS)
+        return "input " + std::to_string(index) + " has an invalid rank " + std::to_string(dims.nbDims);
+    out.assign(dims.d, dims.d + dims.nbDims);
+    return {};
+}
+
+bool isSupportedType(DataType type)
+{
+    return type == DataType::kFLOAT || type == DataType::kHALF;
+}
+
+int32_t launcherType(DataType type)
+{
+    return type == DataType::kHALF ? CONVCRF_CUDA_FLOAT16 : CONVCRF_CUDA_FLOAT32;
+}
+
+char const* statusText(int32_t status)
+{
+    switch (status) {
+    case kErrorInvalidFilterSize: return "invalid filter_size";
+    case kErrorInvalidShape: return "invalid tensor shape";
+    case kErrorNullPointer: return "null device pointer";
+    case kErrorCuda: return "CUDA kernel launch failed";
+    case kErrorUnsupported: return "unsupported data type";
+    default: return "unknown error";
+    }
+}
+
+// Run `body` (which may throw) and turn exceptions into a reported error + `onError`.
+template <typename R, typename Body>
+R guarded(char const* where, R onError, Body body, IErrorRecorder* recorder = nullptr) noexcept
+{
+    try {
+        return body();
+    } catch (std::bad_alloc const&) {
+        reportError(std::string(where) + ": out of host memory", recorder);
+    } catch (std::exception const& e) {
+        reportError(std::string(where) + ": " + e.what(), recorder);
+    } catch (...) {
+        reportError(std::string(where) + ": unknown exception", recorder);
+    }
+    return onError;
+}
+
+}  // namespace
+
+// ---- base plugin -----------------------------------------------------------------------
+
+ConvCRFPluginBase::ConvCRFPluginBase(int32_t filterSize) noexcept
+    : mFilterSize(filterSize)
+{
+}
+
+IPluginCapability* ConvCRFPluginBase::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type) {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+char const* ConvCRFPluginBase::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* ConvCRFPluginBase::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+void ConvCRFPluginBase::fail(std::string const& message) const noexcept
+{
+    reportError(std::string(getPluginName()) + ": " + message, mErrorRecorder);
+}
+
+bool ConvCRFPluginBase::checkIOCount(int32_t nbInputs, int32_t nbOutputs, char const* method) const noexcept
+{
+    if (nbInputs == expectedInputs() && nbOutputs == 1)
+        return true;
+    fail(std::string(method) + ": expected " + std::to_string(expectedInputs()) + " input(s) and 1 output, got " +
+         std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
+    return false;
+}
+
+int32_t ConvCRFPluginBase::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
+                                              DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (!checkIOCount(nbInputs, nbOutputs, "getOutputDataTypes") || !outputTypes || !inputTypes)
+        return kStatusError;
+    if (!isSupportedType(inputTypes[0])) {
+        fail("inputs must be FLOAT or FLOAT16 (export the ONNX model with fp32 or fp16 tensors)");
+        return kStatusError;
+    }
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+bool ConvCRFPluginBase::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
+                                                  int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (!inOut || nbInputs != expectedInputs() || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs)
+        return false;
+    PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR || !isSupportedType(desc.type))
+        return false;
+    // All inputs and the output share one type: position 0 decides.
+    return pos == 0 || desc.type == inOut[0].desc.type;
+}
+
+int32_t ConvCRFPluginBase::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                           DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    return guarded<int32_t>("configurePlugin", kStatusError, [&]() -> int32_t {
+        if (!checkIOCount(nbInputs, nbOutputs, "configurePlugin") || !in || !out)
+            return kStatusError;
+        std::vector<Dims> dims;
+        for (int32_t i = 0; i < nbInputs; ++i)
+            dims.push_back(in[i].desc.dims);
+        std::string const error = checkInputDims(dims.data(), nbInputs);
+        if (!error.empty()) {
+            fail(error);
+            return kStatusError;
+        }
+        return 0;
+    }, mErrorRecorder);
+}
+
+size_t ConvCRFPluginBase::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
+                                           int32_t) const noexcept
+{
+    return 0;  // the kernels need no scratch memory
+}
+
+int32_t ConvCRFPluginBase::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out,
+                                         int32_t nbOutputs) noexcept
+{
+    return guarded<int32_t>("onShapeChange", kStatusError, [&]() -> int32_t {
+        if (!checkIOCount(nbInputs, nbOutputs, "onShapeChange") || !in || !out)
+            return kStatusError;
+        std::vector<Dims> dims;
+        for (int32_t i = 0; i < nbInputs; ++i)
+            dims.push_back(in[i].dims);
+        std::string const error = checkInputDims(dims.data(), nbInputs);
+        if (!error.empty()) {
+            fail(error);
+            return kStatusError;
+        }
+        return 0;
+    }, mErrorRecorder);
+}
+
+IPluginV3* ConvCRFPluginBase::attachToContext(IPluginResourceContext* context) noexcept
+{
+    IPluginV3* copy = clone();
+    if (copy && context)
+        static_cast<ConvCRFPluginBase*>(copy)->mErrorRecorder = context->getErrorRecorder();
+    return copy;
+}
+
+PluginFieldCollection const* ConvCRFPluginBase::getFieldsToSerialize() noexcept
+{
+    return guarded<PluginFieldCollection const*>("getFieldsToSerialize", nullptr, [&] {
+        // Rebuilt on every call; the data pointer refers to the member, valid while we live.
+        mSerializedFields.clear();
+        mSerializedFields.emplace_back(kFilterSizeField, &mFilterSize, PluginFieldType::kINT32, 1);
+        mSerializedCollection.nbFields = static_cast<int32_t>(mSerializedFields.size());
+        mSerializedCollection.fields = mSerializedFields.data();
+        return static_cast<PluginFieldCollection const*>(&mSerializedCollection);
+    }, mErrorRecorder);
+}
+
+int32_t ConvCRFPluginBase::launchResult(int32_t status) const noexcept
+{
+    if (status == kSuccess)
+        return 0;
+    fail(std::string("enqueue failed: ") + statusText(status) + " (status " + std::to_string(status) + ")");
+    return kStatusError;
+}
+
+// ---- ConvCRFKernel ---------------------------------------------------------------------
+
+IPluginV3* ConvCRFKernelPlugin::clone() noexcept
+{
+    return guarded<IPluginV3*>("ConvCRFKernel::clone", nullptr, [&] {
+        auto* copy = new ConvCRFKernelPlugin(mFilterSize);
+        copy->mErrorRecorder = mErrorRecorder;
+        return static_cast<IPluginV3*>(copy);
+    });
+}
+
+char const* ConvCRFKernelPlugin::getPluginName() const noexcept
+{
+    return kKernelPluginName;
+}
+
+std::string ConvCRFKernelPlugin::checkInputDims(Dims const* inputs, int32_t nbInputs) const
+{
+    std::vector<int64_t> features;
+    std::string error = nbInputs == 1 ? dimsError(inputs[0], 0, features) : "expected 1 input";
+    if (error.empty())
+        error = filterSizeError(mFilterSize);
+    if (error.empty())
+        error = checkKernelInput(features.data(), static_cast<int32_t>(features.size()));
+    return error;
+}
+
+int32_t ConvCRFKernelPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*,
+                                             int32_t, DimsExprs* outputs, int32_t nbOutputs,
+                                             IExprBuilder& exprBuilder) noexcept
+{
+    return guarded<int32_t>("ConvCRFKernel::getOutputShapes", kStatusError, [&]() -> int32_t {
+        if (!checkIOCount(nbInputs, nbOutputs, "getOutputShapes") || !inputs || !outputs)
+            return kStatusError;
+        if (inputs[0].nbDims != 4) {
+            fail("input 'features' must be 4-D [N, D, h, w], got rank " + std::to_string(inputs[0].nbDims));
+            return kStatusError;
+        }
+        std::string const error = filterSizeError(mFilterSize);
+        if (!error.empty()) {
+            fail(error);
+            return kStatusError;
+        }
+        IDimensionExpr const* channels = exprBuilder.constant(kernelChannels(mFilterSize));
+        if (!channels)
+            return kStatusError;
+        outputs[0].nbDims = 4;
+        outputs[0].d[0] = inputs[0].d[0];
+        outputs[0].d[1] = channels;
+        outputs[0].d[2] = inputs[0].d[2];
+        outputs[0].d[3] = inputs[0].d[3];
+        return 0;
+    }, mErrorRecorder);
+}
+
+int32_t ConvCRFKernelPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+                                     void const* const* inputs, void* const* outputs, void*,
+                                     cudaStream_t stream) noexcept
+{
+    if (!inputDesc || !outputDesc || !inputs || !outputs) {
+        fail("enqueue: null tensor descriptors or pointers");
+        return kStatusError;
+    }
+    Dims const& f = inputDesc[0].dims;
+    if (f.nbDims != 4) {
+        fail("enqueue: input 'features' must be 4-D");
+        return kStatusError;
+    }
+    return launchResult(convcrf_cuda_gaussian_kernel(inputs[0], launcherType(inputDesc[0].type), f.d[0], f.d[1],
+                                                     f.d[2], f.d[3], mFilterSize, outputs[0], stream));
+}
+
+// ---- ConvCRFMessagePassing -------------------------------------------------------------
+
+IPluginV3* ConvCRFMessagePassingPlugin::clone() noexcept
+{
+    return guarded<IPluginV3*>("ConvCRFMessagePassing::clone", nullptr, [&] {
+        auto* copy = new ConvCRFMessagePassingPlugin(mFilterSize);
+        copy->mErrorRecorder = mErrorRecorder;
+        return static_cast<IPluginV3*>(copy);
+    });
+}
+
+char const* ConvCRFMessagePassingPlugin::getPluginName() const noexcept
+{
+    return kMessagePassingPluginName;
+}
+
+std::string ConvCRFMessagePassingPlugin::checkInputDims(Dims const* inputs, int32_t nbInputs) const
+{
+    if (nbInputs != 2)
+        return "expected 2 inputs (q, K)";
+    std::vector<int64_t> q, kernel;
+    std::string error = dimsError(inputs[0], 0, q);
+    if (error.empty())
+        error = dimsError(inputs[1], 1, kernel);
+    if (error.empty())
+        error = checkMessagePassingInputs(q.data(), static_cast<int32_t>(q.size()), kernel.data(),
+                                          static_cast<int32_t>(kernel.size()), mFilterSize);
+    return error;
+}
+
+int32_t ConvCRFMessagePassingPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*,
+                                                     int32_t, DimsExprs* outputs, int32_t nbOutputs,
+                                                     IExprBuilder&) noexcept
+{
+    return guarded<int32_t>("ConvCRFMessagePassing::getOutputShapes", kStatusError, [&]() -> int32_t {
+        if (!checkIOCount(nbInputs, nbOutputs, "getOutputShapes") || !inputs || !outputs)
+            return kStatusError;
+        if (inputs[0].nbDims != 4 || inputs[1].nbDims != 4) {
+            fail("inputs 'q' and 'K' must be 4-D NCHW, got ranks " + std::to_string(inputs[0].nbDims) + " and " +
+                 std::to_string(inputs[1].nbDims));
+            return kStatusError;
+        }
+        outputs[0] = inputs[0];  // M has q's shape
+        return 0;
+    }, mErrorRecorder);
+}
+
+int32_t ConvCRFMessagePassingPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+                                             void const* const* inputs, void* const* outputs, void*,
+                                             cudaStream_t stream) noexcept
+{
+    if (!inputDesc || !outputDesc || !inputs || !outputs) {
+        fail("enqueue: null tensor descriptors or pointers");
+        return kStatusError;
+    }
+    Dims const& q = inputDesc[0].dims;
+    if (q.nbDims != 4) {
+        fail("enqueue: input 'q' must be 4-D");
+        return kStatusError;
+    }
+    return launchResult(convcrf_cuda_message_passing(inputs[0], inputs[1], launcherType(inputDesc[0].type), q.d[0],
+                                                     q.d[1], q.d[2], q.d[3], mFilterSize, outputs[0], stream));
+}
+
+// ---- creators --------------------------------------------------------------------------
+
+std::string parseFields(PluginFieldCollection const* fc, int32_t& filterSize)
+{
+    filterSize = kDefaultFilterSize;
+    if (!fc)
+        return {};
+    if (fc->nbFields < 0 || (fc->nbFields > 0 && !fc->fields))
+        return "malformed PluginFieldCollection";
+    for (int32_t i = 0; i < fc->nbFields; ++i) {
+        PluginField const& field = fc->fields[i];
+        std::string const name = field.name ? field.name : "";
+        if (name != kFilterSizeField) {
+            reportWarning("ignoring unknown plugin field '" + name + "' (the only field is filter_size)");
+            continue;
+        }
+        if (field.type != PluginFieldType::kINT32 || field.length != 1 || !field.data)
+            return "field filter_size must be a single INT32 (ONNX attribute type INT), got type " +
+                   std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length);
+        int32_t const value = *static_cast<int32_t const*>(field.data);
+        std::string error = filterSizeError(value);
+        if (!error.empty())
+            return error;
+        filterSize = value;
+    }
+    return {};
+}
+
+template <typename Plugin>
+ConvCRFCreator<Plugin>::ConvCRFCreator() noexcept
+{
+    try {
+        // Only filter_size is listed: the ONNX parser passes exactly the listed attributes.
+        mFields.emplace_back(kFilterSizeField, nullptr, PluginFieldType::kINT32, 1);
+        mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+        mFieldCollection.fields = mFields.data();
+    } catch (...) {
+        mFieldCollection = PluginFieldCollection{};
+    }
+}
+
+template <typename Plugin>
+IPluginV3* ConvCRFCreator<Plugin>::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    return guarded<IPluginV3*>("createPlugin", nullptr, [&]() -> IPluginV3* {
+        int32_t filterSize = kDefaultFilterSize;
+        std::string const error = parseFields(fc, filterSize);
+        if (!error.empty()) {
+            reportError(std::string(getPluginName()) + ": " + error);
+            return nullptr;
+        }
+        return new Plugin(filterSize);
+    });
+}
+
+template <typename Plugin>
+PluginFieldCollection const* ConvCRFCreator<Plugin>::getFieldNames() noexcept
+{
+    return &mFieldCollection;
+}
+
+template <typename Plugin>
+char const* ConvCRFCreator<Plugin>::getPluginName() const noexcept
+{
+    return Plugin(kDefaultFilterSize).getPluginName();
+}
+
+template <typename Plugin>
+char const* ConvCRFCreator<Plugin>::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+template <typename Plugin>
+char const* ConvCRFCreator<Plugin>::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+template class ConvCRFCreator<ConvCRFKernelPlugin>;
+template class ConvCRFCreator<ConvCRFMessagePassingPlugin>;
+
+IPluginCreatorInterface* const* pluginCreators(int32_t& nbCreators) noexcept
+{
+    // Function-local statics: constructed on first use, never destroyed before TensorRT is
+    // done with them (they live until the library is unloaded).
+    static ConvCRFKernelCreator kernelCreator;
+    static ConvCRFMessagePassingCreator messagePassingCreator;
+    static IPluginCreatorInterface* const creators[] = {&kernelCreator, &messagePassingCreator};
+    nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
+    return creators;
+}
+
+}  // namespace trt
+}  // namespace convcrf

@@ -1,0 +1,166 @@
+"""``convcrf-run``: real-time segmentation of a camera, stream, video, image folder or the demo
+scene, with a HUD, recording and statistics (a thin layer over :mod:`convcrf_deploy.runtime`).
+
+Examples::
+
+    convcrf-run --video demo                                  # built-in scene, scored live
+    convcrf-run --video cam0 --model model.onnx --view side-by-side
+    convcrf-run --video clip.mp4 --model model.onnx --headless --save out.mp4 \\
+        --stats-json stats.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..runtime.visualize import VIEWS
+
+EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` -> ``(height, width)``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 320x240 (WIDTHxHEIGHT), got {text!r}")
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--alpha must be in 0..1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convcrf-run", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view")
+    parser.add_argument("--video", default="demo", metavar="SOURCE",
+                        help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
+                             "http://... | file.mp4 | folder | 'glob/*.png' (default: demo)")
+    parser.add_argument("--model", default="demo",
+                        help="'demo', a checkpoint (.pt), an ONNX file or a TensorRT engine")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
+                        help="default: chosen from the model file type")
+    parser.add_argument("--device", default="cpu", help="torch backend: cpu or cuda")
+    parser.add_argument("--providers", default="cpu",
+                        help="onnxruntime: comma-separated, e.g. cpu | cuda,cpu | "
+                             "tensorrt,cuda,cpu (default: cpu)")
+    parser.add_argument("--plugin", metavar="LIB",
+                        help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
+    parser.add_argument("--threads", type=int, help="CPU threads for inference")
+    parser.add_argument("--resize", choices=("none", "stretch", "letterbox"),
+                        help="override the model's resize policy")
+    parser.add_argument("--headless", action="store_true", help="no window")
+    parser.add_argument("--save", metavar="OUT", help="record rendered frames: out.mp4 or "
+                        "pattern_%%05d.png")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument("--stats-json", metavar="FILE", help="write run statistics as JSON")
+    parser.add_argument("--no-crf", action="store_true", help="unary only (compare with the CRF)")
+    parser.add_argument("--view", choices=VIEWS, default="overlay")
+    parser.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity (0..1)")
+    parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="torch backend: start mean-field from the previous frame with "
+                             "fewer iterations (video-aware CRF)")
+    parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K")
+    parser.add_argument("--size", type=_size, default=(240, 320), metavar="WxH",
+                        help="demo scene size (default 320x240)")
+    parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
+    parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
+                        "the source's, else 30)")
+    parser.add_argument("--reconnect", type=int, default=5, metavar="N",
+                        help="reconnect attempts for cameras and streams (default 5)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from ..runtime import BackendUnavailableError, Segmenter
+    from ..runtime.backends import backend_name_for
+    from ..runtime.sources import SourceError, open_source
+    from ..runtime.video import display_available, run_video
+
+    def fail(message: str) -> int:
+        print(f"convcrf-run: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.max_frames is not None and args.max_frames < 1:
+        return fail(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.stats_json and not Path(args.stats_json).resolve().parent.exists():
+        return fail(f"--stats-json: folder {Path(args.stats_json).parent} does not exist")
+    display = not args.headless
+    if display and not display_available():
+        print("convcrf-run: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless",
+              file=sys.stderr)
+        display = False
+
+    try:
+        backend = backend_name_for(args.model, args.backend)
+    except ValueError as exc:
+        return fail(str(exc))
+    options: dict = {}
+    if backend == "torch":
+        options = {"device": args.device, "threads": args.threads}
+        if args.warm_start:
+            options.update(warm_start=True, warm_start_iterations=args.warm_start_iterations)
+    elif args.warm_start:
+        return fail("--warm-start needs the torch backend (it changes the CRF's iterations "
+                    "per frame; exported graphs have them fixed)")
+    elif backend == "onnxruntime":
+        options = {"providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+                   "plugin_library": args.plugin, "threads": args.threads}
+    elif backend == "tensorrt" and args.plugin:
+        options = {"plugin_library": args.plugin}
+
+    try:
+        source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
+                             reconnect_attempts=args.reconnect)
+    except SourceError as exc:
+        return fail(str(exc))
+    try:
+        segmenter = Segmenter(args.model, args.backend, resize=args.resize,
+                              crf=not args.no_crf, **options)
+    except (FileNotFoundError, BackendUnavailableError, ValueError, TypeError) as exc:
+        source.close()
+        return fail(f"cannot load model {args.model!r}: {exc}")
+    except BaseException:
+        source.close()
+        raise
+
+    try:
+        report = run_video(source, segmenter, display=display, save=args.save,
+                           max_frames=args.max_frames, view=args.view, alpha=args.alpha,
+                           fps=args.fps, hud=not args.no_hud)
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
+    finally:
+        segmenter.close()
+    report.info.update(model=str(args.model), backend=segmenter.backend.name,
+                       crf=segmenter.crf, warm_start=bool(args.warm_start),
+                       resize=segmenter.resize, input_size=list(segmenter.input_size))
+    print(report.summary_table())
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    if report.source_error:
+        print(f"convcrf-run: {report.source_error}", file=sys.stderr)
+        return EXIT_SOURCE_LOST
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Runtime backends and the registry that picks one for a model.
+
+``create_backend("model.onnx")`` returns an :class:`OnnxRuntimeBackend`, ``"model.engine"`` a
+TensorRT backend, ``"demo"`` or ``"model.pt"`` a :class:`TorchBackend`; ``backend="torch"``
+(or ``"onnxruntime"``, ``"tensorrt"``) chooses explicitly. Backend modules are imported only
+when chosen, so this package needs numpy alone; a backend whose library is missing raises
+:class:`BackendUnavailableError` naming the ``pip install`` extra that provides it.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from .base import Backend, BackendUnavailableError, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES
+
+#: backend name -> (module, class) imported on demand.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch": ("convcrf_deploy.runtime.backends.torch", "TorchBackend"),
+    "onnxruntime": ("convcrf_deploy.runtime.backends.onnxrt", "OnnxRuntimeBackend"),
+    "tensorrt": ("convcrf_deploy.runtime.backends.trt", "TensorRTBackend"),
+}
+
+#: accepted spellings of backend names.
+ALIASES = {"pytorch": "torch", "pt": "torch", "onnx": "onnxruntime", "ort": "onnxruntime",
+           "onnxrt": "onnxruntime", "trt": "tensorrt"}
+
+#: model file suffix -> backend name.
+SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
+            ".pt": "torch", ".pth": "torch"}
+
+#: pip extra that provides each backend's library.
+EXTRAS = {"torch": "torch", "onnxruntime": "gpu", "tensorrt": "tensorrt"}
+
+
+def backend_name_for(model: Any, backend: str | None = None) -> str:
+    """The registry name of the backend to use for ``model`` (a path, ``"demo"`` or an
+    in-memory model), honouring an explicit ``backend``; raises ``ValueError`` otherwise."""
+    if backend is not None:
+        name = ALIASES.get(backend.lower(), backend.lower())
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        return name
+    if not isinstance(model, (str, Path)):
+        return "torch"  # an in-memory SegmentationModel
+    if str(model) == "demo":
+        return "torch"
+    suffix = Path(model).suffix.lower()
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    raise ValueError(f"cannot tell which backend runs {str(model)!r} from its suffix; use a "
+                     f"{'/'.join(SUFFIXES)} file, 'demo', or pass backend= one of "
+                     f"{sorted(BACKENDS)}")
+
+
+def create_backend(model: Any, backend: str | None = None, **options: Any) -> Backend:
+    """Create (not yet activate) the backend that runs ``model``.
+
+    Args:
+        model: ``"demo"``, a checkpoint/ONNX/engine path, or a ``SegmentationModel``.
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``; chosen from the file type
+            when omitted.
+        **options: passed to the backend's constructor (e.g. ``providers=``, ``device=``).
+
+    Raises:
+        BackendUnavailableError: the backend's library is not installed.
+        FileNotFoundError: ``model`` is a path that does not exist.
+    """
+    name = backend_name_for(model, backend)
+    if isinstance(model, (str, Path)) and str(model) != "demo" and not Path(model).exists():
+        raise FileNotFoundError(f"model file {str(model)!r} does not exist")
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the {name} backend is not available ({exc}); install it with "
+            f"`pip install convcrf-deploy[{EXTRAS[name]}]`") from exc
+    return getattr(module, class_name)(model, **options)
+
+
+__all__ = ["Backend", "BackendUnavailableError", "BACKENDS", "INPUT_NAME", "OUTPUT_NAMES",
+           "OPTIONAL_OUTPUT_NAMES", "backend_name_for", "create_backend"]

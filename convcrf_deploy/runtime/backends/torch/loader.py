@@ -1,0 +1,35 @@
+"""How to obtain a PyTorch ``SegmentationModel`` for the runtime."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..base import BackendUnavailableError
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the torch backend needs PyTorch: `pip install convcrf-deploy[torch]` (on machines "
+            "without a GPU install a CPU build of torch first)") from exc
+    return torch
+
+
+def load_segmentation_model(model: Any, device: str = "cpu", allow_pickle: bool = False):
+    """``"demo"``, a checkpoint path or a ``SegmentationModel`` -> the model in eval mode on
+    ``device``. Checkpoints load with ``allow_pickle=False`` (no code from the file runs)."""
+    torch = import_torch()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device={device!r} but this torch has no usable CUDA; use device='cpu' or install "
+            "a CUDA build of torch")
+    if isinstance(model, (str, os.PathLike)):
+        from ....model import load_model
+
+        model = load_model(str(model), allow_pickle=allow_pickle)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "forward_unary"):
+        raise TypeError(f"model must be 'demo', a checkpoint path or a SegmentationModel, got "
+                        f"{type(model).__name__}")
+    return model.to(device).eval()

@@ -1,0 +1,84 @@
+"""`TorchBackend`: runs a PyTorch ``SegmentationModel`` under ``torch.inference_mode``."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..base import Backend
+from .loader import import_torch, load_segmentation_model
+
+
+class TorchBackend(Backend):
+    """PyTorch backend.
+
+    Args:
+        model: ``"demo"`` (the built-in model), a checkpoint path, or a ``SegmentationModel``.
+        device: ``"cpu"`` or ``"cuda"``.
+        crf: run the model's ConvCRF (``False``: softmax of the unary; really skipped, so
+            the latency shows the CRF's cost). Changeable later through :attr:`crf_enabled`.
+        warm_start: video mode: initialise mean-field from the previous frame
+            (:class:`WarmStartMeanField`) with ``warm_start_iterations`` iterations.
+        warm_start_iterations, warm_start_mix: see :class:`WarmStartMeanField`.
+        threads: torch intra-op threads (``None``: torch's default).
+
+    Outputs: ``probabilities`` [N, C, H, W] f32, ``labels`` and ``unary_labels`` [N, H, W] i64.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: Any = "demo", device: str = "cpu", crf: bool = True,
+                 warm_start: bool = False, warm_start_iterations: int = 2,
+                 warm_start_mix: float = 0.5, threads: int | None = None,
+                 allow_pickle: bool = False):
+        self.torch = import_torch()
+        if threads is not None:
+            self.torch.set_num_threads(int(threads))
+        self.device = device
+        self.model = load_segmentation_model(model, device, allow_pickle=allow_pickle)
+        super().__init__(self.model.metadata)
+        self.crf_enabled = bool(crf)
+        self.warm_start = None
+        if warm_start and self.model.crf is not None:
+            from .warm_start import WarmStartMeanField
+
+            self.warm_start = WarmStartMeanField(self.model.crf, warm_start_iterations,
+                                                 warm_start_mix)
+
+    @property
+    def has_crf(self) -> bool:
+        return self.model.crf is not None
+
+    def reset(self) -> None:
+        """Forget per-stream state (the warm start's previous frame)."""
+        if self.warm_start is not None:
+            self.warm_start.reset()
+
+    def _activate(self) -> None:
+        pass
+
+    def _deactivate(self) -> None:
+        self.reset()
+
+    def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(image).to(self.device)
+            logits = self.model.forward_unary(x)
+            if logits.shape[-2:] != x.shape[-2:]:
+                logits = torch.nn.functional.interpolate(
+                    logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            unary_labels = logits.argmax(1)
+            if self.crf_enabled and self.model.crf is not None:
+                if self.warm_start is not None:
+                    probabilities = self.warm_start(logits, x)
+                else:
+                    probabilities = self.model.crf(logits, x)
+            else:
+                if self.warm_start is not None:
+                    self.warm_start.reset()  # stale once frames are skipped by the CRF
+                probabilities = torch.softmax(logits.float(), dim=1)
+            labels = probabilities.argmax(1)
+            return {"probabilities": probabilities.float().cpu().numpy(),
+                    "labels": labels.cpu().numpy(),
+                    "unary_labels": unary_labels.cpu().numpy()}

@@ -1,0 +1,207 @@
+"""`Segmenter`: BGR frame in, labels at the frame's size out (numpy and OpenCV only).
+
+Pre-processing follows the model's :class:`ModelMetadata`: the frame is fed as is
+(``resize="none"``), stretched to ``input_size`` (``"stretch"``) or fitted inside it keeping
+the aspect ratio and padded (``"letterbox"``), then converted BGR -> RGB float32 ``[1, 3, h,
+w]`` in 0..255 (normalisation is inside the model). Post-processing removes the letterbox
+padding and maps labels back to the frame with nearest-neighbour sampling.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .backends import Backend, create_backend
+
+RESIZE_POLICIES = ("none", "stretch", "letterbox")
+
+
+@dataclass
+class SegmentationResult:
+    """What :class:`Segmenter` returns for one frame.
+
+    Attributes:
+        labels: ``[H, W]`` class index per frame pixel (uint8 when there are <= 256 classes,
+            else int32), after the CRF when it ran.
+        unary_labels: ``[H, W]`` labels of the unary alone, when the backend provides them.
+        probabilities: ``[C, H, W]`` float32, only with ``return_probabilities=True``.
+        timings: milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``.
+        timestamp: whatever was passed as ``timestamp=`` (e.g. a ROS header stamp).
+        crf: whether ``labels`` include the CRF.
+    """
+
+    labels: np.ndarray
+    unary_labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    timestamp: Any = None
+    crf: bool = True
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """How one frame size maps to the model input: ``(top, left, height, width)`` of the
+    resized frame inside the ``input_shape`` model input."""
+
+    frame_shape: tuple[int, int]
+    input_shape: tuple[int, int]
+    content: tuple[int, int, int, int]
+
+
+def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, int]) -> _Geometry:
+    fh, fw = frame_shape
+    if policy == "none":
+        return _Geometry(frame_shape, frame_shape, (0, 0, fh, fw))
+    ih, iw = input_size
+    if policy == "stretch":
+        return _Geometry(frame_shape, (ih, iw), (0, 0, ih, iw))
+    scale = min(ih / fh, iw / fw)
+    h, w = max(1, min(ih, round(fh * scale))), max(1, min(iw, round(fw * scale)))
+    top, left = (ih - h) // 2, (iw - w) // 2
+    return _Geometry(frame_shape, (ih, iw), (top, left, h, w))
+
+
+class Segmenter:
+    """Segment video frames with any backend.
+
+    Args:
+        model: ``"demo"``, a ``.pt``/``.onnx``/``.engine`` path, a ``SegmentationModel`` or an
+            already created :class:`Backend`.
+        backend: backend name (chosen from the file type when omitted).
+        resize: override the model's resize policy (``"none"``, ``"stretch"``, ``"letterbox"``).
+        input_size: override the model's nominal ``(height, width)``.
+        return_probabilities: also return ``[C, H, W]`` probabilities at the frame size.
+        crf: use the CRF's labels (``False``: the unary's). The torch backend then skips the
+            CRF; exported graphs always run it and the unary labels are reported instead.
+        **backend_options: passed to the backend (``device=``, ``providers=``, ...).
+
+    Example:
+        >>> segmenter = Segmenter("model.onnx")
+        >>> result = segmenter(frame_bgr, timestamp=stamp)
+        >>> result.labels.shape == frame_bgr.shape[:2]
+        True
+    """
+
+    def __init__(self, model: Any, backend: str | None = None, *, resize: str | None = None,
+                 input_size: tuple[int, int] | None = None, return_probabilities: bool = False,
+                 crf: bool = True, **backend_options: Any):
+        if isinstance(model, Backend):
+            if backend_options:
+                raise ValueError("backend options cannot be applied to an existing Backend")
+            self.backend = model
+        else:
+            self.backend = create_backend(model, backend, **backend_options)
+        meta = self.backend.metadata
+        self.resize = resize or meta.resize
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
+        self.return_probabilities = return_probabilities
+        self.label_dtype = np.uint8 if meta.num_classes <= 256 else np.int32
+        self._geometry: _Geometry | None = None
+        self._input: np.ndarray | None = None
+        self.crf = crf
+
+    # -- CRF switch --------------------------------------------------------------------------
+    @property
+    def crf(self) -> bool:
+        return self._crf
+
+    @crf.setter
+    def crf(self, enabled: bool) -> None:
+        """Turn the CRF on or off; the torch backend really skips it."""
+        self._crf = bool(enabled)
+        if hasattr(self.backend, "crf_enabled"):
+            self.backend.crf_enabled = self._crf
+
+    @property
+    def metadata(self):
+        return self.backend.metadata
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> "Segmenter":
+        self.backend.activate()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- processing --------------------------------------------------------------------------
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255 (a reused buffer)."""
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 \
+                or frame.dtype != np.uint8 or 0 in frame.shape:
+            raise ValueError("frame must be a BGR uint8 array [H, W, 3] with H, W >= 1, got "
+                             + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
+                                else type(frame).__name__))
+        shape = frame.shape[:2]
+        geo = self._geometry
+        if geo is None or geo.frame_shape != shape:
+            geo = self._geometry = _geometry(shape, self.resize, self.input_size)
+            self._input = np.zeros((1, 3, *geo.input_shape), np.float32)
+        top, left, h, w = geo.content
+        if (h, w) != shape:
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+        # BGR -> RGB by writing channel planes in reverse order, straight into the buffer.
+        for channel in range(3):
+            self._input[0, 2 - channel, top:top + h, left:left + w] = frame[:, :, channel]
+        return self._input
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Backend outputs (batch 1) -> labels (and probabilities) at the frame's size."""
+        geo = self._geometry
+        top, left, h, w = geo.content
+        fh, fw = geo.frame_shape
+
+        def to_frame(labels: np.ndarray) -> np.ndarray:
+            labels = labels[0, top:top + h, left:left + w]
+            if self.label_dtype == np.uint8:
+                labels = labels.astype(np.uint8)
+                if (h, w) != (fh, fw):
+                    labels = cv2.resize(labels, (fw, fh), interpolation=cv2.INTER_NEAREST)
+                return labels
+            rows = np.minimum((np.arange(fh) * h) // fh, h - 1)
+            cols = np.minimum((np.arange(fw) * w) // fw, w - 1)
+            return labels[rows[:, None], cols[None, :]].astype(np.int32)
+
+        result = {"labels": to_frame(outputs["labels"])}
+        if "unary_labels" in outputs:
+            result["unary_labels"] = to_frame(outputs["unary_labels"])
+        if self.return_probabilities:
+            probs = outputs["probabilities"][0, :, top:top + h, left:left + w]
+            hwc = np.ascontiguousarray(probs.transpose(1, 2, 0))
+            if (h, w) != (fh, fw):
+                hwc = cv2.resize(hwc, (fw, fh), interpolation=cv2.INTER_LINEAR)
+                hwc = hwc.reshape(fh, fw, -1)
+            result["probabilities"] = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        return result
+
+    def __call__(self, frame: np.ndarray, timestamp: Any = None) -> SegmentationResult:
+        """Segment one BGR uint8 frame ``[H, W, 3]``; ``timestamp`` is passed through."""
+        t0 = time.perf_counter()
+        image = self.preprocess(frame)
+        t1 = time.perf_counter()
+        outputs = self.backend.infer({"image": image})
+        t2 = time.perf_counter()
+        mapped = self.postprocess(outputs)
+        t3 = time.perf_counter()
+        labels, crf_applied = mapped["labels"], self._crf
+        if hasattr(self.backend, "crf_enabled"):  # the backend itself skips the CRF
+            crf_applied = self._crf and getattr(self.backend, "has_crf", True)
+        elif not self._crf:  # exported graphs always run it: report the unary's labels
+            if "unary_labels" in mapped:
+                labels = mapped["unary_labels"]
+            else:
+                crf_applied = True
+        return SegmentationResult(
+            labels=labels, unary_labels=mapped.get("unary_labels"),
+            probabilities=mapped.get("probabilities"),
+            timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                     "postprocess": (t3 - t2) * 1e3},
+            timestamp=timestamp, crf=crf_applied)

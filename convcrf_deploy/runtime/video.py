@@ -1,0 +1,270 @@
+"""The video loop behind ``convcrf-run``: read, segment, score, draw, show, record, measure.
+
+:func:`run_video` works with any :class:`~.sources.FrameSource` and :class:`~.Segmenter`; it
+is usable from Python (frame callbacks, no window) as well as from the CLI.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from .segmenter import SegmentationResult, Segmenter
+from .sources import Frame, FrameSource
+from .stats import LatencyStats, SegmentationScore
+from .visualize import Renderer, draw_hud
+
+log = logging.getLogger(__name__)
+
+WINDOW_NAME = "convcrf-run"
+
+
+def display_available() -> bool:
+    """Whether a window can be shown: on Linux a ``DISPLAY`` or ``WAYLAND_DISPLAY`` is needed."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class FrameWriter:
+    """Records rendered frames to a video file (``mp4v``) or an image pattern (``%05d``).
+
+    The output is opened on the first frame, at that frame's size; later frames of another
+    size (e.g. after switching to the side-by-side view) are resized to it.
+
+    Args:
+        target: ``out.mp4`` / ``out.avi`` or a pattern such as ``frames/img_%05d.png``.
+        fps: frame rate written into the video file.
+    """
+
+    def __init__(self, target: str | os.PathLike, fps: float = 30.0):
+        self.target = str(target)
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.is_pattern = "%" in Path(self.target).name
+        parent = Path(self.target).parent
+        if not parent.exists():
+            raise FileNotFoundError(f"cannot save to {self.target}: folder {parent} does not exist")
+        if self.is_pattern:
+            try:
+                self.target % 0
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"image pattern {self.target!r} must contain one integer "
+                                 "field such as %05d") from exc
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self.frames_written = 0
+
+    def write(self, image: np.ndarray) -> None:
+        """Append one BGR uint8 ``[H, W, 3]`` image."""
+        size = (image.shape[1], image.shape[0])
+        if self._size is None:
+            self._size = size
+        elif size != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        if self.is_pattern:
+            path = self.target % self.frames_written
+            if not cv2.imwrite(path, image):
+                raise OSError(f"cannot write image {path}")
+        else:
+            if self._writer is None:
+                self._writer = cv2.VideoWriter(self.target, cv2.VideoWriter_fourcc(*"mp4v"),
+                                               self.fps, self._size)
+                if not self._writer.isOpened():
+                    raise OSError(f"cannot open video writer for {self.target} (mp4v codec); "
+                                  "use .mp4 or .avi, or an image pattern like out_%05d.png")
+            self._writer.write(image)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file (writes the container index, so the recording is playable)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+@dataclass
+class RunReport:
+    """What a :func:`run_video` run measured (``to_dict()`` is the ``--stats-json`` content)."""
+
+    source: str
+    frames: int = 0
+    wall_time_s: float = 0.0
+    dropped_frames: int = 0
+    corrupt_frames: int = 0
+    reconnects: int = 0
+    interrupted: bool = False
+    source_error: str | None = None
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    scores: dict[str, SegmentationScore] = field(default_factory=dict)
+    frames_written: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        stages = {name: self.latency.summary(name) for name in self.latency.stages()
+                  if name != "frame_age"}
+        data = {**self.info, "source": self.source, "frames": self.frames,
+                "fps": round(self.fps, 3), "wall_time_s": round(self.wall_time_s, 3),
+                "dropped_frames": self.dropped_frames, "corrupt_frames": self.corrupt_frames,
+                "reconnects": self.reconnects, "interrupted": self.interrupted,
+                "source_error": self.source_error, "frames_written": self.frames_written,
+                "stages_ms": stages, "frame_age_ms": self.latency.summary("frame_age")}
+        if self.scores:
+            data["accuracy"] = {name: score.to_dict() for name, score in self.scores.items()}
+        return data
+
+    def summary_table(self) -> str:
+        """A plain-text table of the run for the terminal."""
+        lines = [f"source {self.source}: {self.frames} frames in {self.wall_time_s:.2f} s "
+                 f"= {self.fps:.1f} FPS; dropped {self.dropped_frames}, corrupt "
+                 f"{self.corrupt_frames}" + (f", written {self.frames_written}"
+                                             if self.frames_written else ""),
+                 f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'mean ms':>10}"]
+        for name in self.latency.stages():
+            s = self.latency.summary(name)
+            lines.append(f"{name:<12}{s['p50']:>10.2f}{s['p95']:>10.2f}{s['max']:>10.2f}"
+                         f"{s['mean']:>10.2f}")
+        for name, score in self.scores.items():
+            lines.append(f"{name + ' vs truth':<18} pixel accuracy {score.pixel_accuracy:.2%}"
+                         f"  mIoU {score.mean_iou:.2%}")
+        if self.source_error:
+            lines.append(f"source ended: {self.source_error}")
+        return "\n".join(lines)
+
+
+def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
+               live: bool) -> list[str]:
+    latency = report.latency
+    frame_ms = sum(latency.recent_mean(s) for s in ("preprocess", "inference", "postprocess",
+                                                     "render"))
+    fps = 1e3 / frame_ms if frame_ms > 0 else 0.0
+    lines = [f"{fps:5.1f} FPS  pre {latency.recent_mean('preprocess'):.1f}  inf "
+             f"{latency.recent_mean('inference'):.1f}  post "
+             f"{latency.recent_mean('postprocess'):.1f}  draw {latency.recent_mean('render'):.1f} ms",
+             f"CRF {'on' if segmenter.crf else 'off'}  view {renderer.view}  "
+             f"{segmenter.backend.name}"]
+    if live:
+        age = latency.recent_mean("frame_age")
+        lines.append(f"dropped {report.dropped_frames}  frame age {age:.1f} ms")
+    for name, score in report.scores.items():
+        lines.append(f"{name}: acc {score.pixel_accuracy:.1%}  mIoU {score.mean_iou:.1%}")
+    return lines
+
+
+def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = False,
+              save: str | None = None, max_frames: int | None = None, view: str = "overlay",
+              alpha: float = 0.5, fps: float | None = None, hud: bool = True,
+              on_frame: Callable[[Frame, SegmentationResult], None] | None = None) -> RunReport:
+    """Segment every frame of ``source`` (live sources: the newest one) until it ends,
+    ``max_frames`` frames were processed, the user quits (``q``/Esc) or Ctrl-C.
+
+    Args:
+        source: where frames come from; closed when the run ends.
+        segmenter: the model.
+        display: show a window (keys: q quit, space pause, c toggle CRF, v cycle view).
+        save: record the rendered frames (``.mp4``/``.avi`` or an image pattern).
+        max_frames: stop after this many processed frames.
+        view, alpha: rendering (see :class:`Renderer`).
+        fps: frame rate of the recording (default: the source's, else 30).
+        hud: draw FPS, latency and scores onto displayed and recorded frames.
+        on_frame: called with each frame and its result (e.g. to publish labels).
+
+    Returns:
+        the :class:`RunReport`; Ctrl-C ends the run cleanly with ``interrupted=True`` (the
+        recording is finalised either way).
+    """
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    report = RunReport(source=source.description)
+    meta = segmenter.metadata
+    renderer = Renderer(meta.palette, view, alpha)
+    score_classes = None
+    if source.has_ground_truth:
+        names = tuple(getattr(source, "class_names", ()))
+        if names and tuple(meta.class_names[:len(names)]) != names:
+            log.warning("the model's classes %s do not match the source's %s: not scoring",
+                        meta.class_names, names)
+        else:
+            score_classes = meta.num_classes
+    writer = FrameWriter(save, fps or getattr(source, "fps", None) or 30.0) if save else None
+    paused = False
+    start = time.perf_counter()
+    try:
+        while max_frames is None or report.frames < max_frames:
+            if paused:
+                paused = _handle_key(cv2.waitKey(30) & 0xFF, segmenter, renderer, paused)
+                if paused is None:
+                    break
+                continue
+            t_read = time.perf_counter()
+            frame = source.read()
+            if frame is None:
+                break
+            # Live sources: time waiting for a new frame; recorded ones: decoding/rendering it.
+            report.latency.add("read", (time.perf_counter() - t_read) * 1e3)
+            result = segmenter(frame.image, timestamp=frame.capture_time)
+            report.latency.add_all(result.timings)
+            # Age = capture to result: what a consumer of the labels sees as latency.
+            report.latency.add("frame_age", (time.monotonic() - frame.capture_time) * 1e3)
+            if score_classes is not None and frame.ground_truth is not None:
+                if result.unary_labels is not None:
+                    report.scores.setdefault("unary", SegmentationScore(score_classes)).update(
+                        result.unary_labels, frame.ground_truth)
+                if result.crf:
+                    report.scores.setdefault("crf", SegmentationScore(score_classes)).update(
+                        result.labels, frame.ground_truth)
+            if on_frame is not None:
+                on_frame(frame, result)
+            report.frames += 1
+            report.dropped_frames = source.dropped_frames
+            if display or writer is not None:
+                t0 = time.perf_counter()
+                image = renderer.render(frame.image, result.labels, result.unary_labels)
+                if hud:
+                    draw_hud(image, _hud_lines(report, segmenter, renderer, source.live))
+                if writer is not None:
+                    writer.write(image)
+                if display:
+                    cv2.imshow(WINDOW_NAME, image)
+                    paused = _handle_key(cv2.waitKey(1) & 0xFF, segmenter, renderer, paused)
+                    if paused is None:
+                        break
+                report.latency.add("render", (time.perf_counter() - t0) * 1e3)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        report.wall_time_s = time.perf_counter() - start
+        if writer is not None:
+            writer.close()
+            report.frames_written = writer.frames_written
+        source.close()
+        report.dropped_frames = source.dropped_frames
+        report.corrupt_frames = source.corrupt_frames
+        report.reconnects = source.reconnects
+        report.source_error = source.error
+        if display:
+            cv2.destroyAllWindows()
+    return report
+
+
+def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:
+    """Apply a key press; returns the new paused state, or ``None`` to quit."""
+    if key in (ord("q"), 27):
+        return None
+    if key == ord(" "):
+        return not paused
+    if key == ord("c"):
+        segmenter.crf = not segmenter.crf
+    elif key == ord("v"):
+        renderer.next_view()
+    return paused

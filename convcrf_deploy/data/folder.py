@@ -57,6 +57,21 @@ class LabelledSample:
     image: np.ndarray
     labels: np.ndarray
 
+    def resized(self, scale: float) -> "LabelledSample":
+        """A copy scaled by ``scale`` (image: area/bilinear, labels: nearest neighbour)."""
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        if scale == 1:
+            return self
+        cv2 = _cv2()
+        height, width = self.labels.shape
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(self.image, size,
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        labels = cv2.resize(self.labels.astype(np.uint8 if self.labels.max() < 256 else np.int32),
+                            size, interpolation=cv2.INTER_NEAREST).astype(np.int64)
+        return LabelledSample(self.name, image, labels)
+
 
 def _cv2():
     try:

@@ -1,0 +1,264 @@
+"""Evaluation runners: the paper's Table 1 (synthetic task) and a trained model on a data set.
+
+* :func:`evaluate_synthetic` — for every image of a labelled folder and every seed, the
+  paper's noisy unary (:mod:`convcrf_deploy.data.synthetic`) is refined by ConvCRF at each
+  filter size (hand-set parameters) and, when ``pydensecrf`` is installed, by the
+  permutohedral FullCRF; reports pixel accuracy, mIoU over ground-truth classes, VOC mIoU and
+  the CRF time per image.
+* :func:`evaluate_model` — a :class:`~convcrf_deploy.SegmentationModel` on a labelled folder,
+  its unary alone and with its CRF.
+
+Both return plain dictionaries (JSON-serialisable); :func:`format_table` prints them like the
+paper's table. Everything runs under ``torch.no_grad()`` on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+import numpy as np
+
+from .config import CRFConfig
+from .data.folder import LabelledSample
+from .data.synthetic import synthetic_logits
+from .metrics import SegmentationMetrics
+
+#: The filter sizes of the paper's Table 1.
+PAPER_FILTER_SIZES = (5, 7, 11, 13)
+
+
+class Progress:
+    """A one-line progress bar on stderr (``label [#####.....] 3/7``); silent when disabled."""
+
+    def __init__(self, total: int, label: str, *, enabled: bool = True, stream: TextIO | None = None,
+                 width: int = 30):
+        self.total, self.label, self.enabled, self.width = total, label, enabled, width
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {note[:30]:<30}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class _Method:
+    """Metrics and timing of one method over the data set."""
+
+    def __init__(self, num_classes: int):
+        self.metrics = SegmentationMetrics(num_classes)
+        self.seconds: list[float] = []
+
+    def add(self, prediction: np.ndarray, labels: np.ndarray, seconds: float | None) -> None:
+        self.metrics.update(prediction, labels)
+        if seconds is not None:
+            self.seconds.append(seconds)
+
+    def result(self) -> dict[str, Any]:
+        metrics = self.metrics.result()
+        return {"accuracy": metrics["accuracy"], "miou_gt_classes": metrics["miou_gt_classes"],
+                "miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"],
+                "num_images": metrics["num_images"],
+                "time_ms": 1000 * float(np.mean(self.seconds)) if self.seconds else None}
+
+
+def _tensors(sample: LabelledSample, logits: np.ndarray | None = None):
+    import torch
+
+    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
+    if logits is None:
+        return image
+    return image, torch.from_numpy(np.ascontiguousarray(logits))[None]
+
+
+def fullcrf_refiner(config: CRFConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """Krähenbühl & Koltun's permutohedral FullCRF (``pydensecrf``) with the same hand-set
+    kernels as ``config``, or ``None`` when ``pydensecrf`` is not installed.
+
+    The returned function maps ``(probabilities [C, H, W] float32, image [H, W, 3] uint8 RGB)``
+    to refined probabilities ``[C, H, W]``.
+    """
+    try:
+        import pydensecrf.densecrf as dcrf  # optional extra: pip install convcrf-deploy[fullcrf]
+    except ImportError:
+        return None
+
+    def refine(probabilities: np.ndarray, image: np.ndarray) -> np.ndarray:
+        c, h, w = probabilities.shape
+        crf = dcrf.DenseCRF2D(w, h, c)
+        energy = -np.log(np.maximum(probabilities, 1e-5)).reshape(c, -1)
+        crf.setUnaryEnergy(np.ascontiguousarray(energy, dtype=np.float32))
+        crf.addPairwiseGaussian(sxy=config.smoothness_bandwidth, compat=config.smoothness_weight)
+        crf.addPairwiseBilateral(sxy=config.appearance_position_bandwidth,
+                                 srgb=config.appearance_color_bandwidth,
+                                 rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                                 compat=config.appearance_weight)
+        return np.asarray(crf.inference(config.iterations), dtype=np.float32).reshape(c, h, w)
+
+    return refine
+
+
+def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 21,
+                       filter_sizes: Sequence[int] = PAPER_FILTER_SIZES, seeds: int = 1,
+                       blur: int = 4, iterations: int = 5, fullcrf: bool = True,
+                       crfs: dict | None = None,
+                       scale: float = 1.0, progress: bool = False,
+                       num_samples: int | None = None) -> dict[str, Any]:
+    """The paper's Table 1 on labelled images (synthetic noisy unary, hand-set CRFs).
+
+    Args:
+        samples: labelled images (e.g. a :class:`~convcrf_deploy.data.LabelledFolder`).
+        num_classes: C of the labels.
+        filter_sizes: ConvCRF filter sizes to compare (the paper's 5, 7, 11, 13).
+        seeds: noise draws per image; image ``i`` with seed ``s`` uses
+            ``numpy.random.default_rng([s, i])``.
+        blur, iterations: ConvCRF settings (paper: 4 and 5).
+        fullcrf: also run pydensecrf's FullCRF when it is installed.
+        crfs: extra ``{name: ConvCRF}`` modules to evaluate (e.g. trained ones).
+        scale: resize images (and labels, nearest) by this factor first.
+        progress: draw a progress bar on stderr.
+        num_samples: length of ``samples`` for the progress bar when it has no ``len``.
+
+    Returns:
+        ``{"methods": {"unary": {...}, "conv5": {...}, ..., "fullcrf": {...}}, "notes": [...],
+        "seeds", "num_images", "blur", "iterations", "scale"}``; each method holds
+        ``accuracy``, ``miou_gt_classes``, ``miou`` (fractions), ``per_class_iou``,
+        ``num_images`` (image x seed evaluations) and ``time_ms`` (mean CRF time per image).
+    """
+    import torch
+
+    from .model import ConvCRF
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    base = CRFConfig(num_classes=num_classes, blur=blur, iterations=iterations)
+    modules: dict[str, Any] = {f"conv{k}": ConvCRF(base.replace(filter_size=k)).eval()
+                               for k in filter_sizes}
+    modules.update(crfs or {})
+    methods = {"unary": _Method(num_classes), **{name: _Method(num_classes) for name in modules}}
+    notes = []
+    refine = fullcrf_refiner(base) if fullcrf else None
+    if fullcrf and refine is None:
+        notes.append("FullCRF skipped: pydensecrf is not installed (pip install pydensecrf; "
+                     "it does not build with Cython 3 on every platform)")
+    if refine is not None:
+        methods["fullcrf"] = _Method(num_classes)
+    total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
+                                                         else 0)
+    bar = Progress(total * seeds, "synthetic", enabled=progress)
+    images = 0
+    with torch.no_grad():
+        for index, sample in enumerate(samples):
+            sample = sample.resized(scale)
+            images += 1
+            image = _tensors(sample)
+            for seed in range(seeds):
+                logits = synthetic_logits(sample.labels, num_classes,
+                                          rng=np.random.default_rng([seed, index]))
+                methods["unary"].add(logits.argmax(0), sample.labels, None)
+                z = torch.from_numpy(logits)[None]
+                if index == 0 and seed == 0:
+                    # Untimed first call: one-time costs (library loading, allocator warm-up)
+                    # are not per-image costs.
+                    for crf in modules.values():
+                        crf(z, image)
+                for name, crf in modules.items():
+                    start = time.perf_counter()
+                    q = crf(z, image)
+                    seconds = time.perf_counter() - start
+                    methods[name].add(q[0].argmax(0).numpy(), sample.labels, seconds)
+                if refine is not None:
+                    start = time.perf_counter()
+                    q = refine(np.exp(logits), sample.image)
+                    methods["fullcrf"].add(q.argmax(0), sample.labels, time.perf_counter() - start)
+                bar.step(sample.name)
+    if images == 0:
+        raise ValueError("no images to evaluate")
+    return {"task": "synthetic", "methods": {name: m.result() for name, m in methods.items()},
+            "notes": notes, "seeds": seeds, "num_images": images, "blur": blur,
+            "iterations": iterations, "scale": scale, "num_threads": torch.get_num_threads()}
+
+
+def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1.0,
+                   progress: bool = False, num_samples: int | None = None) -> dict[str, Any]:
+    """A :class:`~convcrf_deploy.SegmentationModel` on labelled images, with and without CRF.
+
+    Returns ``{"methods": {"unary": {...}, "crf": {...}}, ...}`` as :func:`evaluate_synthetic`
+    (``"crf"`` only when the model has one). ``time_ms`` is the unary's time for ``"unary"``
+    and the CRF's own time for ``"crf"``.
+    """
+    import torch
+
+    num_classes = model.num_classes
+    methods = {"unary": _Method(num_classes)}
+    if model.crf is not None:
+        methods["crf"] = _Method(num_classes)
+    total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
+                                                         else 0)
+    bar = Progress(total, "dataset", enabled=progress)
+    model.eval()
+    images = 0
+    with torch.no_grad():
+        for sample in samples:
+            sample = sample.resized(scale)
+            images += 1
+            bad = sample.labels[(sample.labels >= num_classes) & (sample.labels != 255)]
+            if bad.size:
+                raise ValueError(f"{sample.name}: label {int(bad[0])} but the model has "
+                                 f"{num_classes} classes ({model.metadata.class_names})")
+            image = _tensors(sample)
+            if images == 1:  # untimed warm-up, as in evaluate_synthetic
+                model(image)
+            start = time.perf_counter()
+            logits = model.forward_unary(image)
+            methods["unary"].add(logits[0].argmax(0).numpy(), sample.labels,
+                                 time.perf_counter() - start)
+            if model.crf is not None:
+                start = time.perf_counter()
+                q = model.crf(logits, image)
+                methods["crf"].add(q[0].argmax(0).numpy(), sample.labels,
+                                   time.perf_counter() - start)
+            bar.step(sample.name)
+    if images == 0:
+        raise ValueError("no images to evaluate")
+    return {"task": "dataset", "methods": {name: m.result() for name, m in methods.items()},
+            "notes": [], "num_images": images, "scale": scale,
+            "num_threads": torch.get_num_threads()}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN floats replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The methods of a result as a text table (percentages, time per image in ms)."""
+    rows = [("method", "time [ms]", "accuracy [%]", "mIoU GT classes [%]", "mIoU VOC [%]")]
+    for name, m in result["methods"].items():
+        time_ms = "-" if m["time_ms"] is None else f"{m['time_ms']:.1f}"
+        rows.append((name, time_ms, _percent(m["accuracy"]), _percent(m["miou_gt_classes"]),
+                     _percent(m["miou"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.extend(f"note: {note}" for note in result.get("notes", []))
+    return "\n".join(lines)

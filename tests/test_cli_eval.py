@@ -1,0 +1,94 @@
+"""convcrf-eval on tiny folders: the synthetic table, a model's evaluation and clear errors."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+
+from convcrf_deploy.cli.eval import main
+
+COLOURS = np.array([[120, 120, 120], [200, 60, 50], [50, 140, 210]], np.uint8)
+
+
+def write_folder(folder, count=2, height=40, width=48):
+    """``count`` pairs of a coloured rectangle scene in the sample layout (3 classes)."""
+    folder.mkdir(exist_ok=True)
+    for index in range(count):
+        labels = np.zeros((height, width), np.uint8)
+        labels[8:30, 6 + index:30] = 1
+        labels[20:38, 32:46] = 2
+        labels[0, :] = 255  # a void row, as VOC's borders
+        image = COLOURS[np.where(labels == 255, 0, labels)]
+        cv2.imwrite(str(folder / f"img{index}_0img.png"), image[:, :, ::-1])
+        cv2.imwrite(str(folder / f"img{index}_5labels.png"), labels)
+    return folder
+
+
+def test_synthetic_prints_the_table_and_writes_json(tmp_path, capsys):
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "table.json"
+    code = main(["synthetic", "--data", str(data), "--filter-sizes", "3,5", "--num-classes", "3",
+                 "--seeds", "2", "--json", str(out), "--no-fullcrf"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "conv3" in printed and "conv5" in printed and "unary" in printed
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"unary", "conv3", "conv5"}
+    for name, method in result["methods"].items():
+        assert 0 <= method["accuracy"] <= 1 and 0 <= method["miou"] <= 1
+        assert 0 <= method["miou_gt_classes"] <= 1
+        assert method["num_images"] == 4  # 2 images x 2 seeds
+        assert (method["time_ms"] is None) == (name == "unary")
+    assert result["methods"]["conv5"]["accuracy"] > result["methods"]["unary"]["accuracy"]
+
+
+def test_dataset_evaluates_a_saved_model_with_and_without_its_crf(tmp_path, capsys):
+    from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel, save_model
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import FastFCN
+
+    torch.manual_seed(0)
+    model = SegmentationModel(FastFCN(3, width=8), ConvCRF(CRFConfig(num_classes=3, filter_size=5)),
+                              ModelMetadata(["background", "red", "blue"]))
+    save_model(model, tmp_path / "model.pt")
+    data = write_folder(tmp_path / "data", count=1)
+    out = tmp_path / "result.json"
+    assert main(["dataset", str(tmp_path / "model.pt"), "--data", str(data), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"unary", "crf"}
+    assert result["methods"]["crf"]["num_images"] == 1
+    assert result["methods"]["crf"]["time_ms"] > 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "no labelled images"),
+    ("unmatched", "without a NAME_5labels.png: extra"),
+])
+def test_bad_data_folders_fail_with_a_message_and_no_traceback(tmp_path, capsys, case, message):
+    data = tmp_path / "data"
+    if case == "empty":
+        data.mkdir()
+    elif case == "unmatched":
+        write_folder(data, count=1)
+        cv2.imwrite(str(data / "extra_0img.png"), np.zeros((4, 4, 3), np.uint8))
+    code = main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", count=1)
+    code = main(["dataset", str(tmp_path / "nope.pt"), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert code != 0 and "nope.pt" in err and "Traceback" not in err
+
+
+def test_even_filter_size_is_rejected_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthetic", "--data", str(tmp_path), "--filter-sizes", "4"])
+    assert exit_info.value.code == 2
+    assert "odd" in capsys.readouterr().err

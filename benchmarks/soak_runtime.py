@@ -4,7 +4,8 @@ Runs ``run_video`` on the ``demo`` source (with rendering into a discarded recor
 drawing path is soaked too) and prints the resident memory (RSS) at the start (after a warm-up),
 at the end, and its growth. Exits 1 when the growth exceeds ``--max-growth-mb``.
 
-By default the model is a tiny per-pixel ONNX classifier written by :func:`write_toy_onnx` (a
+By default the model is the tiny per-pixel ONNX classifier of
+:func:`convcrf_deploy.runtime.testing.write_toy_onnx` (a
 1x1 convolution plus a 3x3 smoothing standing in for the CRF), so the soak measures the
 runtime's own memory behaviour (sources, pre/post-processing, rendering, statistics) at
 thousands of frames per minute; pass ``--model`` to soak a real model instead.
@@ -22,64 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Colour prototypes (RGB) of SyntheticScene's classes, used by the toy model's weights.
-_TOY_PROTOTYPES = [(110, 110, 110), (200, 70, 60), (60, 150, 210), (90, 190, 80), (215, 190, 60)]
-
-
-def write_toy_onnx(path: str | os.PathLike, class_names=("background", "disc", "box",
-                                                          "triangle", "star"),
-                   input_size=(240, 320), resize: str = "none") -> Path:
-    """Write a tiny ONNX model with the exported models' interface.
-
-    Input ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (dynamic N, H, W); outputs
-    ``probabilities`` (softmax of 3x3-averaged logits, a stand-in for the CRF's smoothing),
-    ``labels`` (their argmax) and ``unary_labels`` (argmax of the raw 1x1-convolution logits);
-    ``convcrf.*`` metadata_props from :class:`ModelMetadata`. Logits are the negative squared
-    distance to a colour prototype per class, so the model is a plausible colour classifier.
-    """
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from convcrf_deploy.metadata import ModelMetadata
-
-    num_classes = len(class_names)
-    prototypes = np.array([_TOY_PROTOTYPES[i % len(_TOY_PROTOTYPES)] for i in range(num_classes)],
-                          np.float32) / 255.0
-    # -|x - p|^2 = 2 p.x - |p|^2 - |x|^2; the |x|^2 term is the same for all classes.
-    weight = (2 * prototypes * 8.0).reshape(num_classes, 3, 1, 1)
-    bias = (-(prototypes ** 2).sum(1) * 8.0)
-    nodes = [
-        helper.make_node("Mul", ["image", "inv255"], ["scaled"]),
-        helper.make_node("Conv", ["scaled", "weight", "bias"], ["logits"]),
-        helper.make_node("AveragePool", ["logits"], ["smoothed"], kernel_shape=[3, 3],
-                         pads=[1, 1, 1, 1], count_include_pad=0),
-        helper.make_node("Softmax", ["smoothed"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["labels"], axis=1, keepdims=0),
-        helper.make_node("ArgMax", ["logits"], ["unary_labels"], axis=1, keepdims=0),
-    ]
-    initializers = [numpy_helper.from_array(np.array(1 / 255.0, np.float32), "inv255"),
-                    numpy_helper.from_array(weight.astype(np.float32), "weight"),
-                    numpy_helper.from_array(bias.astype(np.float32), "bias")]
-    graph = helper.make_graph(
-        nodes, "toy_segmenter",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                       ["N", num_classes, "H", "W"]),
-         helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "H", "W"]),
-         helper.make_tensor_value_info("unary_labels", TensorProto.INT64, ["N", "H", "W"])],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    metadata = ModelMetadata(class_names=list(class_names), input_size=input_size, resize=resize)
-    props = {**metadata.to_onnx_props(), "convcrf.flavor": "portable"}
-    helper.set_model_props(model, props)
-    onnx.checker.check_model(model)
-    path = Path(path)
-    onnx.save(model, str(path))
-    return path
-
-
 def rss_mb() -> float:
     """Resident set size of this process in MiB (Linux /proc; ru_maxrss elsewhere)."""
     try:
@@ -95,6 +38,7 @@ def soak(frames: int, size: tuple[int, int], model: str | None = None,
          warmup: int = 200) -> dict[str, float]:
     """Run ``frames`` headless frames (after ``warmup`` frames) and return RSS figures (MiB)."""
     from convcrf_deploy.runtime import Segmenter
+    from convcrf_deploy.runtime.testing import write_toy_onnx
     from convcrf_deploy.runtime.sources import open_source
     from convcrf_deploy.runtime.video import run_video
     from convcrf_deploy.runtime.visualize import Renderer, draw_hud

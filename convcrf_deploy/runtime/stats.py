@@ -2,11 +2,13 @@
 
 Memory is bounded: latencies are kept in fixed-size ring buffers (percentiles describe the most
 recent :data:`WINDOW` frames; counts, means and maxima cover the whole run), and scores are a
-``C x C`` confusion matrix.
+``C x C`` confusion matrix (metrics from :mod:`convcrf_deploy.metrics`).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..metrics import IGNORE_INDEX, confusion_matrix, mean_iou, pixel_accuracy
 
 #: frames over which latency percentiles are computed.
 WINDOW = 4096
@@ -64,42 +66,26 @@ class LatencyStats:
 
 
 class SegmentationScore:
-    """Running confusion matrix of predicted vs ground-truth labels (``ignore_index`` skipped).
+    """Running VOC pixel accuracy and mIoU of a video (one confusion matrix, constant memory;
+    :class:`convcrf_deploy.metrics.SegmentationMetrics` also keeps per-image lists)."""
 
-    Args:
-        num_classes: C; predictions and labels are in ``0..C-1``.
-        ignore_index: ground-truth value that is not scored (PASCAL VOC's 255 border).
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.confusion = np.zeros((num_classes, num_classes), np.int64)
 
     def update(self, prediction: np.ndarray, ground_truth: np.ndarray) -> None:
         """Add one ``[H, W]`` prediction and its ``[H, W]`` ground truth."""
-        if prediction.shape != ground_truth.shape:
-            raise ValueError(f"prediction {prediction.shape} and ground truth "
-                             f"{ground_truth.shape} differ in shape")
-        c = self.num_classes
-        valid = ground_truth != self.ignore_index
-        truth = ground_truth[valid].astype(np.int64)
-        predicted = np.clip(prediction[valid].astype(np.int64), 0, c - 1)
-        self.confusion += np.bincount(truth * c + predicted, minlength=c * c)[:c * c].reshape(c, c)
+        self.confusion += confusion_matrix(prediction, ground_truth, self.num_classes,
+                                           self.ignore_index)
 
     @property
     def pixel_accuracy(self) -> float:
-        total = self.confusion.sum()
-        return float(np.trace(self.confusion) / total) if total else 0.0
+        return pixel_accuracy(self.confusion)
 
     @property
     def mean_iou(self) -> float:
-        """Mean intersection-over-union over classes present in ground truth or prediction."""
-        intersection = np.diag(self.confusion).astype(np.float64)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
-        present = union > 0
-        return float((intersection[present] / union[present]).mean()) if present.any() else 0.0
+        return mean_iou(self.confusion)
 
     def to_dict(self) -> dict[str, float]:
-        return {"pixel_accuracy": round(self.pixel_accuracy, 5),
-                "miou": round(self.mean_iou, 5)}
+        return {"pixel_accuracy": round(self.pixel_accuracy, 5), "miou": round(self.mean_iou, 5)}

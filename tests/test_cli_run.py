@@ -1,0 +1,126 @@
+"""convcrf-run: headless runs, recording, statistics, failure behaviour (called as main([...]))."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from convcrf_deploy.cli.run import main
+from convcrf_deploy.runtime import Segmenter
+from convcrf_deploy.runtime.sources import Frame, FrameSource, open_source
+from convcrf_deploy.runtime.testing import write_toy_onnx
+from convcrf_deploy.runtime.video import run_video
+
+
+@pytest.fixture(autouse=True)
+def no_display(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+
+@pytest.fixture
+def toy_onnx(tmp_path):
+    return str(write_toy_onnx(tmp_path / "toy.onnx", input_size=(60, 80), resize="stretch"))
+
+
+def count_video_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened()
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+def test_headless_demo_run_records_exactly_n_frames_and_writes_stats(tmp_path, toy_onnx, capsys):
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code = main(["--video", "demo", "--model", toy_onnx, "--backend", "onnxruntime",
+                 "--headless", "--max-frames", "12", "--size", "96x72", "--save", str(out),
+                 "--stats-json", str(stats)])
+    assert code == 0
+    assert count_video_frames(out) == 12
+    data = json.loads(stats.read_text())
+    assert data["frames"] == 12 and data["frames_written"] == 12
+    assert data["backend"] == "onnxruntime" and data["crf"] is True
+    assert data["dropped_frames"] == 0 and data["fps"] > 0
+    for stage in ("read", "preprocess", "inference", "postprocess", "render"):
+        s = data["stages_ms"][stage]
+        assert s["count"] == 12 and 0 <= s["p50"] <= s["p95"] <= s["max"]
+    assert data["frame_age_ms"]["count"] == 12
+    for name in ("unary", "crf"):
+        assert 0 < data["accuracy"][name]["pixel_accuracy"] <= 1
+        assert 0 < data["accuracy"][name]["miou"] <= 1
+    printed = capsys.readouterr().out
+    assert "12 frames" in printed and "inference" in printed and "crf vs truth" in printed
+
+
+def test_no_display_switches_to_headless_with_a_notice(tmp_path, toy_onnx, capsys):
+    assert main(["--video", "demo", "--model", toy_onnx, "--max-frames", "2",
+                 "--size", "64x48"]) == 0
+    assert "no display" in capsys.readouterr().err
+
+
+def test_image_pattern_recording_and_no_crf(tmp_path, toy_onnx):
+    stats = tmp_path / "s.json"
+    assert main(["--video", "demo", "--model", toy_onnx, "--headless", "--max-frames", "3",
+                 "--size", "64x48", "--save", str(tmp_path / "f_%03d.png"), "--no-crf",
+                 "--view", "side-by-side", "--stats-json", str(stats)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("f_*.png"))
+    assert written == ["f_000.png", "f_001.png", "f_002.png"]
+    assert cv2.imread(str(tmp_path / "f_000.png")).shape == (48, 128, 3)  # side by side
+    data = json.loads(stats.read_text())
+    assert data["crf"] is False and "crf" not in data["accuracy"]
+
+
+def test_video_file_and_folder_sources_run_to_their_end(tmp_path, toy_onnx):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(7):
+        writer.write(np.full((48, 64, 3), i * 30, np.uint8))
+    writer.release()
+    stats = tmp_path / "s.json"
+    assert main(["--video", str(clip), "--model", toy_onnx, "--headless", "--max-frames", "100",
+                 "--stats-json", str(stats)]) == 0
+    data = json.loads(stats.read_text())
+    assert data["frames"] == 7 and "accuracy" not in data
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "cam97"], "Cameras present"),
+    (["--video", "/no/such/clip.mp4"], "does not exist"),
+    (["--model", "/no/such/model.onnx"], "does not exist"),
+    (["--warm-start", "--backend", "onnxruntime"], "--warm-start needs the torch backend"),
+    (["--max-frames", "0"], "--max-frames must be >= 1"),
+])
+def test_failures_exit_2_with_a_message_and_no_traceback(args, message, toy_onnx, capsys):
+    if "--backend" in args:
+        args = args + ["--model", toy_onnx]
+    assert main(args + ["--headless"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class InterruptedSource(FrameSource):
+    """Yields ``count`` demo frames, then raises KeyboardInterrupt (a user pressing Ctrl-C)."""
+
+    def __init__(self, count):
+        super().__init__("interrupted")
+        self.demo = open_source("demo", demo_size=(48, 64))
+        self.count = count
+
+    def read(self):
+        if self.count == 0:
+            raise KeyboardInterrupt
+        self.count -= 1
+        frame = self.demo.read()
+        return Frame(frame.image, frame.index, frame.capture_time)
+
+
+def test_ctrl_c_finalises_the_recording(tmp_path, toy_onnx):
+    out = tmp_path / "out.mp4"
+    report = run_video(InterruptedSource(5), Segmenter(toy_onnx), save=str(out))
+    assert report.interrupted and report.frames == 5
+    assert count_video_frames(out) == 5

@@ -1,0 +1,54 @@
+"""The runtime imports and runs with numpy, OpenCV and ONNX Runtime alone (torch blocked)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+
+    import numpy as np
+    import convcrf_deploy.runtime as runtime
+    from convcrf_deploy.cli.run import main
+    from convcrf_deploy.runtime.testing import write_toy_onnx
+
+    path = write_toy_onnx(sys.argv[1] + "/toy.onnx", input_size=(48, 64), resize="letterbox")
+    segmenter = runtime.Segmenter(str(path))
+    result = segmenter(np.zeros((30, 50, 3), np.uint8), timestamp=7)
+    assert result.labels.shape == (30, 50) and result.timestamp == 7
+    code = main(["--video", "demo", "--model", str(path), "--headless", "--max-frames", "3",
+                 "--size", "64x48", "--save", sys.argv[1] + "/out.mp4"])
+    assert code == 0, code
+    try:
+        runtime.create_backend("demo")
+    except runtime.BackendUnavailableError as exc:
+        assert "convcrf-deploy[torch]" in str(exc), exc
+    else:
+        raise AssertionError("the torch backend was created without torch")
+    assert "torch" not in sys.modules
+    print("RUNTIME-WITHOUT-TORCH-OK")
+""")
+
+
+def test_runtime_runs_onnx_models_without_torch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RUNTIME-WITHOUT-TORCH-OK" in done.stdout

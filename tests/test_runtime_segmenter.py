@@ -1,0 +1,134 @@
+"""Segmenter: resize policies, colour order, label mapping, timings and timestamps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convcrf_deploy.metadata import ModelMetadata
+from convcrf_deploy.runtime import Backend, Segmenter
+from convcrf_deploy.runtime.testing import write_toy_onnx
+from convcrf_deploy.runtime.visualize import Renderer, colorize, overlay, palette_lut
+
+PAD_LABEL = 2
+
+
+class RedBackend(Backend):
+    """Labels 1 where red > 127, 2 where the pixel is pure black (letterbox padding), else 0;
+    remembers the last input."""
+
+    name = "red"
+
+    def __init__(self, input_size=(60, 80), resize="stretch"):
+        super().__init__(ModelMetadata(["other", "red", "pad"], input_size=input_size,
+                                       resize=resize))
+        self.last_input = None
+
+    def _activate(self):
+        pass
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, image):
+        self.last_input = image.copy()
+        labels = (image[:, 0] > 127).astype(np.int64)
+        labels[(image == 0).all(axis=1)] = PAD_LABEL
+        probabilities = np.eye(3, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
+        return {"probabilities": probabilities, "labels": labels, "unary_labels": 1 - labels}
+
+
+def red_left_frame(h, w):
+    """BGR frame: left half red, right half grey (no black pixels)."""
+    frame = np.full((h, w, 3), 90, np.uint8)
+    frame[:, : w // 2] = (20, 30, 220)  # BGR red
+    return frame
+
+
+@pytest.mark.parametrize("resize, input_shape", [("none", (50, 120)), ("stretch", (60, 80)),
+                                                  ("letterbox", (60, 80))])
+def test_resize_policy_sets_the_model_input_and_labels_come_back_at_frame_size(resize,
+                                                                                 input_shape):
+    backend = RedBackend(resize=resize)
+    segmenter = Segmenter(backend)
+    frame = red_left_frame(50, 120)
+    result = segmenter(frame)
+    assert backend.last_input.shape == (1, 3, *input_shape)
+    assert result.labels.shape == (50, 120) and result.labels.dtype == np.uint8
+    # Left half red, right half not; no padding label survives the letterbox removal.
+    assert (result.labels[:, :58] == 1).all() and (result.labels[:, 62:] == 0).all()
+    assert not (result.labels == PAD_LABEL).any()
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_with_zeros():
+    backend = RedBackend(input_size=(60, 80), resize="letterbox")
+    Segmenter(backend)(red_left_frame(30, 80))  # 30x80 -> fits as 30x80 in 60x80, 15 rows pad
+    image = backend.last_input[0]
+    assert (image[:, :15] == 0).all() and (image[:, 45:] == 0).all()
+    assert (image[:, 15:45] > 0).all()
+
+
+def test_frame_is_converted_from_bgr_to_rgb_float():
+    backend = RedBackend(resize="none")
+    frame = np.zeros((4, 5, 3), np.uint8)
+    frame[..., 0], frame[..., 1], frame[..., 2] = 10, 20, 30  # B, G, R
+    Segmenter(backend)(frame)
+    image = backend.last_input
+    assert image.dtype == np.float32
+    assert (image[0, 0] == 30).all() and (image[0, 1] == 20).all() and (image[0, 2] == 10).all()
+
+
+def test_resize_override_and_validation():
+    assert Segmenter(RedBackend(resize="stretch"), resize="none").resize == "none"
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Segmenter(RedBackend(), resize="crop")
+
+
+def test_timestamp_timings_and_probabilities_are_returned():
+    segmenter = Segmenter(RedBackend(), return_probabilities=True)
+    stamp = object()
+    result = segmenter(red_left_frame(30, 40), timestamp=stamp)
+    assert result.timestamp is stamp
+    assert set(result.timings) == {"preprocess", "inference", "postprocess"}
+    assert all(v >= 0 for v in result.timings.values())
+    assert result.probabilities.shape == (3, 30, 40)
+    np.testing.assert_array_equal(result.probabilities.argmax(0), result.labels)
+    np.testing.assert_array_equal(result.unary_labels, 1 - result.labels)
+
+
+def test_frames_of_changing_size_are_handled():
+    segmenter = Segmenter(RedBackend(resize="letterbox"))
+    for shape in ((30, 40), (100, 60), (30, 40)):
+        assert segmenter(red_left_frame(*shape)).labels.shape == shape
+
+
+@pytest.mark.parametrize("frame", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
+                                   np.zeros((0, 10, 3), np.uint8), "frame"])
+def test_bad_frames_are_rejected_with_the_expected_format(frame):
+    with pytest.raises(ValueError, match=r"BGR uint8 array \[H, W, 3\]"):
+        Segmenter(RedBackend())(frame)
+
+
+def test_crf_off_on_an_exported_graph_reports_the_unary_labels(tmp_path):
+    path = write_toy_onnx(tmp_path / "toy.onnx", input_size=(24, 32), resize="stretch")
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with_crf = Segmenter(str(path))(frame)
+    without = Segmenter(str(path), crf=False)(frame)
+    assert with_crf.crf and not without.crf
+    np.testing.assert_array_equal(without.labels, with_crf.unary_labels)
+    assert not np.array_equal(with_crf.labels, with_crf.unary_labels)
+
+
+def test_colorize_and_overlay():
+    lut = palette_lut([[255, 0, 0], [0, 255, 0]])
+    labels = np.array([[0, 1]], np.uint8)
+    colors = colorize(labels, lut)
+    np.testing.assert_array_equal(colors, [[[0, 0, 255], [0, 255, 0]]])  # BGR
+    frame = np.full((1, 2, 3), 100, np.uint8)
+    np.testing.assert_array_equal(overlay(frame, colors, 0.0), frame)
+    np.testing.assert_array_equal(overlay(frame, colors, 1.0), colors)
+    renderer = Renderer([[255, 0, 0], [0, 255, 0]], view="side-by-side")
+    assert renderer.render(frame, labels, labels).shape == (1, 4, 3)
+    assert renderer.next_view() == "overlay"
+    with pytest.raises(ValueError, match="alpha"):
+        Renderer([[0, 0, 0]], alpha=1.5)

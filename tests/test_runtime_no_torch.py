@@ -7,7 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import convcrf_deploy
+
+# The folder holding the package under test (the source tree, or site-packages in CI).
+PACKAGE_ROOT = Path(convcrf_deploy.__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, sys
@@ -45,7 +48,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_runtime_runs_onnx_models_without_torch(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env,

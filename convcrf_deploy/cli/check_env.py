@@ -1,0 +1,141 @@
+"""``convcrf-check-env``: what this machine can run, and why not.
+
+Reports Python and library versions (torch, onnxruntime, OpenCV, numpy, onnx), whether the
+native CPU/CUDA libraries load, ONNX Runtime's execution providers, whether TensorRT and
+pycuda import, whether the ConvCRF TensorRT plugin library is found, OpenCV's GUI support
+and display, and the camera devices present. Nothing here fails: every check reports.
+
+    convcrf-check-env [--json] [--plugin LIB]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+#: the TensorRT plugin library (dynamic getCreators entry points, for TensorRT's loadLibrary)
+#: and its self-registering variant (for ONNX Runtime's trt_extra_plugin_lib_paths).
+PLUGIN_STEMS = ("convcrf_trt_plugin", "convcrf_trt_plugin_static_reg")
+
+
+def _version(module_name: str) -> dict[str, Any]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or a broken install raising anything at import
+        return {"ok": False, "detail": f"not importable: {exc.__class__.__name__}: {exc}"}
+    return {"ok": True, "detail": str(getattr(module, "__version__", "installed"))}
+
+
+def _native() -> dict[str, dict[str, Any]]:
+    from .. import _native
+
+    report = {}
+    try:
+        lib = _native.cpu_library()
+        report["native CPU library"] = (
+            {"ok": True, "detail": os.environ.get("CONVCRF_CPU_LIBRARY") or str(_native.LIB_DIR)}
+            if lib is not None else
+            {"ok": False, "detail": "not built: the PyTorch reference ops are used (slower); "
+                                    "rebuild with `pip install .`"})
+    except Exception as exc:
+        report["native CPU library"] = {"ok": False, "detail": str(exc)}
+    lib = _native.cuda_library()
+    report["native CUDA library"] = (
+        {"ok": True, "detail": "loaded"} if lib is not None else
+        {"ok": False, "detail": "not built or no CUDA runtime (needs nvcc at build time and "
+                                "libcudart at run time)"})
+    return report
+
+
+def _plugin(explicit: str | None) -> dict[str, Any]:
+    from .._native import LIB_DIR, library_filename
+
+    candidates = [explicit, os.environ.get("CONVCRF_TRT_PLUGIN"),
+                  *(str(LIB_DIR / library_filename(stem)) for stem in PLUGIN_STEMS)]
+    found = [c for c in filter(None, candidates) if Path(c).exists()]
+    if found:
+        return {"ok": True, "detail": ", ".join(dict.fromkeys(found))}
+    if explicit:
+        return {"ok": False, "detail": f"{explicit} does not exist"}
+    return {"ok": False, "detail": "not found (pass --plugin LIB or set CONVCRF_TRT_PLUGIN; "
+                                   "built where TensorRT headers are available)"}
+
+
+def _providers() -> dict[str, Any]:
+    try:
+        import onnxruntime
+    except Exception as exc:
+        return {"ok": False, "detail": f"onnxruntime not importable: {exc}"}
+    return {"ok": True, "detail": ", ".join(onnxruntime.get_available_providers())}
+
+
+def _display() -> dict[str, dict[str, Any]]:
+    from ..runtime.sources import available_cameras
+    from ..runtime.video import display_available
+
+    report = {}
+    try:
+        import cv2
+
+        gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+               if line.strip().startswith("GUI:")]
+        report["OpenCV GUI"] = {"ok": bool(gui) and gui[0] not in ("NONE", ""),
+                                "detail": gui[0] if gui else "unknown (headless build?)"}
+    except Exception as exc:
+        report["OpenCV GUI"] = {"ok": False, "detail": str(exc)}
+    report["display"] = {"ok": display_available(),
+                         "detail": "available" if display_available() else
+                         "none (convcrf-run runs headless)"}
+    cameras = available_cameras()
+    report["cameras"] = {"ok": bool(cameras), "detail": ", ".join(cameras) or "none found"}
+    return report
+
+
+def collect(plugin: str | None = None) -> dict[str, dict[str, Any]]:
+    """All checks as ``{name: {"ok": bool, "detail": str}}``."""
+    report: dict[str, dict[str, Any]] = {
+        "python": {"ok": sys.version_info >= (3, 9),
+                   "detail": f"{platform.python_version()} ({sys.executable})"},
+        "platform": {"ok": True, "detail": f"{platform.system()} {platform.machine()}, "
+                                           f"{os.cpu_count()} CPUs"},
+    }
+    for name, module in (("numpy", "numpy"), ("opencv", "cv2"), ("onnx", "onnx"),
+                         ("onnxruntime", "onnxruntime"), ("torch", "torch")):
+        report[name] = _version(module)
+    if report["torch"]["ok"]:
+        import torch
+
+        report["torch CUDA"] = {"ok": torch.cuda.is_available(),
+                                "detail": (torch.cuda.get_device_name(0)
+                                           if torch.cuda.is_available() else "not available")}
+    report["ONNX Runtime providers"] = _providers()
+    report.update(_native())
+    report["tensorrt"] = _version("tensorrt")
+    report["pycuda"] = _version("pycuda.driver")
+    report["TensorRT plugin library"] = _plugin(plugin)
+    report.update(_display())
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="convcrf-check-env", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--plugin", metavar="LIB", help="TensorRT plugin library to check")
+    args = parser.parse_args(argv)
+    report = collect(args.plugin)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    width = max(len(name) for name in report)
+    for name, entry in report.items():
+        print(f"{name:<{width}}  {'ok ' if entry['ok'] else '-- '} {entry['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

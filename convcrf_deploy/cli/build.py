@@ -1,0 +1,100 @@
+"""``convcrf-build``: an exported ONNX model to a TensorRT engine with the ConvCRF plugins
+(a thin layer over :func:`convcrf_deploy.tensorrt.build_engine`).
+
+Examples::
+
+    convcrf-build model.onnx                                   # -> model.engine (+ .json)
+    convcrf-build model.onnx -o model.engine --plugin build/plugins/tensorrt/libconvcrf_trt_plugin.so \\
+        --min 1x3x240x320 --opt 1x3x480x640 --max 1x3x720x1280 --timing-cache trt.cache
+    convcrf-build model.onnx --cache                           # reuse the engine cache
+
+Needs ``pip install convcrf-deploy[tensorrt]`` and an NVIDIA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
+                        PluginLibraryError, TensorRTUnavailableError, build_engine,
+                        metadata_path_for, parse_shape)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _shape(text: str) -> str:
+    try:
+        parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convcrf-build", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="ONNX file exported by convcrf-export")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("-o", "--output", type=Path, metavar="ENGINE",
+                        help="engine file to write (default: MODEL with suffix .engine)")
+    output.add_argument("--cache", action="store_true",
+                        help="write to / reuse the engine cache ($CONVCRF_ENGINE_CACHE or "
+                             "~/.cache/convcrf-deploy/engines) instead of -o")
+    parser.add_argument("--plugin", metavar="LIB",
+                        help=f"libconvcrf_trt_plugin.so (default: ${PLUGIN_ENV}, then the "
+                             "installed convcrf_deploy/_lib copy)")
+    parser.add_argument("--min", type=_shape, metavar="NxCxHxW", help="smallest image shape")
+    parser.add_argument("--opt", type=_shape, metavar="NxCxHxW",
+                        help="shape to tune for (default: 1x3xHxW of the model's input size)")
+    parser.add_argument("--max", type=_shape, metavar="NxCxHxW", help="largest image shape")
+    parser.add_argument("--timing-cache", type=Path, metavar="FILE",
+                        help="TensorRT timing cache to read and update (faster rebuilds)")
+    parser.add_argument("--workspace", type=_positive_int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+                        help=f"TensorRT workspace limit in MiB (default {DEFAULT_WORKSPACE_MB})")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="version-compatible engine with the plugin library embedded")
+    parser.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="convcrf-build: %(message)s")
+
+    def fail(message: str, code: int = EXIT_FAILED) -> int:
+        print(f"convcrf-build: error: {message}", file=sys.stderr)
+        return code
+
+    if not args.model.is_file():
+        return fail(f"ONNX model {str(args.model)!r} does not exist", EXIT_USAGE)
+    engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
+    try:
+        path = build_engine(args.model, engine_path, plugin_library=args.plugin,
+                            min_shape=args.min, opt_shape=args.opt, max_shape=args.max,
+                            timing_cache=args.timing_cache, workspace_mb=args.workspace,
+                            version_compatible=args.version_compatible, force=args.force)
+    except (TensorRTUnavailableError, PluginLibraryError, EngineBuildError, FileNotFoundError, ValueError, OSError) as exc:
+        return fail(str(exc))
+    sidecar = metadata_path_for(path)
+    print(f"wrote {path}" + (f" (metadata {sidecar.name})" if sidecar.is_file() else ""))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

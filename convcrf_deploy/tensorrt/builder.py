@@ -1,0 +1,322 @@
+"""`build_engine`: an exported ONNX model to a serialised TensorRT engine with our plugins.
+
+Steps: load the plugin library into TensorRT's registry, parse the ONNX file, give every
+network input an optimisation profile (``min``/``opt``/``max`` shapes of ``image``
+``[N, 3, H, W]``), build, write ``<engine>`` and its metadata sidecar ``<engine>.json``
+(``ModelMetadata.to_dict()``: engines carry no ONNX metadata_props, the runtime reads it there).
+
+Engines are specific to the GPU model and TensorRT version, so when no ``engine_path`` is
+given the engine goes to a cache (``$CONVCRF_ENGINE_CACHE`` or ``~/.cache/convcrf-deploy/
+engines``) under a key made of the ONNX bytes' sha256, the GPU, the TensorRT version, the
+profile and the build options; a second call with the same inputs returns the cached file.
+
+Precision: TensorRT 11 networks are strongly typed, so the plugins run in fp16 only when the
+ONNX model was exported with fp16 tensors (``convcrf-export --fp16``); there is no fp16 switch
+here. On TensorRT 10 the network is created strongly typed for the same behaviour.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+from ..metadata import ModelMetadata
+from ._modules import import_tensorrt, tensorrt_major
+from .plugin import (PluginLibraryError, find_plugin_library, is_plugin_not_found,
+                     load_plugin_library, plugin_not_found_message)
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, int, int, int]
+
+#: name of the image input of exported models (convcrf_deploy.export).
+IMAGE_INPUT = "image"
+#: environment variable overriding the engine cache folder.
+CACHE_ENV = "CONVCRF_ENGINE_CACHE"
+#: default TensorRT workspace limit in MiB.
+DEFAULT_WORKSPACE_MB = 1024
+
+_SHAPE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX*,]\s*(\d+)\s*[xX*,]\s*(\d+)\s*[xX*,]\s*(\d+)\s*$")
+
+
+class EngineBuildError(RuntimeError):
+    """Parsing or building failed; the message carries TensorRT's errors and the fix."""
+
+
+def parse_shape(text: str | Sequence[int]) -> Shape:
+    """``"1x3x480x640"`` (or ``"1,3,480,640"``, or a 4-sequence) -> ``(1, 3, 480, 640)``.
+
+    Raises ``ValueError`` unless there are four positive integers with 3 channels.
+    """
+    if isinstance(text, str):
+        match = _SHAPE_PATTERN.match(text)
+        if not match:
+            raise ValueError(f"shape {text!r} must be NxCxHxW with four positive integers, "
+                             "e.g. 1x3x480x640")
+        dims = tuple(int(v) for v in match.groups())
+    else:
+        dims = tuple(int(v) for v in text)
+        if len(dims) != 4:
+            raise ValueError(f"shape {tuple(text)!r} must have four dimensions N, C, H, W")
+    if min(dims) < 1:
+        raise ValueError(f"shape {'x'.join(map(str, dims))}: every dimension must be >= 1")
+    if dims[1] != 3:
+        raise ValueError(f"shape {'x'.join(map(str, dims))}: the image input has 3 (RGB) channels, "
+                         f"got C={dims[1]}")
+    return dims  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Optimisation profile of the ``image`` input: ``min <= opt <= max`` per dimension."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def __post_init__(self) -> None:
+        for lo, mid, hi in zip(self.min, self.opt, self.max):
+            if not lo <= mid <= hi:
+                raise ValueError(f"profile needs min <= opt <= max in every dimension, got "
+                                 f"min={_fmt(self.min)} opt={_fmt(self.opt)} max={_fmt(self.max)}")
+
+    @classmethod
+    def resolve(cls, min_shape=None, opt_shape=None, max_shape=None,
+                input_size: Sequence[int] | None = None) -> "Profile":
+        """Fill in missing shapes: ``opt`` defaults to ``1x3xHxW`` of the model's nominal
+        ``input_size`` (else the given min/max), missing ``min``/``max`` default to ``opt``
+        (a static engine is the fastest)."""
+        given = {k: parse_shape(v) for k, v in
+                 (("min", min_shape), ("opt", opt_shape), ("max", max_shape)) if v is not None}
+        opt = given.get("opt")
+        if opt is None and input_size is not None:
+            opt = (1, 3, int(input_size[0]), int(input_size[1]))
+            lo, hi = given.get("min"), given.get("max")
+            if lo is not None or hi is not None:
+                # Clamp the nominal size into the given range.
+                opt = tuple(max(lo[i] if lo else 0, min(hi[i] if hi else 1 << 30, opt[i]))
+                            for i in range(4))
+        if opt is None:
+            opt = given.get("min") or given.get("max")
+        if opt is None:
+            raise ValueError("no input shape: pass --opt NxCxHxW (and --min/--max for dynamic "
+                             "shapes), or use an ONNX file exported by convcrf-export")
+        return cls(given.get("min", opt), opt, given.get("max", opt))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_cache_key(model_sha256: str, gpu: str, trt_version: str, profile: Profile,
+                     version_compatible: bool = False, plugin_sha256: str = "") -> str:
+    """Hex key identifying an engine: same model bytes, GPU, TensorRT, profile and options
+    give the same key; any change gives another. ``plugin_sha256`` covers rebuilt plugins."""
+    record = json.dumps({"model": model_sha256, "gpu": gpu, "tensorrt": trt_version,
+                         "profile": profile.to_dict(), "version_compatible": bool(version_compatible),
+                         "plugin": plugin_sha256}, sort_keys=True)
+    return hashlib.sha256(record.encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "convcrf-deploy" / "engines"
+
+
+def metadata_path_for(engine_path: str | os.PathLike) -> Path:
+    """The sidecar JSON next to an engine: ``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def write_metadata(engine_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
+    path = metadata_path_for(engine_path)
+    path.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_metadata(engine_path: str | os.PathLike) -> ModelMetadata | None:
+    """The sidecar metadata of an engine, or ``None`` when there is none.
+
+    Raises ``ValueError`` naming the file when it exists but is not valid.
+    """
+    path = metadata_path_for(engine_path)
+    if not path.is_file():
+        return None
+    try:
+        return ModelMetadata.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"engine metadata {str(path)!r} is invalid ({exc}); rebuild the engine "
+                         "with convcrf-build or delete the file") from exc
+
+
+def onnx_metadata(onnx_path: str | os.PathLike) -> ModelMetadata | None:
+    """``ModelMetadata`` from an exported file's metadata_props (``None`` for foreign files)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: {exc}); "
+                         "export the model with convcrf-export") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return ModelMetadata.from_onnx_props(props)
+    except ValueError:
+        return None
+
+
+def gpu_identity() -> str:
+    """``"<GPU name> sm_<major><minor>"`` of device 0 (part of the cache key)."""
+    from ._modules import import_pycuda_driver
+
+    driver = import_pycuda_driver()
+    device = driver.Device(0)
+    major, minor = device.compute_capability()
+    return f"{device.name()} sm_{major}{minor}"
+
+
+def _parser_errors(parser) -> list[str]:
+    errors = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        desc = error.desc() if hasattr(error, "desc") else str(error)
+        node = error.node() if hasattr(error, "node") else -1
+        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else str(desc))
+    return errors
+
+
+def _set_profiles(trt: ModuleType, builder, network, config, profile: Profile) -> None:
+    """One optimisation profile: ``image`` gets ``profile``; other dynamic inputs (e.g. the
+    ``logits`` of a ``part="crf"`` export) take N, H, W from it and keep their static C."""
+    opt_profile = builder.create_optimization_profile()
+    names = []
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        names.append(tensor.name)
+        dims = tuple(tensor.shape)
+        if tensor.name == IMAGE_INPUT:
+            shapes = (profile.min, profile.opt, profile.max)
+        else:
+            if len(dims) != 4 or dims[1] < 0:
+                raise EngineBuildError(
+                    f"input {tensor.name!r} has shape {dims}; only NCHW inputs with a static "
+                    "channel count besides 'image' can be profiled automatically")
+            shapes = tuple((s[0], dims[1], s[2], s[3]) for s in (profile.min, profile.opt, profile.max))
+        opt_profile.set_shape(tensor.name, *shapes)
+    if IMAGE_INPUT not in names:
+        raise EngineBuildError(f"the network has inputs {names} but no {IMAGE_INPUT!r}: export the "
+                               "model with convcrf-export (part 'full' or 'crf')")
+    config.add_optimization_profile(opt_profile)
+
+
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None,
+                 plugin_library: str | os.PathLike | None = None, min_shape=None, opt_shape=None,
+                 max_shape=None, timing_cache: str | os.PathLike | None = None,
+                 workspace_mb: int = DEFAULT_WORKSPACE_MB, version_compatible: bool = False,
+                 force: bool = False) -> Path:
+    """Build (or fetch from the cache) a TensorRT engine for an exported ONNX model.
+
+    Args:
+        onnx_path: a ``.onnx`` file from ``convcrf-export`` (``plugin`` or ``single-file``
+            flavour; with ``single-file`` TensorRT >= 10.7 uses the plugins, not the functions).
+        engine_path: where to write the engine; ``None`` uses the engine cache.
+        plugin_library: ``libconvcrf_trt_plugin.so``; found by :func:`find_plugin_library`
+            when omitted.
+        min_shape, opt_shape, max_shape: ``"NxCxHxW"`` of ``image``; see :meth:`Profile.resolve`.
+        timing_cache: file to read and update with TensorRT's timing cache (faster rebuilds).
+        workspace_mb: TensorRT workspace memory-pool limit in MiB.
+        version_compatible: build a version-compatible engine with the plugin library embedded
+            (``BuilderFlag.VERSION_COMPATIBLE`` + ``plugins_to_serialize``).
+        force: rebuild even when the cache holds the engine.
+
+    Returns:
+        The engine path; its metadata sidecar is ``metadata_path_for(path)``.
+
+    Raises:
+        TensorRTUnavailableError: ``tensorrt``/``pycuda`` are not installed.
+        PluginLibraryError: the plugin library is missing or unloadable.
+        EngineBuildError: parsing or building failed (message includes TensorRT's errors).
+        ValueError: bad shapes or workspace.
+    """
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model {str(onnx_path)!r} does not exist")
+    if workspace_mb < 1:
+        raise ValueError(f"workspace_mb must be >= 1, got {workspace_mb}")
+    trt = import_tensorrt()  # first: without TensorRT nothing else matters
+    metadata = onnx_metadata(onnx_path)
+    profile = Profile.resolve(min_shape, opt_shape, max_shape,
+                              metadata.input_size if metadata else None)
+    library = find_plugin_library(plugin_library)
+    load_plugin_library(trt, library)
+
+    if engine_path is None:
+        key = engine_cache_key(sha256_file(onnx_path), gpu_identity(), str(trt.__version__), profile,
+                               version_compatible, sha256_file(library))
+        engine_path = default_cache_dir() / f"{onnx_path.stem}-{key}.engine"
+        if engine_path.is_file() and not force:
+            log.info("engine cache hit: %s", engine_path)
+            if metadata is not None and not metadata_path_for(engine_path).is_file():
+                write_metadata(engine_path, metadata)
+            return engine_path
+    engine_path = Path(engine_path)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None and tensorrt_major(trt) == 10:
+        flags |= 1 << int(strongly_typed)  # TensorRT 11 is always strongly typed
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = _parser_errors(parser)
+        if any(is_plugin_not_found(e) for e in errors):
+            raise PluginLibraryError(plugin_not_found_message(errors, library))
+        raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    _set_profiles(trt, builder, network, config, profile)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        config.plugins_to_serialize = [str(library)]
+    cache = None
+    if timing_cache is not None:
+        timing_cache = Path(timing_cache)
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine for {onnx_path.name} with "
+                               f"profile min={_fmt(profile.min)} opt={_fmt(profile.opt)} "
+                               f"max={_fmt(profile.max)}; see the TensorRT log above (a smaller "
+                               "--max shape or a larger --workspace often helps)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(serialized))
+    if metadata is not None:
+        write_metadata(engine_path, metadata)
+    if cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    log.info("wrote %s", engine_path)
+    return engine_path

@@ -1,0 +1,192 @@
+"""``convcrf-train``: train a ConvCRF's parameters on labelled images (decoupled training).
+
+    convcrf-train crf --data DIR (--synthetic | --unary-model MODEL) [--epochs 3] [--lr 0.02]
+                      [--filter-size 7] [--learned-compatibility] [--learned-features]
+                      [--trainable GROUPS] [--holdout 0.3] [--scale 1] [--out FILE] [--json FILE]
+
+The unary stays frozen: with ``--synthetic`` it is the paper's noisy ground truth (fresh noise
+every epoch), with ``--unary-model`` the predictions of a trained model (checkpoint or "demo").
+Only the CRF's parameters are trained, with Adam on the NLL of its output. A fraction of the
+images is held out and evaluated before and after training. ``--out`` writes a CRF-only
+checkpoint (``convcrf_deploy.training.load_crf``) with ``--synthetic``, or the model with its
+trained CRF (``convcrf_deploy.load_model``) with ``--unary-model``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..config import TRAINABLE_GROUPS
+from .eval import _positive_float, _positive_int
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    groups = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [g for g in groups if g not in TRAINABLE_GROUPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown group(s) {unknown}; choose from "
+                                         f"{','.join(TRAINABLE_GROUPS)}")
+    return groups
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convcrf-train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    crf = commands.add_parser("crf", help="train the CRF on a frozen unary",
+                              description=__doc__.split("\n\n", 2)[2])
+    crf.add_argument("--data", required=True, type=Path,
+                     help="folder of NAME_0img.png + NAME_5labels.png pairs, or a VOC 2012 root")
+    crf.add_argument("--split", default=None, help="VOC only: ImageSets/Segmentation list")
+    crf.add_argument("--max-images", type=_positive_int, default=None)
+    unary = crf.add_mutually_exclusive_group(required=True)
+    unary.add_argument("--synthetic", action="store_true",
+                       help="unary = the paper's synthetic noisy ground truth")
+    unary.add_argument("--unary-model", metavar="MODEL",
+                       help="unary = this model's predictions (checkpoint path or 'demo')")
+    crf.add_argument("--num-classes", type=_positive_int, default=21,
+                     help="--synthetic: classes of the labels (default 21)")
+    crf.add_argument("--epochs", type=_positive_int, default=3)
+    crf.add_argument("--lr", type=_positive_float, default=0.02, help="Adam learning rate")
+    crf.add_argument("--filter-size", type=_positive_int, default=None,
+                     help="ConvCRF filter size (default 7, or the model's CRF)")
+    crf.add_argument("--blur", type=_positive_int, default=None, help="default 4 or the model's")
+    crf.add_argument("--learned-compatibility", action="store_true",
+                     help="the paper's +C: learn a class compatibility matrix")
+    crf.add_argument("--learned-features", action="store_true",
+                     help="the paper's +T: learn the smoothness kernel's features")
+    crf.add_argument("--trainable", type=_groups, default=None,
+                     help=f"parameter groups to train (default: kernel_weights,bandwidths, plus "
+                          f"compatibility/features when enabled); any of "
+                          f"{','.join(TRAINABLE_GROUPS)}")
+    crf.add_argument("--holdout", type=_fraction, default=0.3,
+                     help="fraction of images kept for evaluation (default 0.3)")
+    crf.add_argument("--scale", type=_positive_float, default=1.0,
+                     help="resize images by this factor (train at your deployment resolution)")
+    crf.add_argument("--seed", type=int, default=0, help="hold-out split, order and noise seed")
+    crf.add_argument("--out", type=Path, default=None, help="write the trained checkpoint here")
+    crf.add_argument("--json", type=Path, default=None, help="write the training report here")
+    crf.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> tuple[dict, object]:
+    from ..config import CRFConfig
+    from ..data.folder import LabelledFolder
+    from .. import training
+
+    model = None
+    initial_state = None
+    if args.unary_model is not None:
+        from ..model import load_model
+        model = load_model(args.unary_model)
+        num_classes = model.num_classes
+        base = model.crf.config if model.crf is not None else CRFConfig(num_classes=num_classes,
+                                                                        filter_size=7)
+        if model.crf is not None:
+            initial_state = model.crf.state_dict()
+    else:
+        num_classes = args.num_classes
+        base = CRFConfig(num_classes=num_classes, filter_size=7)
+    changes = {}
+    if args.filter_size is not None:
+        changes["filter_size"] = args.filter_size
+    if args.blur is not None:
+        changes["blur"] = args.blur
+    if args.learned_compatibility:
+        changes["compatibility"] = "learned"
+    if args.learned_features:
+        changes["learned_features"] = True
+    config = base.replace(**changes)
+    trainable = args.trainable
+    if trainable is None:
+        trainable = ("kernel_weights", "bandwidths")
+        trainable += ("compatibility",) if config.compatibility == "learned" else ()
+        trainable += ("features",) if config.learned_features else ()
+    config = config.replace(trainable=trainable)
+
+    folder = LabelledFolder(args.data, split=args.split, num_classes=num_classes,
+                            max_images=args.max_images)
+    samples = [sample.resized(args.scale) for sample in folder]
+    train_samples, held_samples = training.split_holdout(samples, args.holdout, seed=args.seed)
+    if model is None:
+        held_out = training.synthetic_examples(held_samples, num_classes=num_classes,
+                                               seed=args.seed)
+        # Fresh noise every epoch: the CRF must learn to clean noise, not these draws.
+        def train(epoch):
+            return training.synthetic_examples(train_samples, num_classes=num_classes,
+                                               seed=args.seed + 1 + epoch)
+    else:
+        held_out = training.model_examples(model, held_samples)
+        train = training.model_examples(model, train_samples)
+
+    def on_step(epoch, step, loss):
+        if not args.quiet and step == len(train_samples) - 1:
+            print(f"epoch {epoch + 1}/{args.epochs} done (last step loss {loss:.4f})",
+                  file=sys.stderr)
+
+    crf, report = training.run_decoupled_training(train, held_out, config, epochs=args.epochs,
+                                                  lr=args.lr, seed=args.seed,
+                                                  initial_state=initial_state, on_step=on_step)
+    report.update({"data": str(args.data), "scale": args.scale, "holdout": args.holdout,
+                   "unary": "synthetic" if model is None else str(args.unary_model)})
+    return report, (crf, model)
+
+
+def _save(path: Path, crf, model) -> None:
+    from .. import training
+    if model is None:
+        training.save_crf(crf, path)
+        return
+    from ..model import SegmentationModel, save_model
+    save_model(SegmentationModel(model.unary, crf, model.metadata, unary_spec=model.unary_spec),
+               path)
+
+
+def _print_report(report: dict) -> None:
+    history = ", ".join(f"{loss:.4f}" for loss in report["loss_history"])
+    print(f"trained on {report['num_train']} image(s) for {report['epochs']} epoch(s) in "
+          f"{report['train_seconds']:.1f} s; loss per epoch: {history}")
+    held = report.get("held_out")
+    if not held:
+        print("no held-out images (--holdout 0): nothing evaluated")
+        return
+    print(f"held-out images ({report['num_held_out']}): {', '.join(report['held_out_images'])}")
+    print(f"{'':8}{'accuracy [%]':>14}{'mIoU GT [%]':>14}{'mIoU VOC [%]':>14}{'NLL':>9}")
+    for name in ("unary", "before", "after"):
+        m = held[name]
+        print(f"{name:8}{100 * m['accuracy']:>14.2f}{100 * m['miou_gt_classes']:>14.2f}"
+              f"{100 * m['miou']:>14.2f}{m['loss']:>9.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report, (crf, model) = _run(args)
+        if args.out is not None:
+            _save(args.out, crf, model)
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
+        print(f"convcrf-train: error: {error}", file=sys.stderr)
+        return 2
+    _print_report(report)
+    if args.out is not None:
+        report["checkpoint"] = str(args.out)
+        print(f"checkpoint written to {args.out}")
+    if args.json is not None:
+        from ..evaluation import json_safe
+        args.json.write_text(json.dumps(json_safe(report), indent=2))
+        print(f"report written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,14 @@
 #define CONVCRF_MULTIVERSION
 #endif
 
+// Row workers are forced inline into the multiversioned loops above them: a separately
+// compiled worker would only get the baseline instruction set.
+#if defined(__GNUC__)
+#define CONVCRF_ROW inline __attribute__((always_inline))
+#else
+#define CONVCRF_ROW inline
+#endif
+
 namespace convcrf {
 namespace {
 
@@ -72,7 +80,7 @@ bool isEmpty(int64_t n, int64_t channels, int64_t h, int64_t w)
 // ---- gaussian kernel -------------------------------------------------------------------
 
 template <typename T>
-void gaussianKernelRow(const T* __restrict features, int64_t d, int64_t h, int64_t w,
+CONVCRF_ROW void gaussianKernelRow(const T* __restrict features, int64_t d, int64_t h, int64_t w,
                        int32_t k, T* __restrict kernel, int64_t row)
 {
     const int64_t n = row / h, y = row % h, plane = h * w;
@@ -119,7 +127,7 @@ void gaussianKernelRowsF64(const double* f, int64_t d, int64_t h, int64_t w, int
 // d K[o,p] / d F[:,p] and d K[o,p-o] / d F[:,p], gathered per output pixel p so that rows are
 // independent (no atomics, no races).
 template <typename T>
-void gaussianKernelBackwardRow(const T* __restrict features, const T* __restrict kernel,
+CONVCRF_ROW void gaussianKernelBackwardRow(const T* __restrict features, const T* __restrict kernel,
                                const T* __restrict gradKernel, int64_t d, int64_t h, int64_t w,
                                int32_t k, T* __restrict grad, int64_t row, std::vector<T>& weight)
 {
@@ -178,7 +186,7 @@ void gaussianKernelBackwardRow(const T* __restrict features, const T* __restrict
 }
 
 template <typename T>
-void gaussianKernelBackwardRows(const T* f, const T* kernel, const T* gk, int64_t d, int64_t h,
+CONVCRF_ROW void gaussianKernelBackwardRows(const T* f, const T* kernel, const T* gk, int64_t d, int64_t h,
                                 int64_t w, int32_t k, T* grad, int64_t b, int64_t e)
 {
     std::vector<T> scratch;
@@ -189,7 +197,7 @@ void gaussianKernelBackwardRows(const T* f, const T* kernel, const T* gk, int64_
 // ---- message passing -------------------------------------------------------------------
 
 template <typename T>
-void messagePassingRow(const T* __restrict q, const T* __restrict kernel, int64_t c, int64_t h,
+CONVCRF_ROW void messagePassingRow(const T* __restrict q, const T* __restrict kernel, int64_t c, int64_t h,
                        int64_t w, int32_t k, T* __restrict messages, int64_t row)
 {
     const int64_t n = row / h, y = row % h, plane = h * w;
@@ -227,7 +235,7 @@ CONVCRF_MULTIVERSION void messagePassingRowsF32(const float* q, const float* ker
 }
 
 template <typename T>
-void messagePassingTransposedRow(const T* __restrict g, const T* __restrict kernel, int64_t c,
+CONVCRF_ROW void messagePassingTransposedRow(const T* __restrict g, const T* __restrict kernel, int64_t c,
                                  int64_t h, int64_t w, int32_t k, T* __restrict out, int64_t row)
 {
     const int64_t n = row / h, y = row % h, plane = h * w;
@@ -257,7 +265,7 @@ void messagePassingTransposedRow(const T* __restrict g, const T* __restrict kern
 }
 
 template <typename T>
-void messagePassingKernelGradRow(const T* __restrict g, const T* __restrict q, int64_t c,
+CONVCRF_ROW void messagePassingKernelGradRow(const T* __restrict g, const T* __restrict q, int64_t c,
                                  int64_t h, int64_t w, int32_t k, T* __restrict gradKernel,
                                  int64_t row)
 {
@@ -284,6 +292,33 @@ void messagePassingKernelGradRow(const T* __restrict g, const T* __restrict q, i
             }
         }
     }
+}
+
+// Float entry points of the backward rows, compiled per instruction set like the forward ones.
+CONVCRF_MULTIVERSION void messagePassingTransposedRowsF32(const float* g, const float* kernel,
+                                                          int64_t c, int64_t h, int64_t w,
+                                                          int32_t k, float* out, int64_t b,
+                                                          int64_t e)
+{
+    for (int64_t row = b; row < e; ++row)
+        messagePassingTransposedRow<float>(g, kernel, c, h, w, k, out, row);
+}
+
+CONVCRF_MULTIVERSION void messagePassingKernelGradRowsF32(const float* g, const float* q,
+                                                          int64_t c, int64_t h, int64_t w,
+                                                          int32_t k, float* out, int64_t b,
+                                                          int64_t e)
+{
+    for (int64_t row = b; row < e; ++row)
+        messagePassingKernelGradRow<float>(g, q, c, h, w, k, out, row);
+}
+
+CONVCRF_MULTIVERSION void gaussianKernelBackwardRowsF32(const float* f, const float* kernel,
+                                                        const float* gk, int64_t d, int64_t h,
+                                                        int64_t w, int32_t k, float* grad,
+                                                        int64_t b, int64_t e)
+{
+    gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
 }
 
 // ---- fused mean-field step -------------------------------------------------------------
@@ -383,7 +418,7 @@ struct MeanFieldScratch {
 // For blur 4 the interior has the fixed phase pattern x = 4j + s -> (j-1, j, 0.625),
 // (j-1, j, 0.875), (j, j+1, 0.125), (j, j+1, 0.375), written out so that it vectorises;
 // the generic gather handles the borders and other blur factors with identical results.
-inline void upsampleRowX(const MeanFieldGeometry& geo, const float* __restrict m,
+CONVCRF_ROW void upsampleRowX(const MeanFieldGeometry& geo, const float* __restrict m,
                          float* __restrict o)
 {
     const int64_t w = geo.w, wl = geo.wLow;
@@ -413,7 +448,7 @@ inline void upsampleRowX(const MeanFieldGeometry& geo, const float* __restrict m
 // Messages of low row `row` of image `n`, upsampled along x for every class ([c][w]).
 // Each low row is upsampled once per thread and reused by the full rows of three low rows,
 // so this gather runs on 1/blur of the full-resolution pixels.
-const float* upsampledMessageRow(const MeanFieldGeometry& geo, const float* messagesLow,
+CONVCRF_ROW const float* upsampledMessageRow(const MeanFieldGeometry& geo, const float* messagesLow,
                                  int64_t n, int64_t row, MeanFieldScratch& s)
 {
     const int64_t slot = row % 3, c = geo.c, w = geo.w, wl = geo.wLow;
@@ -573,7 +608,10 @@ int32_t gaussianKernelBackwardImpl(const T* f, const T* kernel, const T* gk, int
         return kErrorNullPointer;
     return guarded([&] {
         parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
-            gaussianKernelBackwardRows<T>(f, kernel, gk, d, h, w, k, grad, b, e);
+            if constexpr (std::is_same<T, float>::value)
+                gaussianKernelBackwardRowsF32(f, kernel, gk, d, h, w, k, grad, b, e);
+            else
+                gaussianKernelBackwardRows<T>(f, kernel, gk, d, h, w, k, grad, b, e);
         });
     });
 }
@@ -612,8 +650,12 @@ int32_t messagePassingTransposedImpl(const T* g, const T* kernel, int64_t n, int
         return kErrorNullPointer;
     return guarded([&] {
         parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
-            for (int64_t row = b; row < e; ++row)
-                messagePassingTransposedRow<T>(g, kernel, c, h, w, k, out, row);
+            if constexpr (std::is_same<T, float>::value) {
+                messagePassingTransposedRowsF32(g, kernel, c, h, w, k, out, b, e);
+            } else {
+                for (int64_t row = b; row < e; ++row)
+                    messagePassingTransposedRow<T>(g, kernel, c, h, w, k, out, row);
+            }
         });
     });
 }
@@ -630,8 +672,12 @@ int32_t messagePassingKernelGradImpl(const T* g, const T* q, int64_t n, int64_t 
         return kErrorNullPointer;
     return guarded([&] {
         parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
-            for (int64_t row = b; row < e; ++row)
-                messagePassingKernelGradRow<T>(g, q, c, h, w, k, out, row);
+            if constexpr (std::is_same<T, float>::value) {
+                messagePassingKernelGradRowsF32(g, q, c, h, w, k, out, b, e);
+            } else {
+                for (int64_t row = b; row < e; ++row)
+                    messagePassingKernelGradRow<T>(g, q, c, h, w, k, out, row);
+            }
         });
     });
 }

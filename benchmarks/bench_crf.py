@@ -1,0 +1,93 @@
+"""Latency of full ConvCRF inference on the CPU: native kernels vs an F.unfold implementation.
+
+The setting of the core issue (and of the paper's Table 1): 21 classes, a 375 x 500 image,
+5 mean-field iterations, blur 4, filter sizes 7 and 11, on 2 threads. Every variant runs the
+same model on the same inputs in this one process, interleaved, so the printed ratios are
+meaningful even on a noisy machine:
+
+* ``native``  : ``ConvCRF`` under ``torch.no_grad()`` (fused native mean-field step);
+* ``native-ops``: the differentiable path with the native ops (what training runs);
+* ``unfold``  : ``ConvCRF(implementation="reference")``, messages by ``F.unfold`` as in the
+  original ConvCRF code;
+* ``message-passing``: one native message passing alone, for the per-iteration floor.
+
+Usage:  python benchmarks/bench_crf.py [--filter-sizes 7,11] [--threads 2] [--repeats 10]
+        [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from convcrf_deploy import CRFConfig, ConvCRF, ops
+
+
+def time_call(fn, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--filter-sizes", default="7,11")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if not ops.native_available():
+        raise SystemExit("the native CPU library is not built: pip install . first")
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, args.classes, args.height, args.width, generator=g) * 3
+    image = torch.rand(1, 3, args.height, args.width, generator=g) * 255
+    print(f"ConvCRF inference, {args.classes} classes, {args.height}x{args.width}, 5 iterations, "
+          f"blur 4, {args.threads} threads (median of {args.repeats}, ms)")
+    print(f"{'k':>3} {'native':>9} {'native-ops':>11} {'unfold':>9} {'msg-pass':>9} "
+          f"{'unfold/native':>14}")
+    results = []
+    for k in (int(v) for v in args.filter_sizes.split(",")):
+        cfg = CRFConfig(num_classes=args.classes, filter_size=k, blur=4, iterations=5)
+        native, unfold = ConvCRF(cfg), ConvCRF(cfg, implementation="reference")
+        native_ops = ConvCRF(cfg)
+        native_ops._use_fused = lambda _z: False  # force the differentiable path
+        with torch.no_grad():
+            kernel = native.pairwise_kernel(image, args.height, args.width)
+            q_low = torch.rand(1, args.classes, kernel.shape[2], kernel.shape[3], generator=g)
+            # Interleave the variants so that machine noise hits all of them alike.
+            samples = {"native": [], "native-ops": [], "unfold": [], "message-passing": []}
+            for _ in range(args.repeats):
+                samples["native"] += time_call(lambda: native(z, image), 1, warmup=1)
+                samples["native-ops"] += time_call(lambda: native_ops(z, image), 1, warmup=0)
+                samples["unfold"] += time_call(lambda: unfold(z, image), 1, warmup=0)
+                samples["message-passing"] += time_call(
+                    lambda: ops.message_passing(q_low, kernel, k), 5, warmup=1)
+            agree = (native(z, image).argmax(1) == unfold(z, image).argmax(1)).float().mean().item()
+        med = {name: statistics.median(v) for name, v in samples.items()}
+        ratio = med["unfold"] / med["native"]
+        print(f"{k:>3} {med['native']:>9.1f} {med['native-ops']:>11.1f} {med['unfold']:>9.1f} "
+              f"{med['message-passing']:>9.2f} {ratio:>13.1f}x   (labels agree: {agree:.4%})")
+        results.append({"filter_size": k, "median_ms": med, "speedup_vs_unfold": ratio,
+                        "label_agreement": agree})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threads": args.threads, "height": args.height, "width": args.width,
+                       "classes": args.classes, "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

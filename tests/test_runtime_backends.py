@@ -109,6 +109,22 @@ def test_plugin_flavour_graph_on_cpu_says_which_flavour_to_export(toy_onnx, tmp_
         OnnxRuntimeBackend(path)
 
 
+def test_graph_without_crf_config_is_known_to_have_no_crf(toy_onnx, tmp_path):
+    from convcrf_deploy.metadata import ONNX_KEYS
+    from convcrf_deploy.runtime import Segmenter
+
+    assert OnnxRuntimeBackend(toy_onnx).has_crf
+    model = onnx.load(str(toy_onnx))
+    kept = [p for p in model.metadata_props if p.key != ONNX_KEYS["crf_config"]]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    path = tmp_path / "unary_only.onnx"
+    onnx.save(model, str(path))
+    backend = OnnxRuntimeBackend(path)
+    assert not backend.has_crf
+    assert not Segmenter(backend)(np.zeros((8, 8, 3), np.uint8)).crf
+
+
 def test_onnx_file_without_convcrf_metadata_is_rejected(toy_onnx, tmp_path):
     model = onnx.load(str(toy_onnx))
     del model.metadata_props[:]

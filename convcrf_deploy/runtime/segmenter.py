@@ -191,14 +191,15 @@ class Segmenter:
         t2 = time.perf_counter()
         mapped = self.postprocess(outputs)
         t3 = time.perf_counter()
-        labels, crf_applied = mapped["labels"], self._crf
+        labels = mapped["labels"]
+        has_crf = getattr(self.backend, "has_crf", True)
         if hasattr(self.backend, "crf_enabled"):  # the backend itself skips the CRF
-            crf_applied = self._crf and getattr(self.backend, "has_crf", True)
-        elif not self._crf:  # exported graphs always run it: report the unary's labels
-            if "unary_labels" in mapped:
-                labels = mapped["unary_labels"]
-            else:
-                crf_applied = True
+            crf_applied = self._crf and has_crf
+        elif not self._crf and "unary_labels" in mapped:
+            # Exported graphs always run their CRF: report the unary's labels instead.
+            labels, crf_applied = mapped["unary_labels"], False
+        else:
+            crf_applied = has_crf
         return SegmentationResult(
             labels=labels, unary_labels=mapped.get("unary_labels"),
             probabilities=mapped.get("probabilities"),

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..metadata import ModelMetadata
+from ..config import CRFConfig
+from ..metadata import ONNX_KEYS, ModelMetadata
 
 # Colour prototypes (RGB) of SyntheticScene's classes, used by the toy model's weights.
 _TOY_PROTOTYPES = [(110, 110, 110), (200, 70, 60), (60, 150, 210), (90, 190, 80), (215, 190, 60)]
@@ -63,7 +64,9 @@ def write_toy_onnx(path: str | os.PathLike,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     metadata = ModelMetadata(class_names=list(class_names), input_size=input_size, resize=resize)
-    props = {**metadata.to_onnx_props(), "convcrf.flavor": flavor}
+    # Record a CRF configuration: the 3x3 smoothing plays the CRF's part for the runtime.
+    props = {**metadata.to_onnx_props(), ONNX_KEYS["flavor"]: flavor,
+             ONNX_KEYS["crf_config"]: CRFConfig(num_classes=num_classes).to_json()}
     helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     path = Path(path)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ....metadata import ModelMetadata
+from ....metadata import ONNX_KEYS, ModelMetadata
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend
 from .loader import SessionLoader
 
@@ -38,6 +38,8 @@ class OnnxRuntimeBackend(Backend):
         props = {p.key: p.value for p in model_proto.metadata_props}
         super().__init__(ModelMetadata.from_onnx_props(props))
         self.flavor = props.get("convcrf.flavor")
+        #: the graph contains a ConvCRF (the export records its configuration).
+        self.has_crf = ONNX_KEYS["crf_config"] in props
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != [INPUT_NAME]:
             raise ValueError(f"{self.loader.path.name} has inputs {inputs}; convcrf models "

@@ -1,0 +1,131 @@
+"""`TensorRTBackend`: the runtime backend for TensorRT engines built with the ConvCRF plugins."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from ....metadata import ModelMetadata
+from ....tensorrt import import_tensorrt
+from ....tensorrt._modules import import_pycuda_driver
+from ..base import INPUT_NAME, Backend
+from .loader import BufferPool, EngineLoader
+
+log = logging.getLogger(__name__)
+
+
+class TensorRTBackend(Backend):
+    """Runs a TensorRT engine (or an exported ONNX file, built and cached on first use).
+
+    Input ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 within the engine's optimisation profile;
+    outputs ``probabilities`` float32 ``[N, C, H, W]``, ``labels`` int64 ``[N, H, W]`` and
+    ``unary_labels`` when the engine has it. One CUDA stream; input and outputs go through
+    pinned host buffers with asynchronous copies; buffers are reallocated only when a frame is
+    larger than every earlier one.
+
+    Metadata comes from ``metadata=``, else the sidecar ``<engine>.json`` written by
+    ``convcrf-build``, else the ONNX file's metadata_props, else generic class names.
+
+    Args:
+        engine_or_onnx_path: ``.engine``/``.plan`` file or ``.onnx`` export.
+        plugin_library: ``libconvcrf_trt_plugin.so`` (default: ``$CONVCRF_TRT_PLUGIN`` or the
+            installed copy).
+        metadata: overrides the stored metadata.
+        device: CUDA device index.
+        **build_options: for ONNX input, passed to ``build_engine`` (``min_shape``,
+            ``opt_shape``, ``max_shape``, ``workspace_mb``, ``timing_cache``).
+
+    Example:
+        >>> with TensorRTBackend("model.engine") as backend:
+        ...     out = backend.infer({"image": np.zeros((1, 3, 480, 640), np.float32)})
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine_or_onnx_path: str | os.PathLike,
+                 plugin_library: str | os.PathLike | None = None,
+                 metadata: ModelMetadata | None = None, device: int = 0, **build_options: Any):
+        self.loader = EngineLoader(engine_or_onnx_path, plugin_library, build_options)
+        self.info = self.loader()  # fails early: missing TensorRT, plugin or a bad engine
+        if metadata is None:
+            metadata = self.loader.metadata(self.info.path)
+        if metadata is None:
+            count = self.info.num_classes or 1
+            log.warning("%s has no metadata sidecar (%s.json): using generic class names; build "
+                        "it with convcrf-build to keep the exported class names and palette",
+                        self.info.path.name, self.info.path.name)
+            metadata = ModelMetadata.for_classes([f"class_{i}" for i in range(count)])
+        super().__init__(metadata)
+        self.device = device
+        self._driver = None
+        self._cuda_context = None
+        self._stream = None
+        self._context = None
+        self._buffers: BufferPool | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.info.output_names)
+
+    def _activate(self) -> None:
+        driver = import_pycuda_driver()
+        # The primary context is the one TensorRT (CUDA runtime API) uses too.
+        self._cuda_context = driver.Device(self.device).retain_primary_context()
+        self._cuda_context.push()
+        try:
+            self._driver = driver
+            self._stream = driver.Stream()
+            self._context = self.info.engine.create_execution_context()
+            if self._context is None:
+                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+            self._buffers = BufferPool(lambda n: driver.pagelocked_empty(n, np.uint8), driver.mem_alloc)
+        except BaseException:
+            self._cuda_context.pop()
+            raise
+
+    def _deactivate(self) -> None:
+        try:
+            if self._stream is not None:
+                self._stream.synchronize()
+            if self._buffers is not None:
+                self._buffers.release()
+        finally:
+            self._context = self._buffers = self._stream = None
+            if self._cuda_context is not None:
+                self._cuda_context.pop()
+                self._cuda_context = None
+
+    def profile_range(self) -> tuple[tuple[int, ...], ...]:
+        """``(min, opt, max)`` shapes of ``image`` in the engine's first profile."""
+        return tuple(tuple(int(v) for v in s)
+                     for s in self.info.engine.get_tensor_profile_shape(INPUT_NAME, 0))
+
+    def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        driver, context, stream, buffers = self._driver, self._context, self._stream, self._buffers
+        if not context.set_input_shape(INPUT_NAME, tuple(image.shape)):
+            lo, opt, hi = ("x".join(map(str, s)) for s in self.profile_range())
+            raise ValueError(f"image shape {'x'.join(map(str, image.shape))} is outside the engine's "
+                             f"profile (min {lo}, opt {opt}, max {hi}); resize the input or rebuild "
+                             "with convcrf-build --min/--max covering it")
+        host, device_ptr = buffers.get(INPUT_NAME, image.shape, self.info.input_dtype)
+        np.copyto(host, image, casting="unsafe")  # fp16 engines take fp16 input
+        driver.memcpy_htod_async(device_ptr, host, stream)
+        context.set_tensor_address(INPUT_NAME, device_ptr)
+        hosts = {}
+        for name in self.info.output_names:
+            shape = tuple(context.get_tensor_shape(name))
+            out_host, out_ptr = buffers.get(name, shape, self.info.output_dtypes[name])
+            context.set_tensor_address(name, out_ptr)
+            hosts[name] = (out_host, out_ptr)
+        if not context.execute_async_v3(stream.handle):
+            raise RuntimeError("TensorRT enqueue failed (see the TensorRT log above)")
+        for out_host, out_ptr in hosts.values():
+            driver.memcpy_dtoh_async(out_host, out_ptr, stream)
+        stream.synchronize()
+        # Copies: the pinned buffers are reused by the next call.
+        outputs = {"probabilities": np.array(hosts["probabilities"][0], dtype=np.float32)}
+        for name in self.info.output_names[1:]:
+            outputs[name] = np.array(hosts[name][0], dtype=np.int64)
+        return outputs

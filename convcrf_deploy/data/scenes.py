@@ -87,8 +87,6 @@ class SyntheticScene:
         rng = np.random.default_rng([self.seed, 0x5CE7E])
         self._background = self._make_background(rng)
         self._objects = [self._make_object(rng) for _ in range(self.num_objects)]
-        # Pixel grids reused by every frame for the textures (float32 keeps render cheap).
-        self._ys, self._xs = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
 
     @property
     def num_classes(self) -> int:
@@ -187,16 +185,15 @@ class SyntheticScene:
         labels = np.zeros((self.height, self.width), np.uint8)
         for obj in self._objects:          # list order is depth order: later objects in front
             x, y, angle = self._pose(obj, t)
-            inside = self._mask(obj, x, y, angle).astype(bool)
-            if not inside.any():
+            rows, cols = np.nonzero(self._mask(obj, x, y, angle))
+            if rows.size == 0:
                 continue
             # Stripes in the object's own frame, so the texture moves and turns with it.
             direction = obj.stripe_angle + angle
-            dx, dy = self._xs[inside] - x, self._ys[inside] - y
-            phase = (dx * np.cos(direction) + dy * np.sin(direction)) * (2 * np.pi / obj.stripe_period)
-            shade = 1.0 + obj.stripe_amplitude * np.sin(phase)
-            image[inside] = np.asarray(obj.colour, np.float32) * shade[:, None]
-            labels[inside] = obj.label
+            along = (cols - x) * np.cos(direction) + (rows - y) * np.sin(direction)
+            shade = 1.0 + obj.stripe_amplitude * np.sin(along * (2 * np.pi / obj.stripe_period))
+            image[rows, cols] = np.asarray(obj.colour, np.float32) * shade[:, None].astype(np.float32)
+            labels[rows, cols] = obj.label
         # Camera: slight optical blur and per-frame sensor noise, reproducible from (seed, t).
         image = cv2.GaussianBlur(image, (0, 0), 0.7)
         noise_rng = np.random.default_rng([self.seed, t, 0x401CE])

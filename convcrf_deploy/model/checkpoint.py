@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,16 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
     torch.save(checkpoint, path)
 
 
+def _pickle_reason(text: str) -> str:
+    """The useful line of torch's weights-only unpickling error."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[index + 1] if index + 1 < len(lines) else line)
+    return lines[-1] if lines else "unknown error"
+
+
 def _read(path: Path, map_location) -> dict[str, Any]:
     """The checkpoint dictionary in ``path``; CheckpointError for anything else."""
     if not path.exists():
@@ -98,13 +109,16 @@ def _read(path: Path, map_location) -> dict[str, Any]:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text or "global" in text.lower():
+        if "Unsupported global" in text:
+            found = re.search(r"GLOBAL (\S+)", text)
             raise CheckpointError(
-                f"{path} contains pickled Python objects, not a convcrf-deploy checkpoint "
-                "(those hold only tensors and plain values); refusing to unpickle it. Save "
-                "models with convcrf_deploy.save_model.") from exc
-        raise CheckpointError(f"{path} is not a convcrf-deploy checkpoint: it is not a "
-                              f"PyTorch file or it is corrupt ({text.splitlines()[0]})") from exc
+                f"{path} contains pickled Python objects"
+                f"{' (' + found.group(1) + ')' if found else ''}, so it is not a convcrf-deploy "
+                "checkpoint (those hold only tensors and plain values); refusing to unpickle "
+                "it. Save models with convcrf_deploy.save_model.") from exc
+        raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
+                              "truncated, corrupt or not a PyTorch file (unpickling failed: "
+                              f"{_pickle_reason(text)})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
             AttributeError, IndexError, TypeError, UnicodeDecodeError) as exc:
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -124,3 +124,20 @@ def test_ctrl_c_finalises_the_recording(tmp_path, toy_onnx):
     report = run_video(InterruptedSource(5), Segmenter(toy_onnx), save=str(out))
     assert report.interrupted and report.frames == 5
     assert count_video_frames(out) == 5
+
+
+def test_window_keys_quit_pause_toggle_crf_and_cycle_views(toy_onnx):
+    from convcrf_deploy.runtime.video import _handle_key
+    from convcrf_deploy.runtime.visualize import Renderer
+
+    segmenter, renderer = Segmenter(toy_onnx), Renderer([[0, 0, 0]] * 5, "overlay")
+    assert _handle_key(ord("q"), segmenter, renderer, False) is None
+    assert _handle_key(27, segmenter, renderer, True) is None  # Esc
+    assert _handle_key(ord(" "), segmenter, renderer, False) is True
+    assert _handle_key(ord(" "), segmenter, renderer, True) is False
+    assert _handle_key(ord("c"), segmenter, renderer, False) is False and not segmenter.crf
+    _handle_key(ord("c"), segmenter, renderer, False)
+    assert segmenter.crf
+    _handle_key(ord("v"), segmenter, renderer, False)
+    assert renderer.view == "mask"
+    assert _handle_key(255, segmenter, renderer, False) is False  # no key pressed

@@ -139,8 +139,9 @@ def test_live_source_drops_stale_frames_and_hands_over_the_newest():
             time.sleep(0.02)  # a slow consumer
             produced_before = camera.produced
             frame = source.read()
-            # Newest: produced no earlier than what existed when we asked.
-            assert frame.index >= produced_before - 1
+            # Newest: at most one frame older than the camera's count when we asked (that one
+            # may be between the camera and the hand-over slot); a queue would lag by dozens.
+            assert frame.index >= produced_before - 2
             assert frame.index > previous
             previous = frame.index
     finally:

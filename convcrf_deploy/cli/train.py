@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{','.join(TRAINABLE_GROUPS)}")
     crf.add_argument("--holdout", type=_fraction, default=0.3,
                      help="fraction of images kept for evaluation (default 0.3)")
+    crf.add_argument("--eval-seeds", type=_positive_int, default=3,
+                     help="--synthetic: noise draws per held-out image (default 3)")
     crf.add_argument("--scale", type=_positive_float, default=1.0,
                      help="resize images by this factor (train at your deployment resolution)")
     crf.add_argument("--seed", type=int, default=0, help="hold-out split, order and noise seed")
@@ -119,8 +121,11 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
     samples = [sample.resized(args.scale) for sample in folder]
     train_samples, held_samples = training.split_holdout(samples, args.holdout, seed=args.seed)
     if model is None:
-        held_out = training.synthetic_examples(held_samples, num_classes=num_classes,
-                                               seed=args.seed)
+        # Several noise draws per held-out image: two or three images with one draw each
+        # make a noisy comparison.
+        held_out = [example for draw in range(args.eval_seeds)
+                    for example in training.synthetic_examples(
+                        held_samples, num_classes=num_classes, seed=10_000 * (args.seed + 1) + draw)]
         # Fresh noise every epoch: the CRF must learn to clean noise, not these draws.
         def train(epoch):
             return training.synthetic_examples(train_samples, num_classes=num_classes,
@@ -160,7 +165,8 @@ def _print_report(report: dict) -> None:
     if not held:
         print("no held-out images (--holdout 0): nothing evaluated")
         return
-    print(f"held-out images ({report['num_held_out']}): {', '.join(report['held_out_images'])}")
+    names = sorted(set(report["held_out_images"]))
+    print(f"held out: {', '.join(names)} ({report['num_held_out']} evaluations)")
     print(f"{'':8}{'accuracy [%]':>14}{'mIoU GT [%]':>14}{'mIoU VOC [%]':>14}{'NLL':>9}")
     for name in ("unary", "before", "after"):
         m = held[name]

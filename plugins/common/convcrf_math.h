@@ -66,35 +66,71 @@ CONVCRF_HD void shiftedRange(int64_t width, int32_t dx, int64_t& begin, int64_t&
         end = begin;
 }
 
-// exp(x) for float: Cephes-style range reduction and a degree-6 polynomial (relative error
-// below 2e-7 on [-87, 88]). Written without library calls or branches so that GCC and Clang
-// vectorise loops that call it, and so that CPU and GPU produce the same values. Inputs below
-// -87.3 give ~1e-38 rather than 0, which is immaterial for Gaussian weights and softmax.
-CONVCRF_HD float expPoly(float x)
+// Bit-level helpers of expPolyGeneric, for float and (in CPU code) for the vector type below.
+CONVCRF_HD int32_t truncateToInt(float x)
 {
-    // Written as two selects that map to single max/min instructions; NaN propagates.
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
+    return static_cast<int32_t>(x);
+}
+
+CONVCRF_HD float floatFromBits(int32_t bits)
+{
+#if defined(__CUDA_ARCH__)
+    return __int_as_float(bits);
+#else
+    float value;
+    std::memcpy(&value, &bits, sizeof(value));
+    return value;
+#endif
+}
+
+#if !defined(__CUDACC__) && defined(__GNUC__)
+// Eight floats as one value (GCC/Clang vector extension): on AVX2 one register, elsewhere the
+// compiler splits it. The CPU kernels run the same templates on it as on single floats.
+typedef float FloatVec __attribute__((vector_size(32)));
+typedef int32_t IntVec __attribute__((vector_size(32)));
+constexpr int kVecLanes = 8;
+
+inline IntVec truncateToInt(FloatVec x)
+{
+    return __builtin_convertvector(x, IntVec);
+}
+
+inline FloatVec floatFromBits(IntVec bits)
+{
+    return (FloatVec)bits;  // a vector cast reinterprets the bits
+}
+#endif
+
+// exp(x): Cephes-style range reduction and a degree-6 polynomial (relative error below 2e-7
+// on [-87, 88]). No library calls and no branches, so the CPU runs it on vectors of floats and
+// the GPU on single floats with identical results. Inputs below -87.3 give ~1e-38 rather than
+// 0, which is immaterial for Gaussian weights and softmax. NaN propagates.
+// F is float (I = int32_t) or, on the CPU, FloatVec (I = IntVec); `F{} + c` broadcasts c.
+template <typename F, typename I>
+CONVCRF_HD F expPolyGeneric(F x)
+{
+    const F lo = F{} + -87.3f, hi = F{} + 88.3f;
+    x = x < lo ? lo : x;  // two selects that map to single max/min instructions
+    x = x > hi ? hi : x;
     // Round x*log2(e) to the nearest integer with the 1.5*2^23 trick (no floorf: vectorises
     // on plain SSE2).
     const float magic = 12582912.0f;
-    float n = (x * 1.44269504088896341f + magic) - magic;
-    float f = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
+    F n = (x * 1.44269504088896341f + magic) - magic;
+    F f = x - n * 0.693359375f + n * 2.12194440e-4f;
+    F p = F{} + 1.9875691500e-4f;
     p = p * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
     p = p * f + 4.1665795894e-2f;
     p = p * f + 1.6666665459e-1f;
     p = p * f + 5.0000001201e-1f;
     p = p * f * f + f + 1.0f;
-    int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-#if defined(__CUDA_ARCH__)
-    float scale = __int_as_float(bits);
-#else
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-#endif
-    return p * scale;
+    I bits = (truncateToInt(n) + 127) << 23;
+    return p * floatFromBits(bits);
+}
+
+CONVCRF_HD float expPoly(float x)
+{
+    return expPolyGeneric<float, int32_t>(x);
 }
 
 // exp for the accumulation type: the polynomial for float, the library exp for double (the

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <thread>
 #include <type_traits>
@@ -330,86 +331,124 @@ struct MeanFieldGeometry {
     std::vector<float> lambdaX;    // weight of x1
 };
 
-// Pixels of a row processed together by the softmax: all classes of a block stay in L1
-// (21 classes x 64 floats = 5 KB), and each class row is a short vectorisable loop.
-constexpr int64_t kBlock = 64;
-
-// The three passes of a softmax over classes for one block of `len` pixels. Arguments are
-// restrict-qualified because the buffers share one scratch allocation: without it GCC emits
-// scalar fallbacks when it cannot prove them disjoint.
-//   logits[c][x] (block-strided by kBlock) -> probabilities in place; sum = sum_c exp(l - max).
-inline void blockMaxInit(float* __restrict mx, const float* __restrict l, int64_t len)
+// Load/store of F (float, or FloatVec = 8 floats) from unaligned float memory.
+template <typename F>
+CONVCRF_ROW F loadAs(const float* p)
 {
-    for (int64_t x = 0; x < len; ++x)
-        mx[x] = l[x];
+    F v;
+    std::memcpy(&v, p, sizeof(F));
+    return v;
 }
 
-inline void blockMax(float* __restrict mx, const float* __restrict l, int64_t len)
+template <typename F>
+CONVCRF_ROW void storeAs(float* p, F v)
 {
-    for (int64_t x = 0; x < len; ++x)
-        mx[x] = l[x] > mx[x] ? l[x] : mx[x];
+    std::memcpy(p, &v, sizeof(F));
 }
 
-// True when the block holds NaN or +-inf (x - x is 0 only for finite x).
-inline bool blockHasNonFinite(const float* __restrict l, int64_t len)
+CONVCRF_ROW float logOf(float x)
 {
-    int32_t bad = 0;
-    for (int64_t x = 0; x < len; ++x)
-        bad |= !(l[x] - l[x] == 0.0f);
-    return bad != 0;
+    return std::log(x);
 }
 
-inline void blockExpAccumulate(float* __restrict l, const float* __restrict mx,
-                               float* __restrict sum, int64_t len)
+CONVCRF_ROW bool anyNonFinite(float x)
 {
-    for (int64_t x = 0; x < len; ++x) {
-        const float e = expPoly(l[x] - mx[x]);
-        l[x] = e;
-        sum[x] += e;
+    return !(x - x == 0.0f);  // x - x is 0 only for finite x
+}
+
+#if defined(__GNUC__)
+CONVCRF_ROW FloatVec logOf(FloatVec x)
+{
+    FloatVec out;
+    for (int lane = 0; lane < kVecLanes; ++lane)
+        out[lane] = std::log(x[lane]);
+    return out;
+}
+
+CONVCRF_ROW bool anyNonFinite(FloatVec x)
+{
+    IntVec bad = (x - x) != FloatVec{};
+    int32_t any = 0;
+    for (int lane = 0; lane < kVecLanes; ++lane)
+        any |= bad[lane];
+    return any != 0;
+}
+#endif
+
+// Where one group of pixels (one F) of a full-resolution row reads and writes. Pointers are
+// at class 0 and advance by `plane` (full-resolution tensors) or `rowStride` (row buffers).
+struct SoftmaxGroupIo {
+    const float* unary;       // unaryTerm
+    const float* msgA;        // messages of the upper low row, upsampled along x (or null)
+    const float* msgB;        // ... of the lower low row
+    float ly;                 // weight of msgB
+    float* qFull;             // full-resolution Q (or null)
+    float* pooled;            // pooling accumulator row (or null)
+    float* logUnaryOut;       // first step: weighted log-softmax of the unary (or null)
+    const float* unaryScale;  // its per-class weights
+};
+
+// The whole per-pixel update for one group of pixels and all classes, in registers:
+//   l_c = unary_c + lerp(msgA_c, msgB_c, ly);  Q = softmax_c(l);  pooled_c += Q_c
+// Returns true if the first step met a non-finite unary.
+template <typename F, typename I>
+CONVCRF_ROW bool softmaxGroup(const SoftmaxGroupIo& io, int64_t c, int64_t plane,
+                              int64_t rowStride, float* logits)
+{
+    bool nonFinite = false;
+    F mx{};
+    for (int64_t ch = 0; ch < c; ++ch) {
+        F l = loadAs<F>(io.unary + ch * plane);
+        if (io.msgA) {
+            const F a = loadAs<F>(io.msgA + ch * rowStride);
+            const F b = loadAs<F>(io.msgB + ch * rowStride);
+            l = l + a + io.ly * (b - a);
+        }
+        if (io.logUnaryOut)
+            nonFinite |= anyNonFinite(l);
+        mx = ch == 0 ? l : (l > mx ? l : mx);
+        storeAs<F>(logits + ch * sizeof(F) / sizeof(float), l);
     }
-}
-
-// Normalise one class row of the block, write it out and/or add it to the pooling sums.
-inline void blockNormalize(float* __restrict l, const float* __restrict inv, float* __restrict out,
-                           float* __restrict pooled, int64_t len)
-{
-    for (int64_t x = 0; x < len; ++x)
-        l[x] *= inv[x];
-    if (out)
-        for (int64_t x = 0; x < len; ++x)
-            out[x] = l[x];
-    if (pooled)
-        for (int64_t x = 0; x < len; ++x)
-            pooled[x] += l[x];
-}
-
-// logits = unary + a + ly * (b - a): the messages interpolated between two x-upsampled rows.
-inline void blockLogits(float* __restrict l, const float* __restrict unary,
-                        const float* __restrict a, const float* __restrict b, float ly,
-                        int64_t len)
-{
-    for (int64_t x = 0; x < len; ++x)
-        l[x] = unary[x] + a[x] + ly * (b[x] - a[x]);
+    F sum{};
+    for (int64_t ch = 0; ch < c; ++ch) {
+        float* slot = logits + ch * sizeof(F) / sizeof(float);
+        const F e = expPolyGeneric<F, I>(loadAs<F>(slot) - mx);
+        storeAs<F>(slot, e);
+        sum += e;
+    }
+    if (io.logUnaryOut) {
+        const F lse = mx + logOf(sum);
+        for (int64_t ch = 0; ch < c; ++ch) {
+            const float scale = io.unaryScale ? io.unaryScale[ch] : 1.0f;
+            storeAs<F>(io.logUnaryOut + ch * plane, scale * (loadAs<F>(io.unary + ch * plane) - lse));
+        }
+    }
+    const F inv = (F{} + 1.0f) / sum;
+    for (int64_t ch = 0; ch < c; ++ch) {
+        const F q = loadAs<F>(logits + ch * sizeof(F) / sizeof(float)) * inv;
+        if (io.qFull)
+            storeAs<F>(io.qFull + ch * plane, q);
+        if (io.pooled)
+            storeAs<F>(io.pooled + ch * rowStride, loadAs<F>(io.pooled + ch * rowStride) + q);
+    }
+    return nonFinite;
 }
 
 // Scratch of one thread: the messages of low-resolution rows upsampled along x (a ring of
 // three rows, since full-resolution rows of low row i interpolate between rows i-1, i, i+1),
-// the logits of one block and the pooling accumulator.
+// the logits of one group of pixels and the pooling accumulator.
 struct MeanFieldScratch {
     std::vector<float> upsampledX;        // [3][c][w]
     int64_t cachedRow[3] = {-1, -1, -1};  // low row held by each ring slot
     int64_t cachedImage = -1;
-    std::vector<float> logits;            // [c][kBlock]
-    std::vector<float> maxRow, sumRow;    // [kBlock]
+    std::vector<float> logits;            // [c][kVecLanes]: one group of pixels
     std::vector<float> pooledFull;        // [c][w]: Q summed over the rows of one low row
     bool nonFinite = false;               // the first step saw NaN/inf in the unary
 
     void resize(int64_t c, int64_t w)
     {
         upsampledX.resize(static_cast<size_t>(3 * c * w));
-        logits.resize(static_cast<size_t>(c * kBlock));
-        maxRow.resize(kBlock);
-        sumRow.resize(kBlock);
+        logits.resize(static_cast<size_t>(c * kVecLanes));
         pooledFull.resize(static_cast<size_t>(c * w));
     }
 };
@@ -491,67 +530,48 @@ CONVCRF_MULTIVERSION void meanFieldLowRowF32(const MeanFieldGeometry& geo, const
                                              float* logUnaryOut, float* qLow, float* qFull,
                                              int64_t n, int64_t i, MeanFieldScratch& s)
 {
-    bool nonFinite = false;
     const int64_t c = geo.c, h = geo.h, w = geo.w, wl = geo.wLow, hl = geo.hLow;
     const int64_t plane = h * w, planeLow = hl * wl;
     const int32_t b = geo.blur;
-    float* logits = s.logits.data();
-    float* mx = s.maxRow.data();
-    float* sum = s.sumRow.data();
     float* pooled = qLow ? s.pooledFull.data() : nullptr;
     if (pooled)
         std::fill(s.pooledFull.begin(), s.pooledFull.end(), 0.0f);
+    bool nonFinite = false;
 
     const int64_t yEnd = std::min<int64_t>(h, (i + 1) * b);
     for (int64_t y = i * b; y < yEnd; ++y) {
-        const float* msgA = nullptr;
-        const float* msgB = nullptr;
-        float ly = 0.0f;
+        SoftmaxGroupIo io{};
         if (messagesLow) {
             int64_t y0 = 0, y1 = 0;
-            upsampleSource<float>(y, b, hl, y0, y1, ly);
-            msgA = upsampledMessageRow(geo, messagesLow, n, y0, s);
-            msgB = upsampledMessageRow(geo, messagesLow, n, y1, s);
+            upsampleSource<float>(y, b, hl, y0, y1, io.ly);
+            io.msgA = upsampledMessageRow(geo, messagesLow, n, y0, s);
+            io.msgB = upsampledMessageRow(geo, messagesLow, n, y1, s);
         }
-        const float* unaryRow = unaryTerm + n * c * plane + y * w;
-        for (int64_t x0 = 0; x0 < w; x0 += kBlock) {
-            const int64_t len = std::min<int64_t>(kBlock, w - x0);
-            for (int64_t ch = 0; ch < c; ++ch) {
-                float* l = logits + ch * kBlock;
-                const float* u = unaryRow + ch * plane + x0;
-                if (msgA)
-                    blockLogits(l, u, msgA + ch * w + x0, msgB + ch * w + x0, ly, len);
-                else
-                    std::copy_n(u, len, l);
-                if (ch == 0)
-                    blockMaxInit(mx, l, len);
-                else
-                    blockMax(mx, l, len);
-                if (logUnaryOut)
-                    nonFinite |= blockHasNonFinite(l, len);
+        const int64_t rowOffset = n * c * plane + y * w;
+        io.unaryScale = unaryScale;
+        auto group = [&](int64_t x, auto lanes) {
+            using F = typename decltype(lanes)::F;
+            using I = typename decltype(lanes)::I;
+            SoftmaxGroupIo at = io;
+            at.unary = unaryTerm + rowOffset + x;
+            if (at.msgA) {
+                at.msgA += x;
+                at.msgB += x;
             }
-            std::fill_n(sum, len, 0.0f);
-            for (int64_t ch = 0; ch < c; ++ch)
-                blockExpAccumulate(logits + ch * kBlock, mx, sum, len);
-            if (logUnaryOut) {
-                // First step only: the weighted log-softmax of the unary, scale * (z - lse).
-                for (int64_t x = 0; x < len; ++x)
-                    mx[x] += std::log(sum[x]);
-                for (int64_t ch = 0; ch < c; ++ch) {
-                    const float* __restrict u = unaryRow + ch * plane + x0;
-                    float* __restrict out = logUnaryOut + (n * c + ch) * plane + y * w + x0;
-                    const float scale = unaryScale ? unaryScale[ch] : 1.0f;
-                    for (int64_t x = 0; x < len; ++x)
-                        out[x] = scale * (u[x] - mx[x]);
-                }
-            }
-            for (int64_t x = 0; x < len; ++x)
-                sum[x] = 1.0f / sum[x];
-            for (int64_t ch = 0; ch < c; ++ch)
-                blockNormalize(logits + ch * kBlock, sum,
-                               qFull ? qFull + (n * c + ch) * plane + y * w + x0 : nullptr,
-                               pooled ? pooled + ch * w + x0 : nullptr, len);
-        }
+            at.qFull = qFull ? qFull + rowOffset + x : nullptr;
+            at.pooled = pooled ? pooled + x : nullptr;
+            at.logUnaryOut = logUnaryOut ? logUnaryOut + rowOffset + x : nullptr;
+            nonFinite |= softmaxGroup<F, I>(at, c, plane, w, s.logits.data());
+        };
+        int64_t x = 0;
+#if defined(__GNUC__)
+        struct VecLanes { using F = FloatVec; using I = IntVec; };
+        for (; x + kVecLanes <= w; x += kVecLanes)
+            group(x, VecLanes{});
+#endif
+        struct ScalarLanes { using F = float; using I = int32_t; };
+        for (; x < w; ++x)
+            group(x, ScalarLanes{});
     }
     if (pooled) {
         const float rowCount = static_cast<float>(poolCount(i, b, h));

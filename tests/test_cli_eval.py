@@ -92,3 +92,30 @@ def test_even_filter_size_is_rejected_by_the_parser(tmp_path, capsys):
         main(["synthetic", "--data", str(tmp_path), "--filter-sizes", "4"])
     assert exit_info.value.code == 2
     assert "odd" in capsys.readouterr().err
+
+
+def test_synthetic_also_evaluates_a_trained_crf_checkpoint(tmp_path):
+    from convcrf_deploy import ConvCRF, CRFConfig
+    from convcrf_deploy.training import save_crf
+
+    save_crf(ConvCRF(CRFConfig(num_classes=3, filter_size=3, smoothness_weight=1.0)),
+             tmp_path / "trained.pt")
+    data = write_folder(tmp_path / "data", count=1)
+    out = tmp_path / "table.json"
+    assert main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
+                 "--crf", str(tmp_path / "trained.pt"), "--json", str(out), "--no-fullcrf"]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert set(methods) == {"unary", "conv3", "trained:trained.pt"}
+    assert methods["trained:trained.pt"]["num_images"] == 1
+
+
+def test_a_crf_with_the_wrong_class_count_is_refused(tmp_path, capsys):
+    from convcrf_deploy import ConvCRF, CRFConfig
+    from convcrf_deploy.training import save_crf
+
+    save_crf(ConvCRF(CRFConfig(num_classes=5, filter_size=3)), tmp_path / "five.pt")
+    data = write_folder(tmp_path / "data", count=1)
+    code = main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
+                 "--crf", str(tmp_path / "five.pt")])
+    err = capsys.readouterr().err
+    assert code != 0 and "5 classes" in err and "Traceback" not in err

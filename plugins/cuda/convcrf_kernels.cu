@@ -7,8 +7,8 @@
 //
 //   gaussian_kernel: all D feature channels of the tile are staged; each thread then walks
 //                    the k*k offsets and writes one K channel per offset (coalesced rows).
-//   message_passing: classes are processed in chunks of kClassChunk; per chunk the q tile of
-//                    those classes is staged, and each K value of the pixel is read once per
+//   message_passing: classes are processed in balanced chunks of up to kClassChunk; per chunk
+//                    the q tile of those classes is staged, and each K value of the pixel is read once per
 //                    chunk and applied to all classes of the chunk held in registers.
 //
 // When the staged tile would not fit into the default 48 KiB of shared memory (many feature

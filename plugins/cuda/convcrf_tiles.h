@@ -17,9 +17,16 @@
 namespace convcrf {
 namespace cuda {
 
+// Fully unrolled loops over kClassChunk keep the accumulators in registers on the device.
+#if defined(__CUDA_ARCH__)
+#define CONVCRF_UNROLL _Pragma("unroll")
+#else
+#define CONVCRF_UNROLL
+#endif
+
 constexpr int kTileW = 32;       // threads along x: one warp per row, coalesced
 constexpr int kTileH = 8;        // rows per block: 256 threads
-constexpr int kClassChunk = 8;   // classes accumulated in registers at once
+constexpr int kClassChunk = 16;  // most classes accumulated in registers at once
 
 CONVCRF_HD float toFloat(float v)
 {
@@ -74,14 +81,20 @@ inline bool gaussianKernelFitsTile(int64_t d, int radius)
 }
 
 // Classes message_passing stages per pass (1..kClassChunk), or 0 when not even one plane fits
-// (then the global-memory kernel runs). Large k stages fewer classes rather than none.
+// (then the global-memory kernel runs). Each pass re-reads the pixel's k*k K values, so the
+// number of passes is minimal, and the classes are spread evenly over them (21 classes: two
+// passes of 11 and 10, not 16 and 5) to keep shared memory per block, and so occupancy, low.
+// Large k stages fewer classes rather than none.
 inline int messagePassingClassesPerPass(int64_t c, int radius)
 {
-    const size_t fit = kSharedBudget / tileBytes(1, radius);
-    int64_t classes = c < kClassChunk ? c : kClassChunk;
-    if (static_cast<int64_t>(fit) < classes)
-        classes = static_cast<int64_t>(fit);
-    return static_cast<int>(classes);
+    if (c <= 0)
+        return 0;
+    const int64_t fit = static_cast<int64_t>(kSharedBudget / tileBytes(1, radius));
+    const int64_t most = fit < kClassChunk ? fit : kClassChunk;
+    if (most < 1)
+        return 0;
+    const int64_t passes = (c + most - 1) / most;
+    return static_cast<int>((c + passes - 1) / passes);
 }
 
 // Thread `tid` of `nThreads` copies its share of `channels` planes of the tile at (y0, x0)
@@ -136,9 +149,9 @@ CONVCRF_HD void gaussianKernelFromTile(const float* tile, int64_t d, int64_t h, 
 }
 
 // message_passing for pixel (y0 + ty, x0 + tx), classes [c0, c0 + chunk) with chunk <=
-// kClassChunk (the last pass of messagePassingClassesPerPass may be shorter), from the staged q tile of those classes. `kernelImage` is the image's
-// [k*k, h, w] K, `messagesImage` its [C, h, w] output. Each K value is read once and applied
-// to every class of the chunk (accumulators in registers). Offsets run in the CPU library's
+// kClassChunk (the last pass may be shorter), from the staged q tile of those classes.
+// `kernelImage` is the image's [k*k, h, w] K, `messagesImage` its [C, h, w] output. Each K
+// value is read once and applied to every class of the chunk (accumulators in registers). Offsets run in the CPU library's
 // order so sums associate alike.
 template <typename T>
 CONVCRF_HD void messagePassingFromTile(const float* tile, const T* kernelImage, int chunk,
@@ -152,6 +165,7 @@ CONVCRF_HD void messagePassingFromTile(const float* tile, const T* kernelImage, 
         return;
     const T* kPixel = kernelImage + y * w + x;
     float acc[kClassChunk];
+    CONVCRF_UNROLL
     for (int j = 0; j < kClassChunk; ++j)
         acc[j] = 0.0f;
     for (int dy = -r; dy <= r; ++dy) {
@@ -162,15 +176,14 @@ CONVCRF_HD void messagePassingFromTile(const float* tile, const T* kernelImage, 
                 continue;
             const float weight = toFloat(kPixel[int64_t(offsetChannel(dy, dx, r, k)) * plane]);
             const int other = (ty + r + dy) * tw + tx + r + dx;
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+            CONVCRF_UNROLL
             for (int j = 0; j < kClassChunk; ++j)
                 if (j < chunk)
                     acc[j] += weight * tile[j * perChannel + other];
         }
     }
     T* out = messagesImage + c0 * plane + y * w + x;
+    CONVCRF_UNROLL
     for (int j = 0; j < kClassChunk; ++j)
         if (j < chunk)
             out[j * plane] = fromFloat<T>(acc[j]);

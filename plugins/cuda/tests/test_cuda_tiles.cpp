@@ -106,7 +106,7 @@ struct Size {
 };
 
 // Sizes straddle tile borders (32 x 8) and cover k = 1 and a halo wider than the tile height.
-const Size kSizes[] = {{2, 5, 13, 45, 7}, {1, 2, 9, 70, 3}, {1, 3, 8, 32, 1}, {2, 5, 17, 33, 11},
+const Size kSizes[] = {{2, 5, 13, 45, 7}, {1, 2, 9, 70, 3}, {1, 3, 8, 32, 1}, {2, 5, 17, 33, 11}, {1, 40, 9, 35, 3},
                        {1, 1, 5, 7, 31}, {1, 21, 10, 40, 5}};
 
 void gaussian_kernel_tiled_matches_cpu()
@@ -253,8 +253,11 @@ void launcher_validation()
     EXPECT(gaussianKernelFitsTile(5, 3));
     EXPECT(gaussianKernelFitsTile(5, 15));
     EXPECT(!gaussianKernelFitsTile(64, 15));  // -> global-memory fallback
-    EXPECT(messagePassingClassesPerPass(21, 3) == kClassChunk);
+    EXPECT(messagePassingClassesPerPass(21, 3) == 11);  // two balanced passes, not 16 + 5
+    EXPECT(messagePassingClassesPerPass(16, 3) == 16);
+    EXPECT(messagePassingClassesPerPass(40, 3) == 14);  // three passes
     EXPECT(messagePassingClassesPerPass(3, 3) == 3);
+    EXPECT(messagePassingClassesPerPass(0, 3) == 0);
     const int atK31 = messagePassingClassesPerPass(21, 15);  // fewer classes per pass, still tiled
     EXPECT(atK31 >= 1 && atK31 < kClassChunk && tileBytes(atK31, 15) <= kSharedBudget);
 }

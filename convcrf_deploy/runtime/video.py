@@ -235,10 +235,16 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 if writer is not None:
                     writer.write(image)
                 if display:
-                    cv2.imshow(WINDOW_NAME, image)
-                    paused = _handle_key(cv2.waitKey(1) & 0xFF, segmenter, renderer, paused)
-                    if paused is None:
-                        break
+                    try:
+                        cv2.imshow(WINDOW_NAME, image)
+                    except cv2.error as exc:  # e.g. opencv-python-headless: no GUI backend
+                        print(f"convcrf-run: cannot open a window ({str(exc).strip()[:80]}): "
+                              "continuing headless", file=sys.stderr)
+                        display = False
+                    else:
+                        paused = _handle_key(cv2.waitKey(1) & 0xFF, segmenter, renderer, paused)
+                        if paused is None:
+                            break
                 report.latency.add("render", (time.perf_counter() - t0) * 1e3)
     except KeyboardInterrupt:
         report.interrupted = True

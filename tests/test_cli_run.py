@@ -141,3 +141,19 @@ def test_window_keys_quit_pause_toggle_crf_and_cycle_views(toy_onnx):
     _handle_key(ord("v"), segmenter, renderer, False)
     assert renderer.view == "mask"
     assert _handle_key(255, segmenter, renderer, False) is False  # no key pressed
+
+
+def test_display_loop_shows_frames_and_obeys_keys(monkeypatch, toy_onnx):
+    """The window path with OpenCV's GUI calls replaced: c toggles the CRF, v the view, q quits."""
+    import convcrf_deploy.runtime.video as video
+
+    shown, keys = [], iter([ord("c"), ord("v"), ord("q")])
+    monkeypatch.setattr(video.cv2, "imshow", lambda name, image: shown.append(image.shape))
+    monkeypatch.setattr(video.cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.setattr(video.cv2, "destroyAllWindows", lambda: None)
+    segmenter = Segmenter(toy_onnx)
+    report = run_video(open_source("demo", demo_size=(48, 64)), segmenter, display=True,
+                       view="overlay")
+    assert report.frames == 3 and len(shown) == 3
+    assert not segmenter.crf  # toggled by c
+    assert shown[0] == (48, 64, 3)

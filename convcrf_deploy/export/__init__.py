@@ -1,1 +1,31 @@
-"""ONNX export."""
+"""ONNX export of ConvCRF segmentation models, and its verification.
+
+* :func:`export_onnx`: model -> ``.onnx`` in the ``single-file`` (default), ``plugin`` or
+  ``portable`` flavour, optionally fp16, verified against PyTorch.
+* :mod:`.onnx_ops`: the ``trt.plugins::ConvCRFKernel`` / ``ConvCRFMessagePassing`` ops on the
+  ONNX side (schemas, exporter translations, standard-op lowering, reference evaluator);
+  needs only onnx and numpy.
+* :mod:`.verify`: checker, strict shape inference and parity runs.
+
+The exporter needs torch, onnx, onnxscript and onnxruntime. Names are imported lazily so that
+``convcrf_deploy.export.onnx_ops`` stays usable without torch (e.g. by the runtime).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
+    "ExportError": "exporter", "FLAVORS": "exporter", "PARTS": "exporter",
+    "DEFAULT_FLAVOR": "exporter",
+    "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
+    "check_graph": "verify",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -160,13 +161,29 @@ class _CRFGraph(nn.Module):
 
 # ---- model handling ----------------------------------------------------------------------------
 
-def _resolve_model(model):
-    """A SegmentationModel or ConvCRF from an object, a checkpoint path or ``"demo"``."""
-    from ..model import ConvCRF, SegmentationModel, load_model
+def load_exportable(model):
+    """A SegmentationModel or ConvCRF from an object, a checkpoint path or ``"demo"``.
+
+    A path may hold a full model (:func:`convcrf_deploy.save_model`) or a CRF-only checkpoint
+    (:func:`convcrf_deploy.training.save_crf`, exported with ``part="crf"``).
+
+    Raises:
+        convcrf_deploy.model.CheckpointError: the file is missing or not a checkpoint.
+    """
+    from ..model import CheckpointError, ConvCRF, SegmentationModel, load_model
     if isinstance(model, (SegmentationModel, ConvCRF)):
         return model
     if isinstance(model, (str, Path)):
-        return load_model(model)
+        try:
+            return load_model(model)
+        except CheckpointError as model_error:
+            if isinstance(model, str) and model == "demo" or not Path(model).is_file():
+                raise
+            from ..training import load_crf
+            try:
+                return load_crf(model)
+            except (ValueError, OSError):
+                raise model_error from None
     raise ExportError(f"export_onnx: model must be a SegmentationModel, a ConvCRF, a checkpoint "
                       f"path or 'demo', got {type(model).__name__}")
 
@@ -306,7 +323,7 @@ def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {text[0].rstrip('.') if text else ''}"
 
 
 # ---- graph post-processing ---------------------------------------------------------------------
@@ -376,6 +393,8 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
     props = {}
     if isinstance(source, SegmentationModel):
         props.update(source.metadata.to_onnx_props())
+    if crf is None and getattr(source, "crf", None) is not None:
+        crf = source.crf        # a unary-only export still records the CRF it belongs with
     if crf is not None:
         props[ONNX_KEYS["crf_config"]] = crf.config.to_json()
     props[ONNX_KEYS["version"]] = __version__
@@ -388,13 +407,6 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
 
 
 # ---- public API --------------------------------------------------------------------------------
-
-def default_output_path(model, flavor: str) -> Path:
-    """``<model>.<flavor>.onnx`` next to a checkpoint, or ``demo.<flavor>.onnx``."""
-    stem = "demo" if model == "demo" else Path(model).with_suffix("").name
-    parent = Path(".") if model == "demo" else Path(model).parent
-    return parent / f"{stem}.{flavor}.onnx"
-
 
 def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = False,
                 opset: int | None = None, height: int | None = None, width: int | None = None,
@@ -440,7 +452,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         raise ExportError(f"opset must be >= {onnx_ops.MIN_BODY_OPSET} (Split num_outputs, "
                           f"Pad/ReduceSum with tensor inputs), got {opset}")
 
-    source = _resolve_model(model)
+    source = load_exportable(model)
     from ..model import ConvCRF
     metadata = getattr(source, "metadata", None)
     if height is None:
@@ -448,12 +460,19 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
     module, crf = _prepare(source, part, fp16)
-    input_names, output_names = IO_NAMES[part]
-    # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-    example = _example_inputs(part, num_classes, height, width, batch=2)
-    exported = _trace(module, example, _dynamic_shapes(part, static))
-    onnx_model = _to_onnx(module, exported, input_names, output_names, opset)
-    _name_dynamic_axes(onnx_model, static)
+    key = _trace_key(source, part, fp16, opset, height, width, static)
+    if key in _TRACED:
+        onnx_model = onnx.ModelProto.FromString(_TRACED[key])
+    else:
+        input_names, output_names = IO_NAMES[part]
+        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+        example = _example_inputs(part, num_classes, height, width, batch=2)
+        exported = _trace(module, example, _dynamic_shapes(part, static))
+        onnx_model = _to_onnx(module, exported, input_names, output_names, opset)
+        _name_dynamic_axes(onnx_model, static)
+        if len(_TRACED) >= _TRACED_MAX:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = onnx_model.SerializeToString()
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
     if fp16 and filter_size is not None:
@@ -480,6 +499,26 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                                             fp16=fp16,
                                             size=(height, width) if static else None)
     return report
+
+
+# Tracing dominates the export time (tens of seconds with dynamic sizes), and every flavour
+# starts from the same traced graph: exporting one model in several flavours in one process
+# traces it once. Keyed by the model's content, not its identity, so edits are seen.
+_TRACED: dict[tuple, bytes] = {}
+_TRACED_MAX = 4
+
+
+def _trace_key(source: nn.Module, part, fp16, opset, height, width, static) -> tuple:
+    digest = hashlib.sha1()
+    for name, tensor in source.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                      .tobytes())
+    config = getattr(source, "config", None) or getattr(getattr(source, "crf", None), "config",
+                                                        None)
+    return (type(source).__name__, repr(source), digest.hexdigest(),
+            config.to_json() if config else None, getattr(source, "crf_enabled", None),
+            part, fp16, opset, height, width, static)
 
 
 def _trace(module: nn.Module, example, dynamic_shapes):

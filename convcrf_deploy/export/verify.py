@@ -74,7 +74,7 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx_ops.register_schemas()
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"ONNX checker rejected the graph: {exc}") from exc
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,

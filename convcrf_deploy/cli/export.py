@@ -1,0 +1,117 @@
+"""``convcrf-export``: a segmentation model to ONNX, verified against PyTorch
+(a thin layer over :func:`convcrf_deploy.export.export_onnx`).
+
+Examples::
+
+    convcrf-export demo                                 # -> demo.single-file.onnx
+    convcrf-export model.pt -o model.onnx --flavor portable
+    convcrf-export model.pt --flavor plugin --fp16      # for TensorRT with our plugin
+    convcrf-export model.pt --static --height 480 --width 640
+    convcrf-export model.pt --part crf -o crf.onnx      # logits + image -> probabilities
+
+Flavours: single-file (default: ConvCRF nodes with standard-op bodies; ONNX Runtime runs it,
+TensorRT >= 10.7 uses the plugin), plugin (ConvCRF nodes only; TensorRT / ORT TensorRT EP),
+portable (standard ONNX only). Exit status: 0 verified, 1 parity check failed, 2 bad input
+or export error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+FLAVORS = ("single-file", "plugin", "portable")
+PARTS = ("full", "unary", "crf")
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value}")
+    return value
+
+
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an opset number, got {text!r}") from None
+    if value < 18:
+        raise argparse.ArgumentTypeError(f"opset must be >= 18, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convcrf-export", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint) or 'demo'")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
+                        help="file to write (default: <model>.<flavor>.onnx)")
+    parser.add_argument("--flavor", choices=FLAVORS, default="single-file",
+                        help="how the ConvCRF ops are represented (default: single-file)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="FLOAT16 unary and ConvCRF op I/O (graph I/O stays float32)")
+    parser.add_argument("--opset", type=_opset, help="standard ONNX opset (>= 18)")
+    parser.add_argument("--height", type=_size, help="example/fixed input height")
+    parser.add_argument("--width", type=_size, help="example/fixed input width")
+    parser.add_argument("--static", action="store_true",
+                        help="fix H and W (default: dynamic N, H, W)")
+    parser.add_argument("--part", choices=PARTS, default=None,
+                        help="full (default; crf for a CRF-only checkpoint), unary "
+                             "(image -> logits) or crf (logits, image -> probabilities)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the checker and the parity check against PyTorch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.height is None) != (args.width is None):
+        parser.error("give both --height and --width, or neither")
+
+    def fail(message: str) -> int:
+        print(f"convcrf-export: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    try:
+        from ..export import ExportError, export_onnx, load_exportable
+        from ..export.verify import VerificationError
+        from ..model import ConvCRF
+    except ImportError as exc:
+        return fail(f"{exc}; the exporter needs torch, onnx, onnxscript and onnxruntime "
+                    "(pip install 'convcrf-deploy[export]')")
+    try:
+        model = load_exportable(args.model)
+    except (ValueError, OSError) as exc:
+        return fail(str(exc))
+    part = args.part or ("crf" if isinstance(model, ConvCRF) else "full")
+    output = args.output or default_output(args.model, args.flavor)
+    try:
+        report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,
+                             height=args.height, width=args.width, static=args.static,
+                             part=part, verify=not args.no_verify)
+    except VerificationError as exc:
+        print(f"convcrf-export: verification failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ExportError, ValueError, OSError) as exc:
+        return fail(str(exc))
+    print(report.summary())
+    if not report.ok:
+        print("convcrf-export: the exported graph does not match PyTorch (see above); the "
+              f"file was kept for inspection: {output}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def default_output(model: str, flavor: str) -> Path:
+    """``<model>.<flavor>.onnx`` next to a checkpoint; ``demo.<flavor>.onnx`` here."""
+    if model == "demo":
+        return Path(f"demo.{flavor}.onnx")
+    path = Path(model)
+    return path.with_name(f"{path.stem}.{flavor}.onnx")

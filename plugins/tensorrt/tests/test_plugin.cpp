@@ -560,6 +560,40 @@ void dlopen_get_creators()
     EXPECT_EQ(dlclose(handle), 0);
 }
 
+void enqueue_without_launch()
+{
+    // Paths of enqueue that return before any CUDA call, so they run without a GPU: bad
+    // descriptors are reported (never abort), empty tensors succeed without a launch.
+    std::unique_ptr<IPluginV3> kernel = createWithFilterSize(kKernelPluginName, 5);
+    std::unique_ptr<IPluginV3> mp = createWithFilterSize(kMessagePassingPluginName, 5);
+    REQUIRE(kernel && mp);
+    auto* kernelRuntime = capability<IPluginV3OneRuntime>(kernel.get(), PluginCapabilityType::kRUNTIME);
+    auto* mpRuntime = capability<IPluginV3OneRuntime>(mp.get(), PluginCapabilityType::kRUNTIME);
+    gLogger.messages.clear();
+    EXPECT(kernelRuntime->enqueue(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) != 0);
+    EXPECT(gLogger.contains("null tensor descriptors"));
+
+    PluginTensorDesc rank3 = tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 2, 3}).desc;
+    void const* inputs[2] = {nullptr, nullptr};
+    void* outputs[1] = {nullptr};
+    gLogger.messages.clear();
+    EXPECT(kernelRuntime->enqueue(&rank3, &rank3, inputs, outputs, nullptr, nullptr) != 0);
+    EXPECT(gLogger.contains("must be 4-D"));
+
+    // N = 0: nothing to compute, success, no CUDA call (null pointers are never touched).
+    PluginTensorDesc features = tensor(DataType::kHALF, TensorFormat::kLINEAR, {0, 5, 16, 16}).desc;
+    PluginTensorDesc k = tensor(DataType::kHALF, TensorFormat::kLINEAR, {0, 25, 16, 16}).desc;
+    EXPECT_EQ(kernelRuntime->enqueue(&features, &k, inputs, outputs, nullptr, nullptr), 0);
+    PluginTensorDesc q = tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {2, 0, 16, 16}).desc;
+    PluginTensorDesc mpIn[2] = {q, tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {2, 25, 16, 16}).desc};
+    EXPECT_EQ(mpRuntime->enqueue(mpIn, &q, inputs, outputs, nullptr, nullptr), 0);
+    // Non-empty tensors with null device pointers: the launcher refuses, the plugin reports.
+    mpIn[0].dims.d[1] = 3;
+    gLogger.messages.clear();
+    EXPECT(mpRuntime->enqueue(mpIn, &mpIn[0], inputs, outputs, nullptr, nullptr) != 0);
+    EXPECT(gLogger.contains("null device pointer"));
+}
+
 struct Case {
     char const* name;
     void (*fn)();
@@ -577,6 +611,7 @@ Case const kCases[] = {
     {"clone_attach_and_delete", clone_attach_and_delete},
     {"capability_interfaces", capability_interfaces},
     {"dlopen_get_creators", dlopen_get_creators},
+    {"enqueue_without_launch", enqueue_without_launch},
 };
 
 }  // namespace

@@ -263,7 +263,7 @@ IPluginV3* ConvCRFKernelPlugin::clone() noexcept
 
 char const* ConvCRFKernelPlugin::getPluginName() const noexcept
 {
-    return kKernelPluginName;
+    return kName;
 }
 
 std::string ConvCRFKernelPlugin::checkInputDims(Dims const* inputs, int32_t nbInputs) const
@@ -335,7 +335,7 @@ IPluginV3* ConvCRFMessagePassingPlugin::clone() noexcept
 
 char const* ConvCRFMessagePassingPlugin::getPluginName() const noexcept
 {
-    return kMessagePassingPluginName;
+    return kName;
 }
 
 std::string ConvCRFMessagePassingPlugin::checkInputDims(Dims const* inputs, int32_t nbInputs) const
@@ -450,7 +450,7 @@ PluginFieldCollection const* ConvCRFCreator<Plugin>::getFieldNames() noexcept
 template <typename Plugin>
 char const* ConvCRFCreator<Plugin>::getPluginName() const noexcept
 {
-    return Plugin(kDefaultFilterSize).getPluginName();
+    return Plugin::kName;
 }
 
 template <typename Plugin>

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "NvInferRuntime.h"
+#include "convcrfPluginLogic.h"
 
 #include <cstdint>
 #include <string>
@@ -83,6 +84,7 @@ private:
 class ConvCRFKernelPlugin final : public ConvCRFPluginBase
 {
 public:
+    static constexpr char const* kName = kKernelPluginName;
     using ConvCRFPluginBase::ConvCRFPluginBase;
     nvinfer1::IPluginV3* clone() noexcept override;
     char const* getPluginName() const noexcept override;
@@ -103,6 +105,7 @@ protected:
 class ConvCRFMessagePassingPlugin final : public ConvCRFPluginBase
 {
 public:
+    static constexpr char const* kName = kMessagePassingPluginName;
     using ConvCRFPluginBase::ConvCRFPluginBase;
     nvinfer1::IPluginV3* clone() noexcept override;
     char const* getPluginName() const noexcept override;

@@ -1,0 +1,96 @@
+"""``convcrf-export`` (convcrf_deploy.cli.export): outputs, exit codes and bad inputs."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from convcrf_deploy import CRFConfig, ConvCRF
+from convcrf_deploy.cli.export import default_output, main
+from convcrf_deploy.metadata import ModelMetadata
+from convcrf_deploy.model import FastFCN, SegmentationModel, save_model
+
+pytest.importorskip("onnxruntime")
+
+CONFIG = CRFConfig(num_classes=3, filter_size=3, blur=4, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SegmentationModel(FastFCN(3, width=8), ConvCRF(CONFIG),
+                              ModelMetadata.for_classes(["a", "b", "c"])).eval()
+    path = tmp_path_factory.mktemp("cli") / "tiny.pt"
+    save_model(model, path)
+    return path
+
+
+def test_exports_and_verifies_a_checkpoint(checkpoint, tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    assert main([str(checkpoint), "-o", str(out), "--flavor", "portable"]) == 0
+    printed = capsys.readouterr().out
+    assert "parity PASSED" in printed and str(out) in printed
+    model = onnx.load(str(out))
+    assert {p.key: p.value for p in model.metadata_props}["convcrf.flavor"] == "portable"
+
+
+def test_parity_failure_exits_non_zero(checkpoint, tmp_path, monkeypatch, capsys):
+    from convcrf_deploy.export import verify
+    # An impossible tolerance: the (same, cached) export must now be reported as failing.
+    monkeypatch.setitem(verify.TOLERANCE, False, 0.0)
+    monkeypatch.setitem(verify.MIN_LABEL_AGREEMENT, False, 1.01)
+    out = tmp_path / "tiny.onnx"
+    assert main([str(checkpoint), "-o", str(out), "--flavor", "portable"]) == 1
+    captured = capsys.readouterr()
+    assert "parity FAILED" in captured.out
+    assert "does not match PyTorch" in captured.err
+    assert out.exists()     # kept for inspection
+
+
+def test_no_verify_skips_the_parity_run(checkpoint, tmp_path, monkeypatch, capsys):
+    from convcrf_deploy.export import verify
+    monkeypatch.setitem(verify.TOLERANCE, False, 0.0)
+    out = tmp_path / "tiny.onnx"
+    assert main([str(checkpoint), "-o", str(out), "--flavor", "portable", "--no-verify"]) == 0
+    assert "parity" not in capsys.readouterr().out
+
+
+def test_crf_only_checkpoint_exports_the_crf_part(tmp_path, capsys):
+    training = pytest.importorskip("convcrf_deploy.training")
+    path = tmp_path / "crf.pt"
+    training.save_crf(ConvCRF(CONFIG), path)
+    out = tmp_path / "crf.onnx"
+    assert main([str(path), "-o", str(out), "--flavor", "plugin", "--static",
+                 "--height", "24", "--width", "35"]) == 0
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["logits", "image"]
+    assert [n.op_type for n in model.graph.node if n.domain == "trt.plugins"].count(
+        "ConvCRFMessagePassing") == CONFIG.iterations
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "convcrf-export: error:" in err and "nope.pt" in err and "not found" in err
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x80\x04 definitely not a checkpoint")
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "convcrf-export: error:" in err and "broken.pt" in err
+
+
+@pytest.mark.parametrize("argv", [["--height", "64"], ["--flavor", "trt"], ["--opset", "11"],
+                                  ["--height", "1", "--width", "8"]])
+def test_bad_arguments_are_usage_errors(checkpoint, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(checkpoint), *argv])
+    assert exit_info.value.code == 2
+    assert "convcrf-export: error:" in capsys.readouterr().err
+
+
+def test_default_output_names():
+    assert str(default_output("demo", "plugin")) == "demo.plugin.onnx"
+    assert str(default_output("runs/model.pt", "portable")) == "runs/model.portable.onnx"

@@ -8,10 +8,20 @@ Nothing here imports torch at import time; the torch backend imports it when cre
 * :mod:`.sources` / :mod:`.video` - cameras, streams, files, folders and the demo scene, and
   the loop behind ``convcrf-run``;
 * :mod:`.visualize` - palette, overlay and HUD drawing.
+
+Example (embedding, e.g. in a ROS node)::
+
+    from convcrf_deploy.runtime import Segmenter
+    segmenter = Segmenter("model.onnx", providers=("cpu",))
+    result = segmenter(bgr_frame, timestamp=msg.header.stamp)
+    publish(result.labels, stamp=result.timestamp)      # labels: [H, W] uint8
 """
 from .backends import Backend, BackendUnavailableError, create_backend
 from .segmenter import SegmentationResult, Segmenter
+from .sources import Frame, FrameSource, SourceError, open_source
+from .video import RunReport, run_video
 from .visualize import Renderer, colorize, overlay, palette_lut
 
-__all__ = ["Backend", "BackendUnavailableError", "Renderer", "SegmentationResult", "Segmenter",
-           "colorize", "create_backend", "overlay", "palette_lut"]
+__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSource", "Renderer", "RunReport",
+           "SegmentationResult", "Segmenter", "SourceError", "colorize", "create_backend",
+           "open_source", "overlay", "palette_lut", "run_video"]

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGES = ("preprocess", "inference", "postprocess")
 
@@ -214,4 +213,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run from a source checkout without installing: the package is one folder up.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def rss_mb() -> float:
     """Resident set size of this process in MiB (Linux /proc; ru_maxrss elsewhere)."""
@@ -83,4 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run from a source checkout without installing: the package is one folder up.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -37,6 +37,14 @@ def test_built_in_unaries_record_their_spec_and_rebuild_identically():
                {k: v.shape for k, v in net.state_dict().items()}
 
 
+def test_subclass_of_a_built_in_is_not_mistaken_for_it():
+    class Wider(FastFCN):
+        pass
+
+    assert unary_spec_of(FastFCN(3, width=8)) is not None
+    assert unary_spec_of(Wider(3, width=8)) is None
+
+
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="output_stride"):
         FastFCN(3, output_stride=16)

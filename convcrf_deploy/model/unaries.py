@@ -60,7 +60,7 @@ class FastFCN(nn.Module):
         if num_classes < 1 or width < 4:
             raise ValueError(f"FastFCN: need num_classes >= 1 and width >= 4, got "
                              f"{num_classes}, {width}")
-        self.spec = {"name": "fast_fcn",
+        self.unary_spec = {"name": "fast_fcn",
                      "kwargs": {"num_classes": num_classes, "width": width,
                                 "output_stride": output_stride}}
         quarter, half = max(width // 4, 1), max(width // 2, 1)
@@ -76,10 +76,6 @@ class FastFCN(nn.Module):
             _conv_bn_relu(width, width, dilation=4 * scale),
             _conv_bn_relu(width, width, dilation=8 * scale))
         self.classifier = nn.Conv2d(width, num_classes, 1)
-
-    @property
-    def unary_spec(self) -> dict[str, Any]:
-        return self.spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
@@ -136,7 +132,7 @@ class ResNetFCN(nn.Module):
         if len(widths) != 4 or len(blocks) != 4 or min(widths) < 1 or min(blocks) < 1:
             raise ValueError(f"ResNetFCN: widths and blocks need 4 positive entries each, got "
                              f"{widths}, {blocks}")
-        self.spec = {"name": "resnet_fcn",
+        self.unary_spec = {"name": "resnet_fcn",
                      "kwargs": {"num_classes": num_classes, "widths": widths, "blocks": blocks,
                                 "output_stride": output_stride}}
         self.stem = nn.Sequential(
@@ -156,10 +152,6 @@ class ResNetFCN(nn.Module):
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.classifier = nn.Conv2d(cin, num_classes, 1)
-
-    @property
-    def unary_spec(self) -> dict[str, Any]:
-        return self.spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.stages(self.stem(x)))
@@ -212,16 +204,21 @@ def build_unary(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"unary factory for {name!r} returned {type(module).__name__}, "
                          "not an nn.Module")
     if getattr(module, SPEC_ATTRIBUTE, None) is None:
-        try:
-            setattr(module, SPEC_ATTRIBUTE, {"name": name, "kwargs": dict(kwargs)})
-        except AttributeError:      # a read-only property: the module describes itself
-            pass
+        setattr(module, SPEC_ATTRIBUTE, {"name": name, "kwargs": dict(kwargs)})
     return module
 
 
 def unary_spec_of(module: nn.Module) -> dict[str, Any] | None:
-    """The spec ``module`` was built from, or ``None`` for an unregistered module."""
+    """The spec ``module`` was built from, or ``None`` for an unregistered module.
+
+    A subclass of a registered class inherits its parent's spec but not its architecture,
+    so it counts as unregistered (rebuilding it from the parent's spec would be wrong).
+    """
     spec = getattr(module, SPEC_ATTRIBUTE, None)
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return {"name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+        return None
+    factory = UNARY_ARCHITECTURES.get(spec["name"])
+    if isinstance(factory, type) and type(module) is not factory:
+        return None
+    return {"name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
     return None

@@ -1,0 +1,131 @@
+"""ONNX Runtime CPU latency of the exported graphs vs PyTorch, and graph sizes per flavour.
+
+Exports one model (default: the demo model) in every flavour in this process (one trace,
+see convcrf_deploy.export), then times, interleaved on the same random images:
+
+* ``pytorch``     : ``model(image)`` under ``torch.no_grad()`` (the fused native CPU CRF path);
+* ``portable``    : ONNX Runtime CPU on the portable graph (standard ops only);
+* ``single-file`` : ONNX Runtime CPU on the single-file graph (ORT inlines the op functions,
+  so it should match ``portable``);
+
+at 320x240 and 640x480 (W x H), and prints the median latencies and the ratios to PyTorch.
+The ``plugin`` flavour has no CPU runtime (TensorRT only); its node count is listed.
+
+Usage:  python benchmarks/bench_onnx.py [--model demo|PATH] [--sizes 320x240,640x480]
+        [--repeats 10] [--threads 2] [--fp16] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from convcrf_deploy.export import FLAVORS, export_onnx, load_exportable
+
+
+def time_call(fn, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def graph_size(path: Path) -> dict[str, int]:
+    """Top-level nodes, and nodes once local functions are inlined (what a runtime executes)."""
+    model = onnx.load(str(path))
+    bodies = {(f.domain, f.name): len(f.node) for f in model.functions}
+    inlined = sum(bodies.get((n.domain, n.op_type), 1) for n in model.graph.node)
+    custom = sum(1 for n in model.graph.node if n.domain == "trt.plugins")
+    return {"nodes": len(model.graph.node), "custom_nodes": custom,
+            "inlined_nodes": inlined, "bytes": path.stat().st_size}
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="demo", help="'demo' or a checkpoint path")
+    parser.add_argument("--sizes", default="320x240,640x480", help="WxH list")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fp16", action="store_true", help="time the fp16 graphs")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    torch.set_num_threads(args.threads)
+
+    model = load_exportable(args.model).eval()
+    results = {"model": args.model, "threads": args.threads, "fp16": args.fp16,
+               "graphs": {}, "latency_ms": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for flavor in FLAVORS:
+            start = time.perf_counter()
+            report = export_onnx(model, Path(tmp) / f"model.{flavor}.onnx", flavor=flavor,
+                                 fp16=args.fp16)
+            print(f"exported {flavor} in {time.perf_counter() - start:.1f} s; "
+                  f"{report.verification.summary()}")
+            paths[flavor] = report.path
+            results["graphs"][flavor] = graph_size(report.path)
+
+        print("\ngraph sizes (nodes in the main graph / after inlining the op functions)")
+        for flavor, size in results["graphs"].items():
+            print(f"  {flavor:12s} {size['nodes']:6d} / {size['inlined_nodes']:6d} nodes, "
+                  f"{size['custom_nodes']} ConvCRF nodes, {size['bytes'] / 1e3:.0f} kB")
+
+        sessions = {f: ort_session(paths[f], args.threads) for f in ("portable", "single-file")}
+        print(f"\nlatency, median of {args.repeats} (ms), {args.threads} threads")
+        print(f"  {'W x H':>9s} {'pytorch':>9s} {'portable':>9s} {'single':>9s} "
+              f"{'port/pt':>8s} {'single/pt':>9s}")
+        for width, height in sizes:
+            image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+            image = image * 255
+            feed = {"image": image.numpy()}
+
+            def run_torch():
+                with torch.no_grad():
+                    model(image)
+
+            runs = {"pytorch": run_torch}
+            for flavor, session in sessions.items():
+                runs[flavor] = (lambda s=session: s.run(None, feed))
+            # Interleave the variants so that machine noise hits all of them alike.
+            times = {name: [] for name in runs}
+            for name, fn in runs.items():
+                time_call(fn, 0, warmup=2)
+            for _ in range(args.repeats):
+                for name, fn in runs.items():
+                    times[name].extend(time_call(fn, 1, warmup=0))
+            median = {name: statistics.median(t) for name, t in times.items()}
+            results["latency_ms"][f"{width}x{height}"] = median
+            print(f"  {width:4d}x{height:<4d} {median['pytorch']:9.1f} {median['portable']:9.1f} "
+                  f"{median['single-file']:9.1f} {median['portable'] / median['pytorch']:8.2f} "
+                  f"{median['single-file'] / median['pytorch']:9.2f}")
+            probabilities = sessions["portable"].run(None, feed)[0]
+            with torch.no_grad():
+                error = float(np.abs(probabilities - model(image).numpy()).max())
+            print(f"             portable vs PyTorch max abs error {error:.2e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,9 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from convcrf_deploy.data.folder import LabelledFolder
-from convcrf_deploy.evaluation import evaluate_synthetic
-
 # method -> (time ms, accuracy %, mIoU %) as published (Teichmann & Cipolla, Table 1).
 PAPER = {"unary": (None, 86.60, 51.87), "fullcrf": (647, 94.79, 84.37),
          "conv5": (7, 97.13, 90.90), "conv7": (13, 97.13, 92.98),
@@ -23,6 +20,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/pascal-voc-sam
 
 
 def main() -> int:
+    from convcrf_deploy.data.folder import LabelledFolder
+    from convcrf_deploy.evaluation import evaluate_synthetic
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seeds", type=int, default=3)
@@ -53,4 +53,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Run from a source checkout without installing: the package is one folder up.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -147,8 +147,8 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
     notes = []
     refine = fullcrf_refiner(base) if fullcrf else None
     if fullcrf and refine is None:
-        notes.append("FullCRF skipped: pydensecrf is not installed (pip install pydensecrf; "
-                     "it does not build with Cython 3 on every platform)")
+        notes.append("FullCRF skipped: pydensecrf is not installed (optional extra: pip "
+                     "install pydensecrf; its PyPI release does not build on Python >= 3.11)")
     if refine is not None:
         methods["fullcrf"] = _Method(num_classes)
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")

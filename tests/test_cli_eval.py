@@ -119,3 +119,46 @@ def test_a_crf_with_the_wrong_class_count_is_refused(tmp_path, capsys):
                  "--crf", str(tmp_path / "five.pt")])
     err = capsys.readouterr().err
     assert code != 0 and "5 classes" in err and "Traceback" not in err
+
+
+def test_fullcrf_row_uses_pydensecrf_when_installed(tmp_path, monkeypatch):
+    """The FullCRF glue, against a stand-in with pydensecrf's API (the real package does not
+    build on every Python): unary energy = -log p as (C, H*W), both kernels, 5 iterations."""
+    import sys
+    import types
+
+    calls = {}
+
+    class DenseCRF2D:
+        def __init__(self, width, height, labels):
+            calls["shape"] = (width, height, labels)
+
+        def setUnaryEnergy(self, energy):
+            calls["energy"] = energy
+
+        def addPairwiseGaussian(self, sxy, compat):
+            calls["gaussian"] = (sxy, compat)
+
+        def addPairwiseBilateral(self, sxy, srgb, rgbim, compat):
+            calls["bilateral"] = (sxy, srgb, rgbim.shape, rgbim.dtype, compat)
+
+        def inference(self, iterations):
+            calls["iterations"] = iterations
+            return np.exp(-calls["energy"])  # the unary itself, as (C, H*W)
+
+    package = types.ModuleType("pydensecrf")
+    package.densecrf = types.SimpleNamespace(DenseCRF2D=DenseCRF2D)
+    monkeypatch.setitem(sys.modules, "pydensecrf", package)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", package.densecrf)
+    data = write_folder(tmp_path / "data", count=1, height=40, width=48)
+    out = tmp_path / "table.json"
+    assert main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
+                 "--json", str(out)]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert calls["shape"] == (48, 40, 3)
+    assert calls["energy"].shape == (3, 40 * 48) and calls["energy"].dtype == np.float32
+    assert calls["gaussian"] == (3.0, 3.0)
+    assert calls["bilateral"] == (80.0, 13.0, (40, 48, 3), np.uint8, 10.0)
+    assert calls["iterations"] == 5
+    # The stand-in returns the unary, so FullCRF must score exactly like the unary.
+    assert methods["fullcrf"]["accuracy"] == pytest.approx(methods["unary"]["accuracy"])

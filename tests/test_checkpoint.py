@@ -198,6 +198,13 @@ def test_foreign_torch_file(tmp_path, payload):
         load_model(bad)
 
 
+def test_crf_only_checkpoint_points_to_load_crf(tmp_path):
+    path = tmp_path / "crf.pt"
+    torch.save({"format": "convcrf-deploy/crf", "format_version": 1}, path)
+    with pytest.raises(CheckpointError, match="load_crf"):
+        load_model(path)
+
+
 def test_pickled_objects_are_refused_without_being_run(tmp_path):
     bad = tmp_path / "module.pt"
     torch.save(nn.Conv2d(3, 3, 1), bad)               # a pickled module, not a checkpoint

@@ -124,6 +124,9 @@ def _read(path: Path, map_location) -> dict[str, Any]:
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
                               f"truncated, corrupt or not a PyTorch file ({first_line})") from exc
+    if isinstance(data, dict) and data.get("format") == "convcrf-deploy/crf":
+        raise CheckpointError(f"{path} is a CRF-only checkpoint (no unary network); load it "
+                              "with convcrf_deploy.training.load_crf")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = (f"a dict with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict)
                  else f"a {type(data).__name__}")

@@ -59,6 +59,11 @@ def _check_4d(name: str, t: torch.Tensor, layout: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
+def _cuda_dtype(t: torch.Tensor) -> int | None:
+    """dtype code of the CUDA launchers for ``t``, or None when they do not take it."""
+    return {torch.float32: _native.CUDA_FLOAT32, torch.float16: _native.CUDA_FLOAT16}.get(t.dtype)
+
+
 def _native_dtype(t: torch.Tensor) -> torch.Tensor:
     """Contiguous tensor in a dtype the native libraries compute in (fp32 or fp64)."""
     if t.dtype not in (torch.float32, torch.float64):
@@ -80,16 +85,20 @@ def _cpu_call(name: str, dtype: torch.dtype):
 
 def _run_gaussian_kernel(features: torch.Tensor, filter_size: int) -> torch.Tensor:
     n, d, h, w = features.shape
+    if (features.device.type == "cuda" and _cuda_dtype(features) is not None
+            and _native.cuda_library() is not None):
+        # fp32 and fp16 run natively (fp32 accumulation inside the kernel).
+        x = features.contiguous()
+        out = torch.empty(n, filter_size * filter_size, h, w, dtype=x.dtype, device=x.device)
+        _native.check(_native.cuda_library().convcrf_cuda_gaussian_kernel(
+            x.data_ptr(), _cuda_dtype(x), n, d, h, w, filter_size, out.data_ptr(),
+            torch.cuda.current_stream(x.device).cuda_stream), "gaussian_kernel (CUDA)")
+        return out
     x = _native_dtype(features)
     if features.device.type == "cpu" and _native.cpu_library() is not None:
         out = torch.empty(n, filter_size * filter_size, h, w, dtype=x.dtype)
         _native.check(_cpu_call("gaussian_kernel", x.dtype)(
             x.data_ptr(), n, d, h, w, filter_size, out.data_ptr(), _threads()), "gaussian_kernel")
-    elif features.device.type == "cuda" and x.dtype == torch.float32 and _native.cuda_library():
-        out = torch.empty(n, filter_size * filter_size, h, w, dtype=x.dtype, device=x.device)
-        _native.check(_native.cuda_library().convcrf_cuda_gaussian_kernel(
-            x.data_ptr(), _native.CUDA_FLOAT32, n, d, h, w, filter_size, out.data_ptr(),
-            torch.cuda.current_stream(x.device).cuda_stream), "gaussian_kernel (CUDA)")
     else:
         out = gaussian_kernel_reference(x, filter_size)
     return out.to(features.dtype)
@@ -97,18 +106,21 @@ def _run_gaussian_kernel(features: torch.Tensor, filter_size: int) -> torch.Tens
 
 def _run_message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int) -> torch.Tensor:
     n, c, h, w = q.shape
+    if (q.device.type == "cuda" and _cuda_dtype(q) is not None
+            and _native.cuda_library() is not None):
+        qx, kx = q.contiguous(), kernel.to(q.dtype).contiguous()
+        out = torch.empty_like(qx)
+        _native.check(_native.cuda_library().convcrf_cuda_message_passing(
+            qx.data_ptr(), kx.data_ptr(), _cuda_dtype(qx), n, c, h, w, filter_size,
+            out.data_ptr(), torch.cuda.current_stream(qx.device).cuda_stream),
+            "message_passing (CUDA)")
+        return out
     qx, kx = _native_dtype(q), _native_dtype(kernel).to(_native_dtype(q).dtype)
     if q.device.type == "cpu" and _native.cpu_library() is not None:
         out = torch.empty(n, c, h, w, dtype=qx.dtype)
         _native.check(_cpu_call("message_passing", qx.dtype)(
             qx.data_ptr(), kx.data_ptr(), n, c, h, w, filter_size, out.data_ptr(), _threads()),
             "message_passing")
-    elif q.device.type == "cuda" and qx.dtype == torch.float32 and _native.cuda_library():
-        out = torch.empty_like(qx)
-        _native.check(_native.cuda_library().convcrf_cuda_message_passing(
-            qx.data_ptr(), kx.data_ptr(), _native.CUDA_FLOAT32, n, c, h, w, filter_size,
-            out.data_ptr(), torch.cuda.current_stream(qx.device).cuda_stream),
-            "message_passing (CUDA)")
     else:
         out = message_passing_reference(qx, kx, filter_size)
     return out.to(q.dtype)

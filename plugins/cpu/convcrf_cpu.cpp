@@ -357,6 +357,8 @@ CONVCRF_ROW bool anyNonFinite(float x)
 }
 
 #if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // always inlined: the by-value vector ABI never applies
 CONVCRF_ROW FloatVec logOf(FloatVec x)
 {
     FloatVec out;
@@ -373,6 +375,7 @@ CONVCRF_ROW bool anyNonFinite(FloatVec x)
         any |= bad[lane];
     return any != 0;
 }
+#pragma GCC diagnostic pop
 #endif
 
 // Where one group of pixels (one F) of a full-resolution row reads and writes. Pointers are

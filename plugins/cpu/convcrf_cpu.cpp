@@ -16,6 +16,12 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__GNUC__)
+// The mean-field step passes FloatVec values between always-inlined helpers; GCC's note that
+// the by-value ABI of 32-byte vectors differs without AVX never applies to inlined code.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CONVCRF_NO_MULTIVERSION)
 #define CONVCRF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
@@ -357,8 +363,6 @@ CONVCRF_ROW bool anyNonFinite(float x)
 }
 
 #if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"  // always inlined: the by-value vector ABI never applies
 CONVCRF_ROW FloatVec logOf(FloatVec x)
 {
     FloatVec out;
@@ -375,7 +379,6 @@ CONVCRF_ROW bool anyNonFinite(FloatVec x)
         any |= bad[lane];
     return any != 0;
 }
-#pragma GCC diagnostic pop
 #endif
 
 // Where one group of pixels (one F) of a full-resolution row reads and writes. Pointers are

@@ -4,6 +4,12 @@
 // bounds test inside (see convcrf::shiftedRange), which compilers vectorise. On x86-64 the
 // row workers are compiled twice (AVX2+FMA and baseline) and picked at load time, so the
 // library runs on any x86-64 CPU and uses AVX2 where it exists.
+#if defined(__GNUC__)
+// The mean-field step passes FloatVec values between always-inlined helpers; GCC's note that
+// the by-value ABI of 32-byte vectors differs without AVX never applies to inlined code.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 #include "convcrf_cpu.h"
 
 #include "../common/convcrf_math.h"
@@ -15,12 +21,6 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
-
-#if defined(__GNUC__)
-// The mean-field step passes FloatVec values between always-inlined helpers; GCC's note that
-// the by-value ABI of 32-byte vectors differs without AVX never applies to inlined code.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CONVCRF_NO_MULTIVERSION)
 #define CONVCRF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))

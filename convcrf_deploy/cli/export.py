@@ -115,3 +115,7 @@ def default_output(model: str, flavor: str) -> Path:
         return Path(f"demo.{flavor}.onnx")
     path = Path(model)
     return path.with_name(f"{path.stem}.{flavor}.onnx")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

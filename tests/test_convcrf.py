@@ -181,3 +181,31 @@ def test_non_finite_unary_is_a_value_error_on_both_paths(bad, grad):
     z[0, 2, 5, 7] = bad
     with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="NaN or infinite"):
         crf(z, img)
+
+
+# ---- warm start (video) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_warm_start_from_a_previous_result_on_both_paths(weight):
+    crf = ConvCRF(CRFConfig(num_classes=4, filter_size=5))
+    z, img = random_inputs(1, 4, 21, 26)
+    previous = torch.softmax(torch.randn(1, 4, 21, 26), dim=1)
+    with torch.no_grad():
+        fused = crf(z, img, initial_q=previous, initial_q_weight=weight, iterations=2)
+    differentiable = crf(z, img, initial_q=previous, initial_q_weight=weight, iterations=2)
+    torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=2e-5)
+    # Starting from softmax(z) with the same iteration count is the ordinary forward.
+    cold = crf(z, img, initial_q=torch.softmax(z, 1), iterations=2)
+    torch.testing.assert_close(cold, crf(z, img, iterations=2), rtol=0, atol=1e-6)
+    assert not torch.allclose(fused, crf(z, img, iterations=2), atol=1e-3)
+
+
+def test_warm_start_arguments_are_validated():
+    crf = ConvCRF(CRFConfig(num_classes=4, filter_size=5))
+    z, img = random_inputs()
+    with pytest.raises(ValueError, match="initial_q must have the shape"):
+        crf(z, img, initial_q=torch.rand(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="initial_q_weight"):
+        crf(z, img, initial_q=torch.softmax(z, 1), initial_q_weight=1.5)
+    with pytest.raises(ValueError, match="iterations"):
+        crf(z, img, iterations=-1)

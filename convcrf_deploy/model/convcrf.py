@@ -201,47 +201,78 @@ class ConvCRF(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
 
-    def forward(self, unary_logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, unary_logits: torch.Tensor, image: torch.Tensor, *,
+                initial_q: torch.Tensor | None = None, initial_q_weight: float = 1.0,
+                iterations: int | None = None) -> torch.Tensor:
         """Run mean-field inference.
 
         Args:
             unary_logits: ``(N, C, H, W)`` logits (fp32, fp16 or bf16; computed in fp32).
             image: ``(N, 3, H, W)`` RGB in 0..255.
+            initial_q: optional ``(N, C, H, W)`` probabilities to start mean-field from, e.g.
+                the previous video frame's result (warm start). The start is
+                ``initial_q_weight * initial_q + (1 - initial_q_weight) * softmax(unary)``.
+            initial_q_weight: weight of ``initial_q`` in the start, 0..1.
+            iterations: mean-field iterations for this call (default: ``config.iterations``);
+                a warm start typically needs fewer.
 
         Returns:
             ``(N, C, H, W)`` probabilities in ``unary_logits.dtype``.
         """
         self._validate(unary_logits, image)
+        iterations = self.config.iterations if iterations is None else iterations
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+        if initial_q is not None:
+            if tuple(initial_q.shape) != tuple(unary_logits.shape):
+                raise ValueError(f"initial_q must have the shape of unary_logits "
+                                 f"{tuple(unary_logits.shape)}, got {tuple(initial_q.shape)}")
+            if not 0.0 <= initial_q_weight <= 1.0:
+                raise ValueError(f"initial_q_weight must be in 0..1, got {initial_q_weight}")
+            initial_q = initial_q.float()
         out_dtype = unary_logits.dtype
         z = unary_logits.float()
         img = image.float()
-        if self.config.iterations == 0:
+        if iterations == 0:
             if not bool(torch.isfinite(z).all()):
                 raise self._non_finite_error()
             return torch.softmax(z, dim=1).to(out_dtype)
         height, width = z.shape[2:]
         kernel = self.pairwise_kernel(img, height, width)
+        start = (initial_q, initial_q_weight)
         if self._use_fused(z):
-            q = self._forward_fused(z, kernel)  # checks finiteness in its first native pass
+            # Checks finiteness in its first native pass.
+            q = self._forward_fused(z, kernel, iterations=iterations, start=start)
         else:
             if not bool(torch.isfinite(z).all()):
                 raise self._non_finite_error()
-            q = self._forward_differentiable(z, kernel)
+            q = self._forward_differentiable(z, kernel, iterations=iterations, start=start)
         return q.to(out_dtype)
 
-    def _forward_differentiable(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _forward_differentiable(self, z: torch.Tensor, kernel: torch.Tensor, *,
+                                iterations: int | None = None,
+                                start: tuple[torch.Tensor | None, float] = (None, 1.0)) -> torch.Tensor:
+        """Mean-field with PyTorch ops and the custom ops (autograd; also what export traces).
+        ``z`` is ``[N, C, H, W]`` float32, ``kernel`` from :meth:`pairwise_kernel`."""
         cfg = self.config
+        iterations = cfg.iterations if iterations is None else iterations
         height, width = z.shape[2:]
         scale = (self.unary_weight - self.message_weight).view(1, -1, 1, 1)
         unary_term = scale * torch.log_softmax(z, dim=1)
         q = torch.softmax(z, dim=1)
-        for _ in range(cfg.iterations):
+        initial_q, weight = start
+        if initial_q is not None:
+            q = weight * initial_q + (1.0 - weight) * q
+        for _ in range(iterations):
             m = self._messages(pool(q, cfg.blur), kernel)
             q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
         return q
 
     @torch.no_grad()
-    def _forward_fused(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, z: torch.Tensor, kernel: torch.Tensor, *, iterations: int,
+                       start: tuple[torch.Tensor | None, float]) -> torch.Tensor:
+        """The same function as :meth:`_forward_differentiable`, with the full-resolution part
+        of every iteration in one native pass (CPU, float32, no autograd)."""
         cfg = self.config
         lib = _native.cpu_library()
         n, c, h, w = z.shape
@@ -259,10 +290,14 @@ class ConvCRF(nn.Module):
         if status == _native.STATUS_NON_FINITE:
             raise self._non_finite_error()
         _native.check(status, "mean-field step")
+        initial_q, weight = start
+        if initial_q is not None:
+            # Pooling is linear: pool(w*Q0 + (1-w)*softmax(z)) = w*pool(Q0) + (1-w)*pool(softmax(z)).
+            q_low = weight * pool(initial_q, b) + (1.0 - weight) * q_low
         q_full = torch.empty_like(z)
-        for it in range(cfg.iterations):
+        for it in range(iterations):
             m = self._messages(q_low, kernel).contiguous()
-            last = it == cfg.iterations - 1
+            last = it == iterations - 1
             next_low = None if last else torch.empty_like(q_low)
             _native.check(lib.convcrf_mean_field_step_f32(
                 unary_term.data_ptr(), m.data_ptr(), n, c, h, w, b, None, None,

@@ -85,3 +85,25 @@ def test_the_unary_source_is_required(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["crf", "--data", str(tmp_path)])
     assert "--synthetic" in capsys.readouterr().err
+
+
+def test_training_continues_from_the_models_own_crf(tmp_path):
+    from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel, load_model, save_model
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import FastFCN
+
+    torch.manual_seed(0)
+    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=3, blur=2))
+    with torch.no_grad():
+        crf.message_weight.fill_(0.5)  # not trained by default: must survive training
+    save_model(SegmentationModel(FastFCN(3, width=8), crf, ModelMetadata(["bg", "red", "blue"])),
+               tmp_path / "model.pt")
+    data = write_folder(tmp_path / "data", count=2)
+    out = tmp_path / "trained.pt"
+    assert main(["crf", "--data", str(data), "--unary-model", str(tmp_path / "model.pt"),
+                 "--epochs", "1", "--learned-compatibility", "--holdout", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    trained = load_model(out).crf
+    assert trained.config.filter_size == 3 and trained.config.blur == 2
+    assert trained.config.compatibility == "learned"
+    assert torch.allclose(trained.message_weight, torch.full((3,), 0.5))

@@ -26,9 +26,9 @@ import contextlib
 import copy
 import hashlib
 import io
-import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,8 +40,6 @@ import torch.nn as nn
 from .. import __version__
 from ..metadata import ONNX_KEYS
 from . import onnx_ops
-
-log = logging.getLogger(__name__)
 
 Flavor = Literal["single-file", "plugin", "portable"]
 Part = Literal["full", "unary", "crf"]
@@ -560,15 +558,19 @@ def _to_onnx(module: nn.Module, exported, input_names, output_names, opset) -> o
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the exporter's progress prints (the CLI prints its own summary)."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield
-
-
-def crf_config_of(model: onnx.ModelProto):
-    """The :class:`CRFConfig` stored in an exported model's metadata, or ``None``."""
-    from ..config import CRFConfig
-    props = {p.key: p.value for p in model.metadata_props}
-    text = props.get(ONNX_KEYS["crf_config"])
-    return CRFConfig.from_dict(json.loads(text)) if text else None
+    """Silence PyTorch's exporter chatter (progress prints, "torchvision is not installed"
+    log lines, deprecation warnings of its internals): the report says what matters, and
+    real failures still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export",
+                                                    "torch._export", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"torch\..*|copyreg|onnxscript\..*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,772 @@
+"""Latency profiling per stage and backend, and a sweep of ConvCRF settings (``convcrf-bench``).
+
+* :func:`benchmark_model` times a :class:`~convcrf_deploy.SegmentationModel`'s unary network,
+  its ConvCRF and the whole model on PyTorch eager, ONNX Runtime and TensorRT (through the
+  runtime backends of :mod:`convcrf_deploy.runtime.backends`), at several image sizes, and
+  reports latency statistics and each backend's speed-up over PyTorch eager.
+* :func:`sweep_crf` times the CRF at several settings (filter size, blur, mean-field
+  iterations), with the model's trained parameters, and measures on labelled frames how much
+  each setting improves pixel accuracy and mIoU over the unary, to pick a latency budget.
+
+The machine may be shared and noisy: every variant of one run is timed interleaved (one call
+of each variant per round), so the ratios printed by one run are comparable even when the
+absolute figures drift. Results are plain JSON-serialisable dictionaries;
+:func:`format_benchmark` and :func:`format_sweep` print them as tables.
+
+Example:
+    >>> result = benchmark_model("demo", backends=("torch", "onnxruntime"),
+    ...                          sizes=[(320, 240)], iterations=20)
+    >>> result["backends"]["onnxruntime"]["sizes"]["320x240"]["crf"]["p50_ms"]
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+import itertools
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError
+
+#: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
+STAGES = ("unary", "crf", "full")
+
+#: statistics of a latency sample, in this order in tables.
+STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")
+
+#: backend that the speed-ups are relative to.
+REFERENCE_BACKEND = "torch"
+
+#: pip command that provides each backend (for messages).
+INSTALL_HINTS = {"torch": "pip install convcrf-deploy[torch]",
+                 "onnxruntime": "pip install onnxruntime (CPU) or pip install convcrf-deploy[gpu]",
+                 "tensorrt": "pip install convcrf-deploy[tensorrt]"}
+
+#: ONNX flavours that ONNX Runtime runs on CPU/CUDA (``plugin`` needs TensorRT).
+ORT_FLAVORS = ("single-file", "portable")
+
+
+class BenchmarkError(ValueError):
+    """Invalid benchmark arguments, or no requested backend could run (message says why)."""
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+def latency_stats(samples_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
+    """Statistics of latency samples in milliseconds.
+
+    Returns ``mean_ms``, ``p50_ms``, ``p90_ms``, ``p99_ms``, ``min_ms``, ``max_ms``, ``fps``
+    (images per second: ``batch * 1000 / mean_ms``) and ``count``.
+    """
+    samples = np.asarray(samples_ms, dtype=np.float64)
+    if samples.size == 0:
+        raise BenchmarkError("no latency samples: iterations must be >= 1")
+    p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+    mean = float(samples.mean())
+    return {"mean_ms": mean, "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "min_ms": float(samples.min()), "max_ms": float(samples.max()),
+            "fps": batch * 1000.0 / mean if mean > 0 else float("inf"), "count": int(samples.size)}
+
+
+def time_interleaved(calls: dict[Any, Callable[[], Any]], iterations: int,
+                     warmup: int) -> dict[Any, list[float]]:
+    """Milliseconds of each zero-argument call, timed round-robin.
+
+    Every call runs ``warmup`` untimed times, then ``iterations`` rounds each run every call
+    once (the order reversed every other round), so slow phases of a shared machine hit all
+    variants alike. Calls must return only once their work is done (GPU calls synchronise).
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    keys = list(calls)
+    samples: dict[Any, list[float]] = {key: [] for key in keys}
+    for round_index in range(iterations):
+        for key in (keys if round_index % 2 == 0 else reversed(keys)):
+            start = time.perf_counter()
+            calls[key]()
+            samples[key].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+# ---- argument parsing helpers (shared by the CLI) ---------------------------------------------
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x240"`` (WIDTHxHEIGHT) -> ``(320, 240)``; raises :class:`BenchmarkError`."""
+    parts = str(text).lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise BenchmarkError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 320x240") from None
+    if width < 8 or height < 8:
+        raise BenchmarkError(f"size {text!r}: width and height must be >= 8")
+    return width, height
+
+
+def size_key(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def normalize_backends(names: Iterable[str]) -> list[str]:
+    """Registry names of ``names`` (aliases such as ``ort``/``trt`` accepted), in order,
+    without duplicates; an unknown name raises :class:`BenchmarkError` listing the choices."""
+    result = []
+    for name in names:
+        key = ALIASES.get(name.strip().lower(), name.strip().lower())
+        if key not in BACKENDS:
+            raise BenchmarkError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} "
+                                 f"(aliases: {', '.join(sorted(ALIASES))})")
+        if key not in result:
+            result.append(key)
+    if not result:
+        raise BenchmarkError(f"no backend given; choose from {', '.join(BACKENDS)}")
+    return result
+
+
+def backend_unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here (missing library), or ``None`` when it can."""
+    try:
+        if name == "torch":
+            from .runtime.backends.torch.loader import import_torch
+            import_torch()
+        elif name == "onnxruntime":
+            from .runtime.backends.onnxrt.loader import import_onnxruntime
+            import_onnxruntime()
+            try:  # the benchmark exports the model itself
+                import onnx  # noqa: F401
+                import onnxscript  # noqa: F401
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    f"exporting for ONNX Runtime needs onnx and onnxscript ({exc})") from exc
+        elif name == "tensorrt":
+            from .tensorrt import import_tensorrt
+            from .tensorrt._modules import import_pycuda_driver
+            import_tensorrt()
+            import_pycuda_driver()
+    except BackendUnavailableError as exc:
+        return f"{exc} (install: `{INSTALL_HINTS[name]}`)" if INSTALL_HINTS[name] not in str(exc) \
+            else str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. pycuda without a GPU raises its own errors
+        return (f"{name} failed to initialise: {type(exc).__name__}: {exc} "
+                f"(install: `{INSTALL_HINTS[name]}`)")
+    return None
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU count, library versions and thread settings, recorded with every result."""
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor(),
+                            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                            "requested_threads": threads,
+                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                            else None}
+    for module in ("onnxruntime", "onnx", "tensorrt"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing or broken optional library
+            info[module] = None
+    return info
+
+
+# ---- per-backend stage runners ----------------------------------------------------------------
+
+@dataclass
+class StageInputs:
+    """The inputs of one benchmarked size, shared by all backends.
+
+    ``image`` float32 ``[N, 3, H, W]`` RGB 0..255, ``logits`` float32 ``[N, C, H, W]`` (the
+    PyTorch unary's output, the CRF stage's input), ``probabilities`` float32 ``[N, C, H, W]``
+    (PyTorch's whole model, to check the other backends compute the same thing).
+    """
+
+    image: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+
+
+class _StageRunner(abc.ABC):
+    """One backend's callables: ``prepare(inputs) -> {stage: zero-argument call}``.
+
+    ``notes`` explain stages that are not measured or not measured as the others are;
+    ``outputs(inputs)`` returns the backend's whole-model probabilities for the parity check.
+    """
+
+    name = "backend"
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    @abc.abstractmethod
+    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
+        """Zero-argument calls per stage on ``inputs`` (conversions done here, not timed)."""
+
+    def probabilities(self, inputs: StageInputs) -> np.ndarray | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _TorchStages(_StageRunner):
+    """PyTorch eager under ``torch.inference_mode`` (the ConvCRF's fused native CPU path)."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str, fp16: bool):
+        super().__init__()
+        import torch
+
+        self.torch, self.model, self.device = torch, model, device
+        self.is_cuda = device.startswith("cuda")
+        self.fp16 = fp16 and self.is_cuda
+        if fp16 and not self.is_cuda:
+            self.notes.append("fp16 applies to CUDA only: PyTorch on the CPU ran in fp32")
+
+    def _context(self):
+        torch = self.torch
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.fp16:
+            stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+        return stack
+
+    def _call(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        torch = self.torch
+
+        def call():
+            with self._context():
+                out = fn()
+            if self.is_cuda:  # kernels are asynchronous: wait for them before stopping the clock
+                torch.cuda.synchronize()
+            return out
+        return call
+
+    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
+        torch, model = self.torch, self.model
+        image = torch.from_numpy(inputs.image).to(self.device)
+        logits = torch.from_numpy(inputs.logits).to(self.device)
+        calls = {"unary": self._call(lambda: model.forward_unary(image)),
+                 "full": self._call(lambda: model(image))}
+        if model.crf is not None:
+            calls["crf"] = self._call(lambda: model.crf(logits, image))
+        return calls
+
+
+class _OnnxRuntimeStages(_StageRunner):
+    """ONNX Runtime sessions of the exported unary, crf and full parts."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, folder: Path, *, flavor: str, fp16: bool, threads: int | None,
+                 providers: Sequence[str]):
+        super().__init__()
+        from .export import export_onnx
+        from .runtime.backends.onnxrt import OnnxRuntimeBackend, SessionLoader
+
+        if flavor not in ORT_FLAVORS:
+            raise BenchmarkError(f"flavor {flavor!r} does not run in ONNX Runtime on CPU/CUDA; "
+                                 f"use one of {list(ORT_FLAVORS)}")
+        parts = ["unary", "full"] + (["crf"] if model.crf is not None else [])
+        paths = {}
+        for part in parts:
+            paths[part] = folder / f"{part}.onnx"
+            # verify=False: the parity of the full graph is checked on the benchmark's own
+            # inputs instead (max_abs_diff_vs_torch), which costs one run rather than an
+            # export-time reference run per part.
+            export_onnx(model, paths[part], flavor=flavor, fp16=fp16, part=part, verify=False)
+        self.full = OnnxRuntimeBackend(paths["full"], providers=tuple(providers), threads=threads)
+        self.sessions = {part: SessionLoader(paths[part], tuple(providers), threads=threads)()[0]
+                         for part in parts if part != "full"}
+        self.notes.append(f"{flavor} export, providers {self.full.providers}")
+
+    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
+        feed = {"image": np.ascontiguousarray(inputs.image)}
+        calls = {"unary": lambda: self.sessions["unary"].run(None, feed),
+                 "full": lambda: self.full.infer(feed)}
+        if "crf" in self.sessions:
+            crf_feed = {"logits": np.ascontiguousarray(inputs.logits), "image": feed["image"]}
+            calls["crf"] = lambda: self.sessions["crf"].run(None, crf_feed)
+        return calls
+
+    def probabilities(self, inputs: StageInputs) -> np.ndarray:
+        return self.full.infer({"image": inputs.image})["probabilities"]
+
+
+class _TensorRTStages(_StageRunner):
+    """TensorRT engines built from the exported full graph and from the same graph with the
+    CRF disabled (the unary stage; TensorRTBackend runs image-input graphs only, so the CRF
+    part, whose inputs are logits and image, is not timed on its own)."""
+
+    name = "tensorrt"
+
+    def __init__(self, model, folder: Path, *, flavor: str, fp16: bool, sizes, batch: int):
+        super().__init__()
+        from .export import export_onnx
+        from .runtime.backends.trt import TensorRTBackend
+        from .tensorrt import PluginLibraryError
+
+        widths, heights = [s[0] for s in sizes], [s[1] for s in sizes]
+        shapes = {"min_shape": f"{batch}x3x{min(heights)}x{min(widths)}",
+                  "opt_shape": f"{batch}x3x{max(heights)}x{max(widths)}",
+                  "max_shape": f"{batch}x3x{max(heights)}x{max(widths)}"}
+        trt_flavor = flavor if flavor != "portable" else "single-file"
+        full_path = folder / "full.trt.onnx"
+        export_onnx(model, full_path, flavor=trt_flavor, fp16=fp16, part="full", verify=False)
+        try:
+            self.full = TensorRTBackend(full_path, **shapes)
+        except PluginLibraryError as exc:  # TensorRT is there but our plugin is not
+            raise BackendUnavailableError(str(exc)) from exc
+        unary_model = copy.deepcopy(model)
+        unary_model.crf_enabled = False
+        unary_path = folder / "unary.trt.onnx"
+        export_onnx(unary_model, unary_path, flavor=trt_flavor, fp16=fp16, part="full",
+                    verify=False)
+        self.unary = TensorRTBackend(unary_path, **shapes)
+        self.full.activate()
+        self.unary.activate()
+        self.notes.append("unary = engine of the full graph with the CRF disabled (includes "
+                          "softmax, argmax and host copies); the CRF stage is not timed alone")
+
+    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
+        feed = {"image": inputs.image}
+        return {"unary": lambda: self.unary.infer(feed), "full": lambda: self.full.infer(feed)}
+
+    def probabilities(self, inputs: StageInputs) -> np.ndarray:
+        return self.full.infer({"image": inputs.image})["probabilities"]
+
+    def close(self) -> None:
+        self.full.deactivate()
+        self.unary.deactivate()
+
+
+# ---- the benchmark -----------------------------------------------------------------------------
+
+def _load(model, device: str, allow_pickle: bool):
+    from .runtime.backends.torch.loader import load_segmentation_model
+    return load_segmentation_model(model, device, allow_pickle=allow_pickle)
+
+
+def _stage_inputs(model, size: tuple[int, int], batch: int, device: str, seed: int) -> StageInputs:
+    import torch
+
+    width, height = size
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, height, width, generator=generator) * 255
+    with torch.inference_mode():
+        x = image.to(device)
+        logits = model.forward_unary(x)
+        probabilities = model(x)
+    return StageInputs(image.numpy(), logits.float().cpu().numpy(),
+                       probabilities.float().cpu().numpy())
+
+
+def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", "onnxruntime"),
+                    sizes: Sequence[tuple[int, int]] = ((320, 240), (640, 480)), batch: int = 1,
+                    iterations: int = 20, warmup: int = 3, fp16: bool = False,
+                    threads: int | None = None, device: str = "cpu",
+                    flavor: str = "single-file", allow_pickle: bool = False,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Latency of the unary, the CRF and the whole model per backend and image size.
+
+    Args:
+        model: ``"demo"``, a checkpoint path or a :class:`~convcrf_deploy.SegmentationModel`.
+        backends: any of ``"torch"``, ``"onnxruntime"``, ``"tensorrt"``. A backend whose
+            library is missing is reported as skipped (with the reason); when none can run,
+            :class:`~convcrf_deploy.runtime.backends.BackendUnavailableError` is raised.
+        sizes: ``(width, height)`` of the random RGB images (0..255).
+        batch: images per call (``[batch, 3, H, W]``).
+        iterations, warmup: timed and untimed calls per stage and size.
+        fp16: fp16 ONNX exports for ONNX Runtime and TensorRT; autocast for PyTorch on CUDA.
+        threads: intra-op threads of PyTorch and ONNX Runtime (``None``: their defaults).
+        device: PyTorch device (``"cpu"`` or ``"cuda"``); ONNX Runtime then uses the CUDA
+            provider, falling back to CPU.
+        flavor: ONNX flavour for ONNX Runtime (``"single-file"`` or ``"portable"``).
+        allow_pickle: let ``load_model`` unpickle an unregistered unary (trusted files only).
+        log: progress messages (e.g. ``print``); silent when ``None``.
+
+    Returns:
+        ``{"model", "settings", "machine", "backends": {name: {"status": "ok", "notes",
+        "sizes": {"WxH": {stage: {mean_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms, fps,
+        count, speedup_vs_torch}}, "max_abs_diff_vs_torch"}} or {"status": "skipped",
+        "reason"}}}``. ``speedup_vs_torch`` is PyTorch's median over this backend's median,
+        from the same interleaved run (``None`` when torch was not benchmarked).
+    """
+    import torch
+
+    say = log or (lambda message: None)
+    names = normalize_backends(backends)
+    sizes = [tuple(int(v) for v in size) for size in sizes]
+    if not sizes:
+        raise BenchmarkError("no image size given")
+    for label, value, minimum in (("batch", batch, 1), ("iterations", iterations, 1),
+                                  ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise BenchmarkError(f"{label} must be an int >= {minimum}, got {value!r}")
+    if threads is not None and threads < 1:
+        raise BenchmarkError(f"threads must be >= 1, got {threads}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchmarkError(f"device={device!r} but this torch has no usable CUDA; use "
+                             "device='cpu'")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    # Missing libraries are found before the (slower) model loading and exports.
+    unavailable = {name: backend_unavailable_reason(name) for name in names}
+    if all(unavailable.values()):
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
+        raise BackendUnavailableError(f"none of the requested backends can run here ({reasons})")
+    loaded = _load(model, device, allow_pickle)
+    result: dict[str, Any] = {
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "settings": {"backends": names, "sizes": [size_key(s) for s in sizes], "batch": batch,
+                     "iterations": iterations, "warmup": warmup, "fp16": fp16,
+                     "threads": threads, "device": device, "flavor": flavor,
+                     "crf_config": loaded.crf.config.to_dict() if loaded.crf is not None
+                     else None},
+        "machine": machine_info(threads),
+        "backends": {},
+    }
+    runners: dict[str, _StageRunner] = {}
+    with tempfile.TemporaryDirectory(prefix="convcrf-bench-") as tmp:
+        try:
+            for name in names:
+                reason = unavailable[name]
+                if reason is None:
+                    say(f"preparing {name} ...")
+                    try:
+                        runners[name] = _make_runner(name, loaded, Path(tmp) / name, flavor=flavor,
+                                                     fp16=fp16, threads=threads, device=device,
+                                                     sizes=sizes, batch=batch)
+                    except BackendUnavailableError as exc:
+                        reason = str(exc)
+                if reason is not None:
+                    result["backends"][name] = {"status": "skipped", "reason": reason}
+                    say(f"skipping {name}: {reason}")
+            if not runners:
+                reasons = "; ".join(f"{n}: {v['reason']}" for n, v in result["backends"].items())
+                raise BackendUnavailableError(
+                    f"none of the requested backends can run here ({reasons})")
+            for name, runner in runners.items():
+                result["backends"][name] = {"status": "ok", "notes": list(runner.notes),
+                                            "sizes": {}}
+            for index, size in enumerate(sizes):
+                say(f"timing {size_key(size)} (batch {batch}, {iterations} iterations) ...")
+                _time_size(loaded, runners, result, size, batch, iterations, warmup, device,
+                           seed=index)
+        finally:
+            for runner in runners.values():
+                runner.close()
+    # Report backends in the order requested.
+    result["backends"] = {name: result["backends"][name] for name in names}
+    return result
+
+
+def _make_runner(name: str, model, folder: Path, *, flavor, fp16, threads, device, sizes,
+                 batch) -> _StageRunner:
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "torch":
+        return _TorchStages(model, device, fp16)
+    if name == "onnxruntime":
+        providers = ("cuda", "cpu") if device.startswith("cuda") else ("cpu",)
+        return _OnnxRuntimeStages(model, folder, flavor=flavor, fp16=fp16, threads=threads,
+                                  providers=providers)
+    return _TensorRTStages(model, folder, flavor=flavor, fp16=fp16, sizes=sizes, batch=batch)
+
+
+def _time_size(model, runners, result, size, batch, iterations, warmup, device, seed) -> None:
+    inputs = _stage_inputs(model, size, batch, device, seed)
+    calls = {}
+    for name, runner in runners.items():
+        for stage, call in runner.prepare(inputs).items():
+            calls[(name, stage)] = call
+    samples = time_interleaved(calls, iterations, warmup)
+    key = size_key(size)
+    for name, runner in runners.items():
+        entry: dict[str, Any] = {stage: latency_stats(samples[(name, stage)], batch)
+                                 for stage in STAGES if (name, stage) in samples}
+        probabilities = runner.probabilities(inputs)
+        entry["max_abs_diff_vs_torch"] = (
+            float(np.abs(probabilities - inputs.probabilities).max())
+            if probabilities is not None else None)
+        result["backends"][name]["sizes"][key] = entry
+    reference = result["backends"].get(REFERENCE_BACKEND, {}).get("sizes", {}).get(key)
+    for name in runners:
+        entry = result["backends"][name]["sizes"][key]
+        for stage in STAGES:
+            if stage in entry:
+                base = reference.get(stage) if reference else None
+                entry[stage]["speedup_vs_torch"] = (base["p50_ms"] / entry[stage]["p50_ms"]
+                                                    if base else None)
+
+
+# ---- the CRF-setting sweep --------------------------------------------------------------------
+
+def crf_with_config(crf, config):
+    """A new ConvCRF with ``config`` and every parameter/buffer of ``crf`` whose shape fits.
+
+    Returns ``(new_crf, names_not_copied)``; the filter size, blur and iteration count do not
+    change any parameter's shape, so the trained parameters carry over entirely for those.
+    """
+    from .model import ConvCRF
+
+    new = ConvCRF(config, implementation=crf.implementation)
+    target = new.state_dict()
+    source = crf.state_dict()
+    fitting = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    new.load_state_dict(fitting, strict=False)
+    skipped = sorted(set(target) - set(fitting))
+    return new.to(next(iter(source.values())).device if source else "cpu").eval(), skipped
+
+
+def sweep_frames(model, frames: str | os.PathLike = "demo", *, size: tuple[int, int] = (320, 240),
+                 num_frames: int = 8):
+    """Labelled frames ``[(name, image uint8 [H, W, 3], labels int64 [H, W])]`` for the sweep.
+
+    ``"demo"``: :class:`~convcrf_deploy.data.scenes.SyntheticScene` frames at ``size`` (one
+    per scene seed, with exact ground truth); a folder: the first ``num_frames`` pairs of a
+    :class:`~convcrf_deploy.data.folder.LabelledFolder`, at their own size.
+    """
+    if num_frames < 1:
+        raise BenchmarkError(f"num_frames must be >= 1, got {num_frames}")
+    if str(frames) == "demo":
+        from .data.scenes import SyntheticScene
+
+        if model.num_classes != len(SyntheticScene.CLASS_NAMES):
+            raise BenchmarkError(
+                f"demo frames have {len(SyntheticScene.CLASS_NAMES)} classes "
+                f"({', '.join(SyntheticScene.CLASS_NAMES)}) but the model has "
+                f"{model.num_classes}; pass labelled frames of your own with --frames DIR")
+        width, height = size
+        samples = []
+        for index in range(num_frames):
+            # Scene seeds far from the ones scripts/train_demo_model.py trains on.
+            rgb, labels = SyntheticScene(height, width, seed=10_000 + index).render(index * 7)
+            samples.append((f"scene{10_000 + index}", rgb, labels.astype(np.int64)))
+        return samples
+    from .data.folder import LabelledFolder
+
+    folder = LabelledFolder(frames, num_classes=model.num_classes)
+    return [(s.name, s.image, s.labels) for s in itertools.islice(iter(folder), num_frames)]
+
+
+def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
+              blurs: Sequence[int] | None = None, crf_iterations: Sequence[int] | None = None,
+              frames: str | os.PathLike = "demo", size: tuple[int, int] = (320, 240),
+              num_frames: int = 8, iterations: int = 10, warmup: int = 2,
+              threads: int | None = None, allow_pickle: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """CRF latency and quality gain over the unary for every combination of settings.
+
+    Args:
+        model: ``"demo"``, a checkpoint path or a SegmentationModel with a ConvCRF.
+        filter_sizes, blurs, crf_iterations: values to combine (``None``: the model's own).
+        frames: ``"demo"`` (SyntheticScene frames) or a labelled folder (LabelledFolder).
+        size: ``(width, height)`` of the latency input (and of demo frames); the first frame
+            is resized to it.
+        num_frames: frames used for the quality figures.
+        iterations, warmup: timed and untimed CRF calls per setting (interleaved).
+        threads: PyTorch intra-op threads.
+
+    Returns:
+        ``{"model", "settings", "machine", "unary": {"accuracy", "miou"}, "rows": [...]}``;
+        rows sorted by CRF median latency, each with ``filter_size``, ``blur``,
+        ``iterations``, the latency statistics (``*_ms``, ``fps``), ``accuracy``, ``miou``,
+        ``accuracy_gain`` and ``miou_gain`` (CRF minus unary, fractions), ``is_model_setting``
+        and ``parameters_not_copied``.
+    """
+    import cv2
+    import torch
+
+    from .metrics import SegmentationMetrics
+
+    say = log or (lambda message: None)
+    if threads is not None:
+        if threads < 1:
+            raise BenchmarkError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    for label, value, minimum in (("iterations", iterations, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise BenchmarkError(f"{label} must be an int >= {minimum}, got {value!r}")
+    loaded = _load(model, "cpu", allow_pickle)
+    if loaded.crf is None:
+        raise BenchmarkError("the sweep varies the model's ConvCRF, but this model has none")
+    base = loaded.crf.config
+    grid = list(itertools.product(list(filter_sizes or [base.filter_size]),
+                                  list(blurs or [base.blur]),
+                                  list(crf_iterations or [base.iterations])))
+    crfs = {}
+    for filter_size, blur, count in grid:
+        try:
+            config = base.replace(filter_size=int(filter_size), blur=int(blur),
+                                  iterations=int(count))
+        except ValueError as exc:
+            raise BenchmarkError(f"invalid CRF setting filter_size={filter_size}, blur={blur}, "
+                                 f"iterations={count}: {exc}") from exc
+        crfs[(config.filter_size, config.blur, config.iterations)] = crf_with_config(loaded.crf,
+                                                                                    config)
+    samples = sweep_frames(loaded, frames, size=size, num_frames=num_frames)
+    if not samples:
+        raise BenchmarkError(f"no labelled frames in {str(frames)!r}")
+
+    say(f"quality on {len(samples)} frame(s), {len(crfs)} setting(s) ...")
+    unary_metrics = SegmentationMetrics(loaded.num_classes)
+    crf_metrics = {key: SegmentationMetrics(loaded.num_classes) for key in crfs}
+    with torch.inference_mode():
+        for _, rgb, labels in samples:
+            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+            logits = loaded.forward_unary(image)
+            unary_metrics.update(logits[0].argmax(0).numpy(), labels)
+            for key, (crf, _) in crfs.items():
+                crf_metrics[key].update(crf(logits, image)[0].argmax(0).numpy(), labels)
+
+        say(f"CRF latency at {size_key(size)} ...")
+        rgb = samples[0][1]
+        if rgb.shape[:2] != (size[1], size[0]):
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        logits = loaded.forward_unary(image)
+
+        def crf_call(crf):
+            return lambda: crf(logits, image)
+        timings = time_interleaved({key: crf_call(crf) for key, (crf, _) in crfs.items()},
+                                   iterations, warmup)
+
+    unary = unary_metrics.result()
+    rows = []
+    model_key = (base.filter_size, base.blur, base.iterations)
+    for key, (_, skipped) in crfs.items():
+        quality = crf_metrics[key].result()
+        rows.append({"filter_size": key[0], "blur": key[1], "iterations": key[2],
+                     **latency_stats(timings[key]),
+                     "accuracy": quality["accuracy"], "miou": quality["miou"],
+                     "accuracy_gain": quality["accuracy"] - unary["accuracy"],
+                     "miou_gain": quality["miou"] - unary["miou"],
+                     "is_model_setting": key == model_key, "parameters_not_copied": skipped})
+    rows.sort(key=lambda row: row["p50_ms"])
+    return {"model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+            "settings": {"frames": str(frames), "num_frames": len(samples), "size": size_key(size),
+                         "iterations": iterations, "warmup": warmup, "threads": threads,
+                         "model_crf_config": base.to_dict()},
+            "machine": machine_info(threads),
+            "unary": {"accuracy": unary["accuracy"], "miou": unary["miou"]},
+            "rows": rows}
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+def _table(rows: list[list[str]], right_from: int) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i < right_from else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_benchmark(result: dict[str, Any]) -> str:
+    """The benchmark as a text table (backend x size x stage), then notes and skipped backends."""
+    header = ["backend", "size", "stage", "mean", "p50", "p90", "p99", "min", "max", "FPS",
+              "vs torch"]
+    rows = [header]
+    notes = []
+    for name, backend in result["backends"].items():
+        if backend["status"] != "ok":
+            notes.append(f"{name}: skipped: {backend['reason']}")
+            continue
+        notes.extend(f"{name}: {note}" for note in backend.get("notes", []))
+        for key, entry in backend["sizes"].items():
+            for stage in STAGES:
+                if stage not in entry:
+                    rows.append([name, key, stage] + ["-"] * 8)
+                    continue
+                s = entry[stage]
+                speedup = s.get("speedup_vs_torch")
+                rows.append([name, key, stage] + [f"{s[k]:.2f}" for k in STAT_KEYS]
+                            + [f"{s['fps']:.1f}", "-" if speedup is None else f"{speedup:.2f}x"])
+            diff = entry.get("max_abs_diff_vs_torch")
+            if diff is not None:
+                notes.append(f"{name} {key}: max |probabilities - torch| = {diff:.2e}")
+    settings = result["settings"]
+    title = (f"latency in ms (batch {settings['batch']}, {settings['iterations']} iterations "
+             f"interleaved, threads {settings['threads'] or 'default'}, device "
+             f"{settings['device']}); 'vs torch' = PyTorch eager median / backend median")
+    return "\n".join([title, _table(rows, 3), *notes])
+
+
+def _percent(value: float) -> str:
+    return "-" if value is None or np.isnan(value) else f"{100 * value:.2f}"
+
+
+def _gain(value: float) -> str:
+    return "-" if value is None or np.isnan(value) else f"{100 * value:+.2f}"
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    """The sweep as a table sorted by CRF latency; ``*`` marks the model's own setting."""
+    rows = [["filter", "blur", "iter", "p50 ms", "mean ms", "p99 ms", "acc %", "acc gain",
+             "mIoU %", "mIoU gain"]]
+    for row in result["rows"]:
+        mark = "*" if row["is_model_setting"] else ""
+        rows.append([f"{row['filter_size']}{mark}", str(row["blur"]), str(row["iterations"]),
+                     f"{row['p50_ms']:.2f}", f"{row['mean_ms']:.2f}", f"{row['p99_ms']:.2f}",
+                     _percent(row["accuracy"]), _gain(row["accuracy_gain"]),
+                     _percent(row["miou"]), _gain(row["miou_gain"])])
+    settings, unary = result["settings"], result["unary"]
+    title = (f"CRF settings on {settings['num_frames']} frame(s) of {settings['frames']}, "
+             f"latency at {settings['size']} (torch, native); unary alone: accuracy "
+             f"{_percent(unary['accuracy'])} %, mIoU {_percent(unary['miou'])} %; "
+             "gains in percentage points; * = the model's setting")
+    return "\n".join([title, _table(rows, 0)])
+
+
+def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Bar chart of the median latency per stage and backend, one panel per size (PNG).
+
+    Raises:
+        ImportError: matplotlib is missing (``pip install convcrf-deploy[plot]``).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
+                          "`pip install convcrf-deploy[plot]`") from exc
+    ran = {n: b for n, b in result["backends"].items() if b["status"] == "ok"}
+    sizes = result["settings"]["sizes"]
+    figure, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    width = 0.8 / max(len(ran), 1)
+    for axis, key in zip(axes[0], sizes):
+        for index, (name, backend) in enumerate(ran.items()):
+            entry = backend["sizes"].get(key, {})
+            values = [entry[stage]["p50_ms"] if stage in entry else 0.0 for stage in STAGES]
+            errors = [[entry[s]["p50_ms"] - entry[s]["min_ms"] if s in entry else 0.0
+                       for s in STAGES],
+                      [entry[s]["p90_ms"] - entry[s]["p50_ms"] if s in entry else 0.0
+                       for s in STAGES]]
+            positions = np.arange(len(STAGES)) + (index - (len(ran) - 1) / 2) * width
+            axis.bar(positions, values, width, yerr=errors, capsize=3, label=name)
+        axis.set_xticks(np.arange(len(STAGES)), STAGES)
+        axis.set_ylabel("median latency [ms] (bars: min..p90)")
+        axis.set_title(f"{key}, batch {result['settings']['batch']}")
+        axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "benchmark_model",
+           "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
+           "format_benchmark", "format_sweep", "plot_benchmark", "parse_size",
+           "normalize_backends", "backend_unavailable_reason", "machine_info"]

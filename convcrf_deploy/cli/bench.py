@@ -1,0 +1,174 @@
+"""``convcrf-bench``: latency of the unary, the CRF and the whole model per backend, or a sweep
+of CRF settings (a thin layer over :mod:`convcrf_deploy.benchmarking`).
+
+Examples::
+
+    convcrf-bench demo                                       # torch + onnxruntime, 2 sizes
+    convcrf-bench model.pt --backends torch,onnxruntime,tensorrt --sizes 640x480 --batch 4
+    convcrf-bench demo --threads 2 --json bench.json --plot bench.png
+    convcrf-bench demo --sweep --filter-sizes 5,7,11 --blurs 2,4,8 --crf-iterations 1,3,5
+    convcrf-bench model.pt --sweep --frames path/to/labelled/folder --size 500x375
+
+Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios
+of one run ("vs torch": PyTorch eager median / backend median), not figures across runs.
+Exit status: 0 done, 1 no requested backend can run here (missing library) or a backend
+failed, 2 bad arguments or model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PROG = "convcrf-bench"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
+    parser.add_argument("--backends", default="torch,onnxruntime",
+                        help="comma-separated: torch, onnxruntime, tensorrt (default: "
+                             "torch,onnxruntime)")
+    parser.add_argument("--sizes", default="320x240,640x480",
+                        help="comma-separated WIDTHxHEIGHT (default: 320x240,640x480)")
+    parser.add_argument("--batch", type=_positive, default=1, help="images per call (default 1)")
+    parser.add_argument("--iterations", type=_positive, default=20,
+                        help="timed calls per stage and size (default 20)")
+    parser.add_argument("--warmup", type=_non_negative, default=3,
+                        help="untimed calls first (default 3)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="fp16 exports for ONNX Runtime/TensorRT; autocast for torch on CUDA")
+    parser.add_argument("--threads", type=_positive,
+                        help="intra-op threads of torch and ONNX Runtime (default: theirs)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    parser.add_argument("--flavor", choices=("single-file", "portable"), default="single-file",
+                        help="ONNX flavour timed in ONNX Runtime (default single-file)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="bar chart of latency per stage and backend (needs matplotlib)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load checkpoints with a pickled unary (runs code from the file)")
+    sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
+    sweep.add_argument("--sweep", action="store_true",
+                       help="time the CRF and its quality gain over the unary per setting")
+    sweep.add_argument("--filter-sizes", type=_int_list, help="e.g. 5,7,11 (default: the model's)")
+    sweep.add_argument("--blurs", type=_int_list, help="e.g. 2,4,8 (default: the model's)")
+    sweep.add_argument("--crf-iterations", type=_int_list,
+                       help="mean-field iterations, e.g. 1,3,5 (default: the model's)")
+    sweep.add_argument("--frames", default="demo",
+                       help="labelled folder (LabelledFolder layouts) or 'demo' (synthetic "
+                            "scenes with ground truth; default)")
+    sweep.add_argument("--num-frames", type=_positive, default=8,
+                       help="frames for the quality figures (default 8)")
+    sweep.add_argument("--size", default="320x240",
+                       help="WIDTHxHEIGHT of the latency input and demo frames (default 320x240)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def fail(message: str, code: int = EXIT_USAGE) -> int:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        from .. import benchmarking as bench
+    except ImportError as exc:
+        return fail(f"{exc}; convcrf-bench needs torch (`pip install convcrf-deploy[torch]`)",
+                    EXIT_FAILED)
+    sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
+                                           ("--blurs", args.blurs),
+                                           ("--crf-iterations", args.crf_iterations))
+                  if value is not None]
+    if sweep_only and not args.sweep:
+        return fail(f"{', '.join(sweep_only)} only apply with --sweep")
+    if args.sweep and args.plot is not None:
+        return fail("--plot draws the latency benchmark; use --json with --sweep")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    from ..model import CheckpointError
+    from ..runtime.backends import BackendUnavailableError
+    try:
+        if args.sweep:
+            result = bench.sweep_crf(
+                args.model, filter_sizes=args.filter_sizes, blurs=args.blurs,
+                crf_iterations=args.crf_iterations, frames=args.frames,
+                size=bench.parse_size(args.size), num_frames=args.num_frames,
+                iterations=args.iterations, warmup=args.warmup, threads=args.threads,
+                allow_pickle=args.allow_pickle, log=log)
+            table = bench.format_sweep(result)
+        else:
+            backends = bench.normalize_backends(args.backends.split(","))
+            sizes = [bench.parse_size(s) for s in args.sizes.split(",") if s.strip()]
+            if args.plot is not None:
+                _check_matplotlib()
+            result = bench.benchmark_model(
+                args.model, backends=backends, sizes=sizes, batch=args.batch,
+                iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
+                threads=args.threads, device=args.device, flavor=args.flavor,
+                allow_pickle=args.allow_pickle, log=log)
+            table = bench.format_benchmark(result)
+    except BackendUnavailableError as exc:
+        return fail(str(exc), EXIT_FAILED)
+    except (CheckpointError, ValueError, OSError, ImportError) as exc:
+        return fail(str(exc))
+    print(table)
+    if args.json is not None:
+        from ..evaluation import json_safe
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot is not None and not args.sweep:
+        print(f"wrote {bench.plot_benchmark(result, args.plot)}")
+    return EXIT_OK
+
+
+def _check_matplotlib() -> None:
+    """Fail before the (long) benchmark rather than after it when --plot cannot work."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
+                          "`pip install convcrf-deploy[plot]`") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,7 +94,7 @@ def speed_table(args, model, onnx_full: str, onnx_unary: str) -> list[dict]:
                 segmenter = Segmenter(model, "torch", resize="none", crf=crf)
             else:
                 segmenter = Segmenter(onnx_full if crf else onnx_unary, "onnxruntime",
-                                      resize="none")
+                                      resize="none", threads=args.threads)
             row = {"size": f"{width}x{height}", "backend": backend, "crf": crf,
                    **time_segmenter(segmenter, frames)}
             segmenter.close()
@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ONNX export flavour for ONNX Runtime")
     parser.add_argument("--onnx", help="use this export (with CRF) instead of exporting")
     parser.add_argument("--onnx-no-crf", help="use this export (without CRF)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int,
+                        help="inference threads of both backends (default: each one's own; on "
+                             "a machine busy with other work, 1 gives steadier figures)")
+    parser.add_argument("--export-dir", help="keep the ONNX exports in this folder")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-warm-start", action="store_true")
     parser.add_argument("--warm-start-frames", type=int, default=60)
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_full, onnx_unary = args.onnx, args.onnx_no_crf
             else:
                 start = time.perf_counter()
-                onnx_full, onnx_unary = export_pair(model, Path(tmp), args.flavor)
+                onnx_full, onnx_unary = export_pair(model, Path(args.export_dir or tmp),
+                                                    args.flavor)
                 print(f"exported {args.flavor} ONNX with and without CRF in "
                       f"{time.perf_counter() - start:.0f} s", flush=True)
             print("speed (median ms per stage; FPS from the mean frame time):")

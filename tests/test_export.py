@@ -152,6 +152,16 @@ def test_portable_graph_is_standard_onnx_only(exports):
     assert exports["portable"].node_count > exports["single-file"].node_count
 
 
+def test_channel_softmax_is_decomposed_for_onnx_runtime_only(exports):
+    """ORT CPU is slow on Softmax over axis 1; TensorRT (plugin flavour) keeps the op."""
+    def ops(flavor):
+        return {n.op_type for n in onnx.load(str(exports[flavor].path)).graph.node}
+    assert {"Softmax", "LogSoftmax"} <= ops("plugin")
+    for flavor in ("portable", "single-file"):
+        assert not {"Softmax", "LogSoftmax"} & ops(flavor)
+        assert {"ReduceMax", "Exp", "Log"} <= ops(flavor)
+
+
 def test_blur_pooling_and_upsampling_are_standard_ops(exports):
     model = onnx.load(str(exports["plugin"].path))
     pools = [n for n in model.graph.node if n.op_type == "AveragePool"]

@@ -209,6 +209,10 @@ def translation_table() -> dict:
 
 # ---- standard-op lowering (model-local function bodies) -----------------------------------------
 
+#: Slice end meaning "to the end of the axis".
+_SLICE_TO_END = np.iinfo(np.int64).max
+
+
 class _Body:
     """Collects the nodes of a function body; names are local to the function."""
 
@@ -217,6 +221,7 @@ class _Body:
         self.r = filter_size // 2
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
+        self._constants: dict[tuple, str] = {}
 
     def node(self, op: str, inputs: list[str], **attrs) -> str:
         self._count += 1
@@ -225,8 +230,13 @@ class _Body:
         return out
 
     def const(self, values, dtype=np.int64) -> str:
-        return self.node("Constant", [], value=onnx.numpy_helper.from_array(
-            np.asarray(values, dtype=dtype)))
+        """A Constant node (one per distinct value: slices share their index tensors)."""
+        array = np.asarray(values, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.node("Constant", [],
+                                             value=onnx.numpy_helper.from_array(array))
+        return self._constants[key]
 
     def offsets(self):
         """``(o, dy, dx)`` in the channel order of docs/ops.md."""
@@ -238,11 +248,15 @@ class _Body:
         r = self.r
         return self.node("Pad", [x, self.const([0, 0, r, r, 0, 0, r, r])], mode="constant")
 
-    def shifted(self, padded: str, hw: str, dy: int, dx: int) -> str:
-        """``padded[:, :, r+dy : r+dy+h, r+dx : r+dx+w]``: the neighbour at (dy, dx)."""
-        starts = self.const([self.r + dy, self.r + dx])
-        ends = self.node("Add", [starts, hw])
-        return self.node("Slice", [padded, starts, ends, self.const([2, 3])])
+    def shifted(self, padded: str, dy: int, dx: int) -> str:
+        """``padded[:, :, r+dy : r+dy+h, r+dx : r+dx+w]``: the neighbour at (dy, dx).
+
+        The ends count from the end of the padded axis (``h + 2r``), so that every index is
+        a constant whatever the image size (no Shape arithmetic per slice)."""
+        starts = [self.r + dy, self.r + dx]
+        ends = [-(self.r - d) if d < self.r else _SLICE_TO_END for d in (dy, dx)]
+        return self.node("Slice", [padded, self.const(starts), self.const(ends),
+                                   self.const([2, 3])])
 
 
 def _kernel_body(filter_size: int) -> _Body:
@@ -263,10 +277,10 @@ def _kernel_body(filter_size: int) -> _Body:
             channels.append(b.node("ConstantOfShape", [zero_shape], value=helper.make_tensor(
                 "zero", TensorProto.FLOAT, [1], [0.0])))
             continue
-        diff = b.node("Sub", [f32, b.shifted(padded, hw, dy, dx)])
+        diff = b.node("Sub", [f32, b.shifted(padded, dy, dx)])
         dist = b.node("ReduceSum", [b.node("Mul", [diff, diff]), b.const([1])], keepdims=1)
         weight = b.node("Exp", [b.node("Mul", [dist, minus_half])])
-        channels.append(b.node("Mul", [weight, b.shifted(valid, hw, dy, dx)]))
+        channels.append(b.node("Mul", [weight, b.shifted(valid, dy, dx)]))
     k32 = b.node("Concat", channels, axis=1) if len(channels) > 1 else channels[0]
     b.nodes.append(helper.make_node("CastLike", [k32, "features"], ["K"]))
     return b
@@ -276,7 +290,6 @@ def _message_passing_body(filter_size: int) -> _Body:
     b = _Body(filter_size)
     q32 = b.node("Cast", ["q"], to=TensorProto.FLOAT)
     k32 = b.node("Cast", ["K"], to=TensorProto.FLOAT)
-    hw = b.node("Shape", [q32], start=2)
     padded = b.pad(q32)
     # One Split instead of k*k Slices of K: each output is one offset's weights [N,1,h,w].
     n_offsets = filter_size * filter_size
@@ -291,7 +304,7 @@ def _message_passing_body(filter_size: int) -> _Body:
     rows = []
     for dy in range(-b.r, b.r + 1):
         terms = [b.node("Mul", [weights[(dy + b.r) * filter_size + dx + b.r],
-                                b.shifted(padded, hw, dy, dx)])
+                                b.shifted(padded, dy, dx)])
                  for dx in range(-b.r, b.r + 1)]
         rows.append(b.node("Sum", terms) if len(terms) > 1 else terms[0])
     total = b.node("Sum", rows) if len(rows) > 1 else rows[0]

@@ -1,4 +1,5 @@
 """SegmentationModel: shapes, normalisation, the CRF toggle and input validation."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -115,3 +116,37 @@ def test_gradients_reach_unary_and_crf():
     probs[:, 1].mean().backward()
     assert model.unary.classifier.weight.grad is not None
     assert model.crf.message_weight.grad is not None
+
+
+# ---- the shipped demo model --------------------------------------------------------------
+
+def test_demo_model_loads_with_scene_metadata():
+    from convcrf_deploy.data.scenes import SyntheticScene
+    from convcrf_deploy.model import DEMO_MODEL_PATH, load_model
+    model = load_model("demo")
+    assert DEMO_MODEL_PATH.stat().st_size < 1_000_000
+    assert model.metadata.class_names == list(SyntheticScene.CLASS_NAMES)
+    assert model.metadata.input_size == (240, 320) and model.metadata.resize == "stretch"
+    assert model.crf is not None and model.crf.config.filter_size == 7
+    assert model.crf.config.blur == 4 and not model.training
+
+
+def test_demo_crf_improves_its_unary_on_fresh_frames():
+    """Frames from scenes used neither in training (seeds >= 10000) nor in picking the CRF
+    weights: the CRF must beat the unary on both pixel accuracy and mIoU."""
+    from convcrf_deploy.data.scenes import SyntheticScene
+    from convcrf_deploy.metrics import confusion_matrix, mean_iou, pixel_accuracy
+    from convcrf_deploy.model import load_model
+    model = load_model("demo")
+    c = model.num_classes
+    unary_cm, crf_cm = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
+    for seed in (5000, 5001, 5002):
+        rgb, labels = SyntheticScene(seed=seed).render(123)
+        image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            logits = model.forward_unary(image)
+            unary_cm += confusion_matrix(logits[0].argmax(0).numpy(), labels, c)
+            crf_cm += confusion_matrix(model(image)[0].argmax(0).numpy(), labels, c)
+    assert pixel_accuracy(unary_cm) > 0.85                  # the unary is a real segmenter
+    assert pixel_accuracy(crf_cm) > pixel_accuracy(unary_cm)
+    assert mean_iou(crf_cm) > mean_iou(unary_cm) + 0.01

@@ -263,7 +263,8 @@ class _TorchStages(_StageRunner):
 
 
 class _OnnxRuntimeStages(_StageRunner):
-    """ONNX Runtime sessions of the exported unary, crf and full parts."""
+    """ONNX Runtime sessions (:class:`SessionLoader`) of the exported unary, crf and full
+    parts."""
 
     name = "onnxruntime"
 
@@ -271,7 +272,7 @@ class _OnnxRuntimeStages(_StageRunner):
                  providers: Sequence[str]):
         super().__init__()
         from .export import export_onnx
-        from .runtime.backends.onnxrt import OnnxRuntimeBackend, SessionLoader
+        from .runtime.backends.onnxrt import SessionLoader
 
         if flavor not in ORT_FLAVORS:
             raise BenchmarkError(f"flavor {flavor!r} does not run in ONNX Runtime on CPU/CUDA; "
@@ -284,22 +285,25 @@ class _OnnxRuntimeStages(_StageRunner):
             # inputs instead (max_abs_diff_vs_torch), which costs one run rather than an
             # export-time reference run per part.
             export_onnx(model, paths[part], flavor=flavor, fp16=fp16, part=part, verify=False)
-        self.full = OnnxRuntimeBackend(paths["full"], providers=tuple(providers), threads=threads)
-        self.sessions = {part: SessionLoader(paths[part], tuple(providers), threads=threads)()[0]
-                         for part in parts if part != "full"}
-        self.notes.append(f"{flavor} export, providers {self.full.providers}")
+        # spinning=False: ONNX Runtime's idle threads would otherwise busy-wait through the
+        # PyTorch calls interleaved with them and slow those down many times over.
+        self.sessions = {part: SessionLoader(paths[part], tuple(providers), threads=threads,
+                                             spinning=False)()[0] for part in parts}
+        self.notes.append(f"{flavor} export, providers {self.sessions['full'].get_providers()}, "
+                          "thread spinning off")
 
     def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
         feed = {"image": np.ascontiguousarray(inputs.image)}
         calls = {"unary": lambda: self.sessions["unary"].run(None, feed),
-                 "full": lambda: self.full.infer(feed)}
+                 "full": lambda: self.sessions["full"].run(None, feed)}
         if "crf" in self.sessions:
             crf_feed = {"logits": np.ascontiguousarray(inputs.logits), "image": feed["image"]}
             calls["crf"] = lambda: self.sessions["crf"].run(None, crf_feed)
         return calls
 
     def probabilities(self, inputs: StageInputs) -> np.ndarray:
-        return self.full.infer({"image": inputs.image})["probabilities"]
+        return self.sessions["full"].run(["probabilities"],
+                                         {"image": np.ascontiguousarray(inputs.image)})[0]
 
 
 class _TensorRTStages(_StageRunner):

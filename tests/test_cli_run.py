@@ -157,3 +157,27 @@ def test_display_loop_shows_frames_and_obeys_keys(monkeypatch, toy_onnx):
     assert report.frames == 3 and len(shown) == 3
     assert not segmenter.crf  # toggled by c
     assert shown[0] == (48, 64, 3)
+
+
+def test_torch_checkpoint_with_warm_start_runs_and_scores(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convcrf_deploy import CRFConfig
+    from convcrf_deploy.data.scenes import SyntheticScene
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import ConvCRF, FastFCN, SegmentationModel, save_model
+
+    torch.manual_seed(0)
+    classes = list(SyntheticScene.CLASS_NAMES)
+    model = SegmentationModel(FastFCN(len(classes)), ConvCRF(CRFConfig(len(classes), filter_size=5)),
+                              ModelMetadata(classes, input_size=(48, 64)))
+    checkpoint = tmp_path / "model.pt"
+    save_model(model, checkpoint)
+    stats = tmp_path / "s.json"
+    assert main(["--video", "demo", "--model", str(checkpoint), "--headless", "--max-frames", "3",
+                 "--size", "64x48", "--warm-start", "--warm-start-iterations", "1",
+                 "--stats-json", str(stats)]) == 0
+    data = json.loads(stats.read_text())
+    assert data["backend"] == "torch" and data["warm_start"] is True and data["frames"] == 3
+    assert set(data["accuracy"]) == {"unary", "crf"}
+    assert main(["--model", str(checkpoint), "--warm-start", "--warm-start-iterations", "0",
+                 "--headless"]) == 2

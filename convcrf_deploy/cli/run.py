@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity (0..1)")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD")
     parser.add_argument("--warm-start", action="store_true",
-                        help="torch backend: start mean-field from the previous frame with "
-                             "fewer iterations (video-aware CRF)")
-    parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K")
+                        help="torch backend, video: start mean-field from the previous frame's "
+                             "result (mixed 50/50 with the current unary) and run "
+                             "--warm-start-iterations instead of the model's iterations. On the "
+                             "demo scene 2 warm iterations score slightly better than 5 cold ones "
+                             "(benchmarks/bench_runtime.py); no latency gain yet (runs the "
+                             "unfused update rule)")
+    parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K",
+                        help="mean-field iterations per warm-started frame (default 2)")
     parser.add_argument("--size", type=_size, default=(240, 320), metavar="WxH",
                         help="demo scene size (default 320x240)")
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:
         return fail(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.warm_start_iterations < 1:
+        return fail(f"--warm-start-iterations must be >= 1, got {args.warm_start_iterations}")
     if args.stats_json and not Path(args.stats_json).resolve().parent.exists():
         return fail(f"--stats-json: folder {Path(args.stats_json).parent} does not exist")
     display = not args.headless

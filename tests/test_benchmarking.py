@@ -1,0 +1,225 @@
+"""convcrf_deploy.benchmarking: latency statistics, interleaved timing, per-stage benchmark of
+the backends, backends whose library is missing, and the CRF-setting sweep."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from convcrf_deploy import CRFConfig, ConvCRF, SegmentationModel
+from convcrf_deploy import benchmarking as bench
+from convcrf_deploy.benchmarking import BenchmarkError
+from convcrf_deploy.data.scenes import SyntheticScene
+from convcrf_deploy.metadata import ModelMetadata
+from convcrf_deploy.model import FastFCN
+from convcrf_deploy.runtime.backends import BackendUnavailableError
+
+TINY = (40, 32)  # width, height
+
+
+def tiny_model(num_classes: int = 5, crf: bool = True) -> SegmentationModel:
+    """A small FastFCN + ConvCRF; seeded so that every call builds the same weights (the
+    exporter then reuses its traces across tests)."""
+    torch.manual_seed(0)
+    names = (SyntheticScene.CLASS_NAMES if num_classes == 5
+             else [f"c{i}" for i in range(num_classes)])
+    config = CRFConfig(num_classes=num_classes, filter_size=5, blur=2, iterations=2)
+    return SegmentationModel(FastFCN(num_classes, width=8), ConvCRF(config) if crf else None,
+                             ModelMetadata.for_classes(names)).eval()
+
+
+def check_stats(stats: dict, batch: int = 1) -> None:
+    for key in bench.STAT_KEYS + ("fps", "count"):
+        assert key in stats, key
+    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] \
+        <= stats["max_ms"]
+    assert stats["min_ms"] <= stats["mean_ms"] <= stats["max_ms"]
+    assert stats["fps"] == pytest.approx(batch * 1000.0 / stats["mean_ms"])
+
+
+# ---- statistics and timing ---------------------------------------------------------------------
+
+def test_latency_stats_of_known_samples():
+    stats = bench.latency_stats([4.0, 1.0, 3.0, 2.0, 100.0], batch=2)
+    assert stats["mean_ms"] == pytest.approx(22.0)
+    assert stats["p50_ms"] == pytest.approx(3.0)
+    assert (stats["min_ms"], stats["max_ms"], stats["count"]) == (1.0, 100.0, 5)
+    assert stats["fps"] == pytest.approx(2 * 1000 / 22.0)
+    check_stats(stats, batch=2)
+
+
+def test_latency_stats_needs_samples():
+    with pytest.raises(BenchmarkError, match="iterations"):
+        bench.latency_stats([])
+
+
+def test_time_interleaved_warms_up_then_alternates_the_order():
+    calls = []
+    samples = bench.time_interleaved({"a": lambda: calls.append("a"),
+                                      "b": lambda: calls.append("b")}, iterations=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in samples.values() for t in v)
+
+
+def test_parse_size_and_backend_names():
+    assert bench.parse_size("320x240") == (320, 240)
+    for bad in ("320", "axb", "4x4", "320x240x3"):
+        with pytest.raises(BenchmarkError, match="WIDTHxHEIGHT|>= 8"):
+            bench.parse_size(bad)
+    assert bench.normalize_backends(["ort", "pytorch", "onnxruntime", "trt"]) == \
+        ["onnxruntime", "torch", "tensorrt"]
+    with pytest.raises(BenchmarkError, match="unknown backend 'tflite'.*torch, onnxruntime"):
+        bench.normalize_backends(["torch", "tflite"])
+
+
+# ---- the benchmark ---------------------------------------------------------------------------
+
+def test_torch_stages_statistics_and_speedup():
+    result = bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY, (48, 40)],
+                                   batch=2, iterations=4, warmup=1, threads=1)
+    torch_result = result["backends"]["torch"]
+    assert torch_result["status"] == "ok"
+    assert list(torch_result["sizes"]) == ["40x32", "48x40"]
+    for entry in torch_result["sizes"].values():
+        assert set(bench.STAGES) <= set(entry)
+        for stage in bench.STAGES:
+            check_stats(entry[stage], batch=2)
+            assert entry[stage]["count"] == 4
+            assert entry[stage]["speedup_vs_torch"] == 1.0
+    assert result["settings"]["batch"] == 2 and result["settings"]["threads"] == 1
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch"] == torch.__version__
+    table = bench.format_benchmark(result)
+    assert "torch" in table and "48x40" in table and "crf" in table
+
+
+def test_model_without_crf_has_no_crf_stage():
+    result = bench.benchmark_model(tiny_model(crf=False), backends=["torch"], sizes=[TINY],
+                                   iterations=2, warmup=0)
+    entry = result["backends"]["torch"]["sizes"]["40x32"]
+    assert "crf" not in entry and {"unary", "full"} <= set(entry)
+
+
+@pytest.fixture(scope="module")
+def both_backends():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    return bench.benchmark_model(tiny_model(), backends=["torch", "onnxruntime"], sizes=[TINY],
+                                 iterations=3, warmup=1, threads=1)
+
+
+def test_onnxruntime_times_every_stage_of_the_same_model(both_backends):
+    ort_result = both_backends["backends"]["onnxruntime"]
+    torch_entry = both_backends["backends"]["torch"]["sizes"]["40x32"]
+    assert ort_result["status"] == "ok"
+    entry = ort_result["sizes"]["40x32"]
+    for stage in bench.STAGES:
+        check_stats(entry[stage])
+        assert entry[stage]["speedup_vs_torch"] == pytest.approx(
+            torch_entry[stage]["p50_ms"] / entry[stage]["p50_ms"])
+    # The exported graph computes what PyTorch computes on the benchmark's own input.
+    assert entry["max_abs_diff_vs_torch"] < 1e-4
+    assert both_backends["machine"]["onnxruntime"]
+
+
+def test_missing_backend_library_is_skipped_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    reason = bench.backend_unavailable_reason("onnxruntime")
+    assert reason and "pip install" in reason
+    result = bench.benchmark_model(tiny_model(), backends=["torch", "onnxruntime"],
+                                   sizes=[TINY], iterations=2, warmup=0)
+    assert result["backends"]["onnxruntime"] == {"status": "skipped", "reason": reason}
+    assert result["backends"]["torch"]["status"] == "ok"
+    assert "onnxruntime: skipped" in bench.format_benchmark(result)
+
+
+def test_only_missing_backends_raise(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailableError,
+                       match=r"tensorrt.*pip install convcrf-deploy\[tensorrt\]"):
+        bench.benchmark_model(tiny_model(), backends=["tensorrt"], sizes=[TINY])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"iterations": 0}, "iterations"), ({"batch": 0}, "batch"), ({"sizes": []}, "size"),
+    ({"threads": 0}, "threads"), ({"backends": ["nope"]}, "unknown backend")])
+def test_bad_arguments(kwargs, match):
+    options = {"backends": ["torch"], "sizes": [TINY], **kwargs}
+    with pytest.raises(BenchmarkError, match=match):
+        bench.benchmark_model(tiny_model(), **options)
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY],
+                                   iterations=1, warmup=0)
+    with pytest.raises(ImportError, match=r"convcrf-deploy\[plot\]"):
+        bench.plot_benchmark(result, "unused.png")
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+
+def test_crf_with_config_keeps_the_trained_parameters():
+    crf = tiny_model().crf
+    with torch.no_grad():
+        crf.appearance_weight.fill_(7.5)
+        crf.message_weight.copy_(torch.linspace(0.1, 0.9, 5))
+    new, not_copied = bench.crf_with_config(crf, crf.config.replace(filter_size=3, blur=4,
+                                                                    iterations=1))
+    assert not_copied == []
+    assert new.config.filter_size == 3 and new.config.blur == 4
+    for name, value in crf.state_dict().items():
+        assert torch.equal(new.state_dict()[name], value), name
+
+
+def test_sweep_rows_sorted_by_latency_with_quality_gains():
+    model = tiny_model()
+    result = bench.sweep_crf(model, filter_sizes=[3, 5], blurs=[2], crf_iterations=[1, 2],
+                             size=(64, 48), num_frames=2, iterations=3, warmup=1)
+    rows = result["rows"]
+    assert len(rows) == 4
+    assert {(r["filter_size"], r["iterations"]) for r in rows} == {(3, 1), (3, 2), (5, 1), (5, 2)}
+    assert [r["p50_ms"] for r in rows] == sorted(r["p50_ms"] for r in rows)
+    assert [r["is_model_setting"] for r in rows].count(True) == 1
+    unary = result["unary"]
+    for row in rows:
+        check_stats(row)
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["accuracy_gain"] == pytest.approx(row["accuracy"] - unary["accuracy"])
+        assert row["miou_gain"] == pytest.approx(row["miou"] - unary["miou"])
+    assert result["settings"]["num_frames"] == 2
+    table = bench.format_sweep(result)
+    assert table.count("\n") == len(rows) + 2 and "5*" in table
+
+
+def test_sweep_matches_a_direct_evaluation_of_the_model_setting():
+    """The model's own row equals running the model's CRF on the same frames."""
+    from convcrf_deploy.metrics import SegmentationMetrics
+
+    model = tiny_model()
+    result = bench.sweep_crf(model, size=(64, 48), num_frames=2, iterations=1, warmup=0)
+    (row,) = result["rows"]
+    metrics = SegmentationMetrics(5)
+    with torch.no_grad():
+        for _, rgb, labels in bench.sweep_frames(model, "demo", size=(64, 48), num_frames=2):
+            image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+            metrics.update(model(image)[0].argmax(0).numpy(), labels)
+    assert row["accuracy"] == pytest.approx(metrics.result()["accuracy"])
+
+
+def test_sweep_errors():
+    with pytest.raises(BenchmarkError, match="demo frames have 5 classes.*--frames"):
+        bench.sweep_crf(tiny_model(num_classes=3), num_frames=1)
+    with pytest.raises(BenchmarkError, match="has none"):
+        bench.sweep_crf(tiny_model(crf=False), num_frames=1)
+    with pytest.raises(BenchmarkError, match="filter_size"):
+        bench.sweep_crf(tiny_model(), filter_sizes=[4], num_frames=1)
+
+
+def test_sweep_on_a_labelled_folder(voc_sample):
+    result = bench.sweep_crf(tiny_model(num_classes=21), frames=voc_sample, blurs=[4],
+                             num_frames=2, iterations=1, warmup=0)
+    assert result["settings"]["num_frames"] == 2
+    assert np.isfinite(result["rows"][0]["accuracy"])

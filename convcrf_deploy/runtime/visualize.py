@@ -52,16 +52,22 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: Sequence[str] = ()
 
 
 def put_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.5) -> None:
-    """White text with a dark outline, readable on any background (drawn in place)."""
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    """White text on a dark box, readable on any background (drawn in place)."""
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = origin
+    cv2.rectangle(image, (x - 2, y - height - 2), (x + width + 2, y + baseline), (0, 0, 0),
+                  cv2.FILLED)
     cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                 cv2.LINE_AA)
 
 
 def draw_hud(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
-    """Draw ``lines`` of text in the top-left corner of ``image`` (in place)."""
+    """Draw ``lines`` of text in the top-left corner of ``image`` (in place), scaled to the
+    image width so that a 320-pixel frame still fits a line of about 45 characters."""
+    scale = max(0.33, min(0.6, image.shape[1] / 900))
+    step = int(round(36 * scale))
     for row, text in enumerate(lines):
-        put_text(image, text, (8, 18 + 18 * row))
+        put_text(image, text, (6, step * (row + 1)), scale)
     return image
 
 

@@ -8,11 +8,13 @@ see convcrf_deploy.export), then times, interleaved on the same random images:
 * ``single-file`` : ONNX Runtime CPU on the single-file graph (ORT inlines the op functions,
   so it should match ``portable``);
 
-at 320x240 and 640x480 (W x H), and prints the median latencies and the ratios to PyTorch.
-The ``plugin`` flavour has no CPU runtime (TensorRT only); its node count is listed.
+at 320x240 and 640x480 (W x H), and prints the median latencies and the ratios to PyTorch,
+for the full model and for the CRF alone (``part="crf"`` graphs: logits + image ->
+probabilities, vs ``model.crf(logits, image)``). The ``plugin`` flavour has no CPU runtime
+(TensorRT only); its node count is listed.
 
 Usage:  python benchmarks/bench_onnx.py [--model demo|PATH] [--sizes 320x240,640x480]
-        [--repeats 10] [--threads 2] [--fp16] [--json out.json]
+        [--parts full,crf] [--repeats 10] [--threads 2] [--fp16] [--json out.json]
 """
 from __future__ import annotations
 
@@ -59,10 +61,45 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def bench_part(model, part: str, sessions: dict, sizes, args, results: dict) -> None:
+    """Time PyTorch and the ONNX Runtime sessions of one part, interleaved, at every size."""
+    for width, height in sizes:
+        generator = torch.Generator().manual_seed(0)
+        image = torch.rand(1, 3, height, width, generator=generator) * 255
+        with torch.no_grad():
+            logits = model.forward_unary(image)
+        feed = {"image": image.numpy()}
+        if part == "crf":
+            feed["logits"] = logits.numpy()
+
+        def run_torch():
+            with torch.no_grad():
+                return model.crf(logits, image) if part == "crf" else model(image)
+
+        runs = {"pytorch": run_torch}
+        for flavor, session in sessions.items():
+            runs[flavor] = (lambda s=session: s.run(None, feed))
+        for fn in runs.values():
+            time_call(fn, 0, warmup=2)
+        # Interleave the variants so that machine noise hits all of them alike.
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                times[name].extend(time_call(fn, 1, warmup=0))
+        median = {name: statistics.median(t) for name, t in times.items()}
+        results["latency_ms"][f"{part}@{width}x{height}"] = median
+        error = float(np.abs(sessions["portable"].run(None, feed)[0]
+                             - run_torch().numpy()).max())
+        print(f"  {part} {width}x{height}: pytorch {median['pytorch']:.1f} ms, portable "
+              f"{median['portable']:.1f} ms, single-file {median['single-file']:.1f} ms; "
+              f"portable vs PyTorch max abs error {error:.2e}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo", help="'demo' or a checkpoint path")
     parser.add_argument("--sizes", default="320x240,640x480", help="WxH list")
+    parser.add_argument("--parts", default="full,crf", help="full and/or crf")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fp16", action="store_true", help="time the fp16 graphs")
@@ -72,56 +109,36 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     model = load_exportable(args.model).eval()
+    parts = args.parts.split(",")
     results = {"model": args.model, "threads": args.threads, "fp16": args.fp16,
                "graphs": {}, "latency_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for flavor in FLAVORS:
-            start = time.perf_counter()
-            report = export_onnx(model, Path(tmp) / f"model.{flavor}.onnx", flavor=flavor,
-                                 fp16=args.fp16)
-            print(f"exported {flavor} in {time.perf_counter() - start:.1f} s; "
-                  f"{report.verification.summary()}")
-            paths[flavor] = report.path
-            results["graphs"][flavor] = graph_size(report.path)
+        for part in parts:
+            paths = {}
+            for flavor in FLAVORS:
+                start = time.perf_counter()
+                report = export_onnx(model, Path(tmp) / f"model.{part}.{flavor}.onnx",
+                                     flavor=flavor, fp16=args.fp16, part=part)
+                print(f"exported {part}/{flavor} in {time.perf_counter() - start:.1f} s; "
+                      f"{report.verification.summary()}")
+                paths[flavor] = report.path
+                results["graphs"][f"{part}/{flavor}"] = graph_size(report.path)
+            sessions = {f: ort_session(paths[f], args.threads)
+                        for f in ("portable", "single-file")}
+            bench_part(model, part, sessions, sizes, args, results)
 
         print("\ngraph sizes (nodes in the main graph / after inlining the op functions)")
-        for flavor, size in results["graphs"].items():
-            print(f"  {flavor:12s} {size['nodes']:6d} / {size['inlined_nodes']:6d} nodes, "
+        for name, size in results["graphs"].items():
+            print(f"  {name:18s} {size['nodes']:6d} / {size['inlined_nodes']:6d} nodes, "
                   f"{size['custom_nodes']} ConvCRF nodes, {size['bytes'] / 1e3:.0f} kB")
-
-        sessions = {f: ort_session(paths[f], args.threads) for f in ("portable", "single-file")}
         print(f"\nlatency, median of {args.repeats} (ms), {args.threads} threads")
-        print(f"  {'W x H':>9s} {'pytorch':>9s} {'portable':>9s} {'single':>9s} "
+        print(f"  {'part':5s} {'W x H':>9s} {'pytorch':>9s} {'portable':>9s} {'single':>9s} "
               f"{'port/pt':>8s} {'single/pt':>9s}")
-        for width, height in sizes:
-            image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-            image = image * 255
-            feed = {"image": image.numpy()}
-
-            def run_torch():
-                with torch.no_grad():
-                    model(image)
-
-            runs = {"pytorch": run_torch}
-            for flavor, session in sessions.items():
-                runs[flavor] = (lambda s=session: s.run(None, feed))
-            # Interleave the variants so that machine noise hits all of them alike.
-            times = {name: [] for name in runs}
-            for name, fn in runs.items():
-                time_call(fn, 0, warmup=2)
-            for _ in range(args.repeats):
-                for name, fn in runs.items():
-                    times[name].extend(time_call(fn, 1, warmup=0))
-            median = {name: statistics.median(t) for name, t in times.items()}
-            results["latency_ms"][f"{width}x{height}"] = median
-            print(f"  {width:4d}x{height:<4d} {median['pytorch']:9.1f} {median['portable']:9.1f} "
+        for key, median in results["latency_ms"].items():
+            part, size = key.split("@")
+            print(f"  {part:5s} {size:>9s} {median['pytorch']:9.1f} {median['portable']:9.1f} "
                   f"{median['single-file']:9.1f} {median['portable'] / median['pytorch']:8.2f} "
                   f"{median['single-file'] / median['pytorch']:9.2f}")
-            probabilities = sessions["portable"].run(None, feed)[0]
-            with torch.no_grad():
-                error = float(np.abs(probabilities - model(image).numpy()).max())
-            print(f"             portable vs PyTorch max abs error {error:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

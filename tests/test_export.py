@@ -217,6 +217,8 @@ def test_parts_unary_and_crf(model, tmp_path):
     assert unary.ok, unary.summary()
     assert unary.inputs == {"image": ["batch", 3, "height", "width"]}
     assert list(unary.outputs) == ["logits"] and unary.custom_nodes == {}
+    props = {p.key for p in onnx.load(str(unary.path)).metadata_props}
+    assert "convcrf.classes" in props and "convcrf.crf_config" not in props   # no CRF inside
 
     crf = export_onnx(model.crf, tmp_path / "crf.onnx", flavor="plugin", part="crf",
                       static=True, height=40, width=57)

@@ -423,8 +423,8 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
     props = {}
     if isinstance(source, SegmentationModel):
         props.update(source.metadata.to_onnx_props())
-    if crf is None and getattr(source, "crf", None) is not None:
-        crf = source.crf        # a unary-only export still records the CRF it belongs with
+    # Only a graph that contains the CRF says so: the runtime reads convcrf.crf_config as
+    # "this graph runs a CRF" (not so for part="unary" or crf_enabled=False).
     if crf is not None:
         props[ONNX_KEYS["crf_config"]] = crf.config.to_json()
     props[ONNX_KEYS["version"]] = __version__

@@ -131,7 +131,9 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str)
     if flavor == "plugin":
         from onnx.reference import ReferenceEvaluator
         evaluator = ReferenceEvaluator(model, new_ops=[*onnx_ops.REFERENCE_OPS, AveragePool])
-        return "onnx.reference + native ops", evaluator.run(None, feeds)
+        from .. import _native
+        ops = "native" if _native.cpu_library() is not None else "NumPy"
+        return f"onnx.reference + {ops} ConvCRF ops", evaluator.run(None, feeds)
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -173,16 +175,24 @@ def verify_export(model: onnx.ModelProto, reference, *, flavor: str, part: str =
         VerificationError: the checker or strict shape inference rejected the graph.
     """
     import torch
+    from ..model import ConvCRF
     check_graph(model)
     height, width = size or PARITY_SIZE
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 3, height, width, generator=generator) * 255
-    num_classes = (reference.config.num_classes if part == "crf" and hasattr(reference, "config")
-                   else (reference.crf.config.num_classes if part == "crf"
-                         else reference.num_classes))
-    logits = torch.randn(batch, num_classes, height, width, generator=generator) * 3
     feeds = {"image": image.numpy()}
+    logits = None
     if part == "crf":
+        if isinstance(reference, ConvCRF):
+            # No unary network: random logits, smoothed so that they look like a network's
+            # (i.i.d. noise is the least realistic, most ill-conditioned input a CRF gets).
+            noise = torch.randn(batch, reference.config.num_classes, height, width,
+                                generator=generator) * 3
+            logits = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2,
+                                                    count_include_pad=False)
+        else:
+            with torch.no_grad():
+                logits = reference.forward_unary(image)
         feeds["logits"] = logits.numpy()
     backend, outputs = run_graph(model, feeds, flavor)
     named = dict(zip([o.name for o in model.graph.output], outputs))

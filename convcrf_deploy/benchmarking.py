@@ -760,7 +760,7 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
             positions = np.arange(len(STAGES)) + (index - (len(ran) - 1) / 2) * width
             axis.bar(positions, values, width, yerr=errors, capsize=3, label=name)
         axis.set_xticks(np.arange(len(STAGES)), STAGES)
-        axis.set_ylabel("median latency [ms] (bars: min..p90)")
+        axis.set_ylabel("median latency [ms] (whiskers: min to p90)")
         axis.set_title(f"{key}, batch {result['settings']['batch']}")
         axis.legend()
     figure.tight_layout()

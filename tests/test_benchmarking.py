@@ -159,6 +159,14 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
         bench.plot_benchmark(result, "unused.png")
 
 
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY, (48, 40)],
+                                   iterations=2, warmup=0)
+    path = bench.plot_benchmark(result, tmp_path / "latency.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---- the sweep ---------------------------------------------------------------------------------
 
 def test_crf_with_config_keeps_the_trained_parameters():

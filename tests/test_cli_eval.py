@@ -162,3 +162,17 @@ def test_fullcrf_row_uses_pydensecrf_when_installed(tmp_path, monkeypatch):
     assert calls["iterations"] == 5
     # The stand-in returns the unary, so FullCRF must score exactly like the unary.
     assert methods["fullcrf"]["accuracy"] == pytest.approx(methods["unary"]["accuracy"])
+
+
+def test_dataset_labels_beyond_the_models_classes_name_the_model(tmp_path, capsys):
+    from convcrf_deploy import SegmentationModel, save_model
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import FastFCN
+
+    save_model(SegmentationModel(FastFCN(2, width=8), None, ModelMetadata(["bg", "fg"])),
+               tmp_path / "two.pt")
+    data = write_folder(tmp_path / "data", count=1)  # labels use classes 0..2
+    code = main(["dataset", str(tmp_path / "two.pt"), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert code != 0 and "class 2 outside 0..1" in err and "has 2 classes" in err
+    assert "Traceback" not in err

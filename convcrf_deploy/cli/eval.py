@@ -110,13 +110,18 @@ def _run(args: argparse.Namespace) -> dict:
                                   blur=args.blur, iterations=args.iterations,
                                   fullcrf=not args.no_fullcrf, crfs=crfs, scale=args.scale,
                                   progress=not args.quiet and sys.stderr.isatty())
+    from ..data.folder import DatasetError
     from ..model import load_model
 
     model = load_model(args.model)
     folder = LabelledFolder(args.data, split=args.split, num_classes=model.num_classes,
                             max_images=args.max_images)
-    result = evaluate_model(model, folder, scale=args.scale,
-                            progress=not args.quiet and sys.stderr.isatty())
+    try:
+        result = evaluate_model(model, folder, scale=args.scale,
+                                progress=not args.quiet and sys.stderr.isatty())
+    except DatasetError as error:
+        raise DatasetError(f"{error}; the model {args.model} has {model.num_classes} classes "
+                           f"{model.metadata.class_names}: is this its data set?") from None
     result["model"] = str(args.model)
     return result
 

@@ -94,3 +94,15 @@ def test_bad_arguments_are_usage_errors(checkpoint, argv, capsys):
 def test_default_output_names():
     assert str(default_output("demo", "plugin")) == "demo.plugin.onnx"
     assert str(default_output("runs/model.pt", "portable")) == "runs/model.portable.onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavor", ["portable", "plugin"])
+def test_demo_model_exports_and_verifies(flavor, tmp_path, capsys):
+    """Acceptance: the shipped demo model in both flavours, parity < 1e-4 at 61x83."""
+    from convcrf_deploy.model import DEMO_MODEL_PATH
+    if not DEMO_MODEL_PATH.exists():
+        pytest.skip("the demo model is not built")
+    out = tmp_path / f"demo.{flavor}.onnx"
+    assert main(["demo", "-o", str(out), "--flavor", flavor]) == 0
+    assert "parity PASSED" in capsys.readouterr().out

@@ -246,6 +246,16 @@ _message_passing_op.register_autograd(_message_passing_backward,
 
 # ---- public API ------------------------------------------------------------------------------
 
+def _plain_call(*tensors: torch.Tensor) -> bool:
+    """True when no autograd, tracing or tensor subclass is involved, so the implementation can
+    be called directly. The custom op's dispatcher is skipped then: besides its per-call cost,
+    its first call imports torch._dynamo, which takes seconds and delays a video's first frame."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(type(t) is torch.Tensor and not (grad and t.requires_grad) for t in tensors)
+
+
 def _require_native(implementation: str, device: torch.device) -> None:
     if implementation not in ("auto", "native", "reference"):
         raise ValueError(f"implementation must be 'auto', 'native' or 'reference', got "
@@ -275,6 +285,8 @@ def gaussian_kernel(features: torch.Tensor, filter_size: int, *,
     _require_native(implementation, features.device)
     if implementation == "reference":
         return gaussian_kernel_reference(features, filter_size)
+    if _plain_call(features):
+        return _run_gaussian_kernel(features, filter_size)
     return _gaussian_kernel_op(features, filter_size)
 
 
@@ -306,4 +318,6 @@ def message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int, *,
     _require_native(implementation, q.device)
     if implementation == "reference":
         return message_passing_reference(q, kernel.to(q.dtype), filter_size)
+    if _plain_call(q, kernel):
+        return _run_message_passing(q, kernel, filter_size)
     return _message_passing_op(q, kernel, filter_size)

@@ -1,8 +1,8 @@
 """Video-aware mean-field: start from the previous frame's result with fewer iterations.
 
 Consecutive video frames change little, so the previous frame's CRF output is a better
-starting point for mean-field than the softmax of the current unary. This module runs the
-ConvCRF update rule (see ``ConvCRF._forward_differentiable``) from
+starting point for mean-field than the softmax of the current unary. Each frame runs
+``ConvCRF.forward`` (the fused native path on CPU) from
 
     Q0 = mix * Q_previous + (1 - mix) * softmax(z)
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ....model import ConvCRF, pool, upsample
+from ....model import ConvCRF
 
 
 class WarmStartMeanField:
@@ -48,14 +48,7 @@ class WarmStartMeanField:
         if previous is None or previous.shape != z.shape or self.crf.config.iterations == 0:
             q = self.crf(z, image).float()
         else:
-            crf, blur = self.crf, self.crf.config.blur
-            height, width = z.shape[2:]
-            kernel = crf.pairwise_kernel(image.float(), height, width)
-            scale = (crf.unary_weight - crf.message_weight).view(1, -1, 1, 1)
-            unary_term = scale * torch.log_softmax(z, dim=1)
-            q = self.mix * previous + (1.0 - self.mix) * torch.softmax(z, dim=1)
-            for _ in range(self.iterations):
-                messages = crf._messages(pool(q, blur), kernel)
-                q = torch.softmax(unary_term + upsample(messages, blur, height, width), dim=1)
+            q = self.crf(z, image, initial_q=previous, initial_q_weight=self.mix,
+                         iterations=self.iterations).float()
         self.previous = q
         return q

@@ -176,3 +176,21 @@ def test_dataset_labels_beyond_the_models_classes_name_the_model(tmp_path, capsy
     err = capsys.readouterr().err
     assert code != 0 and "class 2 outside 0..1" in err and "has 2 classes" in err
     assert "Traceback" not in err
+
+
+def test_the_demo_model_gains_from_its_crf_on_held_out_scenes(tmp_path):
+    from convcrf_deploy.data.scenes import SyntheticScene
+    from convcrf_deploy.model import DEMO_MODEL_PATH
+
+    if not DEMO_MODEL_PATH.exists():
+        pytest.skip("the demo model is not built (scripts/train_demo_model.py)")
+    data = tmp_path / "scenes"
+    data.mkdir()
+    for seed in (100, 101, 102):  # seeds < 10000 are never trained on
+        rgb, labels = SyntheticScene(240, 320, seed=seed).render(0)
+        cv2.imwrite(str(data / f"scene{seed}_0img.png"), rgb[:, :, ::-1])
+        cv2.imwrite(str(data / f"scene{seed}_5labels.png"), labels)
+    out = tmp_path / "demo.json"
+    assert main(["dataset", "demo", "--data", str(data), "--json", str(out)]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert methods["crf"]["miou"] > methods["unary"]["miou"]

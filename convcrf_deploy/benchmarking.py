@@ -585,8 +585,9 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
         ``{"model", "settings", "machine", "unary": {"accuracy", "miou"}, "rows": [...]}``;
         rows sorted by CRF median latency, each with ``filter_size``, ``blur``,
         ``iterations``, the latency statistics (``*_ms``, ``fps``), ``accuracy``, ``miou``,
-        ``accuracy_gain`` and ``miou_gain`` (CRF minus unary, fractions), ``is_model_setting``
-        and ``parameters_not_copied``.
+        ``accuracy_gain`` and ``miou_gain`` (CRF minus unary, fractions), ``pareto`` (no
+        faster setting has as high an mIoU gain), ``is_model_setting`` and
+        ``parameters_not_copied``.
     """
     import cv2
     import torch
@@ -657,6 +658,12 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
                      "miou_gain": quality["miou"] - unary["miou"],
                      "is_model_setting": key == model_key, "parameters_not_copied": skipped})
     rows.sort(key=lambda row: row["p50_ms"])
+    # The settings worth choosing: no other setting is both faster and at least as good.
+    best_gain = float("-inf")
+    for row in rows:
+        gain = row["miou_gain"] if np.isfinite(row["miou_gain"]) else float("-inf")
+        row["pareto"] = gain > best_gain
+        best_gain = max(best_gain, gain)
     return {"model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
             "settings": {"frames": str(frames), "num_frames": len(samples), "size": size_key(size),
                          "iterations": iterations, "warmup": warmup, "threads": threads,
@@ -715,7 +722,8 @@ def _gain(value: float) -> str:
 
 
 def format_sweep(result: dict[str, Any]) -> str:
-    """The sweep as a table sorted by CRF latency; ``*`` marks the model's own setting."""
+    """The sweep as a table sorted by CRF latency; ``*`` marks the model's own setting and
+    ``<`` the settings no faster setting matches in mIoU gain (the ones worth choosing)."""
     rows = [["filter", "blur", "iter", "p50 ms", "mean ms", "p99 ms", "acc %", "acc gain",
              "mIoU %", "mIoU gain"]]
     for row in result["rows"]:
@@ -723,12 +731,14 @@ def format_sweep(result: dict[str, Any]) -> str:
         rows.append([f"{row['filter_size']}{mark}", str(row["blur"]), str(row["iterations"]),
                      f"{row['p50_ms']:.2f}", f"{row['mean_ms']:.2f}", f"{row['p99_ms']:.2f}",
                      _percent(row["accuracy"]), _gain(row["accuracy_gain"]),
-                     _percent(row["miou"]), _gain(row["miou_gain"])])
+                     _percent(row["miou"]), _gain(row["miou_gain"]) + (" <" if row["pareto"]
+                                                                      else "  ")])
     settings, unary = result["settings"], result["unary"]
     title = (f"CRF settings on {settings['num_frames']} frame(s) of {settings['frames']}, "
              f"latency at {settings['size']} (torch, native); unary alone: accuracy "
              f"{_percent(unary['accuracy'])} %, mIoU {_percent(unary['miou'])} %; "
-             "gains in percentage points; * = the model's setting")
+             "gains in percentage points; * = the model's setting; < = no faster setting "
+             "gains as much mIoU")
     return "\n".join([title, _table(rows, 0)])
 
 

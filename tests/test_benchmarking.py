@@ -197,6 +197,10 @@ def test_sweep_rows_sorted_by_latency_with_quality_gains():
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["accuracy_gain"] == pytest.approx(row["accuracy"] - unary["accuracy"])
         assert row["miou_gain"] == pytest.approx(row["miou"] - unary["miou"])
+    # The fastest setting is always worth choosing; a later one only when it gains more mIoU.
+    assert rows[0]["pareto"]
+    for index, row in enumerate(rows[1:], 1):
+        assert row["pareto"] == (row["miou_gain"] > max(r["miou_gain"] for r in rows[:index]))
     assert result["settings"]["num_frames"] == 2
     table = bench.format_sweep(result)
     assert table.count("\n") == len(rows) + 2 and "5*" in table

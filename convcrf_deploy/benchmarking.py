@@ -168,6 +168,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
                             "python": platform.python_version(), "cpu_count": os.cpu_count(),
                             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                             "requested_threads": threads,
+                            # Other processes' load explains noisy figures on shared machines.
+                            "load_average_1min": (round(os.getloadavg()[0], 2)
+                                                  if hasattr(os, "getloadavg") else None),
                             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
                             else None}
     for module in ("onnxruntime", "onnx", "tensorrt"):
@@ -707,9 +710,12 @@ def format_benchmark(result: dict[str, Any]) -> str:
             if diff is not None:
                 notes.append(f"{name} {key}: max |probabilities - torch| = {diff:.2e}")
     settings = result["settings"]
+    machine = result.get("machine", {})
     title = (f"latency in ms (batch {settings['batch']}, {settings['iterations']} iterations "
              f"interleaved, threads {settings['threads'] or 'default'}, device "
-             f"{settings['device']}); 'vs torch' = PyTorch eager median / backend median")
+             f"{settings['device']}, {machine.get('cpu_count')} CPUs, load average "
+             f"{machine.get('load_average_1min')}); 'vs torch' = PyTorch eager median / "
+             "backend median")
     return "\n".join([title, _table(rows, 3), *notes])
 
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..model import ConvCRF
     except ImportError as exc:
         return fail(f"{exc}; the exporter needs torch, onnx, onnxscript and onnxruntime "
-                    "(pip install 'convcrf-deploy[export]')")
+                    "(pip install 'convcrf-deploy[torch]')")
     try:
         model = load_exportable(args.model)
     except (ValueError, OSError) as exc:

@@ -443,6 +443,13 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         "machine": machine_info(threads),
         "backends": {},
     }
+    load, cpus = result["machine"]["load_average_1min"], result["machine"]["cpu_count"] or 1
+    if load is not None and load >= cpus - 0.5 and (threads or torch.get_num_threads()) > 1:
+        # Thread pools wait at every barrier for their slowest thread; on a busy machine one
+        # of them is often descheduled, which inflates multi-threaded latencies several-fold.
+        result["warnings"] = [f"the machine is busy (load average {load} on {cpus} CPUs): "
+                              "multi-threaded timings are unreliable; compare with --threads 1"]
+        say(result["warnings"][0])
     runners: dict[str, _StageRunner] = {}
     with tempfile.TemporaryDirectory(prefix="convcrf-bench-") as tmp:
         try:
@@ -716,6 +723,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
              f"{settings['device']}, {machine.get('cpu_count')} CPUs, load average "
              f"{machine.get('load_average_1min')}); 'vs torch' = PyTorch eager median / "
              "backend median")
+    notes.extend(f"warning: {warning}" for warning in result.get("warnings", []))
     return "\n".join([title, _table(rows, 3), *notes])
 
 

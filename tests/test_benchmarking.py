@@ -95,6 +95,15 @@ def test_torch_stages_statistics_and_speedup():
     assert "torch" in table and "48x40" in table and "crf" in table
 
 
+def test_busy_machine_warns_about_multithreaded_timings(monkeypatch):
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    options = {"backends": ["torch"], "sizes": [TINY], "iterations": 1, "warmup": 0}
+    busy = bench.benchmark_model(tiny_model(), threads=2, **options)
+    assert "--threads 1" in busy["warnings"][0]
+    assert "warning: the machine is busy" in bench.format_benchmark(busy)
+    assert "warnings" not in bench.benchmark_model(tiny_model(), threads=1, **options)
+
+
 def test_model_without_crf_has_no_crf_stage():
     result = bench.benchmark_model(tiny_model(crf=False), backends=["torch"], sizes=[TINY],
                                    iterations=2, warmup=0)
@@ -122,6 +131,50 @@ def test_onnxruntime_times_every_stage_of_the_same_model(both_backends):
     # The exported graph computes what PyTorch computes on the benchmark's own input.
     assert entry["max_abs_diff_vs_torch"] < 1e-4
     assert both_backends["machine"]["onnxruntime"]
+
+
+def test_tensorrt_stages_through_the_tensorrt_backend(monkeypatch):
+    """The TensorRT glue with a stand-in for TensorRTBackend (no GPU here): engines are built
+    from the full graph and from the graph with the CRF disabled, with a profile covering
+    every size, and activated once."""
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    from convcrf_deploy.runtime.backends import trt
+
+    created = []
+
+    class StandIn:
+        def __init__(self, path, **build_options):
+            self.model = onnx.load(str(path))
+            self.build_options, self.active = build_options, False
+            created.append(self)
+
+        def activate(self):
+            self.active = True
+
+        def deactivate(self):
+            self.active = False
+
+        def infer(self, feed):
+            n, _, h, w = feed["image"].shape
+            return {"probabilities": np.full((n, 5, h, w), 0.2, np.float32)}
+
+    monkeypatch.setattr(trt, "TensorRTBackend", StandIn)
+    monkeypatch.setattr(bench, "backend_unavailable_reason", lambda name: None)
+    result = bench.benchmark_model(tiny_model(), backends=["torch", "tensorrt"],
+                                   sizes=[TINY, (48, 40)], batch=2, iterations=2, warmup=0)
+    entry = result["backends"]["tensorrt"]["sizes"]["48x40"]
+    assert {"unary", "full"} <= set(entry) and "crf" not in entry
+    assert entry["max_abs_diff_vs_torch"] > 0  # the stand-in's output is not the model's
+    full, unary = created
+    assert full.build_options == {"min_shape": "2x3x32x40", "opt_shape": "2x3x40x48",
+                                  "max_shape": "2x3x40x48"}
+    ops = lambda b: {node.op_type for node in b.model.graph.node}  # noqa: E731
+    assert any("ConvCRF" in op for op in ops(full))
+    assert not any("ConvCRF" in op for op in ops(unary))
+    assert not full.active and not unary.active  # deactivated after the run
+    assert "CRF stage is not timed alone" in " ".join(result["backends"]["tensorrt"]["notes"])
 
 
 def test_missing_backend_library_is_skipped_with_the_install_command(monkeypatch):

@@ -16,7 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-API_VERSION = 1
+API_VERSION = 2
 
 _STATUS_MESSAGES = {
     1: "invalid filter_size (must be odd and in 1..31)",
@@ -61,8 +61,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn.restype = i32
             fn.argtypes = args
     lib.convcrf_mean_field_step_f32.restype = i32
-    lib.convcrf_mean_field_step_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, ptr, ptr,
-                                                ptr, ptr, i32]
+    lib.convcrf_mean_field_step_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i32, ptr,
+                                                ptr, ptr, ptr, ptr, ptr, i32]
 
 
 @lru_cache(maxsize=None)

@@ -50,6 +50,13 @@ class CRFConfig:
         message_weight: initial per-class weight w_c of the messages.
         trainable: parameter groups that receive gradients, out of
             ``TRAINABLE_GROUPS``; groups whose feature is disabled are ignored.
+        intermediate_resolution: where the softmax of the intermediate iterations runs.
+            ``"full"`` (default, the paper's and the reference implementation's algorithm):
+            every iteration upsamples its messages and normalises at full resolution.
+            ``"blurred"`` (opt-in fast mode): all but the last iteration stay on the blurred
+            grid with the pooled unary term; only the last one runs at full resolution. This
+            removes most of the full-resolution work (about 3x faster CRF on the CPU at
+            blur 4); its quality is measured in the README.
     """
 
     num_classes: int = 21
@@ -66,6 +73,7 @@ class CRFConfig:
     unary_weight: float = 1.0
     message_weight: float = 0.2
     trainable: tuple[str, ...] = field(default=TRAINABLE_GROUPS)
+    intermediate_resolution: Literal["full", "blurred"] = "full"
 
     def __post_init__(self) -> None:
         def fail(name: str, message: str) -> None:
@@ -95,6 +103,9 @@ class CRFConfig:
                 fail(name, f"must be a finite number, got {value!r}")
         if self.compatibility not in ("potts", "learned"):
             fail("compatibility", f"must be 'potts' or 'learned', got {self.compatibility!r}")
+        if self.intermediate_resolution not in ("full", "blurred"):
+            fail("intermediate_resolution", f"must be 'full' or 'blurred', got "
+                 f"{self.intermediate_resolution!r}")
         if not isinstance(self.learned_features, bool):
             fail("learned_features", f"must be a bool, got {self.learned_features!r}")
         if isinstance(self.trainable, str):

@@ -209,3 +209,24 @@ def test_warm_start_arguments_are_validated():
         crf(z, img, initial_q=torch.softmax(z, 1), initial_q_weight=1.5)
     with pytest.raises(ValueError, match="iterations"):
         crf(z, img, iterations=-1)
+
+
+# ---- fast mode: intermediate iterations on the blurred grid ------------------------------------
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_blurred_intermediate_iterations_on_both_paths(iterations):
+    cfg = CRFConfig(num_classes=5, filter_size=5, iterations=iterations,
+                    intermediate_resolution="blurred")
+    crf = ConvCRF(cfg)
+    z, img = random_inputs(2, 5, 27, 38)
+    with torch.no_grad():
+        fused = crf(z, img)
+    differentiable = crf(z, img)
+    torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=2e-5)
+    exact = ConvCRF(cfg.replace(intermediate_resolution="full"))(z, img)
+    if iterations == 1:  # a single iteration is the last one: identical to the full mode
+        torch.testing.assert_close(differentiable, exact, rtol=0, atol=1e-6)
+    else:  # an approximation: close to, but not the same as, the exact algorithm
+        assert not torch.allclose(differentiable, exact, atol=1e-4)
+        agree = (differentiable.argmax(1) == exact.argmax(1)).float().mean()
+        assert agree > 0.9

@@ -188,5 +188,8 @@ def test_native_library_validates_sizes_itself():
     assert lib.convcrf_gaussian_kernel_f32(feats.ctypes.data, 1, 1, 2, 2, 4, out.ctypes.data, 1) == 1
     assert lib.convcrf_gaussian_kernel_f32(feats.ctypes.data, 1, 1, -2, 2, 3, out.ctypes.data, 1) == 2
     assert lib.convcrf_message_passing_f32(None, None, 1, 1, 2, 2, 3, out.ctypes.data, 1) == 3
-    assert lib.convcrf_mean_field_step_f32(feats.ctypes.data, None, 1, 1, 2, 2, 0, None, None,
-                                           None, None, 1) == 4
+    assert lib.convcrf_mean_field_step_f32(feats.ctypes.data, None, None, 1, 1, 2, 2, 0, None,
+                                           None, None, None, None, None, 1) == 4
+    # A log-unary output without the scale that defines it.
+    assert lib.convcrf_mean_field_step_f32(feats.ctypes.data, None, None, 1, 1, 2, 2, 1, None,
+                                           None, out.ctypes.data, None, None, None, 1) == 3

@@ -22,6 +22,7 @@ Two code paths compute the same function:
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,19 @@ import torch.nn.functional as F
 from .. import _native
 from ..config import CRFConfig
 from .. import ops
+
+
+# Per-thread scratch for the fused path's full-resolution unary term, reused while the input
+# shape stays the same: a fresh 10-100 MB buffer per frame costs milliseconds of page faults.
+_scratch = threading.local()
+
+
+def _unary_term_buffer(like: torch.Tensor) -> torch.Tensor:
+    buffer = getattr(_scratch, "unary_term", None)
+    if buffer is None or buffer.shape != like.shape:
+        buffer = torch.empty_like(like)
+        _scratch.unary_term = buffer
+    return buffer
 
 
 def _axis_centres(size: int, blur: int, device, dtype) -> torch.Tensor:
@@ -183,13 +197,15 @@ class ConvCRF(nn.Module):
                 + self.smoothness_weight * ops.gaussian_kernel(smoothness.contiguous(), k,
                                                                implementation=impl))
 
-    def _messages(self, q_low: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Blurred-grid messages after compatibility and per-class weighting, ``[N, C, h, w]``."""
+    def _messages(self, q_low: torch.Tensor, kernel: torch.Tensor, *,
+                  weighted: bool = True) -> torch.Tensor:
+        """Blurred-grid messages after compatibility and (if ``weighted``) the per-class
+        message weights, ``[N, C, h, w]``."""
         m = ops.message_passing(q_low, kernel, self.config.filter_size,
                                 implementation=self.implementation)
         if self.compatibility is not None:
             m = self.compatibility(m)
-        return m * self.message_weight.view(1, -1, 1, 1)
+        return m * self.message_weight.view(1, -1, 1, 1) if weighted else m
 
     def _use_fused(self, unary_logits: torch.Tensor) -> bool:
         if self.implementation == "reference" or unary_logits.device.type != "cpu":
@@ -263,10 +279,22 @@ class ConvCRF(nn.Module):
         initial_q, weight = start
         if initial_q is not None:
             q = weight * initial_q + (1.0 - weight) * q
+        if self._blurred_intermediate(iterations):
+            # Fast mode: iterate on the blurred grid, only the last update at full resolution.
+            unary_low = pool(unary_term, cfg.blur)
+            q_low = pool(q, cfg.blur)
+            for _ in range(iterations - 1):
+                q_low = torch.softmax(unary_low + self._messages(q_low, kernel), dim=1)
+            m = self._messages(q_low, kernel)
+            return torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
         for _ in range(iterations):
             m = self._messages(pool(q, cfg.blur), kernel)
             q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
         return q
+
+    def _blurred_intermediate(self, iterations: int) -> bool:
+        return (self.config.intermediate_resolution == "blurred" and self.config.blur > 1
+                and iterations > 1)
 
     @torch.no_grad()
     def _forward_fused(self, z: torch.Tensor, kernel: torch.Tensor, *, iterations: int,
@@ -280,28 +308,52 @@ class ConvCRF(nn.Module):
         z = z.contiguous()
         hl, wl = -(-h // b), -(-w // b)
         scale = (self.unary_weight - self.message_weight).float().contiguous()
-        unary_term = torch.empty_like(z)
-        q_low = torch.empty(n, c, hl, wl)
         threads = torch.get_num_threads()
-        # Step 0: Q = softmax(z), pooled; also yields the weighted log-softmax unary term.
-        status = lib.convcrf_mean_field_step_f32(
-            z.data_ptr(), None, n, c, h, w, b, scale.data_ptr(), unary_term.data_ptr(),
-            q_low.data_ptr(), None, threads)
-        if status == _native.STATUS_NON_FINITE:
-            raise self._non_finite_error()
-        _native.check(status, "mean-field step")
+        blurred = self._blurred_intermediate(iterations)
+
+        message_weight = self.message_weight.float().contiguous()
+
+        def step(unary, messages=None, *, logit_scale=None, out_scale=None, log_unary=None,
+                 log_unary_low=None, q_low=None, q_full=None, grid=(h, w, b)) -> None:
+            # Messages arrive unweighted: the native pass applies message_weight, so no
+            # multithreaded PyTorch op runs between two native calls (its idle threads spin
+            # and would compete with ours for the cores).
+            ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+            status = lib.convcrf_mean_field_step_f32(
+                ptr(unary), ptr(messages), None if messages is None else ptr(message_weight),
+                n, c, *grid, ptr(logit_scale), ptr(out_scale), ptr(log_unary),
+                ptr(log_unary_low), ptr(q_low), ptr(q_full), threads)
+            if status == _native.STATUS_NON_FINITE:
+                raise self._non_finite_error()
+            _native.check(status, "mean-field step")
+
+        # Step 0: Q = softmax(z), pooled, plus the weighted log-softmax unary term, which the
+        # exact mode keeps at full resolution and the fast mode only on the blurred grid.
+        q_low = torch.empty(n, c, hl, wl)
+        unary_term = None if blurred else _unary_term_buffer(z)
+        unary_low = torch.empty(n, c, hl, wl) if blurred else None
+        step(z, out_scale=scale, log_unary=unary_term, log_unary_low=unary_low, q_low=q_low)
         initial_q, weight = start
         if initial_q is not None:
             # Pooling is linear: pool(w*Q0 + (1-w)*softmax(z)) = w*pool(Q0) + (1-w)*pool(softmax(z)).
             q_low = weight * pool(initial_q, b) + (1.0 - weight) * q_low
         q_full = torch.empty_like(z)
+        if blurred:
+            for _ in range(iterations - 1):
+                # A step on the blurred grid itself (blur 1: no resampling, no pooling).
+                next_low = torch.empty_like(q_low)
+                step(unary_low, self._messages(q_low, kernel, weighted=False).contiguous(),
+                     q_low=next_low, grid=(hl, wl, 1))
+                q_low = next_low
+            # The last iteration recomputes the unary term from z on the fly rather than
+            # reading a stored full-resolution copy: memory traffic is what costs here.
+            step(z, self._messages(q_low, kernel, weighted=False).contiguous(), logit_scale=scale,
+                 q_full=q_full)
+            return q_full
         for it in range(iterations):
-            m = self._messages(q_low, kernel).contiguous()
+            m = self._messages(q_low, kernel, weighted=False).contiguous()
             last = it == iterations - 1
             next_low = None if last else torch.empty_like(q_low)
-            _native.check(lib.convcrf_mean_field_step_f32(
-                unary_term.data_ptr(), m.data_ptr(), n, c, h, w, b, None, None,
-                None if last else next_low.data_ptr(), q_full.data_ptr() if last else None,
-                threads), "mean-field step")
+            step(unary_term, m, q_low=next_low, q_full=q_full if last else None)
             q_low = next_low
         return q_full

@@ -85,19 +85,21 @@ CONVCRF_API int32_t convcrf_message_passing_kernel_grad_f64(const double* gradMe
                                                             int32_t numThreads);
 
 // Fused full-resolution step of blurred mean-field inference (inference only, no gradient):
-//   logits = unaryTerm + crop(upsample_bilinear(messagesLow, blur))   [N, C, H, W]
+//   U      = logitScale ? logitScale[c] * log_softmax(unary)[c] : unary[c]   [N, C, H, W]
+//   logits = U + messageScale[c] * crop(upsample_bilinear(messagesLow, blur))
 //   Q      = softmax over C of logits
-//   qLow   = avg_pool(Q, blur, ceil_mode, padding excluded)           [N, C, ceil(H/b), ceil(W/b)]
-// messagesLow may be null (treated as zero). qLow and/or qFull (the full-resolution Q) may be
-// null when not wanted. If logUnaryOut is non-null, it receives
-//   unaryScale[c] * log_softmax(unaryTerm)[c]   (needs messagesLow == null),
-// which is how the first step turns logits into the weighted unary term of later steps.
-// The first step (logUnaryOut != null) returns kErrorNonFinite (7) if unaryTerm holds NaN or
-// infinite values; the outputs are then meaningless.
-CONVCRF_API int32_t convcrf_mean_field_step_f32(const float* unaryTerm, const float* messagesLow,
-                                                int64_t n, int64_t c, int64_t h, int64_t w,
-                                                int32_t blur, const float* unaryScale,
-                                                float* logUnaryOut, float* qLow, float* qFull,
+//   qLow   = avg_pool(Q, blur, ceil_mode, padding excluded)          [N, C, ceil(H/b), ceil(W/b)]
+// messagesLow may be null (treated as zero), messageScale null (treated as 1); qLow and/or qFull (the full-resolution Q) may be
+// null when not wanted. With outScale non-null, logUnaryOut (full resolution) and/or
+// logUnaryLowOut (pooled like qLow) receive outScale[c] * log_softmax(unary)[c], the weighted
+// unary term of later steps. Whenever log_softmax(unary) is computed (logitScale or outScale
+// given) the call returns kErrorNonFinite (7) if `unary` holds NaN or infinite values.
+CONVCRF_API int32_t convcrf_mean_field_step_f32(const float* unary, const float* messagesLow,
+                                                const float* messageScale, int64_t n, int64_t c,
+                                                int64_t h, int64_t w,
+                                                int32_t blur, const float* logitScale,
+                                                const float* outScale, float* logUnaryOut,
+                                                float* logUnaryLowOut, float* qLow, float* qFull,
                                                 int32_t numThreads);
 
 #ifdef __cplusplus

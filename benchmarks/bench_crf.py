@@ -21,22 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 from convcrf_deploy import CRFConfig, ConvCRF, ops
-
-
-def time_call(fn, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+from convcrf_deploy.benchmarking import time_interleaved
 
 
 def main(argv=None) -> int:
@@ -70,16 +59,14 @@ def main(argv=None) -> int:
         with torch.no_grad():
             kernel = native.pairwise_kernel(image, args.height, args.width)
             q_low = torch.rand(1, args.classes, kernel.shape[2], kernel.shape[3], generator=g)
-            # Interleave the variants so that machine noise hits all of them alike.
-            samples = {"native": [], "fast": [], "native-ops": [], "unfold": [],
-                       "message-passing": []}
-            for _ in range(args.repeats):
-                samples["native"] += time_call(lambda: native(z, image), 1, warmup=1)
-                samples["fast"] += time_call(lambda: fast(z, image), 1, warmup=1)
-                samples["native-ops"] += time_call(lambda: native_ops(z, image), 1, warmup=0)
-                samples["unfold"] += time_call(lambda: unfold(z, image), 1, warmup=0)
-                samples["message-passing"] += time_call(
-                    lambda: ops.message_passing(q_low, kernel, k), 5, warmup=1)
+            # Interleaved, so that machine noise hits all variants alike.
+            samples = time_interleaved({
+                "native": lambda: native(z, image),
+                "fast": lambda: fast(z, image),
+                "native-ops": lambda: native_ops(z, image),
+                "unfold": lambda: unfold(z, image),
+                "message-passing": lambda: ops.message_passing(q_low, kernel, k),
+            }, args.repeats, warmup=1)
             agree = (native(z, image).argmax(1) == unfold(z, image).argmax(1)).float().mean().item()
         med = {name: statistics.median(v) for name, v in samples.items()}
         ratio = med["unfold"] / med["native"]

@@ -29,18 +29,8 @@ import numpy as np
 import onnx
 import torch
 
+from convcrf_deploy.benchmarking import time_interleaved
 from convcrf_deploy.export import FLAVORS, export_onnx, load_exportable
-
-
-def time_call(fn, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def graph_size(path: Path) -> dict[str, int]:
@@ -82,13 +72,8 @@ def bench_part(model, part: str, sessions: dict, sizes, args, results: dict) -> 
         runs = {"pytorch": run_torch}
         for flavor, session in sessions.items():
             runs[flavor] = (lambda s=session: s.run(None, feed))
-        for fn in runs.values():
-            time_call(fn, 0, warmup=2)
-        # Interleave the variants so that machine noise hits all of them alike.
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                times[name].extend(time_call(fn, 1, warmup=0))
+        # Interleaved, so that machine noise hits all variants alike.
+        times = time_interleaved(runs, args.repeats, warmup=2)
         median = {name: statistics.median(t) for name, t in times.items()}
         results["latency_ms"][f"{part}@{width}x{height}"] = median
         error = float(np.abs(sessions["portable"].run(None, feed)[0]

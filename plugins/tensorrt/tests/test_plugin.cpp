@@ -9,6 +9,8 @@
 
 #include <dlfcn.h>
 
+#include "host_test.h"
+
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -21,38 +23,6 @@ using namespace nvinfer1;
 using namespace convcrf::trt;
 
 namespace {
-
-// ---- minimal test framework ------------------------------------------------------------
-
-int gFailures = 0;
-
-#define EXPECT(cond)                                                                      \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            std::fprintf(stderr, "  FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);      \
-            ++gFailures;                                                                  \
-        }                                                                                 \
-    } while (0)
-
-#define EXPECT_EQ(a, b)                                                                   \
-    do {                                                                                  \
-        auto const va = (a);                                                              \
-        auto const vb = (b);                                                              \
-        if (!(va == vb)) {                                                                \
-            std::fprintf(stderr, "  FAILED %s:%d: %s == %s (%lld vs %lld)\n", __FILE__,   \
-                         __LINE__, #a, #b, (long long) va, (long long) vb);               \
-            ++gFailures;                                                                  \
-        }                                                                                 \
-    } while (0)
-
-#define REQUIRE(cond)                                                                     \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            std::fprintf(stderr, "  FAILED (fatal) %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-            ++gFailures;                                                                  \
-            return;                                                                       \
-        }                                                                                 \
-    } while (0)
 
 // Collects what the plugins log, so tests can check that errors are explained.
 class CapturingLogger : public ILogger
@@ -594,12 +564,7 @@ void enqueue_without_launch()
     EXPECT(gLogger.contains("null device pointer"));
 }
 
-struct Case {
-    char const* name;
-    void (*fn)();
-};
-
-Case const kCases[] = {
+const convcrf::test::Case kCases[] = {
     {"creator_fields_and_defaults", creator_fields_and_defaults},
     {"creator_rejects_bad_fields", creator_rejects_bad_fields},
     {"serialization_round_trip", serialization_round_trip},
@@ -619,18 +584,5 @@ Case const kCases[] = {
 int main(int argc, char** argv)
 {
     setLoggerFinder(&gFinder);  // the statically linked copy's logger (dlopen has its own)
-    int ran = 0;
-    for (Case const& c : kCases) {
-        if (argc > 1 && std::strcmp(argv[1], c.name) != 0)
-            continue;
-        int const before = gFailures;
-        c.fn();
-        std::printf("%s %s\n", gFailures == before ? "PASS" : "FAIL", c.name);
-        ++ran;
-    }
-    if (ran == 0) {
-        std::fprintf(stderr, "unknown test case '%s'\n", argc > 1 ? argv[1] : "");
-        return 2;
-    }
-    return gFailures == 0 ? 0 : 1;
+    return convcrf::test::run(kCases, argc, argv);
 }

@@ -20,40 +20,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from ._args import int_at_least, int_list, positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "convcrf-bench"
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "torch,onnxruntime)")
     parser.add_argument("--sizes", default="320x240,640x480",
                         help="comma-separated WIDTHxHEIGHT (default: 320x240,640x480)")
-    parser.add_argument("--batch", type=_positive, default=1, help="images per call (default 1)")
-    parser.add_argument("--iterations", type=_positive, default=20,
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
+    parser.add_argument("--iterations", type=positive_int, default=20,
                         help="timed calls per stage and size (default 20)")
-    parser.add_argument("--warmup", type=_non_negative, default=3,
+    parser.add_argument("--warmup", type=int_at_least(0), default=3,
                         help="untimed calls first (default 3)")
     parser.add_argument("--fp16", action="store_true",
                         help="fp16 exports for ONNX Runtime/TensorRT; autocast for torch on CUDA")
-    parser.add_argument("--threads", type=_positive,
+    parser.add_argument("--threads", type=positive_int,
                         help="intra-op threads of torch and ONNX Runtime (default: theirs)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     parser.add_argument("--flavor", choices=("single-file", "portable"), default="single-file",
@@ -86,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
-    sweep.add_argument("--filter-sizes", type=_int_list, help="e.g. 5,7,11 (default: the model's)")
-    sweep.add_argument("--blurs", type=_int_list, help="e.g. 2,4,8 (default: the model's)")
-    sweep.add_argument("--crf-iterations", type=_int_list,
+    sweep.add_argument("--filter-sizes", type=int_list, help="e.g. 5,7,11 (default: the model's)")
+    sweep.add_argument("--blurs", type=int_list, help="e.g. 2,4,8 (default: the model's)")
+    sweep.add_argument("--crf-iterations", type=int_list,
                        help="mean-field iterations, e.g. 1,3,5 (default: the model's)")
     sweep.add_argument("--frames", default="demo",
                        help="labelled folder (LabelledFolder layouts) or 'demo' (synthetic "
                             "scenes with ground truth; default)")
-    sweep.add_argument("--num-frames", type=_positive, default=8,
+    sweep.add_argument("--num-frames", type=positive_int, default=8,
                        help="frames for the quality figures (default 8)")
     sweep.add_argument("--size", default="320x240",
                        help="WIDTHxHEIGHT of the latency input and demo frames (default 320x240)")

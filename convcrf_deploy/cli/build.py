@@ -20,6 +20,7 @@ from pathlib import Path
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
                         PluginLibraryError, TensorRTUnavailableError, build_engine,
                         metadata_path_for, parse_shape)
+from ._args import positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,14 +33,6 @@ def _shape(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max", type=_shape, metavar="NxCxHxW", help="largest image shape")
     parser.add_argument("--timing-cache", type=Path, metavar="FILE",
                         help="TensorRT timing cache to read and update (faster rebuilds)")
-    parser.add_argument("--workspace", type=_positive_int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+    parser.add_argument("--workspace", type=positive_int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
                         help=f"TensorRT workspace limit in MiB (default {DEFAULT_WORKSPACE_MB})")
     parser.add_argument("--version-compatible", action="store_true",
                         help="version-compatible engine with the plugin library embedded")

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from ._args import positive_int, positive_float
 
 
 def _filter_sizes(text: str) -> list[int]:
@@ -29,18 +30,8 @@ def _filter_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +39,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of NAME_0img.png + NAME_5labels.png pairs, or a VOC 2012 root")
     parser.add_argument("--split", default=None,
                         help="VOC only: ImageSets/Segmentation list to use (e.g. val)")
-    parser.add_argument("--max-images", type=_positive_int, default=None,
+    parser.add_argument("--max-images", type=positive_int, default=None,
                         help="evaluate only the first N images")
-    parser.add_argument("--scale", type=_positive_float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="resize images by this factor first (default 1: full resolution)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal anyway)")
@@ -70,12 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(synthetic)
     synthetic.add_argument("--filter-sizes", type=_filter_sizes, default=[5, 7, 11, 13],
                            help="ConvCRF filter sizes (default 5,7,11,13)")
-    synthetic.add_argument("--seeds", type=_positive_int, default=1,
+    synthetic.add_argument("--seeds", type=positive_int, default=1,
                            help="noise draws per image (default 1)")
-    synthetic.add_argument("--blur", type=_positive_int, default=4, help="ConvCRF blur (default 4)")
+    synthetic.add_argument("--blur", type=positive_int, default=4, help="ConvCRF blur (default 4)")
     synthetic.add_argument("--iterations", type=int, default=5,
                            help="mean-field iterations (default 5)")
-    synthetic.add_argument("--num-classes", type=_positive_int, default=21,
+    synthetic.add_argument("--num-classes", type=positive_int, default=21,
                            help="classes of the labels (default 21, PASCAL VOC)")
     synthetic.add_argument("--crf", type=Path, action="append", default=[],
                            help="also evaluate a trained CRF-only checkpoint (convcrf-train crf "

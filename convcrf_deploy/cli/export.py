@@ -19,30 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from ._args import int_at_least
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FLAVORS = ("single-file", "plugin", "portable")
 PARTS = ("full", "unary", "crf")
 
 
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value}")
-    return value
 
 
-def _opset(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an opset number, got {text!r}") from None
-    if value < 18:
-        raise argparse.ArgumentTypeError(f"opset must be >= 18, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the ConvCRF ops are represented (default: single-file)")
     parser.add_argument("--fp16", action="store_true",
                         help="FLOAT16 unary and ConvCRF op I/O (graph I/O stays float32)")
-    parser.add_argument("--opset", type=_opset, help="standard ONNX opset (>= 18)")
-    parser.add_argument("--height", type=_size, help="example/fixed input height")
-    parser.add_argument("--width", type=_size, help="example/fixed input width")
+    parser.add_argument("--opset", type=int_at_least(18), help="standard ONNX opset (>= 18)")
+    parser.add_argument("--height", type=int_at_least(2), help="example/fixed input height")
+    parser.add_argument("--width", type=int_at_least(2), help="example/fixed input width")
     parser.add_argument("--static", action="store_true",
                         help="fix H and W (default: dynamic N, H, W)")
     parser.add_argument("--part", choices=PARTS, default=None,

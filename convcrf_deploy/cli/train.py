@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
-from .eval import _positive_float, _positive_int
+from ._args import float_in, positive_float, positive_int
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -31,11 +31,6 @@ def _groups(text: str) -> tuple[str, ...]:
     return groups
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,19 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--data", required=True, type=Path,
                      help="folder of NAME_0img.png + NAME_5labels.png pairs, or a VOC 2012 root")
     crf.add_argument("--split", default=None, help="VOC only: ImageSets/Segmentation list")
-    crf.add_argument("--max-images", type=_positive_int, default=None)
+    crf.add_argument("--max-images", type=positive_int, default=None)
     unary = crf.add_mutually_exclusive_group(required=True)
     unary.add_argument("--synthetic", action="store_true",
                        help="unary = the paper's synthetic noisy ground truth")
     unary.add_argument("--unary-model", metavar="MODEL",
                        help="unary = this model's predictions (checkpoint path or 'demo')")
-    crf.add_argument("--num-classes", type=_positive_int, default=21,
+    crf.add_argument("--num-classes", type=positive_int, default=21,
                      help="--synthetic: classes of the labels (default 21)")
-    crf.add_argument("--epochs", type=_positive_int, default=3)
-    crf.add_argument("--lr", type=_positive_float, default=0.02, help="Adam learning rate")
-    crf.add_argument("--filter-size", type=_positive_int, default=None,
+    crf.add_argument("--epochs", type=positive_int, default=3)
+    crf.add_argument("--lr", type=positive_float, default=0.02, help="Adam learning rate")
+    crf.add_argument("--filter-size", type=positive_int, default=None,
                      help="ConvCRF filter size (default 7, or the model's CRF)")
-    crf.add_argument("--blur", type=_positive_int, default=None, help="default 4 or the model's")
+    crf.add_argument("--blur", type=positive_int, default=None, help="default 4 or the model's")
     crf.add_argument("--learned-compatibility", action="store_true",
                      help="the paper's +C: learn a class compatibility matrix")
     crf.add_argument("--learned-features", action="store_true",
@@ -68,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"parameter groups to train (default: kernel_weights,bandwidths, plus "
                           f"compatibility/features when enabled); any of "
                           f"{','.join(TRAINABLE_GROUPS)}")
-    crf.add_argument("--holdout", type=_fraction, default=0.3,
+    crf.add_argument("--holdout", type=float_in(0.0, 1.0), default=0.3,
                      help="fraction of images kept for evaluation (default 0.3)")
-    crf.add_argument("--eval-seeds", type=_positive_int, default=3,
+    crf.add_argument("--eval-seeds", type=positive_int, default=3,
                      help="--synthetic: noise draws per held-out image (default 3)")
-    crf.add_argument("--scale", type=_positive_float, default=1.0,
+    crf.add_argument("--scale", type=positive_float, default=1.0,
                      help="resize images by this factor (train at your deployment resolution)")
     crf.add_argument("--seed", type=int, default=0, help="hold-out split, order and noise seed")
     crf.add_argument("--out", type=Path, default=None, help="write the trained checkpoint here")

@@ -17,6 +17,15 @@ TRAINABLE_GROUPS = ("kernel_weights", "bandwidths", "message_weight", "compatibi
 MAX_FILTER_SIZE = 31
 
 
+def validate_filter_size(filter_size: int) -> None:
+    """Raise ``ValueError`` unless ``filter_size`` is an odd int in 1..MAX_FILTER_SIZE."""
+    if isinstance(filter_size, bool) or not isinstance(filter_size, int):
+        raise ValueError(f"filter_size must be an int, got {filter_size!r}")
+    if filter_size % 2 == 0 or not 1 <= filter_size <= MAX_FILTER_SIZE:
+        raise ValueError(f"filter_size must be odd and in 1..{MAX_FILTER_SIZE} (the window is "
+                         f"centred on the pixel), got {filter_size}; use e.g. 5, 7, 11 or 13")
+
+
 @dataclass(frozen=True)
 class CRFConfig:
     """Configuration of a :class:`convcrf_deploy.ConvCRF`.
@@ -85,9 +94,10 @@ class CRFConfig:
                 fail(name, f"must be an int, got {value!r}")
         if self.num_classes < 1:
             fail("num_classes", f"must be >= 1, got {self.num_classes}")
-        if self.filter_size % 2 == 0 or not 1 <= self.filter_size <= MAX_FILTER_SIZE:
-            fail("filter_size", f"must be odd and in 1..{MAX_FILTER_SIZE} (the window is "
-                 f"centred on the pixel), got {self.filter_size}; use e.g. 5, 7, 11 or 13")
+        try:
+            validate_filter_size(self.filter_size)
+        except ValueError as exc:
+            fail("filter_size", str(exc).removeprefix("filter_size "))
         if self.blur < 1:
             fail("blur", f"must be >= 1 (1 disables blurring), got {self.blur}")
         if self.iterations < 0:

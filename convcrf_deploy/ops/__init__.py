@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from .. import _native
-from ..config import MAX_FILTER_SIZE
+from ..config import validate_filter_size
 from .reference import gaussian_kernel_reference, message_passing_reference
 
 __all__ = ["gaussian_kernel", "message_passing", "native_available", "Implementation",
@@ -39,14 +39,6 @@ def native_available(device: str = "cpu") -> bool:
     if device == "cuda":
         return _native.cuda_library() is not None
     return False
-
-
-def validate_filter_size(filter_size: int) -> None:
-    if isinstance(filter_size, bool) or not isinstance(filter_size, int):
-        raise ValueError(f"filter_size must be an int, got {filter_size!r}")
-    if filter_size % 2 == 0 or not 1 <= filter_size <= MAX_FILTER_SIZE:
-        raise ValueError(f"filter_size must be odd and in 1..{MAX_FILTER_SIZE} (the window is "
-                         f"centred on the pixel), got {filter_size}; use e.g. 5, 7, 11 or 13")
 
 
 def _check_4d(name: str, t: torch.Tensor, layout: str) -> None:
@@ -115,7 +107,8 @@ def _run_message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int
             out.data_ptr(), torch.cuda.current_stream(qx.device).cuda_stream),
             "message_passing (CUDA)")
         return out
-    qx, kx = _native_dtype(q), _native_dtype(kernel).to(_native_dtype(q).dtype)
+    qx = _native_dtype(q)
+    kx = _native_dtype(kernel).to(qx.dtype)
     if q.device.type == "cpu" and _native.cpu_library() is not None:
         out = torch.empty(n, c, h, w, dtype=qx.dtype)
         _native.check(_cpu_call("message_passing", qx.dtype)(

@@ -27,7 +27,7 @@ ALIASES = {"pytorch": "torch", "pt": "torch", "onnx": "onnxruntime", "ort": "onn
 
 #: model file suffix -> backend name.
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
-            ".pt": "torch", ".pth": "torch"}
+            ".trt": "tensorrt", ".pt": "torch", ".pth": "torch"}
 
 #: pip extra that provides each backend's library.
 EXTRAS = {"torch": "torch", "onnxruntime": "gpu", "tensorrt": "tensorrt"}

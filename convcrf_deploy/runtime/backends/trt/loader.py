@@ -18,12 +18,14 @@ from ....metadata import ModelMetadata
 from ....tensorrt import (build_engine, find_plugin_library, import_tensorrt, load_plugin_library,
                           read_metadata)
 from ....tensorrt.builder import onnx_metadata
+from .. import SUFFIXES
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 #: suffixes of serialised engines (anything else is treated as ONNX and built).
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# One list of file types: the registry's (backends/__init__.py).
+ENGINE_SUFFIXES = tuple(suffix for suffix, name in SUFFIXES.items() if name == "tensorrt")
 
 
 @dataclass

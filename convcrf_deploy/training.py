@@ -31,10 +31,8 @@ the unary's logits meaningful on their own)::
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -46,63 +44,11 @@ from .data.folder import LabelledSample
 from .data.synthetic import synthetic_logits
 from .metrics import IGNORE_INDEX, SegmentationMetrics
 from .model import ConvCRF
-
-CRF_FORMAT = "convcrf-deploy/crf"
-CRF_FORMAT_VERSION = 1
+# CRF-only checkpoints live with the other checkpoint formats; re-exported for this API.
+from .model.checkpoint import CRF_FORMAT, load_crf, save_crf  # noqa: F401
 
 #: Probabilities are clamped to this before the log of the NLL loss (log(0) = -inf).
 _PROBABILITY_FLOOR = 1e-8
-
-
-# ---- CRF-only checkpoints -----------------------------------------------------------------
-
-def save_crf(crf: ConvCRF, path: str | os.PathLike) -> None:
-    """Write a CRF-only checkpoint (no unary network), e.g. from synthetic training.
-
-    Format (``torch.save`` of plain data, loadable with ``weights_only=True``)::
-
-        {"format": "convcrf-deploy/crf", "format_version": 1,
-         "crf_config": CRFConfig.to_dict(), "state_dict": {name: tensor}}
-    """
-    if not isinstance(crf, ConvCRF):
-        raise ValueError(f"save_crf: expected a ConvCRF, got {type(crf).__name__}")
-    state = {name: tensor.detach().cpu().clone() for name, tensor in crf.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CRF_FORMAT, "format_version": CRF_FORMAT_VERSION,
-                "crf_config": crf.config.to_dict(), "state_dict": state}, path)
-
-
-def load_crf(path: str | os.PathLike, *, implementation: str = "auto") -> ConvCRF:
-    """Read a checkpoint written by :func:`save_crf` (no code is executed: ``weights_only``).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a CRF checkpoint, is from a newer format, or its weights
-            do not fit its configuration.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CRF checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, or pickled objects refused by weights_only
-        raise ValueError(f"{path} is not a readable CRF checkpoint: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != CRF_FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        hint = (" (a full model: use convcrf_deploy.load_model)"
-                if found == "convcrf-deploy/model" else "")
-        raise ValueError(f"{path} is not a CRF checkpoint: format {found!r}, expected "
-                         f"{CRF_FORMAT!r}{hint}")
-    if data.get("format_version", 0) > CRF_FORMAT_VERSION:
-        raise ValueError(f"{path} has CRF checkpoint format version {data['format_version']}; "
-                         f"this convcrf-deploy reads up to {CRF_FORMAT_VERSION}: upgrade it")
-    crf = ConvCRF(CRFConfig.from_dict(data["crf_config"]), implementation=implementation)
-    try:
-        crf.load_state_dict(data["state_dict"], strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the stored weights do not fit its configuration: {error}") from None
-    return crf.eval()
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -257,3 +257,12 @@ def test_bad_kwargs_and_metadata(tmp_path, good_checkpoint):
 def test_save_model_rejects_other_modules(tmp_path):
     with pytest.raises(ValueError, match="SegmentationModel"):
         save_model(FastFCN(3), tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"junk", b"PK\x03\x04"])
+def test_tiny_files_are_clear_errors(tmp_path, content):
+    # A few bytes made torch.load raise struct.error, which escaped as a crash.
+    bad = tmp_path / "tiny.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a PyTorch file"):
+        load_model(bad)

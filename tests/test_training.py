@@ -80,13 +80,13 @@ def test_crf_checkpoint_round_trip_is_exact_and_loads_with_weights_only(tmp_path
 
 
 def test_load_crf_rejects_other_files_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         load_crf(tmp_path / "missing.pt")
     torch.save({"format": "convcrf-deploy/model"}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="load_model"):
         load_crf(tmp_path / "model.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a readable CRF checkpoint"):
+    with pytest.raises(ValueError, match="truncated, corrupt or not a PyTorch file"):
         load_crf(tmp_path / "junk.pt")
 
 

@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> dict:
                                 max_images=args.max_images)
         crfs = {}
         if args.crf:
-            from ..training import load_crf
+            from ..model.checkpoint import load_crf
             for path in args.crf:
                 crf = load_crf(path)
                 if crf.config.num_classes != args.num_classes:

@@ -177,7 +177,7 @@ def load_exportable(model):
         except CheckpointError as model_error:
             if isinstance(model, str) and model == "demo" or not Path(model).is_file():
                 raise
-            from ..training import load_crf
+            from ..model.checkpoint import load_crf
             try:
                 return load_crf(model)
             except (ValueError, OSError):

@@ -2,10 +2,10 @@
 from .convcrf import ConvCRF, pool, upsample
 from .unaries import (UNARY_ARCHITECTURES, FastFCN, ResNetFCN, build_unary, register_unary)
 from .segmentation import SegmentationModel
-from .checkpoint import (DEMO_MODEL_PATH, CheckpointError, CheckpointNotFoundError, load_model,
-                         save_model)
+from .checkpoint import (DEMO_MODEL_PATH, CheckpointError, CheckpointNotFoundError, load_crf,
+                         load_model, save_crf, save_model)
 
 __all__ = ["ConvCRF", "pool", "upsample",
            "FastFCN", "ResNetFCN", "UNARY_ARCHITECTURES", "register_unary", "build_unary",
-           "SegmentationModel", "save_model", "load_model", "DEMO_MODEL_PATH",
+           "SegmentationModel", "save_model", "load_model", "save_crf", "load_crf", "DEMO_MODEL_PATH",
            "CheckpointError", "CheckpointNotFoundError"]

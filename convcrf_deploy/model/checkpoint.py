@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,17 @@ from .unaries import build_unary
 
 FORMAT = "convcrf-deploy/model"
 FORMAT_VERSION = 1
+#: CRF-only checkpoints (no unary network), e.g. from ``convcrf-train crf --synthetic``.
+CRF_FORMAT = "convcrf-deploy/crf"
+CRF_FORMAT_VERSION = 1
+
+# format -> (newest version read, keys that must be present, the function that loads it)
+_FORMATS = {
+    FORMAT: (FORMAT_VERSION, ("unary", "state_dict", "crf_config", "metadata"),
+             "convcrf_deploy.load_model"),
+    CRF_FORMAT: (CRF_FORMAT_VERSION, ("crf_config", "state_dict"),
+                 "convcrf_deploy.training.load_crf"),
+}
 
 #: The demo checkpoint shipped in the package; ``load_model("demo")`` loads it.
 DEMO_MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "demo.pt"
@@ -57,6 +69,10 @@ def _toolkit_version() -> str:
     return __version__
 
 
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
 def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` as a checkpoint (see the module docstring for the format).
 
@@ -70,7 +86,7 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
         "format_version": FORMAT_VERSION,
         "toolkit_version": _toolkit_version(),
         "unary": model.unary_spec,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": _cpu_state(model),
         "crf_config": model.crf.config.to_dict() if model.crf is not None else None,
         "metadata": model.metadata.to_dict(),
     }
@@ -99,8 +115,9 @@ def _pickle_reason(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _read(path: Path, map_location) -> dict[str, Any]:
-    """The checkpoint dictionary in ``path``; CheckpointError for anything else."""
+def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
+    """The checkpoint dictionary of format ``expected`` in ``path``; CheckpointError for
+    anything else (a file of another known format names the function that loads it)."""
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -120,31 +137,69 @@ def _read(path: Path, map_location) -> dict[str, Any]:
                               "truncated, corrupt or not a PyTorch file (unpickling failed: "
                               f"{_pickle_reason(text)})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
-            AttributeError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            AttributeError, IndexError, TypeError, UnicodeDecodeError, struct.error) as exc:
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
                               f"truncated, corrupt or not a PyTorch file ({first_line})") from exc
-    if isinstance(data, dict) and data.get("format") == "convcrf-deploy/crf":
-        raise CheckpointError(f"{path} is a CRF-only checkpoint (no unary network); load it "
-                              "with convcrf_deploy.training.load_crf")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    newest, required, loader = _FORMATS[expected]
+    found = data.get("format") if isinstance(data, dict) else None
+    if found != expected:
+        if found in _FORMATS:
+            raise CheckpointError(f"{path} is a {found!r} checkpoint, not {expected!r}; load it "
+                                  f"with {_FORMATS[found][2]}")
         found = (f"a dict with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict)
                  else f"a {type(data).__name__}")
         raise CheckpointError(f"{path} is a PyTorch file but not a convcrf-deploy checkpoint "
                               f"(found {found}); checkpoints are written by "
-                              "convcrf_deploy.save_model")
+                              "convcrf_deploy.save_model or convcrf_deploy.training.save_crf")
     version = data.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
+    if version > newest:
         raise CheckpointError(
             f"{path} uses checkpoint format version {version}, written by convcrf-deploy "
             f"{data.get('toolkit_version', '?')}; this version ({_toolkit_version()}) reads "
-            f"up to version {FORMAT_VERSION}: upgrade convcrf-deploy")
-    missing = [k for k in ("unary", "state_dict", "crf_config", "metadata") if k not in data]
+            f"up to version {newest}: upgrade convcrf-deploy")
+    missing = [k for k in required if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {missing}; the file is damaged")
     return data
+
+
+def save_crf(crf: ConvCRF, path: str | os.PathLike) -> None:
+    """Write a CRF-only checkpoint (no unary network), e.g. from synthetic training.
+
+    Format (``torch.save`` of plain data, loadable with ``weights_only=True``)::
+
+        {"format": "convcrf-deploy/crf", "format_version": 1,
+         "crf_config": CRFConfig.to_dict(), "state_dict": {name: tensor}}
+    """
+    if not isinstance(crf, ConvCRF):
+        raise ValueError(f"save_crf: expected a ConvCRF, got {type(crf).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CRF_FORMAT, "format_version": CRF_FORMAT_VERSION,
+                "toolkit_version": _toolkit_version(), "crf_config": crf.config.to_dict(),
+                "state_dict": _cpu_state(crf)}, path)
+
+
+def load_crf(path: str | os.PathLike, *, implementation: str = "auto") -> ConvCRF:
+    """Read a checkpoint written by :func:`save_crf` (no code is executed: ``weights_only``).
+
+    Raises:
+        CheckpointNotFoundError (a ``FileNotFoundError``): the file does not exist.
+        CheckpointError (a ``ValueError``): the file is not a CRF checkpoint, is from a newer
+            format, or its weights do not fit its configuration.
+    """
+    path = Path(path)
+    data = _read(path, "cpu", expected=CRF_FORMAT)
+    try:
+        crf = ConvCRF(CRFConfig.from_dict(data["crf_config"]), implementation=implementation)
+        crf.load_state_dict(data["state_dict"], strict=True)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: the stored CRF does not fit its configuration: "
+                              f"{error}") from None
+    return crf.eval()
 
 
 def _load_unary(data: dict[str, Any], path: Path, allow_pickle: bool) -> tuple[nn.Module,

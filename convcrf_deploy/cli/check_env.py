@@ -15,13 +15,7 @@ import json
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
-
-#: the TensorRT plugin library (dynamic getCreators entry points, for TensorRT's loadLibrary)
-#: and its self-registering variant (for ONNX Runtime's trt_extra_plugin_lib_paths).
-PLUGIN_STEMS = ("convcrf_trt_plugin", "convcrf_trt_plugin_static_reg")
-
 
 def _version(module_name: str) -> dict[str, Any]:
     try:
@@ -53,17 +47,14 @@ def _native() -> dict[str, dict[str, Any]]:
 
 
 def _plugin(explicit: str | None) -> dict[str, Any]:
-    from .._native import LIB_DIR, library_filename
+    # The same look-up convcrf-build and the TensorRT backend use (--plugin, $CONVCRF_TRT_PLUGIN,
+    # the installed copy), so this reports what they would load.
+    from ..tensorrt.plugin import PluginLibraryError, find_plugin_library
 
-    candidates = [explicit, os.environ.get("CONVCRF_TRT_PLUGIN"),
-                  *(str(LIB_DIR / library_filename(stem)) for stem in PLUGIN_STEMS)]
-    found = [c for c in filter(None, candidates) if Path(c).exists()]
-    if found:
-        return {"ok": True, "detail": ", ".join(dict.fromkeys(found))}
-    if explicit:
-        return {"ok": False, "detail": f"{explicit} does not exist"}
-    return {"ok": False, "detail": "not found (pass --plugin LIB or set CONVCRF_TRT_PLUGIN; "
-                                   "built where TensorRT headers are available)"}
+    try:
+        return {"ok": True, "detail": str(find_plugin_library(explicit))}
+    except PluginLibraryError as exc:
+        return {"ok": False, "detail": str(exc)}
 
 
 def _providers() -> dict[str, Any]:

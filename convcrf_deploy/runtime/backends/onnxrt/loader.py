@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
 
 #: short name -> ONNX Runtime execution provider.
@@ -64,7 +65,7 @@ class SessionLoader:
             raise ValueError(f"providers must be a non-empty sequence of {sorted(PROVIDERS)}, "
                              f"got {tuple(providers)!r}")
         self.providers = tuple(providers)
-        plugin_library = plugin_library or os.environ.get("CONVCRF_TRT_PLUGIN")
+        plugin_library = plugin_library or os.environ.get(PLUGIN_ENV)
         self.plugin_library = Path(plugin_library) if plugin_library else None
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

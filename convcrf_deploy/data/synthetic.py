@@ -45,12 +45,6 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def _generator(rng: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return np.random.default_rng(rng)
-
-
 def synthetic_unary(labels: np.ndarray, num_classes: int, *, downsample: int = 8,
                     keep_probability: float = 0.8,
                     rng: np.random.Generator | int | None = None) -> np.ndarray:
@@ -82,7 +76,7 @@ def synthetic_unary(labels: np.ndarray, num_classes: int, *, downsample: int = 8
     if outside.size:
         raise ValueError(f"labels contain class {int(outside[0])}, outside 0..{num_classes - 1} "
                          "(255 is void); check num_classes")
-    rng = _generator(rng)
+    rng = np.random.default_rng(rng)  # returns a Generator unchanged
     height, width = labels.shape
     low_h, low_w = max(1, height // downsample), max(1, width // downsample)
     eye = np.eye(num_classes, dtype=np.float32)

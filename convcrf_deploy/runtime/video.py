@@ -144,17 +144,16 @@ class RunReport:
 
 def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
                live: bool) -> list[str]:
-    latency = report.latency
-    frame_ms = sum(latency.recent_mean(s) for s in ("read", "preprocess", "inference",
-                                                     "postprocess", "render"))
+    recent = {stage: report.latency.recent_mean(stage)
+              for stage in ("read", "preprocess", "inference", "postprocess", "render")}
+    frame_ms = sum(recent.values())
     fps = 1e3 / frame_ms if frame_ms > 0 else 0.0
-    lines = [f"{fps:.1f} FPS  pre {latency.recent_mean('preprocess'):.1f} inf "
-             f"{latency.recent_mean('inference'):.0f} post "
-             f"{latency.recent_mean('postprocess'):.1f} draw {latency.recent_mean('render'):.0f} ms",
+    lines = [f"{fps:.1f} FPS  pre {recent['preprocess']:.1f} inf {recent['inference']:.0f} post "
+             f"{recent['postprocess']:.1f} draw {recent['render']:.0f} ms",
              f"CRF {'on' if segmenter.crf else 'off'}  view {renderer.view}  "
              f"{segmenter.backend.name}"]
     if live:
-        age = latency.recent_mean("frame_age")
+        age = report.latency.recent_mean("frame_age")
         lines.append(f"dropped {report.dropped_frames}  frame age {age:.1f} ms")
     for name, score in report.scores.items():
         lines.append(f"{name}: accuracy {score.pixel_accuracy:.1%}  mIoU {score.mean_iou:.1%}")

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError
+from .data.folder import rgb_to_tensor
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
 STAGES = ("unary", "crf", "full")
@@ -638,7 +639,7 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
     crf_metrics = {key: SegmentationMetrics(loaded.num_classes) for key in crfs}
     with torch.inference_mode():
         for _, rgb, labels in samples:
-            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+            image = rgb_to_tensor(rgb)
             logits = loaded.forward_unary(image)
             unary_metrics.update(logits[0].argmax(0).numpy(), labels)
             for key, (crf, _) in crfs.items():
@@ -648,7 +649,7 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
         rgb = samples[0][1]
         if rgb.shape[:2] != (size[1], size[0]):
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        image = rgb_to_tensor(rgb)
         logits = loaded.forward_unary(image)
 
         def crf_call(crf):

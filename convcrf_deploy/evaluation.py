@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import CRFConfig
 from .data.folder import LabelledSample
-from .data.synthetic import synthetic_logits
+from .data.synthetic import noise_rng, synthetic_logits
 from .metrics import SegmentationMetrics
 
 #: The filter sizes of the paper's Table 1.
@@ -68,15 +68,6 @@ class _Method:
                 "miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"],
                 "num_images": metrics["num_images"],
                 "time_ms": 1000 * float(np.mean(self.seconds)) if self.seconds else None}
-
-
-def _tensors(sample: LabelledSample, logits: np.ndarray | None = None):
-    import torch
-
-    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
-    if logits is None:
-        return image
-    return image, torch.from_numpy(np.ascontiguousarray(logits))[None]
 
 
 def fullcrf_refiner(config: CRFConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
@@ -159,10 +150,10 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
         for index, sample in enumerate(samples):
             sample = sample.resized(scale)
             images += 1
-            image = _tensors(sample)
+            image = sample.image_tensor()
             for seed in range(seeds):
                 logits = synthetic_logits(sample.labels, num_classes,
-                                          rng=np.random.default_rng([seed, index]))
+                                          rng=noise_rng(seed, index))
                 methods["unary"].add(logits.argmax(0), sample.labels, None)
                 z = torch.from_numpy(logits)[None]
                 if index == 0 and seed == 0:
@@ -214,7 +205,7 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
             if bad.size:
                 raise ValueError(f"{sample.name}: label {int(bad[0])} but the model has "
                                  f"{num_classes} classes ({model.metadata.class_names})")
-            image = _tensors(sample)
+            image = sample.image_tensor()
             if images == 1:  # untimed warm-up, as in evaluate_synthetic
                 model(image)
             start = time.perf_counter()

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .config import CRFConfig
 from .data.folder import LabelledSample
-from .data.synthetic import synthetic_logits
+from .data.synthetic import noise_rng, synthetic_logits
 from .metrics import IGNORE_INDEX, SegmentationMetrics
 from .model import ConvCRF
 # CRF-only checkpoints live with the other checkpoint formats; re-exported for this API.
@@ -70,10 +70,6 @@ class CRFExample:
     labels: torch.Tensor
 
 
-def _image_tensor(sample: LabelledSample) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
-
-
 def synthetic_examples(samples: Iterable[LabelledSample], *, num_classes: int = 21,
                        scale: float = 1.0, seed: int = 0) -> list[CRFExample]:
     """Examples whose unary is the paper's synthetic noisy unary (image ``i`` uses
@@ -82,8 +78,8 @@ def synthetic_examples(samples: Iterable[LabelledSample], *, num_classes: int = 
     for index, sample in enumerate(samples):
         sample = sample.resized(scale)
         logits = synthetic_logits(sample.labels, num_classes,
-                                  rng=np.random.default_rng([seed, index]))
-        examples.append(CRFExample(sample.name, _image_tensor(sample), torch.from_numpy(logits)[None],
+                                  rng=noise_rng(seed, index))
+        examples.append(CRFExample(sample.name, sample.image_tensor(), torch.from_numpy(logits)[None],
                                    torch.from_numpy(sample.labels)[None]))
     return examples
 
@@ -97,7 +93,7 @@ def model_examples(model, samples: Iterable[LabelledSample], *,
     with torch.no_grad():
         for sample in samples:
             sample = sample.resized(scale)
-            image = _image_tensor(sample)
+            image = sample.image_tensor()
             examples.append(CRFExample(sample.name, image, model.forward_unary(image).float(),
                                        torch.from_numpy(sample.labels)[None]))
     return examples

@@ -72,6 +72,18 @@ class LabelledSample:
                             size, interpolation=cv2.INTER_NEAREST).astype(np.int64)
         return LabelledSample(self.name, image, labels)
 
+    def image_tensor(self):
+        """The image as the CRF and models take it: float32 torch tensor ``[1, 3, H, W]``,
+        RGB 0..255 (imports torch)."""
+        return rgb_to_tensor(self.image)
+
+
+def rgb_to_tensor(rgb: np.ndarray):
+    """``[H, W, 3]`` uint8/float RGB -> float32 torch tensor ``[1, 3, H, W]`` (imports torch)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+
 
 def _cv2():
     try:

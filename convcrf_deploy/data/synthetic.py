@@ -116,3 +116,9 @@ def synthetic_logits_batch(labels, num_classes: int, *, seed: int = 0, **kwargs)
     logits = [synthetic_logits(labels_np[i], num_classes, rng=np.random.default_rng([seed, i]),
                                **kwargs) for i in range(labels_np.shape[0])]
     return torch.from_numpy(np.stack(logits))
+
+
+def noise_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of noise draw ``seed`` for image ``index`` of a dataset. Evaluation and
+    training both use it, so a Table-1 run and a training run see the same noisy unaries."""
+    return np.random.default_rng([seed, index])

@@ -191,26 +191,20 @@ class LabelledFolder(Sequence[LabelledSample]):
         self.pairs: list[LabelledPair] = pairs
 
     def _sample_pairs(self) -> list[LabelledPair]:
-        images = {}
+        images, labels = {}, {}
         for file in sorted(self.path.iterdir()):
             match = _SAMPLE_IMAGE.match(file.name)
             if match:
                 images[match.group("name")] = file
-        labels = {f.name[:-len(_SAMPLE_LABEL_SUFFIX)]: f for f in sorted(self.path.iterdir())
-                  if f.name.endswith(_SAMPLE_LABEL_SUFFIX)}
+            elif file.name.endswith(_SAMPLE_LABEL_SUFFIX):
+                labels[file.name[:-len(_SAMPLE_LABEL_SUFFIX)]] = file
         if not images and not labels:
             raise DatasetError(
                 f"no labelled images in {self.path}: expected NAME_0img.png with "
                 "NAME_5labels.png, or a VOC 2012 root with JPEGImages/ and SegmentationClass/")
-        without_labels = sorted(set(images) - set(labels))
-        without_images = sorted(set(labels) - set(images))
-        if without_labels or without_images:
-            problems = []
-            if without_labels:
-                problems.append(f"images without a NAME_5labels.png: {_names(without_labels)}")
-            if without_images:
-                problems.append(f"labels without a NAME_0img.png: {_names(without_images)}")
-            raise DatasetError(f"unmatched files in {self.path}: " + "; ".join(problems))
+        self._raise_unmatched([
+            ("images without a NAME_5labels.png:", sorted(set(images) - set(labels))),
+            ("labels without a NAME_0img.png:", sorted(set(labels) - set(images)))])
         return [LabelledPair(name, images[name], labels[name]) for name in sorted(images)]
 
     def _voc_pairs(self, split: str | None) -> list[LabelledPair]:
@@ -237,14 +231,15 @@ class LabelledFolder(Sequence[LabelledSample]):
                 missing_labels.append(name)
             if image is not None and label.is_file():
                 pairs.append(LabelledPair(name, image, label))
-        if missing_images or missing_labels:
-            problems = []
-            if missing_images:
-                problems.append(f"no JPEGImages/NAME.jpg for {_names(missing_images)}")
-            if missing_labels:
-                problems.append(f"no SegmentationClass/NAME.png for {_names(missing_labels)}")
-            raise DatasetError(f"unmatched files in {self.path}: " + "; ".join(problems))
+        self._raise_unmatched([("no JPEGImages/NAME.jpg for", missing_images),
+                               ("no SegmentationClass/NAME.png for", missing_labels)])
         return pairs
+
+    def _raise_unmatched(self, problems: list[tuple[str, list[str]]]) -> None:
+        """DatasetError listing every ``(what, names)`` with names, if there is any."""
+        found = [f"{what} {_names(names)}" for what, names in problems if names]
+        if found:
+            raise DatasetError(f"unmatched files in {self.path}: " + "; ".join(found))
 
     def __len__(self) -> int:
         return len(self.pairs)

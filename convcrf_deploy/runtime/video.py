@@ -111,14 +111,14 @@ class RunReport:
         return self.frames / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        stages = {name: self.latency.summary(name) for name in self.latency.stages()
-                  if name != "frame_age"}
+        stages = self.latency.to_dict()
+        frame_age = stages.pop("frame_age", self.latency.summary("frame_age"))
         data = {**self.info, "source": self.source, "frames": self.frames,
                 "fps": round(self.fps, 3), "wall_time_s": round(self.wall_time_s, 3),
                 "dropped_frames": self.dropped_frames, "corrupt_frames": self.corrupt_frames,
                 "reconnects": self.reconnects, "interrupted": self.interrupted,
                 "source_error": self.source_error, "frames_written": self.frames_written,
-                "stages_ms": stages, "frame_age_ms": self.latency.summary("frame_age")}
+                "stages_ms": stages, "frame_age_ms": frame_age}
         if self.scores:
             data["accuracy"] = {name: score.to_dict() for name, score in self.scores.items()}
         return data

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from convcrf_deploy import CRFConfig
+from convcrf_deploy.data.folder import rgb_to_tensor
 from convcrf_deploy.data.scenes import SyntheticScene
 from convcrf_deploy.metadata import ModelMetadata
-from convcrf_deploy.metrics import confusion_matrix, mean_iou, pixel_accuracy
 from convcrf_deploy.model import ConvCRF, FastFCN, SegmentationModel, save_model
 from convcrf_deploy.model.checkpoint import DEMO_MODEL_PATH
+from convcrf_deploy.training import CRFExample, evaluate_crf
 
 HEIGHT, WIDTH = 240, 320
 TRAIN_SEED_START = 10_000
@@ -62,26 +63,23 @@ def training_batch(rng: np.random.Generator, batch: int, scenes_per_batch: int =
             torch.from_numpy(np.stack(labels)).long())
 
 
-def held_out_frames(seeds) -> list[tuple[torch.Tensor, np.ndarray]]:
-    """Two frames (t = 0 and 50) of each held-out scene, as ``(1, 3, H, W)`` and ``(H, W)``."""
+def held_out_frames(seeds) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """Two frames (t = 0 and 50) of each held-out scene: ``(name, (1, 3, H, W), (H, W))``."""
     frames = []
     for seed in seeds:
         scene = SyntheticScene(HEIGHT, WIDTH, seed=seed)
         for t in (0, 50):
             rgb, lab = scene.render(t)
-            frames.append((torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), lab))
+            frames.append((f"scene{seed}_t{t}", rgb_to_tensor(rgb), lab))
     return frames
 
 
 @torch.no_grad()
-def evaluate(logits_cache: list, frames, crf: ConvCRF | None) -> dict[str, float]:
-    """Pixel accuracy and mIoU (VOC style, one confusion matrix over all frames) of ``crf``
-    applied to cached unary logits (``None``: the unary alone)."""
-    confusion = np.zeros((len(CLASS_NAMES),) * 2, np.int64)
-    for logits, (image, labels) in zip(logits_cache, frames):
-        probs = torch.softmax(logits, 1) if crf is None else crf(logits, image)
-        confusion += confusion_matrix(probs[0].argmax(0).numpy(), labels, len(CLASS_NAMES))
-    return {"accuracy": pixel_accuracy(confusion), "miou": mean_iou(confusion)}
+def unary_examples(model: SegmentationModel, frames) -> list[CRFExample]:
+    """The frames with their unary logits computed once (the CRF grid search reuses them)."""
+    return [CRFExample(name, image, model.forward_unary(image),
+                       torch.from_numpy(labels.astype(np.int64))[None])
+            for name, image, labels in frames]
 
 
 def main(argv=None) -> int:
@@ -131,21 +129,19 @@ def main(argv=None) -> int:
 
     # CRF: the paper's hand-set kernels at filter size 7, blur 4; the message and kernel
     # weights are picked on the tune scenes (a small grid; one unary pass per frame).
-    tune, test = held_out_frames(TUNE_SEEDS), held_out_frames(TEST_SEEDS)
-    with torch.no_grad():
-        tune_logits = [model.forward_unary(image) for image, _ in tune]
-        test_logits = [model.forward_unary(image) for image, _ in test]
+    tune = unary_examples(model, held_out_frames(TUNE_SEEDS))
+    test = unary_examples(model, held_out_frames(TEST_SEEDS))
     base = CRFConfig(num_classes=len(CLASS_NAMES), filter_size=7, blur=4, iterations=5,
                      appearance_position_bandwidth=40.0, appearance_color_bandwidth=13.0,
                      smoothness_bandwidth=3.0, smoothness_weight=3.0)
-    unary_tune = evaluate(tune_logits, tune, None)
+    unary_tune = evaluate_crf(None, tune)
     print(f"tune scenes, unary:  {unary_tune}")
     best_config, best = None, unary_tune
     for weight, colour, message in itertools.product((5.0, 10.0, 20.0), (10.0, 20.0),
                                                      (0.2, 0.5, 1.0)):
         config = base.replace(appearance_weight=weight, appearance_color_bandwidth=colour,
                               message_weight=message)
-        result = evaluate(tune_logits, tune, ConvCRF(config).eval())
+        result = evaluate_crf(ConvCRF(config).eval(), tune)
         if result["miou"] > best["miou"]:
             best_config, best = config, result
     if best_config is None:
@@ -155,8 +151,8 @@ def main(argv=None) -> int:
           f"{best_config.appearance_color_bandwidth}, message_weight={best_config.message_weight}")
 
     model = SegmentationModel(model.unary, ConvCRF(best_config), metadata).eval()
-    unary_test = evaluate(test_logits, test, None)
-    crf_test = evaluate(test_logits, test, model.crf)
+    unary_test = evaluate_crf(None, test)
+    crf_test = evaluate_crf(model.crf, test)
     save_model(model, args.output)
     report = {"train_seconds": round(train_seconds, 1), "steps": args.steps,
               "test_unary": unary_test, "test_crf": crf_test,

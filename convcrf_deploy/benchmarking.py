@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError
+from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError, backend_name_for
 from .data.folder import rgb_to_tensor
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
@@ -121,10 +121,11 @@ def normalize_backends(names: Iterable[str]) -> list[str]:
     without duplicates; an unknown name raises :class:`BenchmarkError` listing the choices."""
     result = []
     for name in names:
-        key = ALIASES.get(name.strip().lower(), name.strip().lower())
-        if key not in BACKENDS:
+        try:
+            key = backend_name_for(None, name.strip())
+        except ValueError:
             raise BenchmarkError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} "
-                                 f"(aliases: {', '.join(sorted(ALIASES))})")
+                                 f"(aliases: {', '.join(sorted(ALIASES))})") from None
         if key not in result:
             result.append(key)
     if not result:

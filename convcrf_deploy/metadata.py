@@ -6,6 +6,7 @@ keys of :data:`ONNX_KEYS`) and into the runtime, which uses it for pre- and post
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -22,6 +23,7 @@ ONNX_KEYS = {
 }
 
 ResizePolicy = Literal["none", "stretch", "letterbox"]
+RESIZE_POLICIES: tuple[str, ...] = typing.get_args(ResizePolicy)
 
 
 def default_palette(num_classes: int) -> list[list[int]]:
@@ -78,7 +80,7 @@ class ModelMetadata:
         self.input_size = tuple(int(v) for v in self.input_size)
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"ModelMetadata.input_size: (height, width) >= 1, got {self.input_size}")
-        if self.resize not in ("none", "stretch", "letterbox"):
+        if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"ModelMetadata.resize: 'none', 'stretch' or 'letterbox', got "
                              f"{self.resize!r}")
 

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..metadata import RESIZE_POLICIES
 from ..runtime.visualize import VIEWS
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "http://... | file.mp4 | folder | 'glob/*.png' (default: demo)")
     parser.add_argument("--model", default="demo",
                         help="'demo', a checkpoint (.pt), an ONNX file or a TensorRT engine")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
-                        help="default: chosen from the model file type")
+    parser.add_argument("--backend",
+                        help="torch, onnxruntime or tensorrt (aliases: ort, trt, ...); default: "
+                             "chosen from the model file type")
     parser.add_argument("--device", default="cpu", help="torch backend: cpu or cuda")
     parser.add_argument("--providers", default="cpu",
                         help="onnxruntime: comma-separated, e.g. cpu | cuda,cpu | "
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", metavar="LIB",
                         help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
     parser.add_argument("--threads", type=int, help="CPU threads for inference")
-    parser.add_argument("--resize", choices=("none", "stretch", "letterbox"),
+    parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="override the model's resize policy")
     parser.add_argument("--headless", action="store_true", help="no window")
     parser.add_argument("--save", metavar="OUT", help="record rendered frames: out.mp4 or "

@@ -15,9 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..metadata import RESIZE_POLICIES
+
 from .backends import Backend, create_backend
 
-RESIZE_POLICIES = ("none", "stretch", "letterbox")
 
 
 @dataclass

@@ -8,7 +8,8 @@ meaningful even on a noisy machine:
 * ``native``  : ``ConvCRF`` under ``torch.no_grad()`` (fused native mean-field step);
 * ``fast``    : the same with ``intermediate_resolution="blurred"`` (opt-in approximation:
   intermediate iterations on the blurred grid);
-* ``native-ops``: the differentiable path with the native ops (what training runs);
+* ``native-ops``: the differentiable path with the native ops, recording autograd (the
+  forward pass of training);
 * ``unfold``  : ``ConvCRF(implementation="reference")``, messages by ``F.unfold`` as in the
   original ConvCRF code;
 * ``message-passing``: one native message passing alone, for the per-iteration floor.
@@ -54,8 +55,11 @@ def main(argv=None) -> int:
         cfg = CRFConfig(num_classes=args.classes, filter_size=k, blur=4, iterations=5)
         native, unfold = ConvCRF(cfg), ConvCRF(cfg, implementation="reference")
         fast = ConvCRF(cfg.replace(intermediate_resolution="blurred"))
-        native_ops = ConvCRF(cfg)
-        native_ops._use_fused = lambda _z: False  # force the differentiable path
+
+        def training_forward():
+            # Trainable parameters and grad mode: ConvCRF takes its differentiable path.
+            with torch.enable_grad():
+                return native(z, image)
         with torch.no_grad():
             kernel = native.pairwise_kernel(image, args.height, args.width)
             q_low = torch.rand(1, args.classes, kernel.shape[2], kernel.shape[3], generator=g)
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
             samples = time_interleaved({
                 "native": lambda: native(z, image),
                 "fast": lambda: fast(z, image),
-                "native-ops": lambda: native_ops(z, image),
+                "native-ops": training_forward,
                 "unfold": lambda: unfold(z, image),
                 "message-passing": lambda: ops.message_passing(q_low, kernel, k),
             }, args.repeats, warmup=1)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from ..export import DEFAULT_FLAVOR, FLAVORS, PARTS
 from ._args import int_at_least
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-FLAVORS = ("single-file", "plugin", "portable")
-PARTS = ("full", "unary", "crf")
 
 
 
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint) or 'demo'")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
                         help="file to write (default: <model>.<flavor>.onnx)")
-    parser.add_argument("--flavor", choices=FLAVORS, default="single-file",
+    parser.add_argument("--flavor", choices=FLAVORS, default=DEFAULT_FLAVOR,
                         help="how the ConvCRF ops are represented (default: single-file)")
     parser.add_argument("--fp16", action="store_true",
                         help="FLOAT16 unary and ConvCRF op I/O (graph I/O stays float32)")

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import importlib
 
+#: export flavours (docs/export.md) and graph parts; torch-free so the CLI's argument parser
+#: does not load the exporter.
+FLAVORS: tuple[str, ...] = ("single-file", "plugin", "portable")
+DEFAULT_FLAVOR = "single-file"
+PARTS: tuple[str, ...] = ("full", "unary", "crf")
+
 _LAZY = {
     "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
-    "ExportError": "exporter", "FLAVORS": "exporter", "PARTS": "exporter",
-    "DEFAULT_FLAVOR": "exporter",
+    "ExportError": "exporter",
     "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
     "check_graph": "verify",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["FLAVORS", "DEFAULT_FLAVOR", "PARTS", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -39,13 +39,10 @@ import torch.nn as nn
 
 from .. import __version__
 from ..metadata import ONNX_KEYS
-from . import onnx_ops
+from . import DEFAULT_FLAVOR, FLAVORS, PARTS, onnx_ops
 
-Flavor = Literal["single-file", "plugin", "portable"]
-Part = Literal["full", "unary", "crf"]
-FLAVORS: tuple[str, ...] = ("single-file", "plugin", "portable")
-PARTS: tuple[str, ...] = ("full", "unary", "crf")
-DEFAULT_FLAVOR = "single-file"
+Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
+Part = Literal["full", "unary", "crf"]  # the values of PARTS
 
 #: Graph input and output names per part.
 IO_NAMES = {
@@ -586,9 +583,7 @@ def _to_onnx(module: nn.Module, exported, input_names, output_names, opset) -> o
                  "translation" if layer else "the exporter failed")
         raise ExportError(f"{where}: {_root_cause(exc)}. Replace the operation with standard "
                           "PyTorch operations or register an ONNX translation for it.") from exc
-    model = program.model_proto
-    # Keep only our metadata: the exporter's per-value torch bookkeeping is noise to users.
-    return model
+    return program.model_proto
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 * :func:`evaluate_synthetic` — for every image of a labelled folder and every seed, the
   paper's noisy unary (:mod:`convcrf_deploy.data.synthetic`) is refined by ConvCRF at each
   filter size (hand-set parameters) and, when ``pydensecrf`` is installed, by the
-  permutohedral FullCRF; reports pixel accuracy, mIoU over ground-truth classes, VOC mIoU and
-  the CRF time per image.
+  permutohedral FullCRF (:func:`convcrf_deploy.fullcrf.fullcrf_inference`); reports pixel
+  accuracy, mIoU over ground-truth classes, VOC mIoU, the CRF time per image and each CRF's
+  speed-up over FullCRF measured in the same run.
 * :func:`evaluate_model` — a :class:`~convcrf_deploy.SegmentationModel` on a labelled folder,
   its unary alone and with its CRF.
 
@@ -16,13 +17,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
 import numpy as np
 
 from .config import CRFConfig
 from .data.folder import LabelledSample
 from .data.synthetic import noise_rng, synthetic_logits
+from .fullcrf import INSTALL_HINT, fullcrf_available, fullcrf_inference
 from .metrics import SegmentationMetrics
 
 #: The filter sizes of the paper's Table 1.
@@ -70,33 +72,6 @@ class _Method:
                 "time_ms": 1000 * float(np.mean(self.seconds)) if self.seconds else None}
 
 
-def fullcrf_refiner(config: CRFConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """Krähenbühl & Koltun's permutohedral FullCRF (``pydensecrf``) with the same hand-set
-    kernels as ``config``, or ``None`` when ``pydensecrf`` is not installed.
-
-    The returned function maps ``(probabilities [C, H, W] float32, image [H, W, 3] uint8 RGB)``
-    to refined probabilities ``[C, H, W]``.
-    """
-    try:
-        import pydensecrf.densecrf as dcrf  # optional extra: pip install convcrf-deploy[fullcrf]
-    except ImportError:
-        return None
-
-    def refine(probabilities: np.ndarray, image: np.ndarray) -> np.ndarray:
-        c, h, w = probabilities.shape
-        crf = dcrf.DenseCRF2D(w, h, c)
-        energy = -np.log(np.maximum(probabilities, 1e-5)).reshape(c, -1)
-        crf.setUnaryEnergy(np.ascontiguousarray(energy, dtype=np.float32))
-        crf.addPairwiseGaussian(sxy=config.smoothness_bandwidth, compat=config.smoothness_weight)
-        crf.addPairwiseBilateral(sxy=config.appearance_position_bandwidth,
-                                 srgb=config.appearance_color_bandwidth,
-                                 rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                                 compat=config.appearance_weight)
-        return np.asarray(crf.inference(config.iterations), dtype=np.float32).reshape(c, h, w)
-
-    return refine
-
-
 def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 21,
                        filter_sizes: Sequence[int] = PAPER_FILTER_SIZES, seeds: int = 1,
                        blur: int = 4, iterations: int = 5, fullcrf: bool = True,
@@ -112,7 +87,8 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
         seeds: noise draws per image; image ``i`` with seed ``s`` uses
             ``numpy.random.default_rng([s, i])``.
         blur, iterations: ConvCRF settings (paper: 4 and 5).
-        fullcrf: also run pydensecrf's FullCRF when it is installed.
+        fullcrf: also run FullCRF (:func:`~convcrf_deploy.fullcrf.fullcrf_inference`, same
+            hand-set parameters) when ``pydensecrf`` is installed; a note says when it is not.
         crfs: extra ``{name: ConvCRF}`` modules to evaluate (e.g. trained ones).
         scale: resize images (and labels, nearest) by this factor first.
         progress: draw a progress bar on stderr.
@@ -122,7 +98,9 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
         ``{"methods": {"unary": {...}, "conv5": {...}, ..., "fullcrf": {...}}, "notes": [...],
         "seeds", "num_images", "blur", "iterations", "scale"}``; each method holds
         ``accuracy``, ``miou_gt_classes``, ``miou`` (fractions), ``per_class_iou``,
-        ``num_images`` (image x seed evaluations) and ``time_ms`` (mean CRF time per image).
+        ``num_images`` (image x seed evaluations), ``time_ms`` (mean CRF time per image) and,
+        when FullCRF ran, ``speedup_vs_fullcrf`` (FullCRF's mean time / this method's, both
+        timed in this run; ``None`` for the unary).
     """
     import torch
 
@@ -136,11 +114,10 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
     modules.update(crfs or {})
     methods = {"unary": _Method(num_classes), **{name: _Method(num_classes) for name in modules}}
     notes = []
-    refine = fullcrf_refiner(base) if fullcrf else None
-    if fullcrf and refine is None:
-        notes.append("FullCRF skipped: pydensecrf is not installed (optional extra: pip "
-                     "install pydensecrf; its PyPI release does not build on Python >= 3.11)")
-    if refine is not None:
+    run_fullcrf = fullcrf and fullcrf_available()
+    if fullcrf and not run_fullcrf:
+        notes.append(f"FullCRF skipped: pydensecrf is not installed ({INSTALL_HINT})")
+    if run_fullcrf:
         methods["fullcrf"] = _Method(num_classes)
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
                                                          else 0)
@@ -161,19 +138,27 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
                     # are not per-image costs.
                     for crf in modules.values():
                         crf(z, image)
+                    if run_fullcrf:
+                        fullcrf_inference(logits, sample.image, base)
                 for name, crf in modules.items():
                     start = time.perf_counter()
                     q = crf(z, image)
                     seconds = time.perf_counter() - start
                     methods[name].add(q[0].argmax(0).numpy(), sample.labels, seconds)
-                if refine is not None:
+                if run_fullcrf:
                     start = time.perf_counter()
-                    q = refine(np.exp(logits), sample.image)
+                    q = fullcrf_inference(logits, sample.image, base)
                     methods["fullcrf"].add(q.argmax(0), sample.labels, time.perf_counter() - start)
                 bar.step(sample.name)
     if images == 0:
         raise ValueError("no images to evaluate")
-    return {"task": "synthetic", "methods": {name: m.result() for name, m in methods.items()},
+    results = {name: m.result() for name, m in methods.items()}
+    if run_fullcrf:
+        fullcrf_ms = results["fullcrf"]["time_ms"]
+        for result in results.values():
+            result["speedup_vs_fullcrf"] = (fullcrf_ms / result["time_ms"]
+                                            if result["time_ms"] else None)
+    return {"task": "synthetic", "methods": results,
             "notes": notes, "seeds": seeds, "num_images": images, "blur": blur,
             "iterations": iterations, "scale": scale, "num_threads": torch.get_num_threads()}
 
@@ -241,12 +226,19 @@ def _percent(value: float | None) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The methods of a result as a text table (percentages, time per image in ms)."""
-    rows = [("method", "time [ms]", "accuracy [%]", "mIoU GT classes [%]", "mIoU VOC [%]")]
+    """The methods of a result as a text table (percentages, time per image in ms, and the
+    speed-up over FullCRF when it ran)."""
+    speedups = any("speedup_vs_fullcrf" in m for m in result["methods"].values())
+    rows = [("method", "time [ms]", "accuracy [%]", "mIoU GT classes [%]", "mIoU VOC [%]")
+            + (("speed-up vs FullCRF",) if speedups else ())]
     for name, m in result["methods"].items():
         time_ms = "-" if m["time_ms"] is None else f"{m['time_ms']:.1f}"
-        rows.append((name, time_ms, _percent(m["accuracy"]), _percent(m["miou_gt_classes"]),
-                     _percent(m["miou"])))
+        row = (name, time_ms, _percent(m["accuracy"]), _percent(m["miou_gt_classes"]),
+               _percent(m["miou"]))
+        if speedups:
+            ratio = m.get("speedup_vs_fullcrf")
+            row += ("-" if ratio is None else f"{ratio:.1f}x",)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]

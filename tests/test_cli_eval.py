@@ -121,47 +121,59 @@ def test_a_crf_with_the_wrong_class_count_is_refused(tmp_path, capsys):
     assert code != 0 and "5 classes" in err and "Traceback" not in err
 
 
-def test_fullcrf_row_uses_pydensecrf_when_installed(tmp_path, monkeypatch):
-    """The FullCRF glue, against a stand-in with pydensecrf's API (the real package does not
-    build on every Python): unary energy = -log p as (C, H*W), both kernels, 5 iterations."""
-    import sys
-    import types
-
-    calls = {}
-
-    class DenseCRF2D:
-        def __init__(self, width, height, labels):
-            calls["shape"] = (width, height, labels)
-
-        def setUnaryEnergy(self, energy):
-            calls["energy"] = energy
-
-        def addPairwiseGaussian(self, sxy, compat):
-            calls["gaussian"] = (sxy, compat)
-
-        def addPairwiseBilateral(self, sxy, srgb, rgbim, compat):
-            calls["bilateral"] = (sxy, srgb, rgbim.shape, rgbim.dtype, compat)
-
-        def inference(self, iterations):
-            calls["iterations"] = iterations
-            return np.exp(-calls["energy"])  # the unary itself, as (C, H*W)
-
-    package = types.ModuleType("pydensecrf")
-    package.densecrf = types.SimpleNamespace(DenseCRF2D=DenseCRF2D)
-    monkeypatch.setitem(sys.modules, "pydensecrf", package)
-    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", package.densecrf)
+def test_fullcrf_row_and_speedups_in_the_same_table(tmp_path, capsys):
+    """With the real pydensecrf (CI installs pydensecrf2 through the test extra), FullCRF is a
+    row of the same table and JSON, and every CRF row carries its speed-up over FullCRF."""
+    pytest.importorskip("pydensecrf.densecrf")
     data = write_folder(tmp_path / "data", count=1, height=40, width=48)
+    out = tmp_path / "table.json"
+    assert main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3,5",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fullcrf" in printed and "speed-up vs FullCRF" in printed
+    methods = json.loads(out.read_text())["methods"]
+    assert set(methods) == {"unary", "conv3", "conv5", "fullcrf"}
+    assert methods["fullcrf"]["time_ms"] > 0
+    assert methods["fullcrf"]["speedup_vs_fullcrf"] == pytest.approx(1.0)
+    assert methods["unary"]["speedup_vs_fullcrf"] is None
+    for name in ("conv3", "conv5"):
+        ratio = methods["fullcrf"]["time_ms"] / methods[name]["time_ms"]
+        assert methods[name]["speedup_vs_fullcrf"] == pytest.approx(ratio)
+        assert f"{ratio:.1f}x" in printed
+    # The clean scene is easy: the FullCRF cleans up the noisy unary like ConvCRF does.
+    assert methods["fullcrf"]["accuracy"] > methods["unary"]["accuracy"]
+
+
+def test_fullcrf_missing_is_a_note_naming_the_package(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    data = write_folder(tmp_path / "data", count=1)
     out = tmp_path / "table.json"
     assert main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
                  "--json", str(out)]) == 0
-    methods = json.loads(out.read_text())["methods"]
-    assert calls["shape"] == (48, 40, 3)
-    assert calls["energy"].shape == (3, 40 * 48) and calls["energy"].dtype == np.float32
-    assert calls["gaussian"] == (3.0, 3.0)
-    assert calls["bilateral"] == (80.0, 13.0, (40, 48, 3), np.uint8, 10.0)
-    assert calls["iterations"] == 5
-    # The stand-in returns the unary, so FullCRF must score exactly like the unary.
-    assert methods["fullcrf"]["accuracy"] == pytest.approx(methods["unary"]["accuracy"])
+    printed = capsys.readouterr().out
+    assert "FullCRF skipped" in printed and "convcrf-deploy[fullcrf]" in printed
+    assert "pydensecrf2" in printed
+    assert "fullcrf" not in json.loads(out.read_text())["methods"]
+
+
+def test_json_output_replaces_the_previous_file_atomically(tmp_path, monkeypatch):
+    data = write_folder(tmp_path / "data", count=1)
+    out = tmp_path / "table.json"
+    out.write_text("previous")
+    import convcrf_deploy.cli.eval as eval_cli
+
+    def broken_replace(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(eval_cli.os, "replace", broken_replace)
+    code = main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
+                 "--no-fullcrf", "--json", str(out)])
+    assert code != 0
+    assert out.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "table.json"]  # no temp left
 
 
 def test_dataset_labels_beyond_the_models_classes_name_the_model(tmp_path, capsys):

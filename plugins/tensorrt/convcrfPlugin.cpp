@@ -6,6 +6,7 @@
 #include "convcrf_math.h"
 
 #include <atomic>
+#include <cstdarg>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -16,25 +17,29 @@ namespace convcrf {
 namespace trt {
 
 // ---- logging ---------------------------------------------------------------------------
+// No std::string here: these run inside noexcept TensorRT callbacks, where an allocation
+// failure turned into an exception would call std::terminate.
 
 namespace {
 
 std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
+constexpr size_t kMessageSize = 1024;
 
-void logMessage(ILogger::Severity severity, std::string const& message) noexcept
+void logFormatted(ILogger::Severity severity, IErrorRecorder* recorder, char const* format,
+                  va_list args) noexcept
 {
-    try {
-        std::string const text = "[convcrf plugin] " + message;
-        ILoggerFinder* finder = gLoggerFinder.load();
-        ILogger* logger = finder ? finder->findLogger() : nullptr;
-        if (logger)
-            logger->log(severity, text.c_str());
-        else
-            std::fprintf(stderr, "%s: %s\n", severity <= ILogger::Severity::kERROR ? "ERROR" : "WARNING",
-                         text.c_str());
-    } catch (...) {
-        // Logging must never throw out of a noexcept TensorRT callback.
-    }
+    char body[kMessageSize];
+    std::vsnprintf(body, sizeof(body), format, args);
+    char text[kMessageSize + 32];
+    std::snprintf(text, sizeof(text), "[convcrf plugin] %s", body);
+    ILoggerFinder* finder = gLoggerFinder.load();
+    ILogger* logger = finder ? finder->findLogger() : nullptr;
+    if (logger)
+        logger->log(severity, text);
+    else
+        std::fprintf(stderr, "%s: %s\n", severity <= ILogger::Severity::kERROR ? "ERROR" : "WARNING", text);
+    if (recorder)
+        recorder->reportError(ErrorCode::kINVALID_ARGUMENT, text);
 }
 
 }  // namespace
@@ -44,20 +49,35 @@ void setLoggerFinder(ILoggerFinder* finder) noexcept
     gLoggerFinder.store(finder);
 }
 
-void reportError(std::string const& message, IErrorRecorder* recorder) noexcept
+void logError(IErrorRecorder* recorder, char const* format, ...) noexcept
 {
-    logMessage(ILogger::Severity::kERROR, message);
-    if (recorder) {
-        try {
-            recorder->reportError(ErrorCode::kINVALID_ARGUMENT, message.c_str());
-        } catch (...) {
-        }
-    }
+    va_list args;
+    va_start(args, format);
+    logFormatted(ILogger::Severity::kERROR, recorder, format, args);
+    va_end(args);
 }
 
-void reportWarning(std::string const& message) noexcept
+void logWarning(char const* format, ...) noexcept
 {
-    logMessage(ILogger::Severity::kWARNING, message);
+    va_list args;
+    va_start(args, format);
+    logFormatted(ILogger::Severity::kWARNING, nullptr, format, args);
+    va_end(args);
+}
+
+char const* dataTypeName(DataType type) noexcept
+{
+    switch (type) {
+    case DataType::kFLOAT: return "FLOAT";
+    case DataType::kHALF: return "HALF";
+    case DataType::kBF16: return "BF16";
+    case DataType::kINT8: return "INT8";
+    case DataType::kINT32: return "INT32";
+    case DataType::kINT64: return "INT64";
+    case DataType::kBOOL: return "BOOL";
+    case DataType::kUINT8: return "UINT8";
+    default: return "another type";
+    }
 }
 
 // ---- helpers ---------------------------------------------------------------------------
@@ -66,6 +86,7 @@ namespace {
 
 constexpr int32_t kStatusError = -1;
 
+// May throw (std::string): call inside guarded() only.
 std::string dimsError(Dims const& dims, int32_t index, std::vector<int64_t>& out)
 {
     if (dims.nbDims < 0 || dims.nbDims > Dims::MAX_DIMS)
@@ -103,11 +124,11 @@ R guarded(char const* where, R onError, Body body, IErrorRecorder* recorder = nu
     try {
         return body();
     } catch (std::bad_alloc const&) {
-        reportError(std::string(where) + ": out of host memory", recorder);
+        logError(recorder, "%s: out of host memory", where);
     } catch (std::exception const& e) {
-        reportError(std::string(where) + ": " + e.what(), recorder);
+        logError(recorder, "%s: %s", where, e.what());
     } catch (...) {
-        reportError(std::string(where) + ": unknown exception", recorder);
+        logError(recorder, "%s: unknown exception", where);
     }
     return onError;
 }
@@ -141,17 +162,21 @@ char const* ConvCRFPluginBase::getPluginNamespace() const noexcept
     return kPluginNamespace;
 }
 
-void ConvCRFPluginBase::fail(std::string const& message) const noexcept
+void ConvCRFPluginBase::fail(char const* format, ...) const noexcept
 {
-    reportError(std::string(getPluginName()) + ": " + message, mErrorRecorder);
+    char message[kMessageSize];
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(message, sizeof(message), format, args);
+    va_end(args);
+    logError(mErrorRecorder, "%s: %s", getPluginName(), message);
 }
 
 bool ConvCRFPluginBase::checkIOCount(int32_t nbInputs, int32_t nbOutputs, char const* method) const noexcept
 {
     if (nbInputs == expectedInputs() && nbOutputs == 1)
         return true;
-    fail(std::string(method) + ": expected " + std::to_string(expectedInputs()) + " input(s) and 1 output, got " +
-         std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
+    fail("%s: expected %d input(s) and 1 output, got %d and %d", method, expectedInputs(), nbInputs, nbOutputs);
     return false;
 }
 
@@ -161,8 +186,18 @@ int32_t ConvCRFPluginBase::getOutputDataTypes(DataType* outputTypes, int32_t nbO
     if (!checkIOCount(nbInputs, nbOutputs, "getOutputDataTypes") || !outputTypes || !inputTypes)
         return kStatusError;
     if (!isSupportedType(inputTypes[0])) {
-        fail("inputs must be FLOAT or FLOAT16 (export the ONNX model with fp32 or fp16 tensors)");
+        fail("input '%s' is %s; inputs must be FLOAT or HALF (export the ONNX model with fp32 or fp16 "
+             "tensors)", inputName(0), dataTypeName(inputTypes[0]));
         return kStatusError;
+    }
+    // One type for all inputs: the kernels read q and K with one element type.
+    for (int32_t i = 1; i < nbInputs; ++i) {
+        if (inputTypes[i] != inputTypes[0]) {
+            fail("inputs '%s' (%s) and '%s' (%s) must share one type; export the model with one "
+                 "precision (fp32 or fp16) for both", inputName(0), dataTypeName(inputTypes[0]),
+                 inputName(i), dataTypeName(inputTypes[i]));
+            return kStatusError;
+        }
     }
     outputTypes[0] = inputTypes[0];
     return 0;
@@ -191,7 +226,7 @@ int32_t ConvCRFPluginBase::configurePlugin(DynamicPluginTensorDesc const* in, in
             dims.push_back(in[i].desc.dims);
         std::string const error = checkInputDims(dims.data(), nbInputs);
         if (!error.empty()) {
-            fail(error);
+            fail("%s", error.c_str());
             return kStatusError;
         }
         return 0;
@@ -215,7 +250,7 @@ int32_t ConvCRFPluginBase::onShapeChange(PluginTensorDesc const* in, int32_t nbI
             dims.push_back(in[i].dims);
         std::string const error = checkInputDims(dims.data(), nbInputs);
         if (!error.empty()) {
-            fail(error);
+            fail("%s", error.c_str());
             return kStatusError;
         }
         return 0;
@@ -246,7 +281,7 @@ int32_t ConvCRFPluginBase::launchResult(int32_t status) const noexcept
 {
     if (status == kSuccess)
         return 0;
-    fail(std::string("enqueue failed: ") + statusText(status) + " (status " + std::to_string(status) + ")");
+    fail("enqueue failed: %s (status %d)", statusText(status), static_cast<int>(status));
     return kStatusError;
 }
 
@@ -285,12 +320,12 @@ int32_t ConvCRFKernelPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nb
         if (!checkIOCount(nbInputs, nbOutputs, "getOutputShapes") || !inputs || !outputs)
             return kStatusError;
         if (inputs[0].nbDims != 4) {
-            fail("input 'features' must be 4-D [N, D, h, w], got rank " + std::to_string(inputs[0].nbDims));
+            fail("input 'features' must be 4-D [N, D, h, w], got rank %d", inputs[0].nbDims);
             return kStatusError;
         }
         std::string const error = filterSizeError(mFilterSize);
         if (!error.empty()) {
-            fail(error);
+            fail("%s", error.c_str());
             return kStatusError;
         }
         IDimensionExpr const* channels = exprBuilder.constant(kernelChannels(mFilterSize));
@@ -360,8 +395,7 @@ int32_t ConvCRFMessagePassingPlugin::getOutputShapes(DimsExprs const* inputs, in
         if (!checkIOCount(nbInputs, nbOutputs, "getOutputShapes") || !inputs || !outputs)
             return kStatusError;
         if (inputs[0].nbDims != 4 || inputs[1].nbDims != 4) {
-            fail("inputs 'q' and 'K' must be 4-D NCHW, got ranks " + std::to_string(inputs[0].nbDims) + " and " +
-                 std::to_string(inputs[1].nbDims));
+            fail("inputs 'q' and 'K' must be 4-D NCHW, got ranks %d and %d", inputs[0].nbDims, inputs[1].nbDims);
             return kStatusError;
         }
         outputs[0] = inputs[0];  // M has q's shape
@@ -399,17 +433,25 @@ std::string parseFields(PluginFieldCollection const* fc, int32_t& filterSize)
         PluginField const& field = fc->fields[i];
         std::string const name = field.name ? field.name : "";
         if (name != kFilterSizeField) {
-            reportWarning("ignoring unknown plugin field '" + name + "' (the only field is filter_size)");
+            logWarning("ignoring unknown plugin field '%s' (the only field is filter_size)", name.c_str());
             continue;
         }
-        if (field.type != PluginFieldType::kINT32 || field.length != 1 || !field.data)
-            return "field filter_size must be a single INT32 (ONNX attribute type INT), got type " +
-                   std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length);
-        int32_t const value = *static_cast<int32_t const*>(field.data);
+        // The ONNX parser turns an INT attribute into kINT32 or kINT64 depending on the
+        // TensorRT release: accept both, range-check before narrowing.
+        int64_t value = 0;
+        bool const integer = field.type == PluginFieldType::kINT32 || field.type == PluginFieldType::kINT64;
+        if (!integer || field.length != 1 || !field.data)
+            return "field filter_size must be a single integer (INT32 or INT64; ONNX attribute type INT), "
+                   "got type " + std::to_string(static_cast<int32_t>(field.type)) + " with length " +
+                   std::to_string(field.length);
+        if (field.type == PluginFieldType::kINT32)
+            value = *static_cast<int32_t const*>(field.data);
+        else
+            value = *static_cast<int64_t const*>(field.data);
         std::string error = filterSizeError(value);
         if (!error.empty())
             return error;
-        filterSize = value;
+        filterSize = static_cast<int32_t>(value);
     }
     return {};
 }
@@ -434,7 +476,7 @@ IPluginV3* ConvCRFCreator<Plugin>::createPlugin(char const*, PluginFieldCollecti
         int32_t filterSize = kDefaultFilterSize;
         std::string const error = parseFields(fc, filterSize);
         if (!error.empty()) {
-            reportError(std::string(getPluginName()) + ": " + error);
+            logError(nullptr, "%s: %s", getPluginName(), error.c_str());
             return nullptr;
         }
         return new Plugin(filterSize);

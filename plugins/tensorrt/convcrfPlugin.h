@@ -16,12 +16,17 @@
 namespace convcrf {
 namespace trt {
 
-// Logger handed over by TensorRT through setLoggerFinder(); nullptr until then (host tests).
+// Logger handed over by TensorRT through setLoggerFinder() (dynamic library) or by the
+// self-registering variant at load time; nullptr until then (messages then go to stderr).
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
-// Log `message` as an error (stderr when no TensorRT logger is set) and, when given, report it
-// to `recorder`.
-void reportError(std::string const& message, nvinfer1::IErrorRecorder* recorder = nullptr) noexcept;
-void reportWarning(std::string const& message) noexcept;
+// printf-style error (prefixed "[convcrf plugin] ") to the logger and, when given, `recorder`.
+// Formats into a fixed buffer: never allocates, never throws (callable from any noexcept path;
+// messages longer than the buffer are truncated).
+void logError(nvinfer1::IErrorRecorder* recorder, char const* format, ...) noexcept
+    __attribute__((format(printf, 2, 3)));
+void logWarning(char const* format, ...) noexcept __attribute__((format(printf, 1, 2)));
+// Readable name of a TensorRT data type ("FLOAT", "HALF", ...), a static string.
+char const* dataTypeName(nvinfer1::DataType type) noexcept;
 
 // Shared implementation of both plugins; the subclasses supply inputs, shapes and the launch.
 class ConvCRFPluginBase : public nvinfer1::IPluginV3,
@@ -65,8 +70,10 @@ protected:
     virtual int32_t expectedInputs() const noexcept = 0;
     // "" when the input dims (kUnknownDim for dynamic ones) are acceptable, else the reason.
     virtual std::string checkInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const = 0;
-    // Report `message` for this plugin (prefixed with its name).
-    void fail(std::string const& message) const noexcept;
+    // Name of input `index` in messages ("features", "q", "K").
+    virtual char const* inputName(int32_t index) const noexcept = 0;
+    // Report a printf-style message for this plugin (prefixed with its name); never allocates.
+    void fail(char const* format, ...) const noexcept __attribute__((format(printf, 2, 3)));
     // Validate the number of inputs/outputs; reports and returns false on mismatch.
     bool checkIOCount(int32_t nbInputs, int32_t nbOutputs, char const* method) const noexcept;
     // Launcher status -> TensorRT status (0 ok), reporting failures.
@@ -98,6 +105,7 @@ public:
 
 protected:
     int32_t expectedInputs() const noexcept override { return 1; }
+    char const* inputName(int32_t) const noexcept override { return "features"; }
     std::string checkInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
 };
 
@@ -119,10 +127,12 @@ public:
 
 protected:
     int32_t expectedInputs() const noexcept override { return 2; }
+    char const* inputName(int32_t index) const noexcept override { return index == 0 ? "q" : "K"; }
     std::string checkInputDims(nvinfer1::Dims const* inputs, int32_t nbInputs) const override;
 };
 
-// Creator of either plugin: one field, `filter_size` (kINT32, default 7).
+// Creator of either plugin: one field, `filter_size` (default 7), accepted as kINT32 or kINT64
+// (ONNX parsers of different TensorRT releases convert an INT attribute to either).
 template <typename Plugin>
 class ConvCRFCreator final : public nvinfer1::IPluginCreatorV3One
 {
@@ -145,6 +155,7 @@ using ConvCRFMessagePassingCreator = ConvCRFCreator<ConvCRFMessagePassingPlugin>
 
 // Parse a creator field collection into a filter size. Returns "" and sets filterSize on
 // success (missing field -> default), else the reason. Unknown fields are warned about.
+// filter_size may be INT32 or INT64; the value is range-checked before narrowing.
 std::string parseFields(nvinfer1::PluginFieldCollection const* fc, int32_t& filterSize);
 
 // The creators exported by getCreators(): process-lifetime singletons.

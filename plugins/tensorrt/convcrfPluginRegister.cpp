@@ -4,11 +4,31 @@
 // trtexec --staticPlugins and ONNX Runtime's TensorRT EP (trt_extra_plugin_lib_paths) expect.
 // Never load this variant and libconvcrf_trt_plugin.so (loadLibrary) in one process: the second
 // registration of the same (name, version, namespace) fails.
+//
+// TensorRT calls setLoggerFinder() only on libraries it loads itself (loadLibrary); this variant
+// is loaded by the application, so it takes TensorRT's logger from libnvinfer (getLogger()),
+// before the creators are registered (static objects of one file initialise in order).
 #include "convcrfPlugin.h"
 
 namespace {
+
 using convcrf::trt::ConvCRFKernelCreator;
 using convcrf::trt::ConvCRFMessagePassingCreator;
+
+class TensorRTLoggerFinder final : public nvinfer1::ILoggerFinder
+{
+public:
+    nvinfer1::ILogger* findLogger() noexcept override { return getLogger(); }
+};
+
+TensorRTLoggerFinder gTensorRTLoggerFinder;
+
+struct LoggerInstaller {
+    LoggerInstaller() noexcept { convcrf::trt::setLoggerFinder(&gTensorRTLoggerFinder); }
+};
+
+LoggerInstaller const gLoggerInstaller;
+
 }  // namespace
 
 REGISTER_TENSORRT_PLUGIN(ConvCRFKernelCreator);

@@ -12,8 +12,10 @@
 #include "host_test.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <new>
 #include <functional>
 #include <memory>
 #include <string>
@@ -22,7 +24,48 @@
 using namespace nvinfer1;
 using namespace convcrf::trt;
 
+// ---- allocation failure injection --------------------------------------------------------
+// While gFailAllocations is set, every operator new throws std::bad_alloc: a noexcept plugin
+// method that builds a std::string then calls std::terminate and the test process dies.
 namespace {
+bool gFailAllocations = false;
+}
+
+void* operator new(std::size_t size)
+{
+    if (gFailAllocations)
+        throw std::bad_alloc();
+    if (void* p = std::malloc(size ? size : 1))
+        return p;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t size)
+{
+    return ::operator new(size);
+}
+void operator delete(void* p) noexcept
+{
+    std::free(p);
+}
+void operator delete[](void* p) noexcept
+{
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept
+{
+    std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept
+{
+    std::free(p);
+}
+
+namespace {
+
+struct FailAllocations {
+    FailAllocations() { gFailAllocations = true; }
+    ~FailAllocations() { gFailAllocations = false; }
+};
 
 // Collects what the plugins log, so tests can check that errors are explained.
 class CapturingLogger : public ILogger
@@ -30,9 +73,13 @@ class CapturingLogger : public ILogger
 public:
     void log(Severity severity, char const* msg) noexcept override
     {
-        if (severity <= Severity::kWARNING)
+        if (severity > Severity::kWARNING)
+            return;
+        std::snprintf(last, sizeof(last), "%s", msg);  // no allocation: usable while allocations fail
+        if (!gFailAllocations)
             messages.emplace_back(msg);
     }
+    char last[2048] = {};
     bool contains(char const* needle) const
     {
         for (auto const& m : messages)
@@ -140,6 +187,13 @@ std::unique_ptr<IPluginV3> createWithFilterSize(char const* name, int32_t filter
     return create(name, &fc);
 }
 
+std::unique_ptr<IPluginV3> createWithFilterSize64(char const* name, int64_t filterSize)
+{
+    PluginField field(kFilterSizeField, &filterSize, PluginFieldType::kINT64, 1);
+    PluginFieldCollection fc{1, &field};
+    return create(name, &fc);
+}
+
 template <typename Capability>
 Capability* capability(IPluginV3* plugin, PluginCapabilityType type)
 {
@@ -215,7 +269,7 @@ void creator_rejects_bad_fields()
     PluginField floatField(kFilterSizeField, &asFloat, PluginFieldType::kFLOAT32, 1);
     PluginFieldCollection floatFc{1, &floatField};
     EXPECT(create(kKernelPluginName, &floatFc) == nullptr);
-    EXPECT(gLogger.contains("single INT32"));
+    EXPECT(gLogger.contains("single integer (INT32 or INT64"));
     int32_t pair[2] = {7, 7};
     PluginField arrayField(kFilterSizeField, pair, PluginFieldType::kINT32, 2);
     PluginFieldCollection arrayFc{1, &arrayField};
@@ -233,6 +287,29 @@ void creator_rejects_bad_fields()
     // Plain logic function agrees.
     EXPECT(filterSizeError(9).empty());
     EXPECT(!filterSizeError(32).empty());
+}
+
+void creator_accepts_int64_filter_size()
+{
+    // TensorRT's ONNX parser hands an INT attribute over as kINT32 or kINT64 depending on the
+    // release: both are accepted, with the same range check.
+    for (char const* name : {kKernelPluginName, kMessagePassingPluginName}) {
+        for (int64_t good : {int64_t(1), int64_t(7), int64_t(31)}) {
+            std::unique_ptr<IPluginV3> plugin = createWithFilterSize64(name, good);
+            REQUIRE(plugin != nullptr);
+            EXPECT_EQ(serializedFilterSize(plugin.get()), int32_t(good));
+        }
+        // 2^32 + 7 would read as 7 if narrowed before the check.
+        for (int64_t bad : {int64_t(8), int64_t(-7), int64_t(33), (int64_t(1) << 32) + 7}) {
+            gLogger.messages.clear();
+            EXPECT(createWithFilterSize64(name, bad) == nullptr);
+            EXPECT(gLogger.contains("must be odd"));
+        }
+        int64_t pair[2] = {7, 7};
+        PluginField arrayField(kFilterSizeField, pair, PluginFieldType::kINT64, 2);
+        PluginFieldCollection arrayFc{1, &arrayField};
+        EXPECT(create(name, &arrayFc) == nullptr);
+    }
 }
 
 void serialization_round_trip()
@@ -314,6 +391,75 @@ void output_data_types()
         EXPECT(build->getOutputDataTypes(&out, 1, inputs, nbInputs) != 0);
         EXPECT(build->getOutputDataTypes(&out, 1, inputs, nbInputs + 1) != 0);
     }
+}
+
+void output_data_types_q_and_k_share_a_type()
+{
+    // q fp32 with K fp16 (or the reverse) is refused at build time with both types named,
+    // instead of the kernels reading K with q's element type.
+    std::unique_ptr<IPluginV3> plugin = createWithFilterSize(kMessagePassingPluginName, 7);
+    REQUIRE(plugin != nullptr);
+    auto* build = capability<IPluginV3OneBuild>(plugin.get(), PluginCapabilityType::kBUILD);
+    DataType const pairs[2][2] = {{DataType::kFLOAT, DataType::kHALF}, {DataType::kHALF, DataType::kFLOAT}};
+    for (auto const& inputs : pairs) {
+        DataType out = DataType::kINT8;
+        gLogger.messages.clear();
+        EXPECT(build->getOutputDataTypes(&out, 1, inputs, 2) != 0);
+        EXPECT(gLogger.contains("'q'") && gLogger.contains("'K'"));
+        EXPECT(gLogger.contains("must share one type"));
+        EXPECT(gLogger.contains("FLOAT") && gLogger.contains("HALF"));
+    }
+}
+
+void noexcept_paths_survive_allocation_failure()
+{
+    // Every error path of a noexcept TensorRT callback must report and return while no memory
+    // can be allocated (a std::string built there would throw and terminate the process).
+    std::unique_ptr<IPluginV3> kernel = createWithFilterSize(kKernelPluginName, 5);
+    std::unique_ptr<IPluginV3> mp = createWithFilterSize(kMessagePassingPluginName, 5);
+    REQUIRE(kernel && mp);
+    auto* mpBuild = capability<IPluginV3OneBuild>(mp.get(), PluginCapabilityType::kBUILD);
+    auto* mpRuntime = capability<IPluginV3OneRuntime>(mp.get(), PluginCapabilityType::kRUNTIME);
+    auto* kernelRuntime = capability<IPluginV3OneRuntime>(kernel.get(), PluginCapabilityType::kRUNTIME);
+    auto* kernelCore = capability<IPluginV3OneCore>(kernel.get(), PluginCapabilityType::kCORE);
+    IPluginCreatorV3One* creator = creatorByName(kKernelPluginName);
+    REQUIRE(creator != nullptr);
+    DynamicPluginTensorDesc in[2] = {tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 21, 8, 8}),
+                                     tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 9, 8, 8})};
+    DynamicPluginTensorDesc out = in[0];
+    PluginTensorDesc rank3 = tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 2, 3}).desc;
+    PluginTensorDesc q = tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 3, 8, 8}).desc;
+    PluginTensorDesc mpIn[2] = {q, tensor(DataType::kFLOAT, TensorFormat::kLINEAR, {1, 25, 8, 8}).desc};
+    void const* inputs[2] = {nullptr, nullptr};
+    void* outputs[1] = {nullptr};
+    int32_t bad = 4;
+    PluginField badField(kFilterSizeField, &bad, PluginFieldType::kINT32, 1);
+    PluginFieldCollection badFc{1, &badField};
+    DataType mixed[2] = {DataType::kFLOAT, DataType::kHALF};
+    DataType ints[2] = {DataType::kINT32, DataType::kINT32};
+    DataType outType = DataType::kFLOAT;
+    {
+        FailAllocations failing;
+        EXPECT(mpBuild->getOutputDataTypes(&outType, 1, mixed, 2) != 0);
+        EXPECT(std::strstr(gLogger.last, "must share one type") != nullptr);
+        EXPECT(mpBuild->getOutputDataTypes(&outType, 1, ints, 2) != 0);
+        EXPECT(std::strstr(gLogger.last, "INT32") != nullptr);
+        EXPECT(mpBuild->getOutputDataTypes(&outType, 1, ints, 3) != 0);  // wrong input count
+        EXPECT(std::strstr(gLogger.last, "expected 2 input(s)") != nullptr);
+        EXPECT(mpBuild->configurePlugin(in, 2, &out, 1) != 0);  // K channels 9 != 25
+        EXPECT(kernelRuntime->enqueue(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr) != 0);
+        EXPECT(std::strstr(gLogger.last, "null tensor descriptors") != nullptr);
+        EXPECT(kernelRuntime->enqueue(&rank3, &rank3, inputs, outputs, nullptr, nullptr) != 0);
+        EXPECT(mpRuntime->enqueue(mpIn, &q, inputs, outputs, nullptr, nullptr) != 0);  // launcher refuses
+        EXPECT(std::strstr(gLogger.last, "null device pointer") != nullptr);
+        EXPECT(mpRuntime->onShapeChange(&rank3, 1, &rank3, 1) != 0);
+        EXPECT(creator->createPlugin("node", &badFc, TensorRTPhase::kBUILD) == nullptr);
+        EXPECT(kernel->clone() == nullptr);
+        EXPECT(std::strcmp(kernelCore->getPluginName(), kKernelPluginName) == 0);
+    }
+    // Allocation works again: the same calls still succeed where they should.
+    std::unique_ptr<IPluginV3> copy(kernel->clone());
+    EXPECT(copy != nullptr);
 }
 
 void output_shapes_kernel()
@@ -567,9 +713,12 @@ void enqueue_without_launch()
 const convcrf::test::Case kCases[] = {
     {"creator_fields_and_defaults", creator_fields_and_defaults},
     {"creator_rejects_bad_fields", creator_rejects_bad_fields},
+    {"creator_accepts_int64_filter_size", creator_accepts_int64_filter_size},
     {"serialization_round_trip", serialization_round_trip},
     {"supports_format_combination", supports_format_combination},
     {"output_data_types", output_data_types},
+    {"output_data_types_q_and_k_share_a_type", output_data_types_q_and_k_share_a_type},
+    {"noexcept_paths_survive_allocation_failure", noexcept_paths_survive_allocation_failure},
     {"output_shapes_kernel", output_shapes_kernel},
     {"output_shapes_message_passing", output_shapes_message_passing},
     {"shape_validation", shape_validation},

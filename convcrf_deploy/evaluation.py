@@ -78,7 +78,7 @@ def fullcrf_refiner(config: CRFConfig) -> Callable[[np.ndarray, np.ndarray], np.
     to refined probabilities ``[C, H, W]``.
     """
     try:
-        import pydensecrf.densecrf as dcrf  # optional extra: pip install convcrf-deploy[fullcrf]
+        import pydensecrf.densecrf as dcrf  # optional: pip install pydensecrf
     except ImportError:
         return None
 

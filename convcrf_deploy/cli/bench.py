@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from ..install import TORCH_HINT, install_hint
 from ._args import int_at_least, int_list, positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .. import benchmarking as bench
     except ImportError as exc:
-        return fail(f"{exc}; convcrf-bench needs torch (`pip install convcrf-deploy[torch]`)",
+        return fail(f"convcrf-bench needs torch ({exc}): {TORCH_HINT}",
                     EXIT_FAILED)
     sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
                                            ("--blurs", args.blurs),
@@ -143,7 +144,7 @@ def _check_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
-                          "`pip install convcrf-deploy[plot]`") from exc
+                          f"{install_hint('plot')}") from exc
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Examples::
         --min 1x3x240x320 --opt 1x3x480x640 --max 1x3x720x1280 --timing-cache trt.cache
     convcrf-build model.onnx --cache                           # reuse the engine cache
 
-Needs ``pip install convcrf-deploy[tensorrt]`` and an NVIDIA GPU.
+Needs the ``tensorrt`` extra (``pip install "/path/to/convcrf-deploy[tensorrt]"``, your checkout)
+and an NVIDIA GPU.
 """
 from __future__ import annotations
 

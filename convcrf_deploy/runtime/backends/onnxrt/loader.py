@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
 
@@ -28,7 +29,7 @@ def import_onnxruntime():
     except ImportError as exc:
         raise BackendUnavailableError(
             "onnxruntime is not installed: `pip install onnxruntime` (CPU) or "
-            "`pip install convcrf-deploy[gpu]` (CUDA/TensorRT providers)") from exc
+            f"{install_hint('gpu')} (CUDA/TensorRT providers)") from exc
     return onnxruntime
 
 
@@ -85,7 +86,7 @@ class SessionLoader:
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
-                f"(available: {sorted(available)}); install `pip install convcrf-deploy[gpu]` "
+                f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
         if needs_tensorrt_plugin(model_proto):
             if "tensorrt" not in self.providers:

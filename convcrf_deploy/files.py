@@ -18,6 +18,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -50,36 +51,52 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Context manager yielding a temporary path next to ``path``; write the whole output
-    there. On a normal exit the temporary file is flushed to disk and renamed to ``path``
-    (atomic on POSIX and Windows); on an exception it is deleted and ``path`` is untouched.
-
-    The temporary name keeps ``path``'s suffix, so writers that choose the format from the
-    extension (OpenCV's ``VideoWriter``/``imwrite``, ``onnx.save``) work unchanged. The
-    destination's folder must exist (``FileNotFoundError`` naming it otherwise).
-    """
+def temporary_path_for(path: str | os.PathLike) -> Path:
+    """A new empty temporary file next to ``path`` (same folder, so the final rename is
+    atomic), keeping ``path``'s suffix so that writers choosing the format from the
+    extension (OpenCV's ``VideoWriter``/``imwrite``, ``onnx.save``) work unchanged.
+    ``FileNotFoundError`` naming the folder when it does not exist."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {parent} does not exist")
     fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
-    temporary = Path(name)
+    return Path(name)
+
+
+def replace_atomically(temporary: Path, path: str | os.PathLike) -> None:
+    """Flush ``temporary`` to disk and rename it to ``path`` (atomic on POSIX and Windows),
+    with the permissions a plain ``open()`` would have given it."""
+    path = Path(path)
+    if not temporary.exists() or temporary.stat().st_size == 0:
+        raise OSError(f"cannot write {path}: nothing was written")
+    # mkstemp creates 0600; keep an existing file's mode, else what the umask gives.
+    mode = (path.stat().st_mode & 0o777) if path.exists() else (0o666 & ~_UMASK)
+    os.chmod(temporary, mode)
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def discard(temporary: Path) -> None:
+    """Delete a temporary file that will not be used (no error if it is gone)."""
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager yielding a temporary path next to ``path``; write the whole output
+    there. On a normal exit the temporary file is flushed to disk and renamed to ``path``;
+    on an exception it is deleted and ``path`` is untouched (see
+    :func:`temporary_path_for`)."""
+    temporary = temporary_path_for(path)
     try:
         yield temporary
-        if not temporary.exists():
-            raise OSError(f"cannot write {path}: nothing was written")
-        # mkstemp creates 0600; give the result the permissions a plain open() would.
-        mode = (path.stat().st_mode & 0o777) if path.exists() else (0o666 & ~_UMASK)
-        os.chmod(temporary, mode)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        replace_atomically(temporary, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        discard(temporary)
         raise
 
 
@@ -112,6 +129,12 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _pattern_regex(name: str) -> re.Pattern:
+    """The file names a printf-style pattern such as ``img_%05d.png`` produces."""
+    parts = re.split(r"%0?\d*d", name)
+    return re.compile(r"\d+".join(re.escape(part.replace("%%", "%")) for part in parts))
+
+
 def refuse_output_overwriting_input(outputs: Mapping[str, str | os.PathLike | None],
                                     inputs: Mapping[str, str | os.PathLike | None]) -> None:
     """Raise :class:`OutputIsInputError` when an output would overwrite an input.
@@ -119,8 +142,8 @@ def refuse_output_overwriting_input(outputs: Mapping[str, str | os.PathLike | No
     Args:
         outputs, inputs: ``{option name: path}`` (``None`` entries and non-paths such as
             ``"demo"`` or URLs are ignored). An input may be a file, a folder (its files) or a
-            glob; an output may be an image pattern with a ``%d`` field (refused when it
-            writes into a folder an input reads from).
+            glob; an output may be an image pattern with a ``%d`` field (refused when one of
+            the names it produces is an input file).
 
     Paths are compared resolved (symlinks, ``..``) and by inode (hard links).
     """
@@ -130,11 +153,12 @@ def refuse_output_overwriting_input(outputs: Mapping[str, str | os.PathLike | No
         if output is None:
             continue
         out = Path(str(output)).expanduser()
-        pattern = "%" in out.name
+        pattern = _pattern_regex(out.name) if "%" in out.name else None
         for in_name, source in named_inputs:
-            if pattern:
-                folders = {p.parent.resolve() for p in _input_files(source)}
-                clash = out.parent.resolve() in folders
+            if pattern is not None:
+                folder = out.parent.resolve()
+                clash = any(p.parent.resolve() == folder and pattern.fullmatch(p.name)
+                            for p in _input_files(source))
             else:
                 clash = any(_same_file(out, p) for p in _input_files(source))
             if clash:

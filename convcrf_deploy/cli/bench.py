@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 from ..install import TORCH_HINT, install_hint
-from ._args import int_at_least, int_list, positive_int
+from ._args import int_at_least, int_list, positive_int, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "convcrf-bench"
@@ -36,7 +36,7 @@ PROG = "convcrf-bench"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
     parser.add_argument("--backends", default="torch,onnxruntime",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "

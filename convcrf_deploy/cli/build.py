@@ -21,7 +21,7 @@ from pathlib import Path
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
                         PluginLibraryError, TensorRTUnavailableError, build_engine,
                         metadata_path_for, parse_shape)
-from ._args import positive_int
+from ._args import positive_int, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -39,7 +39,7 @@ def _shape(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-build", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", type=Path, help="ONNX file exported by convcrf-export")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-o", "--output", type=Path, metavar="ENGINE",

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ._args import positive_int, positive_float
+from ._args import positive_int, positive_float, PlainHelpFormatter
 
 
 def _filter_sizes(text: str) -> list[int]:
@@ -50,11 +50,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-eval", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     synthetic = commands.add_parser(
-        "synthetic", help="the paper's Table 1 (noisy ground truth as unary)",
+        "synthetic", formatter_class=PlainHelpFormatter, help="the paper's Table 1 (noisy ground truth as unary)",
         description="The ConvCRF paper's synthetic task: the ground truth is down-sampled 8x, "
                     "20%% of the low-resolution cells get random labels, and the up-sampled "
                     "result is the unary that each CRF has to clean up.")
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--no-fullcrf", action="store_true",
                            help="skip FullCRF even when pydensecrf is installed")
 
-    dataset = commands.add_parser("dataset", help="a trained model with and without its CRF")
+    dataset = commands.add_parser(
+        "dataset", formatter_class=PlainHelpFormatter, help="a trained model with and without its CRF")
     dataset.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
     _add_data_arguments(dataset)
     return parser

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from ..export import DEFAULT_FLAVOR, FLAVORS, PARTS
 from ..install import TORCH_HINT
-from ._args import int_at_least
+from ._args import int_at_least, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -33,7 +33,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-export", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint) or 'demo'")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
                         help="file to write (default: <model>.<flavor>.onnx)")

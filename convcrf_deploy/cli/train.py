@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
-from ._args import float_in, positive_float, positive_int
+from ._args import float_in, positive_float, positive_int, PlainHelpFormatter
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -35,9 +35,10 @@ def _groups(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convcrf-train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=PlainHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    crf = commands.add_parser("crf", help="train the CRF on a frozen unary",
+    crf = commands.add_parser(
+        "crf", formatter_class=PlainHelpFormatter, help="train the CRF on a frozen unary",
                               description=__doc__.split("\n\n", 2)[2])
     crf.add_argument("--data", required=True, type=Path,
                      help="folder of NAME_0img.png + NAME_5labels.png pairs, or a VOC 2012 root")

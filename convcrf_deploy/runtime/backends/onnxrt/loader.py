@@ -139,6 +139,11 @@ def read_onnx(path: Path):
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes), not an ONNX model; export it again "
                          "(convcrf-export)")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":
+            raise ValueError(f"{path} is a zip archive (a PyTorch checkpoint?), not an ONNX "
+                             "model: run it with the torch backend, or export it first "
+                             "(convcrf-export MODEL -o MODEL.onnx)")
     try:
         model_proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:

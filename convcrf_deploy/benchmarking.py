@@ -36,6 +36,7 @@ import numpy as np
 
 from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError, backend_name_for
 from .data.folder import rgb_to_tensor
+from .files import atomic_write
 from .install import install_hint
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
@@ -792,7 +793,8 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
         axis.legend()
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=100)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)
     return path
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from ..files import refuse_output_overwriting_input, write_text_atomic
 from ..install import TORCH_HINT, install_hint
 from ._args import int_at_least, int_list, positive_int, PlainHelpFormatter
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from .. import benchmarking as bench
+        from ..model import CheckpointError  # imports torch
     except ImportError as exc:
         return fail(f"convcrf-bench needs torch ({exc}): {TORCH_HINT}",
                     EXIT_FAILED)
@@ -97,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{', '.join(sweep_only)} only apply with --sweep")
     if args.sweep and args.plot is not None:
         return fail("--plot draws the latency benchmark; use --json with --sweep")
+    try:
+        refuse_output_overwriting_input({"--json": args.json, "--plot": args.plot},
+                                        {"model": args.model})
+    except ValueError as exc:
+        return fail(str(exc))
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    from ..model import CheckpointError
     from ..runtime.backends import BackendUnavailableError
     try:
         if args.sweep:
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         from ..evaluation import json_safe
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(json_safe(result), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot is not None and not args.sweep:
         print(f"wrote {bench.plot_benchmark(result, args.plot)}")

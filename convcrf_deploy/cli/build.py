@@ -21,6 +21,7 @@ from pathlib import Path
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
                         PluginLibraryError, TensorRTUnavailableError, build_engine,
                         metadata_path_for, parse_shape)
+from ..files import refuse_output_overwriting_input
 from ._args import positive_int, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         return fail(f"ONNX model {str(args.model)!r} does not exist", EXIT_USAGE)
     engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
+    try:
+        refuse_output_overwriting_input(
+            {"-o": engine_path, "--timing-cache": args.timing_cache},
+            {"model": args.model, "--plugin": args.plugin})
+    except ValueError as exc:
+        return fail(str(exc), EXIT_USAGE)
     try:
         path = build_engine(args.model, engine_path, plugin_library=args.plugin,
                             min_shape=args.min, opt_shape=args.opt, max_shape=args.max,

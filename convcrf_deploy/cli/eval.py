@@ -18,6 +18,9 @@ import json
 import sys
 from pathlib import Path
 from ._args import positive_int, positive_float, PlainHelpFormatter
+from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..install import TORCH_HINT
+from ..metrics import MIOU_LEGEND
 
 
 def _filter_sizes(text: str) -> list[int]:
@@ -121,6 +124,16 @@ def _run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .. import evaluation  # noqa: F401  (needs torch at run time)
+        import torch  # noqa: F401
+    except ImportError as error:
+        print(f"convcrf-eval: error: convcrf-eval needs torch ({error}); install it: "
+              f"{TORCH_HINT}", file=sys.stderr)
+        return 2
+    try:
+        refuse_output_overwriting_input(
+            {"--json": args.json}, {"--data": args.data, "--model": getattr(args, "model", None),
+                                    **{f"--crf {p}": p for p in getattr(args, "crf", None) or []}})
         result = _run(args)
     except (ValueError, FileNotFoundError, OSError) as error:
         # DatasetError, CheckpointError and bad settings are ValueErrors with a full message.
@@ -129,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluation import format_table, json_safe
 
     print(format_table(result))
+    print("\n".join(MIOU_LEGEND.values()))
     if args.json is not None:
         result["data"] = str(args.data)
-        args.json.write_text(json.dumps(json_safe(result), indent=2))
+        write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))
         print(f"results written to {args.json}")
     return 0
 

@@ -159,7 +159,8 @@ class VideoFileSource(FrameSource):
 
 
 class ImageSequenceSource(FrameSource):
-    """Image files read in the given order; unreadable files are skipped and counted."""
+    """Image files read in the given order; unreadable files are skipped and counted.
+    Images are used as viewers show them: their EXIF orientation is applied."""
 
     def __init__(self, paths: Sequence[str | Path], description: str | None = None):
         super().__init__(description or f"{len(paths)} images")
@@ -172,7 +173,10 @@ class ImageSequenceSource(FrameSource):
         while self._position < len(self.paths):
             index = self._position
             self._position += 1
-            image = as_bgr(cv2.imread(str(self.paths[index]), cv2.IMREAD_UNCHANGED))
+            # EXIF orientation applied, as every reader of the toolkit does
+            # (convcrf_deploy.data.folder); IMREAD_UNCHANGED would ignore it.
+            image = as_bgr(cv2.imread(str(self.paths[index]),
+                                      cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH))
             if image is None:
                 self.corrupt_frames += 1
                 log.warning("skipping unreadable image %s", self.paths[index])

@@ -11,6 +11,7 @@ the figure to compare with the paper's ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from pathlib import Path
 PAPER = {"unary": (None, 86.60, 51.87), "fullcrf": (647, 94.79, 84.37),
          "conv5": (7, 97.13, 90.90), "conv7": (13, 97.13, 92.98),
          "conv11": (26, 98.97, 93.74), "conv13": (34, 98.99, 93.89)}
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/pascal-voc-sample"
+DEFAULT_DATA = Path(os.environ.get("CONVCRF_VOC_SAMPLE") or
+                    Path(__file__).resolve().parents[2] / "shared/data/pascal-voc-sample")
 
 
 def main() -> int:

@@ -36,6 +36,8 @@ import numpy as np
 
 from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError, backend_name_for
 from .data.folder import rgb_to_tensor
+from .files import atomic_write
+from .install import install_hint
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
 STAGES = ("unary", "crf", "full")
@@ -47,9 +49,9 @@ STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")
 REFERENCE_BACKEND = "torch"
 
 #: pip command that provides each backend (for messages).
-INSTALL_HINTS = {"torch": "pip install convcrf-deploy[torch]",
-                 "onnxruntime": "pip install onnxruntime (CPU) or pip install convcrf-deploy[gpu]",
-                 "tensorrt": "pip install convcrf-deploy[tensorrt]"}
+INSTALL_HINTS = {"torch": install_hint("torch"),
+                 "onnxruntime": f"pip install onnxruntime (CPU) or {install_hint('gpu')}",
+                 "tensorrt": install_hint("tensorrt")}
 
 #: ONNX flavours that ONNX Runtime runs on CPU/CUDA (``plugin`` needs TensorRT).
 ORT_FLAVORS = ("single-file", "portable")
@@ -762,7 +764,7 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Bar chart of the median latency per stage and backend, one panel per size (PNG).
 
     Raises:
-        ImportError: matplotlib is missing (``pip install convcrf-deploy[plot]``).
+        ImportError: matplotlib is missing (``install_hint("plot")``).
     """
     try:
         import matplotlib
@@ -770,7 +772,7 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
-                          "`pip install convcrf-deploy[plot]`") from exc
+                          f"{install_hint('plot')}") from exc
     ran = {n: b for n, b in result["backends"].items() if b["status"] == "ok"}
     sizes = result["settings"]["sizes"]
     figure, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
@@ -791,7 +793,8 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
         axis.legend()
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=100)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)
     return path
 

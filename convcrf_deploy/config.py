@@ -42,7 +42,8 @@ class CRFConfig:
     with ``w_c`` a per-class weight initialised to ``message_weight``.
 
     Attributes:
-        num_classes: number of classes C of the unary logits.
+        num_classes: number of classes C of the unary logits, >= 2 (a single-foreground
+            model passes two: logits ``[0, f]``).
         filter_size: odd window size k of the message passing (1..31), in blurred pixels.
         blur: average-pooling factor applied before message passing (1 disables it).
         iterations: mean-field iterations (0 returns softmax of the unary).
@@ -92,8 +93,11 @@ class CRFConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 fail(name, f"must be an int, got {value!r}")
-        if self.num_classes < 1:
-            fail("num_classes", f"must be >= 1, got {self.num_classes}")
+        if self.num_classes < 2:
+            fail("num_classes", f"must be >= 2, got {self.num_classes}: the CRF compares "
+                 "classes, so with one class every probability is 1. For a single-foreground "
+                 "model use 2 classes with logits [0, f] (background 0, foreground logit f), "
+                 "e.g. torch.cat([torch.zeros_like(f), f], dim=1)")
         try:
             validate_filter_size(self.filter_size)
         except ValueError as exc:

@@ -122,10 +122,13 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
                                                          else 0)
     bar = Progress(total * seeds, "synthetic", enabled=progress)
-    images = 0
+    images = skipped = 0
     with torch.no_grad():
         for index, sample in enumerate(samples):
             sample = sample.resized(scale)
+            if _all_void(sample):       # nothing to score (issue 11): skipped and counted
+                skipped += 1
+                continue
             images += 1
             image = sample.image_tensor()
             for seed in range(seeds):
@@ -133,7 +136,7 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
                                           rng=noise_rng(seed, index))
                 methods["unary"].add(logits.argmax(0), sample.labels, None)
                 z = torch.from_numpy(logits)[None]
-                if index == 0 and seed == 0:
+                if images == 1 and seed == 0:
                     # Untimed first call: one-time costs (library loading, allocator warm-up)
                     # are not per-image costs.
                     for crf in modules.values():
@@ -151,7 +154,9 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
                     methods["fullcrf"].add(q.argmax(0), sample.labels, time.perf_counter() - start)
                 bar.step(sample.name)
     if images == 0:
-        raise ValueError("no images to evaluate")
+        raise ValueError("no images to evaluate" + _void_note(skipped, ": "))
+    if skipped:
+        notes.append(_void_note(skipped))
     results = {name: m.result() for name, m in methods.items()}
     if run_fullcrf:
         fullcrf_ms = results["fullcrf"]["time_ms"]
@@ -181,10 +186,13 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
                                                          else 0)
     bar = Progress(total, "dataset", enabled=progress)
     model.eval()
-    images = 0
+    images = skipped = 0
     with torch.no_grad():
         for sample in samples:
             sample = sample.resized(scale)
+            if _all_void(sample):       # nothing to score (issue 11): skipped and counted
+                skipped += 1
+                continue
             images += 1
             bad = sample.labels[(sample.labels >= num_classes) & (sample.labels != 255)]
             if bad.size:
@@ -204,10 +212,19 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
                                    time.perf_counter() - start)
             bar.step(sample.name)
     if images == 0:
-        raise ValueError("no images to evaluate")
+        raise ValueError("no images to evaluate" + _void_note(skipped, ": "))
     return {"task": "dataset", "methods": {name: m.result() for name, m in methods.items()},
-            "notes": [], "num_images": images, "scale": scale,
+            "notes": [_void_note(skipped)] if skipped else [], "num_images": images, "scale": scale,
             "num_threads": torch.get_num_threads()}
+
+
+def _all_void(sample: LabelledSample) -> bool:
+    return bool((sample.labels == 255).all())
+
+
+def _void_note(count: int, prefix: str = "") -> str:
+    return (f"{prefix}skipped {count} image(s) whose pixels are all void (255)" if count
+            else "")
 
 
 def json_safe(value: Any) -> Any:

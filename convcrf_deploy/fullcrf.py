@@ -4,7 +4,7 @@ The ConvCRF paper (Teichmann & Cipolla 2018, Table 1) compares ConvCRF with Full
 the *same* hand-set kernels. :func:`fullcrf_inference` is that comparison's FullCRF: numpy in,
 probabilities out, parameters taken from a :class:`~convcrf_deploy.CRFConfig`. It runs on the
 CPU through ``pydensecrf`` (the module is provided by the maintained fork ``pydensecrf2``:
-``pip install "convcrf-deploy[fullcrf]"``); no torch needed.
+the ``[fullcrf]`` extra, see :mod:`convcrf_deploy.install`); no torch needed.
 
 Used by ``convcrf-eval synthetic`` (:mod:`convcrf_deploy.evaluation`); call it directly to put
 a FullCRF reference beside ConvCRF on your own frames.
@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from .config import CRFConfig
+from .install import install_hint
 
 #: What to install when ``pydensecrf`` is missing (the original ``pydensecrf`` release does
 #: not build on Python >= 3.11; the fork ``pydensecrf2`` provides the same module).
-INSTALL_HINT = 'pip install "convcrf-deploy[fullcrf]" (installs pydensecrf2, module pydensecrf)'
+INSTALL_HINT = install_hint("fullcrf") + " (installs pydensecrf2, module pydensecrf)"
 
 
 class FullCRFUnavailable(ImportError):

@@ -20,6 +20,14 @@ import numpy as np
 #: PASCAL VOC's "void" label (object borders, difficult regions).
 IGNORE_INDEX = 255
 
+#: One-line explanations printed under every table that shows these figures.
+MIOU_LEGEND = {
+    "miou": "mIoU VOC: IoU per class from one confusion matrix over all images, averaged over "
+            "the classes that occur (PASCAL VOC's metric)",
+    "miou_gt_classes": "mIoU GT classes: per image, the mean IoU over the classes in its "
+                       "ground truth, averaged over images (the ConvCRF paper's Table 1)",
+}
+
 
 def confusion_matrix(prediction: np.ndarray, ground_truth: np.ndarray, num_classes: int,
                      ignore_index: int | None = IGNORE_INDEX) -> np.ndarray:

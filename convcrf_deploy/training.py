@@ -99,6 +99,12 @@ def model_examples(model, samples: Iterable[LabelledSample], *,
     return examples
 
 
+def is_all_void(example: CRFExample) -> bool:
+    """True when every pixel of the example is void (255): it has nothing to learn from or
+    score, and its NLL would be NaN (a mean over no pixels)."""
+    return bool((example.labels == IGNORE_INDEX).all())
+
+
 def split_holdout(items: Sequence, fraction: float, seed: int = 0) -> tuple[list, list]:
     """Shuffle ``items`` (seeded) and split off ``round(len * fraction)`` of them, at least one
     when ``fraction > 0`` and at least one left to train on. Returns ``(train, held_out)``."""
@@ -170,8 +176,16 @@ def train_crf(crf: ConvCRF, examples: Examples, *, epochs: int = 3, lr: float = 
             ``seed=epoch``).
         on_step: called as ``on_step(epoch, step, loss)`` after every step (progress).
 
+    Examples whose pixels are all void (255) are skipped (:func:`is_all_void`; count them
+    with :func:`count_all_void`): they carry no label and their loss would be NaN.
+
     Returns:
-        mean loss per epoch, computed during the epoch (as the parameters change).
+        mean loss per epoch over the labelled examples, computed during the epoch (as the
+        parameters change).
+
+    Raises:
+        ValueError: no examples, or every example is all void; no trainable parameters.
+        FloatingPointError: the loss became NaN or infinite (the learning rate is too high).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -190,6 +204,8 @@ def train_crf(crf: ConvCRF, examples: Examples, *, epochs: int = 3, lr: float = 
         epoch_examples = draw(epoch)
         for step, index in enumerate(rng.permutation(len(epoch_examples))):
             example = epoch_examples[index]
+            if is_all_void(example):
+                continue
             optimizer.zero_grad()
             loss = crf_nll_loss(crf(example.unary_logits, example.image), example.labels)
             if not torch.isfinite(loss):
@@ -200,21 +216,38 @@ def train_crf(crf: ConvCRF, examples: Examples, *, epochs: int = 3, lr: float = 
             losses.append(loss.item())
             if on_step is not None:
                 on_step(epoch, step, loss.item())
+        if not losses:
+            raise ValueError("every training image is all void (255): there are no labelled "
+                             "pixels to train on; check the label files")
         history.append(float(np.mean(losses)))
     crf.eval()
     return history
 
 
+def count_all_void(examples: Sequence[CRFExample]) -> int:
+    """How many of ``examples`` have only void pixels (skipped by training and evaluation)."""
+    return sum(is_all_void(example) for example in examples)
+
+
 def evaluate_crf(crf: ConvCRF | None, examples: Sequence[CRFExample]) -> dict[str, Any]:
     """Metrics of ``crf`` (or the unary alone when ``None``) on ``examples``: ``accuracy``,
-    ``miou_gt_classes``, ``miou`` (fractions), ``loss`` (mean NLL), ``num_images``."""
+    ``miou_gt_classes``, ``miou`` (fractions), ``loss`` (mean NLL), ``num_images`` (images
+    evaluated) and ``skipped_all_void`` (images skipped because every pixel is void, 255).
+
+    Raises:
+        ValueError: no examples, or every example is all void.
+    """
     if not examples:
         raise ValueError("no examples to evaluate")
     num_classes = examples[0].unary_logits.shape[1]
     metrics = SegmentationMetrics(num_classes)
     losses = []
+    labelled = [example for example in examples if not is_all_void(example)]
+    if not labelled:
+        raise ValueError(f"all {len(examples)} image(s) to evaluate are all void (255): "
+                         "there are no labelled pixels to score; check the label files")
     with torch.no_grad():
-        for example in examples:
+        for example in labelled:
             q = (torch.softmax(example.unary_logits, dim=1) if crf is None
                  else crf(example.unary_logits, example.image))
             losses.append(crf_nll_loss(q, example.labels).item())
@@ -222,7 +255,8 @@ def evaluate_crf(crf: ConvCRF | None, examples: Sequence[CRFExample]) -> dict[st
     result = metrics.result()
     return {"accuracy": result["accuracy"], "miou_gt_classes": result["miou_gt_classes"],
             "miou": result["miou"], "loss": float(np.mean(losses)),
-            "num_images": result["num_images"]}
+            "num_images": result["num_images"],
+            "skipped_all_void": len(examples) - len(labelled)}
 
 
 def trained_parameters(crf: ConvCRF) -> dict[str, Any]:
@@ -245,7 +279,9 @@ def run_decoupled_training(train: Examples, held_out: Sequence[CRFExample],
     """Train a ConvCRF on ``train`` and compare it with the untrained (hand-set) one on
     ``held_out``. Returns ``(trained_crf, report)`` where ``report`` holds ``loss_history``,
     ``initial``/``trained`` parameters and ``held_out`` metrics for ``unary``, ``before``
-    (the CRF before training) and ``after`` (absent when ``held_out`` is empty)."""
+    (the CRF before training) and ``after`` (absent when ``held_out`` is empty), and
+    ``skipped_all_void`` (``train``/``held_out`` images skipped because all their pixels are
+    void)."""
     crf = ConvCRF(config)
     if initial_state is not None:
         missing, unexpected = crf.load_state_dict(initial_state, strict=False)
@@ -255,11 +291,16 @@ def run_decoupled_training(train: Examples, held_out: Sequence[CRFExample],
     first = train(0) if callable(train) else train
     report: dict[str, Any] = {"crf_config": config.to_dict(), "epochs": epochs, "lr": lr,
                               "num_train": len(first), "num_held_out": len(held_out),
+                              "skipped_all_void": {"train": count_all_void(first),
+                                                   "held_out": count_all_void(held_out)},
                               "train_images": [e.name for e in first],
                               "held_out_images": [e.name for e in held_out],
                               "initial_parameters": trained_parameters(crf)}
     held = {}
-    if held_out:
+    # Held-out images that are all void are skipped by evaluate_crf; with only those, there
+    # is nothing to evaluate.
+    evaluate = bool(held_out) and count_all_void(held_out) < len(held_out)
+    if evaluate:
         held["unary"] = evaluate_crf(None, held_out)
         held["before"] = evaluate_crf(crf, held_out)
     start = time.perf_counter()
@@ -267,7 +308,7 @@ def run_decoupled_training(train: Examples, held_out: Sequence[CRFExample],
                                        on_step=on_step)
     report["train_seconds"] = time.perf_counter() - start
     report["trained_parameters"] = trained_parameters(crf)
-    if held_out:
+    if evaluate:
         held["after"] = evaluate_crf(crf, held_out)
         report["held_out"] = held
     return crf, report

@@ -10,7 +10,7 @@ error of the probabilities and label agreement. Exits 0 when both are within tol
     python scripts/validate_tensorrt.py --fp16 --atol 2e-2 --min-agreement 0.99
     python scripts/validate_tensorrt.py --images /path/to/pascal-voc-sample --workdir /tmp/trt
 
-Needs: ``pip install convcrf-deploy[torch,tensorrt]``, the plugin library (``--plugin``,
+Needs: ``pip install "/path/to/convcrf-deploy[torch,tensorrt]"`` (your checkout), the plugin library (``--plugin``,
 ``$CONVCRF_TRT_PLUGIN`` or the installed copy). Nothing here ran in the authors' CI, which has
 no GPU; please report the printed numbers with your GPU and TensorRT version.
 """

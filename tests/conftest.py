@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOC_SAMPLE = SHARED_DATA / "pascal-voc-sample"
+#: environment variable naming the PASCAL VOC sample folder when the clone is not beside shared/
+VOC_SAMPLE_ENV = "CONVCRF_VOC_SAMPLE"
+
+
+def voc_sample_path(environ=os.environ) -> Path:
+    """$CONVCRF_VOC_SAMPLE when set, else ../shared/data/pascal-voc-sample beside the clone."""
+    configured = environ.get(VOC_SAMPLE_ENV)
+    return Path(configured).expanduser() if configured else SHARED_DATA / "pascal-voc-sample"
+
+
+VOC_SAMPLE = voc_sample_path()
 
 
 def pytest_configure(config):
@@ -28,7 +38,9 @@ def pytest_configure(config):
 
 @pytest.fixture
 def voc_sample() -> Path:
-    """The PASCAL VOC sample folder of ../shared (skips when it is not there)."""
+    """The PASCAL VOC sample folder: $CONVCRF_VOC_SAMPLE, else ../shared/data (skips when it
+    is not there)."""
     if not VOC_SAMPLE.is_dir():
-        pytest.skip(f"PASCAL VOC sample not found at {VOC_SAMPLE}")
+        pytest.skip(f"PASCAL VOC sample not found at {VOC_SAMPLE} (set {VOC_SAMPLE_ENV} to "
+                    "its folder)")
     return VOC_SAMPLE

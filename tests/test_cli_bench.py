@@ -10,6 +10,7 @@ import pytest
 from convcrf_deploy import save_model
 from convcrf_deploy.benchmarking import STAGES, STAT_KEYS
 from convcrf_deploy.cli.bench import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from convcrf_deploy.install import install_hint
 
 from test_benchmarking import check_stats, tiny_model
 
@@ -52,7 +53,7 @@ def test_tensorrt_alone_without_tensorrt_exits_nonzero_naming_the_extra(checkpoi
                                                                         monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     assert main([checkpoint, "--backends", "tensorrt"] + FAST) == EXIT_FAILED
-    assert "pip install convcrf-deploy[tensorrt]" in capsys.readouterr().err
+    assert install_hint("tensorrt") in capsys.readouterr().err
 
 
 def test_missing_backend_next_to_torch_is_reported_as_skipped(checkpoint, capsys, monkeypatch,
@@ -100,4 +101,4 @@ def test_plot_without_matplotlib_fails_before_timing(checkpoint, capsys, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main([checkpoint, "--backends", "torch", "--plot", "b.png"] + FAST) != EXIT_OK
     err = capsys.readouterr().err
-    assert "pip install convcrf-deploy[plot]" in err
+    assert install_hint("plot") in err

@@ -181,3 +181,167 @@ def test_torch_checkpoint_with_warm_start_runs_and_scores(tmp_path):
     assert set(data["accuracy"]) == {"unary", "crf"}
     assert main(["--model", str(checkpoint), "--warm-start", "--warm-start-iterations", "0",
                  "--headless"]) == 2
+
+
+# ---- issue 11: user data, signals, stalls and messages ----------------------------------------
+
+def test_an_output_that_is_an_input_is_refused(tmp_path, toy_onnx, capsys):
+    # Field report: --video x.mp4 --save x.mp4 turned a 90-frame input into 5 frames, exit 0.
+    clip = tmp_path / "x.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(6):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    before = clip.read_bytes()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "img_00000.png"), np.zeros((48, 64, 3), np.uint8))
+    for args in (["--video", str(clip), "--save", str(clip)],
+                 ["--video", str(tmp_path / "." / "x.mp4"), "--stats-json", str(clip)],
+                 ["--video", "demo", "--save", toy_onnx],
+                 ["--video", str(frames), "--save", str(frames / "img_%05d.png")]):
+        assert main(args + ["--model", toy_onnx, "--headless", "--max-frames", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite the input" in err and "Traceback" not in err
+    assert clip.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "expected an integer >= 1"),
+    (["--size", "1x1"], "at least 32x32"),
+    (["--reconnect", "-1"], "expected an integer >= 0"),
+    (["--stall-timeout", "0"], "expected a number in"),
+])
+def test_bad_numbers_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--video", "demo", "--headless"] + args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tensorrt"], "convcrf-build demo.onnx -o demo.engine"),
+    (["--backend", "onnxruntime"], "convcrf-export demo -o demo.onnx"),
+    (["--model", "{pt}", "--backend", "onnxruntime"], "PyTorch checkpoint"),
+])
+def test_model_that_the_backend_cannot_run_says_what_to_pass(tmp_path, args, message, capsys):
+    # Field report: --backend tensorrt with the default model said "model file 'demo' does
+    # not exist"; a .pt with --backend onnxruntime gave a traceback.
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 not really")
+    args = [a.replace("{pt}", str(checkpoint)) for a in args]
+    assert main(["--video", "demo", "--headless", "--max-frames", "1"] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "does not exist" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_summary_names_the_setup_and_explains_its_figures(toy_onnx, capsys):
+    assert main(["--video", "demo", "--model", toy_onnx, "--headless", "--max-frames", "3",
+                 "--size", "80x60", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"model {toy_onnx}, backend onnxruntime, threads 1, crf True" in out
+    assert "frame_age: from capture to result" in out
+    assert "mIoU VOC" in out and "PASCAL VOC's metric" in out
+
+
+class StalledCapture:
+    """Stands for cv2.VideoCapture of a stream that opens, then never delivers a frame."""
+
+    unblock = None
+
+    def __init__(self, *args):
+        pass
+
+    def isOpened(self):
+        return True
+
+    def set(self, *args):
+        return True
+
+    def read(self):
+        StalledCapture.unblock.wait(20)
+        return False, None
+
+    def release(self):
+        pass
+
+
+def test_stalled_stream_ends_the_run_with_an_error(monkeypatch, toy_onnx, capsys):
+    import threading
+    import time
+    from convcrf_deploy.runtime import sources
+    StalledCapture.unblock = threading.Event()
+    monkeypatch.setattr(sources.cv2, "VideoCapture", StalledCapture)
+    started = time.monotonic()
+    try:
+        code = main(["--video", "rtsp://127.0.0.1:9/stalled", "--model", toy_onnx, "--headless",
+                     "--stall-timeout", "0.3", "--reconnect", "1"])
+    finally:
+        StalledCapture.unblock.set()
+    err = capsys.readouterr().err
+    assert code == 1 and "stalled" in err and "Traceback" not in err
+    assert time.monotonic() - started < 10
+
+
+class FailingSource(FrameSource):
+    """Two demo frames, then an unexpected error."""
+
+    def __init__(self):
+        super().__init__("failing")
+        self.demo = open_source("demo", demo_size=(48, 64))
+        self.left = 2
+
+    def read(self):
+        if not self.left:
+            raise RuntimeError("driver crashed")
+        self.left -= 1
+        return self.demo.read()
+
+
+def test_a_failed_run_keeps_the_previous_recording(tmp_path, toy_onnx):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous recording")
+    with pytest.raises(RuntimeError, match="driver crashed"):
+        run_video(FailingSource(), Segmenter(toy_onnx), save=str(out))
+    assert out.read_bytes() == b"previous recording"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "toy.onnx"] == ["out.mp4"]
+
+
+_RECORD_UNTIL_SIGNAL = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from convcrf_deploy.cli.run import main
+sys.exit(main(["--video", "demo", "--model", sys.argv[2], "--headless", "--size", "64x48",
+               "--save", sys.argv[3], "--fps", "10"]))
+"""
+
+
+@pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_termination_signals_finalise_the_recording(tmp_path, toy_onnx, signame, status):
+    # Field report: SIGTERM while recording left an mp4 that does not play.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    out = tmp_path / "out.mp4"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    process = subprocess.Popen([sys.executable, "-c", _RECORD_UNTIL_SIGNAL,
+                                str(Path(__file__).resolve().parents[1]), toy_onnx, str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        # Recording has started once the temporary file beside out.mp4 has grown.
+        while time.monotonic() < deadline and not any(
+                p.name.startswith(".out.mp4.") and p.stat().st_size > 2000
+                for p in tmp_path.iterdir()):
+            time.sleep(0.1)
+        process.send_signal(getattr(signal, signame))
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == status, stderr.decode()
+    assert count_video_frames(out) >= 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.")]

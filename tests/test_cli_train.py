@@ -107,3 +107,51 @@ def test_training_continues_from_the_models_own_crf(tmp_path):
     assert trained.config.filter_size == 3 and trained.config.blur == 2
     assert trained.config.compatibility == "learned"
     assert torch.allclose(trained.message_weight, torch.full((3,), 0.5))
+
+
+def test_outputs_that_are_inputs_are_refused(tmp_path, capsys):
+    data = write_folder(tmp_path / "data")
+    label = data / "img0_5labels.png"
+    before = label.read_bytes()
+    for option in ("--out", "--json"):
+        assert main(["crf", "--data", str(data), "--synthetic", "--num-classes", "3",
+                     option, str(label)]) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite the input --data" in err and "Traceback" not in err
+    assert label.read_bytes() == before
+
+
+def test_all_void_image_is_skipped_and_reported(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", count=4)
+    cv2.imwrite(str(data / "img1_5labels.png"), np.full((40, 48), 255, np.uint8))
+    assert main(["crf", "--data", str(data), "--synthetic", "--num-classes", "3", "--epochs",
+                 "1", "--filter-size", "3", "--holdout", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped image(s) whose pixels are all void (255): 1 for training" in out
+    assert "nan" not in out.lower()
+
+
+_WITHOUT_TORCH = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.modules["torch"] = None                    # import torch fails as when not installed
+from convcrf_deploy.cli import bench, eval, train
+codes = [train.main(["crf", "--data", ".", "--synthetic"]),
+         eval.main(["synthetic", "--data", "."]), bench.main(["demo"])]
+print("CODES", codes)
+"""
+
+
+def test_tools_without_torch_say_how_to_install_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH,
+                           str(Path(__file__).resolve().parents[1])],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "CODES" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr and "ModuleNotFoundError" not in done.stderr.split(
+        "needs torch")[0]
+    for tool in ("convcrf-train", "convcrf-eval", "convcrf-bench"):
+        assert f"{tool} needs torch" in done.stderr
+    assert done.stderr.count("download.pytorch.org/whl/cpu") == 3

@@ -15,7 +15,7 @@ from convcrf_deploy import ConvCRF, CRFConfig
 from convcrf_deploy.data.synthetic import synthetic_logits
 from convcrf_deploy.metrics import SegmentationMetrics
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/pascal-voc-sample"
+from conftest import VOC_SAMPLE as SAMPLE  # $CONVCRF_VOC_SAMPLE or ../shared/data
 
 # Class colours (RGB); class 0 is a grey background.
 COLOURS = np.array([[120, 120, 120], [200, 60, 50], [50, 140, 210], [80, 190, 70]], np.float64)

@@ -44,7 +44,8 @@ def test_parity_failure_exits_non_zero(checkpoint, tmp_path, monkeypatch, capsys
     captured = capsys.readouterr()
     assert "parity FAILED" in captured.out
     assert "does not match PyTorch" in captured.err
-    assert out.exists()     # kept for inspection
+    assert not out.exists()     # not replaced by a failing graph; that one is beside it:
+    assert out.with_name("tiny.failed-verification.onnx").exists()
 
 
 def test_no_verify_skips_the_parity_run(checkpoint, tmp_path, monkeypatch, capsys):

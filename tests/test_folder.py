@@ -11,7 +11,6 @@ cv2 = pytest.importorskip("cv2")
 from convcrf_deploy.data.folder import DatasetError, LabelledFolder, voc_colour_to_index
 from convcrf_deploy.metadata import default_palette
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/pascal-voc-sample"
 
 
 def write_palette_png(path: Path, indices: np.ndarray, palette: list) -> None:
@@ -104,11 +103,79 @@ def test_size_mismatch_bad_class_and_unreadable_file_fail_on_load(tmp_path):
         LabelledFolder(tmp_path)[0]
 
 
-def test_the_pascal_voc_sample_loads():
-    if not SAMPLE.is_dir():
-        pytest.skip(f"{SAMPLE} not present")
-    folder = LabelledFolder(SAMPLE)
+def test_the_pascal_voc_sample_loads(voc_sample):
+    folder = LabelledFolder(voc_sample)
     assert len(folder) == 7
     sample = folder[0]
     assert sample.image.shape[:2] == sample.labels.shape
     assert set(np.unique(sample.labels)) <= set(range(21)) | {255}
+
+
+# ---- issue 11: label files as users have them, one EXIF policy -------------------------------
+
+def test_palette_png_is_read_by_index_whatever_the_palette(tmp_path):
+    # Field report: a PASCAL-style PNG with only the class colours in its palette turned void
+    # (255) into class 0, and a PNG with a custom palette was rejected.
+    from convcrf_deploy.data.folder import read_labels
+    indices = np.array([[0, 1, 2, 255], [2, 255, 1, 0]])
+    write_palette_png(tmp_path / "short.png", indices, default_palette(3))
+    custom = [(7 * i % 256, 13 * i % 256, 101 * i % 256) for i in range(256)]
+    write_palette_png(tmp_path / "custom.png", indices, custom)
+    for name in ("short.png", "custom.png"):
+        np.testing.assert_array_equal(read_labels(tmp_path / name, num_classes=3), indices)
+
+
+def write_oriented_pair(folder: Path, orientation: int):
+    """A JPEG whose EXIF orientation is ``orientation`` and its label PNG on the stored grid:
+    class 1 where the stored image is bright."""
+    from PIL import Image
+    labels = np.zeros((32, 32), np.uint8)
+    labels[:12, :20] = 1                                   # not symmetric under rotation
+    image = Image.fromarray(np.where(labels[..., None] == 1, 230, 20).astype(np.uint8)
+                            .repeat(3, axis=2))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(folder / "photo_0img.jpg", exif=exif, quality=95)
+    cv2.imwrite(str(folder / "photo_5labels.png"), labels)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_applies_to_the_image_and_its_label(tmp_path, orientation):
+    # Field report: LabelledFolder rotated the photo but not its label (50 % agreement).
+    write_oriented_pair(tmp_path, orientation)
+    sample = LabelledFolder(tmp_path, num_classes=2)[0]
+    bright = sample.image.mean(axis=2) > 128
+    assert (bright == (sample.labels == 1)).mean() > 0.98
+    from PIL import Image, ImageOps
+    viewed = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo_0img.jpg")))
+    np.testing.assert_array_equal(sample.image, viewed)
+
+
+def test_orientation_transforms_match_pillow():
+    from PIL import Image, ImageOps
+    from convcrf_deploy.data.folder import apply_orientation
+    array = np.arange(3 * 5, dtype=np.uint8).reshape(3, 5)
+    for orientation in range(1, 9):
+        image = Image.fromarray(array)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.info["exif"] = exif.tobytes()
+        expected = np.asarray(ImageOps.exif_transpose(image))
+        np.testing.assert_array_equal(apply_orientation(array, orientation), expected,
+                                      err_msg=f"orientation {orientation}")
+
+
+def test_convcrf_run_image_sources_apply_the_same_orientation(tmp_path):
+    # Field report: convcrf-run did not rotate.
+    from convcrf_deploy.runtime.sources import open_source
+    write_oriented_pair(tmp_path, 6)
+    frame = open_source(str(tmp_path / "photo_0img.jpg")).read()
+    from convcrf_deploy.data.folder import read_image
+    viewed = read_image(tmp_path / "photo_0img.jpg")
+    assert np.abs(frame.image[:, :, ::-1].astype(int) - viewed).max() <= 8   # JPEG decoders
+
+
+def test_voc_sample_folder_can_be_given_by_environment_variable(tmp_path):
+    from conftest import VOC_SAMPLE_ENV, voc_sample_path
+    assert voc_sample_path({VOC_SAMPLE_ENV: str(tmp_path)}) == tmp_path
+    assert voc_sample_path({}).parts[-3:] == ("shared", "data", "pascal-voc-sample")

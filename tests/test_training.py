@@ -115,3 +115,54 @@ def test_joint_loss_trains_unary_and_crf_together():
     assert joint_loss(model, image, labels).item() < first
     with pytest.raises(ValueError, match="labels must be"):
         joint_loss(model, image, labels[0])
+
+
+def all_void(sample):
+    return LabelledSample(sample.name + "-void", sample.image,
+                          np.full_like(sample.labels, 255))
+
+
+def test_all_void_images_are_skipped_and_counted_with_a_finite_loss():
+    # Field report: one all-void image made evaluate_crf return loss nan and train_crf stop
+    # with "the loss became nan ... lower the learning rate".
+    from convcrf_deploy.training import count_all_void
+    samples = [scene(0), all_void(scene(1)), scene(2)]
+    examples = synthetic_examples(samples, num_classes=3)
+    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=5))
+    result = evaluate_crf(crf, examples)
+    assert np.isfinite(result["loss"]) and result["skipped_all_void"] == 1
+    assert result["num_images"] == 2
+    history = train_crf(crf, examples, epochs=2, lr=0.05)
+    assert all(np.isfinite(history))
+    assert count_all_void(examples) == 1
+    _, report = run_decoupled_training(examples, examples[1:2] + examples[:1],
+                                       CRFConfig(num_classes=3, filter_size=5), epochs=1)
+    assert report["skipped_all_void"] == {"train": 1, "held_out": 1}
+    assert np.isfinite(report["held_out"]["after"]["loss"])
+
+
+def test_only_all_void_images_is_a_clear_error():
+    examples = synthetic_examples([all_void(scene(0))], num_classes=3)
+    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=5))
+    with pytest.raises(ValueError, match="all void"):
+        evaluate_crf(crf, examples)
+    with pytest.raises(ValueError, match="all void"):
+        train_crf(crf, examples, epochs=1)
+
+
+def test_evaluation_runners_skip_all_void_images_and_say_so():
+    from convcrf_deploy.evaluation import evaluate_model, evaluate_synthetic, format_table
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import FastFCN, SegmentationModel
+    samples = [all_void(scene(0)), scene(1)]
+    result = evaluate_synthetic(samples, num_classes=3, filter_sizes=(3,), iterations=1,
+                                fullcrf=False)
+    assert result["num_images"] == 1
+    assert "skipped 1 image(s) whose pixels are all void (255)" in format_table(result)
+    model = SegmentationModel(FastFCN(3, width=8), ConvCRF(CRFConfig(num_classes=3, filter_size=3,
+                                                                     iterations=1)),
+                              ModelMetadata.for_classes(["a", "b", "c"]))
+    result = evaluate_model(model, samples)
+    assert result["num_images"] == 1 and result["notes"]
+    with pytest.raises(ValueError, match="all void"):
+        evaluate_synthetic(samples[:1], num_classes=3, filter_sizes=(3,), fullcrf=False)

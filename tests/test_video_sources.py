@@ -179,3 +179,61 @@ def test_live_source_counts_corrupt_frames_and_close_stops_the_thread():
     source.close()
     assert source.corrupt_frames > 0
     assert not any(t.name == "capture fake camera" and t.is_alive() for t in threading.enumerate())
+
+
+class BlockingCamera(FakeCamera):
+    """A capture whose ``read`` stops returning after ``frames`` frames (a stalled camera or
+    stream): it blocks until the test ends."""
+
+    def __init__(self, frames, unblock):
+        super().__init__()
+        self.frames = frames
+        self.unblock = unblock
+
+    def read(self):
+        if self.produced >= self.frames:
+            self.unblock.wait(30)
+            return False, None
+        return super().read()
+
+
+def test_stalled_capture_is_reopened_then_the_source_ends_with_an_error():
+    # Field report: a capture whose read() stopped returning blocked convcrf-run forever.
+    unblock = threading.Event()
+    opened = []
+
+    def open_capture():
+        opened.append(BlockingCamera(0 if opened else 3, unblock))
+        return opened[-1]
+
+    source = LiveSource(open_capture, "stalling stream", reconnect_attempts=1, backoff_s=0.01,
+                        stall_timeout_s=0.3)
+    started = time.monotonic()
+    frames = []
+    try:
+        while (frame := source.read()) is not None and len(frames) < 20:
+            frames.append(frame)
+        elapsed = time.monotonic() - started
+    finally:
+        source.close()
+        unblock.set()
+    assert 1 <= len(frames) <= 3                 # the first capture's frames, then the end
+    assert source.reconnects == 1 and len(opened) == 2    # reopened once, then gave up
+    assert "stalled" in source.error and "1 reconnect attempts failed" in source.error
+    assert elapsed < 5
+
+
+def test_opening_that_never_returns_fails_fast():
+    unblock = threading.Event()
+
+    def open_capture():
+        unblock.wait(30)
+        return FakeCamera()
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceError, match="did not finish within 0.2 s"):
+            LiveSource(open_capture, "silent camera", stall_timeout_s=0.2)
+    finally:
+        unblock.set()
+    assert time.monotonic() - started < 3

@@ -3,6 +3,7 @@ one-line usage error argparse prints, instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Callable
 
 
@@ -59,3 +60,31 @@ def int_list(text: str) -> list[int]:
 
 positive_int = int_at_least(1)
 positive_float = float_in(0.0, include_low=False)
+
+
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """Docstring text as a terminal shows it: Sphinx roles and ````literals```` unwrapped,
+    ``Examples::`` as ``Examples:``, ``%%`` as ``%``."""
+    text = _ROLE.sub(r"\1", text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"::(?=\s*$)", ":", text, flags=re.M)
+    return text.replace("%%", "%")
+
+
+class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` from docstrings without their Sphinx markup (multi-line descriptions keep
+    their line breaks, as with ``RawDescriptionHelpFormatter``; one-line ones are wrapped)."""
+
+    def _format_text(self, text: str) -> str:
+        return plain_text(super()._format_text(text))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text.strip():
+            return argparse.HelpFormatter._fill_text(self, text, width, indent)
+        return super()._fill_text(text, width, indent)
+
+    def _expand_help(self, action) -> str:
+        return plain_text(super()._expand_help(action))

@@ -20,7 +20,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ._args import int_at_least, int_list, positive_int
+from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..install import TORCH_HINT, install_hint
+from ._args import int_at_least, int_list, positive_int, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "convcrf-bench"
@@ -35,7 +37,7 @@ PROG = "convcrf-bench"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
     parser.add_argument("--backends", default="torch,onnxruntime",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
@@ -85,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from .. import benchmarking as bench
+        from ..model import CheckpointError  # imports torch
     except ImportError as exc:
-        return fail(f"{exc}; convcrf-bench needs torch (`pip install convcrf-deploy[torch]`)",
+        return fail(f"convcrf-bench needs torch ({exc}): {TORCH_HINT}",
                     EXIT_FAILED)
     sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
                                            ("--blurs", args.blurs),
@@ -96,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{', '.join(sweep_only)} only apply with --sweep")
     if args.sweep and args.plot is not None:
         return fail("--plot draws the latency benchmark; use --json with --sweep")
+    try:
+        refuse_output_overwriting_input({"--json": args.json, "--plot": args.plot},
+                                        {"model": args.model})
+    except ValueError as exc:
+        return fail(str(exc))
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    from ..model import CheckpointError
     from ..runtime.backends import BackendUnavailableError
     try:
         if args.sweep:
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         from ..evaluation import json_safe
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(json_safe(result), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot is not None and not args.sweep:
         print(f"wrote {bench.plot_benchmark(result, args.plot)}")
@@ -143,7 +150,7 @@ def _check_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
-                          "`pip install convcrf-deploy[plot]`") from exc
+                          f"{install_hint('plot')}") from exc
 
 
 if __name__ == "__main__":

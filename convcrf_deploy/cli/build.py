@@ -8,7 +8,8 @@ Examples::
         --min 1x3x240x320 --opt 1x3x480x640 --max 1x3x720x1280 --timing-cache trt.cache
     convcrf-build model.onnx --cache                           # reuse the engine cache
 
-Needs ``pip install convcrf-deploy[tensorrt]`` and an NVIDIA GPU.
+Needs the ``tensorrt`` extra (``pip install "/path/to/convcrf-deploy[tensorrt]"``, your checkout)
+and an NVIDIA GPU.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from pathlib import Path
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
                         PluginLibraryError, TensorRTUnavailableError, build_engine,
                         metadata_path_for, parse_shape)
-from ._args import positive_int
+from ..files import refuse_output_overwriting_input
+from ._args import positive_int, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -38,7 +40,7 @@ def _shape(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-build", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", type=Path, help="ONNX file exported by convcrf-export")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-o", "--output", type=Path, metavar="ENGINE",
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         return fail(f"ONNX model {str(args.model)!r} does not exist", EXIT_USAGE)
     engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
+    try:
+        refuse_output_overwriting_input(
+            {"-o": engine_path, "--timing-cache": args.timing_cache},
+            {"model": args.model, "--plugin": args.plugin})
+    except ValueError as exc:
+        return fail(str(exc), EXIT_USAGE)
     try:
         path = build_engine(args.model, engine_path, plugin_library=args.plugin,
                             min_shape=args.min, opt_shape=args.opt, max_shape=args.max,

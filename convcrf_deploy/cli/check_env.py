@@ -9,6 +9,8 @@ and display, and the camera devices present. Nothing here fails: every check rep
 """
 from __future__ import annotations
 
+from ._args import PlainHelpFormatter
+
 import argparse
 import importlib
 import json
@@ -114,7 +116,8 @@ def collect(plugin: str | None = None) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="convcrf-check-env", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="convcrf-check-env", description=__doc__.split("\n\n")[0],
+                                     formatter_class=PlainHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plugin", metavar="LIB", help="TensorRT plugin library to check")
     args = parser.parse_args(argv)

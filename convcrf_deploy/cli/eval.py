@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from ._args import positive_int, positive_float
+from ._args import positive_int, positive_float, PlainHelpFormatter
+from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..install import TORCH_HINT
+from ..metrics import MIOU_LEGEND
 
 
 def _filter_sizes(text: str) -> list[int]:
@@ -49,11 +51,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-eval", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=PlainHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     synthetic = commands.add_parser(
-        "synthetic", help="the paper's Table 1 (noisy ground truth as unary)",
+        "synthetic", formatter_class=PlainHelpFormatter, help="the paper's Table 1 (noisy ground truth as unary)",
         description="The ConvCRF paper's synthetic task: the ground truth is down-sampled 8x, "
                     "20%% of the low-resolution cells get random labels, and the up-sampled "
                     "result is the unary that each CRF has to clean up.")
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="skip FullCRF even when pydensecrf is installed (extra [fullcrf], "
                                 "package pydensecrf2)")
 
-    dataset = commands.add_parser("dataset", help="a trained model with and without its CRF")
+    dataset = commands.add_parser(
+        "dataset", formatter_class=PlainHelpFormatter, help="a trained model with and without its CRF")
     dataset.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
     _add_data_arguments(dataset)
     return parser
@@ -117,20 +120,19 @@ def _run(args: argparse.Namespace) -> dict:
     return result
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
-    so that an interrupted run never leaves a truncated file in place of the previous one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .. import evaluation  # noqa: F401  (needs torch at run time)
+        import torch  # noqa: F401
+    except ImportError as error:
+        print(f"convcrf-eval: error: convcrf-eval needs torch ({error}); install it: "
+              f"{TORCH_HINT}", file=sys.stderr)
+        return 2
+    try:
+        refuse_output_overwriting_input(
+            {"--json": args.json}, {"--data": args.data, "--model": getattr(args, "model", None),
+                                    **{f"--crf {p}": p for p in getattr(args, "crf", None) or []}})
         result = _run(args)
     except (ValueError, FileNotFoundError, OSError) as error:
         # DatasetError, CheckpointError and bad settings are ValueErrors with a full message.
@@ -139,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluation import format_table, json_safe
 
     print(format_table(result))
+    print("\n".join(MIOU_LEGEND.values()))
     if args.json is not None:
         result["data"] = str(args.data)
         try:
-            _write_atomically(args.json, json.dumps(json_safe(result), indent=2))
+            write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))
         except OSError as error:
             print(f"convcrf-eval: error: cannot write {args.json}: {error}", file=sys.stderr)
             return 2

@@ -20,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 from ..export import DEFAULT_FLAVOR, FLAVORS, PARTS
-from ._args import int_at_least
+from ..install import TORCH_HINT
+from ._args import int_at_least, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,7 +33,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-export", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint) or 'demo'")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
                         help="file to write (default: <model>.<flavor>.onnx)")
@@ -69,26 +70,33 @@ def main(argv: list[str] | None = None) -> int:
         from ..model import ConvCRF
     except ImportError as exc:
         return fail(f"{exc}; the exporter needs torch, onnx, onnxscript and onnxruntime "
-                    "(pip install 'convcrf-deploy[torch]')")
+                    f"({TORCH_HINT})")
+    output = args.output or default_output(args.model, args.flavor)
+    from ..files import OutputIsInputError, refuse_output_overwriting_input
+    try:
+        refuse_output_overwriting_input({"-o": output}, {"model": args.model})
+    except OutputIsInputError as exc:
+        return fail(str(exc))
     try:
         model = load_exportable(args.model)
     except (ValueError, OSError) as exc:
         return fail(str(exc))
     part = args.part or ("crf" if isinstance(model, ConvCRF) else "full")
-    output = args.output or default_output(args.model, args.flavor)
     try:
         report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,
                              height=args.height, width=args.width, static=args.static,
                              part=part, verify=not args.no_verify)
     except VerificationError as exc:
-        print(f"convcrf-export: verification failed: {exc}", file=sys.stderr)
+        print(f"convcrf-export: verification failed: {exc}; {output} was left as it was, "
+              "the failing graph is beside it (.failed-verification.onnx)", file=sys.stderr)
         return EXIT_FAILED
     except (ExportError, ValueError, OSError) as exc:
         return fail(str(exc))
     print(report.summary())
     if not report.ok:
-        print("convcrf-export: the exported graph does not match PyTorch (see above); the "
-              f"file was kept for inspection: {output}", file=sys.stderr)
+        print("convcrf-export: the exported graph does not match PyTorch (see above); "
+              f"{output} was left as it was, and the failing graph written for inspection "
+              f"to {report.path}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

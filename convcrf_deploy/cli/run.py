@@ -16,10 +16,16 @@ import logging
 import sys
 from pathlib import Path
 
+from ..files import OutputIsInputError, refuse_output_overwriting_input, write_text_atomic
 from ..metadata import RESIZE_POLICIES
 from ..runtime.visualize import VIEWS
+from ._args import PlainHelpFormatter, int_at_least, positive_float, positive_int
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: exit status per ending signal (128 + its number, as shells report it).
+EXIT_SIGNAL = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}
+#: smallest demo scene (SyntheticScene's minimum side).
+MIN_DEMO_SIDE = 32
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -28,8 +34,9 @@ def _size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 320x240 (WIDTHxHEIGHT), got {text!r}")
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    if width < MIN_DEMO_SIDE or height < MIN_DEMO_SIDE:
+        raise argparse.ArgumentTypeError(f"the demo scene needs at least {MIN_DEMO_SIDE}x"
+                                         f"{MIN_DEMO_SIDE} pixels, got {text!r}")
     return height, width
 
 
@@ -43,7 +50,7 @@ def _alpha(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-run", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=PlainHelpFormatter,
         epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "tensorrt,cuda,cpu (default: cpu)")
     parser.add_argument("--plugin", metavar="LIB",
                         help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
-    parser.add_argument("--threads", type=int, help="CPU threads for inference")
+    parser.add_argument("--threads", type=positive_int,
+                        help="CPU threads for inference (default: the backend's, all cores)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="override the model's resize policy")
     parser.add_argument("--headless", action="store_true", help="no window")
@@ -85,10 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
     parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
                         "the source's, else 30)")
-    parser.add_argument("--reconnect", type=int, default=5, metavar="N",
+    parser.add_argument("--reconnect", type=int_at_least(0), default=5, metavar="N",
                         help="reconnect attempts for cameras and streams (default 5)")
+    parser.add_argument("--stall-timeout", type=positive_float, default=10.0, metavar="S",
+                        help="cameras and streams: seconds without a frame (or to open) before "
+                             "reconnecting; after --reconnect failed attempts the run ends "
+                             "with status 1 (default 10)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _model_backend_mismatch(model: str, backend: str) -> str | None:
+    """Why ``model`` cannot run on ``backend`` (and what to pass instead), or None."""
+    if backend == "torch":
+        return None
+    suffix = Path(model).suffix.lower()
+    if model == "demo" or suffix in (".pt", ".pth"):
+        name = "the demo model" if model == "demo" else f"{model} (a PyTorch checkpoint)"
+        stem = "demo" if model == "demo" else Path(model).with_suffix("").as_posix()
+        if backend == "tensorrt":
+            return (f"{name} runs on --backend torch; for TensorRT, export and build an engine "
+                    f"and pass it: convcrf-export {model} --flavor plugin -o {stem}.onnx && "
+                    f"convcrf-build {stem}.onnx -o {stem}.engine, then --model {stem}.engine")
+        return (f"{name} runs on --backend torch; for ONNX Runtime, export it and pass the "
+                f".onnx: convcrf-export {model} -o {stem}.onnx, then --model {stem}.onnx")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--warm-start-iterations must be >= 1, got {args.warm_start_iterations}")
     if args.stats_json and not Path(args.stats_json).resolve().parent.exists():
         return fail(f"--stats-json: folder {Path(args.stats_json).parent} does not exist")
+    try:
+        refuse_output_overwriting_input({"--save": args.save, "--stats-json": args.stats_json},
+                                        {"--video": args.video, "--model": args.model})
+    except OutputIsInputError as exc:
+        return fail(str(exc))
     display = not args.headless
     if display and not display_available():
         print("convcrf-run: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless",
@@ -120,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = backend_name_for(args.model, args.backend)
     except ValueError as exc:
         return fail(str(exc))
+    mismatch = _model_backend_mismatch(args.model, backend)
+    if mismatch:
+        return fail(mismatch)
     options: dict = {}
     if backend == "torch":
         options = {"device": args.device, "threads": args.threads}
@@ -136,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
-                             reconnect_attempts=args.reconnect)
+                             reconnect_attempts=args.reconnect,
+                             stall_timeout_s=args.stall_timeout)
     except SourceError as exc:
         return fail(str(exc))
     try:
@@ -158,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         segmenter.close()
     report.info.update(model=str(args.model), backend=segmenter.backend.name,
+                       threads=args.threads or "default (all cores)",
                        crf=segmenter.crf, warm_start=bool(args.warm_start),
                        resize=segmenter.resize, input_size=list(segmenter.input_size))
     print(report.summary_table())
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_SIGNAL.get(report.signal or "SIGINT", EXIT_INTERRUPTED)
     if report.source_error:
         print(f"convcrf-run: {report.source_error}", file=sys.stderr)
         return EXIT_SOURCE_LOST

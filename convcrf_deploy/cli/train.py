@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
-from ._args import float_in, positive_float, positive_int
+from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..install import TORCH_HINT
+from ..metrics import MIOU_LEGEND
+from ._args import float_in, positive_float, positive_int, PlainHelpFormatter
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -35,9 +38,10 @@ def _groups(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convcrf-train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=PlainHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    crf = commands.add_parser("crf", help="train the CRF on a frozen unary",
+    crf = commands.add_parser(
+        "crf", formatter_class=PlainHelpFormatter, help="train the CRF on a frozen unary",
                               description=__doc__.split("\n\n", 2)[2])
     crf.add_argument("--data", required=True, type=Path,
                      help="folder of NAME_0img.png + NAME_5labels.png pairs, or a VOC 2012 root")
@@ -156,6 +160,11 @@ def _print_report(report: dict) -> None:
     history = ", ".join(f"{loss:.4f}" for loss in report["loss_history"])
     print(f"trained on {report['num_train']} image(s) for {report['epochs']} epoch(s) in "
           f"{report['train_seconds']:.1f} s; loss per epoch: {history}")
+    skipped = report.get("skipped_all_void", {})
+    if any(skipped.values()):
+        print(f"skipped image(s) whose pixels are all void (255): {skipped.get('train', 0)} "
+              f"for training, {skipped.get('held_out', 0)} held out (no labels to learn from "
+              "or score)")
     held = report.get("held_out")
     if not held:
         print("no held-out images (--holdout 0): nothing evaluated")
@@ -167,11 +176,21 @@ def _print_report(report: dict) -> None:
         m = held[name]
         print(f"{name:8}{100 * m['accuracy']:>14.2f}{100 * m['miou_gt_classes']:>14.2f}"
               f"{100 * m['miou']:>14.2f}{m['loss']:>9.4f}")
+    print(MIOU_LEGEND["miou_gt_classes"])
+    print(MIOU_LEGEND["miou"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .. import training  # noqa: F401  (needs torch)
+    except ImportError as error:
+        print(f"convcrf-train: error: convcrf-train needs torch ({error}); install it: "
+              f"{TORCH_HINT}", file=sys.stderr)
+        return 2
+    try:
+        refuse_output_overwriting_input({"--out": args.out, "--json": args.json},
+                                        {"--data": args.data, "--unary-model": args.unary_model})
         report, (crf, model) = _run(args)
         if args.out is not None:
             _save(args.out, crf, model)
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint written to {args.out}")
     if args.json is not None:
         from ..evaluation import json_safe
-        args.json.write_text(json.dumps(json_safe(report), indent=2))
+        write_text_atomic(args.json, json.dumps(json_safe(report), indent=2))
         print(f"report written to {args.json}")
     return 0
 

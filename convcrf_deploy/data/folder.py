@@ -5,11 +5,20 @@ Two layouts are recognised:
 * the ConvCRF sample layout: ``NAME_0img.png`` (or ``.jpg``) next to ``NAME_5labels.png``, a
   single-channel PNG of class indices (255 = void);
 * PASCAL VOC 2012: ``JPEGImages/NAME.jpg`` and ``SegmentationClass/NAME.png``, palette PNGs.
-  OpenCV expands palettes to colours, so the colours are mapped back to class indices with
-  VOC's colour map (:func:`convcrf_deploy.metadata.default_palette`); VOC's void colour
-  (224, 224, 192) becomes 255. With ``split="val"`` (or another name) only the images listed
-  in ``ImageSets/Segmentation/val.txt`` are used. Single-channel index PNGs (e.g.
-  ``SegmentationClassAug``) are read as they are.
+  With ``split="val"`` (or another name) only the images listed in
+  ``ImageSets/Segmentation/val.txt`` are used.
+
+Label maps (:func:`read_labels`, with Pillow): palette PNGs are read by their *indices*,
+whatever colours the palette holds (VOC's, only the classes' colours, or a custom one), so void
+(255) stays 255; single-channel PNGs (e.g. ``SegmentationClassAug``) are read as they are;
+RGB colour PNGs are mapped back to classes with VOC's colour map
+(:func:`convcrf_deploy.metadata.default_palette`, void colour (224, 224, 192) -> 255).
+
+EXIF orientation, one policy for every reader of the toolkit: an image is used as viewers
+show it (its EXIF orientation applied: :func:`read_image` here, the image sources of
+``convcrf-run``), and a label map is given *its image's* orientation, so the two always agree
+pixel for pixel (label PNGs are drawn on the image's stored pixel grid; their own EXIF, which
+annotation tools do not write, is ignored).
 
 Example:
     >>> folder = LabelledFolder("VOCdevkit/VOC2012", split="val")
@@ -119,30 +128,68 @@ def voc_colour_to_index(label_rgb: np.ndarray, num_classes: int = 21) -> np.ndar
     return values[position]
 
 
+def _open(path: str | Path, what: str, decode: bool = True):
+    """The Pillow image of ``path`` (decoded unless ``decode`` is False: header only);
+    :class:`DatasetError` if it cannot be read."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as error:  # pragma: no cover - pillow is a declared dependency
+        raise ImportError("reading labelled images needs Pillow: pip install pillow") from error
+    try:
+        image = Image.open(path)
+        if decode:
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DatasetError(f"cannot read {what} {path} (missing, unreadable or not an image: "
+                           f"{error})") from None
+    return image
+
+
+#: EXIF orientation tag -> how to turn the stored pixels into the viewed image.
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation (1..8; 1 = as stored) of an image file, 1 when it has none."""
+    value = _open(path, "image", decode=False).getexif().get(_EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (``[H, W, ...]``) as EXIF ``orientation`` says it is viewed (the same
+    transform as ``PIL.ImageOps.exif_transpose``)."""
+    transforms = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+                  4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+                  6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+                  8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(transforms.get(orientation, transforms[1])(array))
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """``[H, W, 3]`` RGB uint8 image; :class:`DatasetError` if it cannot be read."""
-    cv2 = _cv2()
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path} (missing, unreadable or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """``[H, W, 3]`` RGB uint8 image, EXIF orientation applied (the module's policy);
+    :class:`DatasetError` if it cannot be read."""
+    image = _open(path, "image")
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    rgb = np.asarray(image.convert("RGB"))
+    return apply_orientation(rgb, orientation if isinstance(orientation, int) else 1)
 
 
 def read_labels(path: str | Path, num_classes: int = 21) -> np.ndarray:
-    """``[H, W]`` int64 class indices from an index PNG or a VOC colour/palette PNG."""
-    cv2 = _cv2()
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise DatasetError(f"cannot read label map {path} (missing, unreadable or not an image)")
-    if raw.ndim == 2:
-        return raw.astype(np.int64)
-    if raw.ndim == 3 and raw.shape[2] in (3, 4):
+    """``[H, W]`` int64 class indices (255 = void) from a label PNG, in its stored pixel
+    order: palette PNGs by index whatever their palette, single-channel PNGs as they are,
+    RGB PNGs through VOC's colour map. :class:`DatasetError` for anything else."""
+    image = _open(path, "label map")
+    if image.mode == "P":
+        return np.asarray(image, dtype=np.uint8).astype(np.int64)
+    if image.mode in ("L", "I", "I;16", "I;16B", "I;16L", "1"):
+        return np.asarray(image).astype(np.int64)
+    if image.mode in ("RGB", "RGBA"):
         try:
-            return voc_colour_to_index(cv2.cvtColor(raw[:, :, :3], cv2.COLOR_BGR2RGB), num_classes)
+            return voc_colour_to_index(np.asarray(image.convert("RGB")), num_classes)
         except DatasetError as error:
             raise DatasetError(f"{path}: {error}") from None
-    raise DatasetError(f"label map {path} has shape {raw.shape}; expected a single-channel index "
-                       "PNG or a VOC colour PNG")
+    raise DatasetError(f"label map {path} is a {image.mode!r} image; expected a palette or "
+                       "single-channel index PNG, or a VOC colour PNG")
 
 
 def _names(paths: Sequence[str], limit: int = 5) -> str:
@@ -249,7 +296,9 @@ class LabelledFolder(Sequence[LabelledSample]):
             raise TypeError("LabelledFolder supports integer indices; use .pairs for slicing")
         pair = self.pairs[index]
         image = read_image(pair.image_path)
-        labels = read_labels(pair.label_path, self.num_classes)
+        # The label map takes its image's EXIF orientation (the module's policy).
+        labels = apply_orientation(read_labels(pair.label_path, self.num_classes),
+                                   exif_orientation(pair.image_path))
         if image.shape[:2] != labels.shape:
             raise DatasetError(f"{pair.name}: image {pair.image_path.name} is "
                                f"{image.shape[1]}x{image.shape[0]} but label map "

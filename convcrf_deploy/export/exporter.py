@@ -27,6 +27,7 @@ import copy
 import hashlib
 import io
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -458,11 +459,15 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
             inference, parity against PyTorch on a random image).
 
     Returns:
-        :class:`ExportReport`; ``report.ok`` is False when verification failed (the file is
-        still written so that it can be inspected).
+        :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
+        previous file) with the graph's digest in its metadata (``convcrf.weights_sha256``).
+        When verification fails, ``path`` is left as it was and the failing graph is written
+        beside it as ``<name>.failed-verification.onnx`` (``report.path``; ``report.ok`` is
+        False) so that it can be inspected.
 
     Raises:
         ExportError: invalid arguments, or the exporter failed (the message names the layer).
+        convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
         convcrf_deploy.model.CheckpointError: the checkpoint cannot be loaded.
     """
     if flavor not in FLAVORS:
@@ -479,6 +484,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         raise ExportError(f"opset must be >= {onnx_ops.MIN_BODY_OPSET} (Split num_outputs, "
                           f"Pad/ReduceSum with tensor inputs), got {opset}")
 
+    if isinstance(model, (str, os.PathLike)):
+        from ..files import refuse_output_overwriting_input
+        refuse_output_overwriting_input({"output": path}, {"model": model})
     source = load_exportable(model)
     from ..model import ConvCRF
     metadata = getattr(source, "metadata", None)
@@ -510,9 +518,17 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     onnx_model = _apply_flavor(onnx_model, flavor, filter_size)
     _set_metadata(onnx_model, source, crf, flavor, fp16)
 
+    # Data safety (issue 11): the digest lets loaders detect a damaged file; the graph is
+    # verified in memory and written atomically only when it passed, so a failed export
+    # keeps the previous file and puts the failing graph beside it under a telling name.
+    from ..files import ONNX_DIGEST_KEY, atomic_write, onnx_graph_digest
+    props = [p for p in onnx_model.metadata_props if p.key != ONNX_DIGEST_KEY]
+    del onnx_model.metadata_props[:]
+    onnx_model.metadata_props.extend(props)
+    digest = onnx_model.metadata_props.add()
+    digest.key, digest.value = ONNX_DIGEST_KEY, onnx_graph_digest(onnx_model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(onnx_model, str(path))
     custom = {}
     for node in _custom_nodes(onnx_model.graph):
         custom[node.op_type] = custom.get(node.op_type, 0) + 1
@@ -522,12 +538,22 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                           outputs=_io_shapes(onnx_model.graph.output),
                           node_count=len(onnx_model.graph.node), custom_nodes=custom,
                           local_functions=len(onnx_model.functions))
+    failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
     if verify:
-        from .verify import verify_export
+        from .verify import VerificationError, verify_export
         reference = source.eval()
-        report.verification = verify_export(onnx_model, reference, flavor=flavor, part=part,
-                                            fp16=fp16,
-                                            size=(height, width) if static else None)
+        try:
+            report.verification = verify_export(onnx_model, reference, flavor=flavor,
+                                                part=part, fp16=fp16,
+                                                size=(height, width) if static else None)
+        except VerificationError:
+            with atomic_write(failed_path) as temporary:
+                onnx.save(onnx_model, str(temporary))
+            raise
+    if not report.ok:
+        report.path = failed_path
+    with atomic_write(report.path) as temporary:
+        onnx.save(onnx_model, str(temporary))
     return report
 
 

@@ -7,7 +7,13 @@ A checkpoint is a plain dictionary written with ``torch.save`` and read with
      "unary": {"name": "fast_fcn", "kwargs": {...}},      # a registered architecture
      "state_dict": {...},                                   # tensors of unary and CRF
      "crf_config": CRFConfig.to_dict() or None,
-     "metadata": ModelMetadata.to_dict()}
+     "metadata": ModelMetadata.to_dict(),
+     "weights_sha256": "..."}                              # digest of every tensor above
+
+Files are written atomically (a temporary file renamed on success: a failed save keeps the
+previous file). ``weights_sha256`` (:func:`checkpoint_digest`) is checked on load: a damaged
+file raises :class:`~convcrf_deploy.files.DamagedFileError` naming it. Checkpoints written
+before digests existed load with a warning (:data:`convcrf_deploy.files.MISSING_DIGEST_POLICY`).
 
 Your own unary network is stored the same way once registered with
 :func:`convcrf_deploy.model.register_unary`. An unregistered module can still be saved: it is
@@ -25,6 +31,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..config import CRFConfig
+from ..files import MISSING_DIGEST_POLICY, DamagedFileError, atomic_write, tensor_digest
 from ..metadata import ModelMetadata
 from .convcrf import ConvCRF
 from .segmentation import SegmentationModel
@@ -64,6 +72,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist."""
 
 
+class DamagedCheckpointError(CheckpointError, DamagedFileError):
+    """The checkpoint's tensors do not match the digest stored with them."""
+
+
 def _toolkit_version() -> str:
     from .. import __version__
     return __version__
@@ -71,6 +83,37 @@ def _toolkit_version() -> str:
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+#: checkpoint key of :func:`checkpoint_digest`.
+DIGEST_KEY = "weights_sha256"
+
+
+def checkpoint_digest(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's tensors: ``state_dict`` (sorted by name) and, when present,
+    the pickled unary's bytes."""
+    def entries():
+        tensors = dict(checkpoint.get("state_dict") or {})
+        if isinstance(checkpoint.get("unary_pickle"), torch.Tensor):
+            tensors["<unary_pickle>"] = checkpoint["unary_pickle"]
+        for name in sorted(tensors):
+            tensor = tensors[name]
+            if not isinstance(tensor, torch.Tensor):
+                yield name, type(tensor).__name__, (), repr(tensor).encode()
+                continue
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            yield (name, str(tensor.dtype), tuple(tensor.shape),
+                   flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return tensor_digest(entries())
+
+
+def _write(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Add the digest and write ``checkpoint`` atomically (parents created)."""
+    checkpoint[DIGEST_KEY] = checkpoint_digest(checkpoint)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
@@ -100,9 +143,7 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
                                         f"{type(model.unary).__qualname__}"}
         checkpoint["unary_pickle"] = torch.frombuffer(bytearray(buffer.getvalue()),
                                                       dtype=torch.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    _write(checkpoint, path)
 
 
 def _pickle_reason(text: str) -> str:
@@ -113,6 +154,13 @@ def _pickle_reason(text: str) -> str:
             rest = line.split("WeightsUnpickler error:", 1)[1].strip()
             return rest or (lines[index + 1] if index + 1 < len(lines) else line)
     return lines[-1] if lines else "unknown error"
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """The file starts like a pickle of protocol 2..5 (not a torch zip archive)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
@@ -126,13 +174,20 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Unsupported global" in text:
-            found = re.search(r"GLOBAL (\S+)", text)
+        found = re.search(r"GLOBAL ([\w.]+\w)", text)
+        if found or "Unsupported global" in text:
             raise CheckpointError(
-                f"{path} contains pickled Python objects"
-                f"{' (' + found.group(1) + ')' if found else ''}, so it is not a convcrf-deploy "
-                "checkpoint (those hold only tensors and plain values); refusing to unpickle "
-                "it. Save models with convcrf_deploy.save_model.") from exc
+                f"{path} was refused: loading it would import and call Python code"
+                f"{' (' + found.group(1) + ')' if found else ''}, and unpickling can run "
+                "anything the file's author chose. convcrf-deploy checkpoints hold only "
+                "tensors and plain values; nothing from the file was run. Save models with "
+                "convcrf_deploy.save_model.") from exc
+        if "Unsupported operand" in text and _is_plain_pickle(path):
+            raise CheckpointError(
+                f"{path} was refused: it is a plain Python pickle, not a convcrf-deploy "
+                "checkpoint, and unpickling it could run code chosen by its author "
+                f"({_pickle_reason(text)} is not allowed by the safe loader); nothing from "
+                "the file was run. Save models with convcrf_deploy.save_model.") from exc
         raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
                               "truncated, corrupt or not a PyTorch file (unpickling failed: "
                               f"{_pickle_reason(text)})") from exc
@@ -163,7 +218,25 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
     missing = [k for k in required if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {missing}; the file is damaged")
+    _check_digest(data, path)
     return data
+
+
+def _check_digest(data: dict[str, Any], path: Path) -> None:
+    stored = data.get(DIGEST_KEY)
+    if stored is None:
+        warnings.warn(f"{path} has no weights digest, so damage to it cannot be detected; "
+                      f"{MISSING_DIGEST_POLICY}", stacklevel=4)
+        return
+    try:
+        actual = checkpoint_digest(data)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DamagedCheckpointError(f"{path} is damaged: its tensors cannot be read ({exc}); "
+                               "restore it from a backup or save it again") from None
+    if actual != stored:
+        raise DamagedCheckpointError(f"{path} is damaged: its weights do not match the digest "
+                               "written with them (weights_sha256); restore it from a backup "
+                               "or save it again")
 
 
 def save_crf(crf: ConvCRF, path: str | os.PathLike) -> None:
@@ -176,11 +249,9 @@ def save_crf(crf: ConvCRF, path: str | os.PathLike) -> None:
     """
     if not isinstance(crf, ConvCRF):
         raise ValueError(f"save_crf: expected a ConvCRF, got {type(crf).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CRF_FORMAT, "format_version": CRF_FORMAT_VERSION,
-                "toolkit_version": _toolkit_version(), "crf_config": crf.config.to_dict(),
-                "state_dict": _cpu_state(crf)}, path)
+    _write({"format": CRF_FORMAT, "format_version": CRF_FORMAT_VERSION,
+            "toolkit_version": _toolkit_version(), "crf_config": crf.config.to_dict(),
+            "state_dict": _cpu_state(crf)}, path)
 
 
 def load_crf(path: str | os.PathLike, *, implementation: str = "auto") -> ConvCRF:
@@ -249,7 +320,10 @@ def load_model(path_or_demo: str | os.PathLike, *, allow_pickle: bool = False,
     Raises:
         CheckpointError (a ``ValueError``): the file is missing, corrupt, not a checkpoint,
         from a newer format, names an unregistered architecture, needs ``allow_pickle``, or
-        its weights do not fit the architecture.
+        its weights do not fit the architecture. ``DamagedCheckpointError`` (a subclass):
+        the weights do not match the digest stored with them.
+
+    Warns (``UserWarning``) when the checkpoint has no digest (written before digests existed).
     """
     if isinstance(path_or_demo, str) and path_or_demo == "demo":
         path = DEMO_MODEL_PATH

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import torch
 import torch.nn as nn
@@ -234,8 +235,30 @@ class ConvCRF(nn.Module):
 
         Returns:
             ``(N, C, H, W)`` probabilities in ``unary_logits.dtype``.
+
+        Raises:
+            ValueError: bad shapes or dtypes; NaN/infinite logits; an image with NaN/infinite
+                values or values beyond +-65535; a non-finite ``initial_q``.
+
+        Warns (once per ConvCRF): ``UserWarning`` when an image's values all lie in 0..1 (an
+        image scaled to 0..1 instead of 0..255 makes the colour kernel see no edges).
         """
         self._validate(unary_logits, image)
+        # Values outside the conventions (issue 11): NaN/huge image values or a NaN initial_q
+        # gave all-NaN probabilities silently; a 0..1 image makes the CRF worse than none.
+        low, high = (float(v) for v in torch.aminmax(image.detach().float()))
+        if not (math.isfinite(low) and math.isfinite(high)) or max(-low, high) > 65535:
+            raise ValueError(f"image must hold finite RGB values in 0..255, got values in "
+                             f"[{low:.4g}, {high:.4g}]; replace NaN/inf pixels and scale the "
+                             "image to 0..255")
+        if 0 < high <= 1.0 and low >= 0 and not getattr(self, "_warned_unit_range", False):
+            self._warned_unit_range = True
+            warnings.warn(f"ConvCRF: the image's values lie in [{low:.3g}, {high:.3g}]; the CRF "
+                          "expects RGB in 0..255 (its colour bandwidth is in those units), "
+                          "multiply a 0..1 image by 255", UserWarning, stacklevel=2)
+        if initial_q is not None and not bool(torch.isfinite(initial_q.detach()).all()):
+            raise ValueError("initial_q contains NaN or infinite values; pass the finite "
+                             "probabilities of a previous result (or no initial_q)")
         iterations = self.config.iterations if iterations is None else iterations
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
             raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from ..files import atomic_write, discard, replace_atomically, temporary_path_for
+from ..metrics import MIOU_LEGEND
 from .segmenter import SegmentationResult, Segmenter
 from .sources import Frame, FrameSource
 from .stats import LatencyStats, SegmentationScore
@@ -37,7 +41,11 @@ class FrameWriter:
     """Records rendered frames to a video file (``mp4v``) or an image pattern (``%05d``).
 
     The output is opened on the first frame, at that frame's size; later frames of another
-    size (e.g. after switching to the side-by-side view) are resized to it.
+    size (e.g. after switching to the side-by-side view) are resized to it. Nothing the user
+    has is replaced until it is complete: a video is recorded into a temporary file beside
+    ``target`` and renamed to it by :meth:`close` (a run that ends, is interrupted or loses its
+    source leaves a playable file); :meth:`abort` discards it and keeps any previous file.
+    Each image of a pattern is written the same way.
 
     Args:
         target: ``out.mp4`` / ``out.avi`` or a pattern such as ``frames/img_%05d.png``.
@@ -58,6 +66,7 @@ class FrameWriter:
                 raise ValueError(f"image pattern {self.target!r} must contain one integer "
                                  "field such as %05d") from exc
         self._writer: cv2.VideoWriter | None = None
+        self._temporary: Path | None = None
         self._size: tuple[int, int] | None = None
         self.frames_written = 0
 
@@ -70,23 +79,39 @@ class FrameWriter:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         if self.is_pattern:
             path = self.target % self.frames_written
-            if not cv2.imwrite(path, image):
-                raise OSError(f"cannot write image {path}")
+            with atomic_write(path) as temporary:
+                if not cv2.imwrite(str(temporary), image):
+                    raise OSError(f"cannot write image {path}")
         else:
             if self._writer is None:
-                self._writer = cv2.VideoWriter(self.target, cv2.VideoWriter_fourcc(*"mp4v"),
-                                               self.fps, self._size)
+                self._temporary = temporary_path_for(self.target)
+                self._writer = cv2.VideoWriter(str(self._temporary),
+                                               cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                               self._size)
                 if not self._writer.isOpened():
+                    self.abort()
                     raise OSError(f"cannot open video writer for {self.target} (mp4v codec); "
                                   "use .mp4 or .avi, or an image pattern like out_%05d.png")
             self._writer.write(image)
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finish the file (writes the container index, so the recording is playable)."""
+        """Finish the file (writes the container index, so the recording is playable) and
+        move it to ``target``."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            temporary, self._temporary = self._temporary, None
+            replace_atomically(temporary, self.target)
+
+    def abort(self) -> None:
+        """Discard the recording; a previous file at ``target`` stays as it was."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._temporary is not None:
+            discard(self._temporary)
+            self._temporary = None
 
 
 @dataclass
@@ -100,6 +125,8 @@ class RunReport:
     corrupt_frames: int = 0
     reconnects: int = 0
     interrupted: bool = False
+    #: the signal that ended the run (``"SIGINT"``, ``"SIGTERM"``, ``"SIGHUP"``) or None.
+    signal: str | None = None
     source_error: str | None = None
     latency: LatencyStats = field(default_factory=LatencyStats)
     scores: dict[str, SegmentationScore] = field(default_factory=dict)
@@ -117,6 +144,7 @@ class RunReport:
                 "fps": round(self.fps, 3), "wall_time_s": round(self.wall_time_s, 3),
                 "dropped_frames": self.dropped_frames, "corrupt_frames": self.corrupt_frames,
                 "reconnects": self.reconnects, "interrupted": self.interrupted,
+                "signal": self.signal,
                 "source_error": self.source_error, "frames_written": self.frames_written,
                 "stages_ms": stages, "frame_age_ms": frame_age}
         if self.scores:
@@ -125,7 +153,10 @@ class RunReport:
 
     def summary_table(self) -> str:
         """A plain-text table of the run for the terminal."""
-        lines = [f"source {self.source}: {self.frames} frames in {self.wall_time_s:.2f} s "
+        setup = [f"{key} {self.info[key]}" for key in ("model", "backend", "threads", "crf")
+                 if key in self.info]
+        lines = ([", ".join(setup)] if setup else []) + [
+                 f"source {self.source}: {self.frames} frames in {self.wall_time_s:.2f} s "
                  f"= {self.fps:.1f} FPS; dropped {self.dropped_frames}, corrupt "
                  f"{self.corrupt_frames}" + (f", written {self.frames_written}"
                                              if self.frames_written else ""),
@@ -134,9 +165,14 @@ class RunReport:
             s = self.latency.summary(name)
             lines.append(f"{name:<12}{s['p50']:>10.2f}{s['p95']:>10.2f}{s['max']:>10.2f}"
                          f"{s['mean']:>10.2f}")
+        if "frame_age" in self.latency.stages():
+            lines.append("frame_age: from capture to result, the latency a consumer of the "
+                         "labels sees (live sources include the wait for the newest frame)")
         for name, score in self.scores.items():
             lines.append(f"{name + ' vs truth':<18} pixel accuracy {score.pixel_accuracy:.2%}"
-                         f"  mIoU {score.mean_iou:.2%}")
+                         f"  mIoU VOC {score.mean_iou:.2%}")
+        if self.scores:
+            lines.append(MIOU_LEGEND["miou"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
         return "\n".join(lines)
@@ -156,7 +192,8 @@ def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
         age = report.latency.recent_mean("frame_age")
         lines.append(f"dropped {report.dropped_frames}  frame age {age:.1f} ms")
     for name, score in report.scores.items():
-        lines.append(f"{name}: accuracy {score.pixel_accuracy:.1%}  mIoU {score.mean_iou:.1%}")
+        lines.append(f"{name}: accuracy {score.pixel_accuracy:.1%}  mIoU VOC "
+                     f"{score.mean_iou:.1%}")
     return lines
 
 
@@ -179,8 +216,11 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         on_frame: called with each frame and its result (e.g. to publish labels).
 
     Returns:
-        the :class:`RunReport`; Ctrl-C ends the run cleanly with ``interrupted=True`` (the
-        recording is finalised either way).
+        the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
+        terminal) when called from the main thread, end the run cleanly with
+        ``interrupted=True`` and ``signal`` naming the signal: the recording is finalised
+        and playable. Any other exception discards the recording (a previous file at
+        ``save`` stays as it was) and propagates.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -198,6 +238,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
     writer = FrameWriter(save, fps or getattr(source, "fps", None) or 30.0) if save else None
     paused = False
     start = time.perf_counter()
+    restore_signals = _interrupt_on_termination(report)
     try:
         while max_frames is None or report.frames < max_frames:
             if paused:
@@ -247,7 +288,13 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 report.latency.add("render", (time.perf_counter() - t0) * 1e3)
     except KeyboardInterrupt:
         report.interrupted = True
+        report.signal = report.signal or "SIGINT"
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
+        restore_signals()
         report.wall_time_s = time.perf_counter() - start
         if writer is not None:
             writer.close()
@@ -260,6 +307,30 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         if display:
             cv2.destroyAllWindows()
     return report
+
+
+#: signals that end a run like Ctrl-C (SIGHUP does not exist on Windows).
+TERMINATION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                            if hasattr(signal, name))
+
+
+def _interrupt_on_termination(report: RunReport) -> Callable[[], None]:
+    """Make SIGTERM/SIGHUP raise KeyboardInterrupt (as SIGINT does) so that the run ends
+    through the same clean path; returns the function restoring the previous handlers.
+    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, _frame):
+        report.signal = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, handler) for signum in TERMINATION_SIGNALS}
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    return restore
 
 
 def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:

@@ -1,5 +1,5 @@
 """TensorRT deployment: build engines with the ConvCRF plugins (``build_engine``) and find the
-plugin library (``find_plugin_library``). Needs ``pip install convcrf-deploy[tensorrt]`` for
+plugin library (``find_plugin_library``). Needs the ``tensorrt`` extra (:func:`convcrf_deploy.install.install_hint`) for
 building; importing this package does not import tensorrt or pycuda.
 
 Example:

@@ -1,4 +1,4 @@
-"""Lazy imports of the optional TensorRT stack (``pip install convcrf-deploy[tensorrt]``).
+"""Lazy imports of the optional TensorRT stack (the ``tensorrt`` extra).
 
 ``tensorrt`` and ``pycuda`` are imported only when an engine is built or run, so the rest of
 the package (and this subpackage's pure logic) imports without them. A missing library raises
@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ..install import install_hint
 from ..runtime.backends.base import BackendUnavailableError
 
-INSTALL_HINT = "pip install convcrf-deploy[tensorrt]"
+INSTALL_HINT = install_hint("tensorrt")
 
 
 class TensorRTUnavailableError(BackendUnavailableError):

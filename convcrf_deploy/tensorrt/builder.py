@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
+from ..files import write_bytes_atomic, write_text_atomic
 from ..metadata import ModelMetadata
 from ._modules import import_tensorrt, tensorrt_major
 from .plugin import (PluginLibraryError, find_plugin_library, is_plugin_not_found,
@@ -148,7 +149,7 @@ def metadata_path_for(engine_path: str | os.PathLike) -> Path:
 
 def write_metadata(engine_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
     path = metadata_path_for(engine_path)
-    path.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(metadata.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -313,10 +314,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
                                f"max={_fmt(profile.max)}; see the TensorRT log above (a smaller "
                                "--max shape or a larger --workspace often helps)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized))
     if metadata is not None:
         write_metadata(engine_path, metadata)
     if cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     log.info("wrote %s", engine_path)
     return engine_path

@@ -1,8 +1,8 @@
 """Finding and loading the ConvCRF TensorRT plugin library (``libconvcrf_trt_plugin.so``).
 
 Look-up order of :func:`find_plugin_library`: an explicit path, ``$CONVCRF_TRT_PLUGIN``, the
-package's ``_lib`` folder (where ``pip install convcrf-deploy[tensorrt]`` installs it when the
-TensorRT headers are available at build time). The library exports ``getCreators`` and is
+package's ``_lib`` folder (where ``pip install`` of the checkout puts it when built with
+``CONVCRF_WITH_TENSORRT=ON`` and the TensorRT headers; the ``[tensorrt]`` extra does not build it). The library exports ``getCreators`` and is
 loaded through ``trt.get_plugin_registry().load_library``; loading it twice in one process would
 fail (the creators are already registered), so :func:`load_plugin_library` remembers what it
 loaded.
@@ -40,9 +40,10 @@ def installed_plugin_path() -> Path:
 def how_to_provide() -> str:
     """The sentence every 'plugin missing' message ends with."""
     return (f"pass --plugin PATH (plugin_library=PATH) pointing at {library_filename(PLUGIN_STEM)}, "
-            f"set {PLUGIN_ENV}=PATH, or install it into {installed_plugin_path()} with "
-            "`pip install convcrf-deploy[tensorrt]` on a machine with the TensorRT headers "
-            "(build from source: cmake -S . -B build -DCONVCRF_WITH_TENSORRT=ON "
+            f"set {PLUGIN_ENV}=PATH, or build it into {installed_plugin_path()} from your "
+            "checkout: CONVCRF_WITH_TENSORRT=ON TensorRT_INCLUDE_DIR=/path/to/TensorRT/include "
+            "pip install . (the [tensorrt] extra alone does not build it; or build it by hand: "
+            "cmake -S . -B build -DCONVCRF_WITH_TENSORRT=ON "
             "-DTensorRT_INCLUDE_DIR=/path/to/TensorRT/include && cmake --build build)")
 
 

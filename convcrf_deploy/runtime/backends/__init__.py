@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from ...install import install_hint
 from .base import Backend, BackendUnavailableError, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES
 
 #: backend name -> (module, class) imported on demand.
@@ -75,7 +76,7 @@ def create_backend(model: Any, backend: str | None = None, **options: Any) -> Ba
     except ImportError as exc:
         raise BackendUnavailableError(
             f"the {name} backend is not available ({exc}); install it with "
-            f"`pip install convcrf-deploy[{EXTRAS[name]}]`") from exc
+            f"{install_hint(EXTRAS[name])}") from exc
     return getattr(module, class_name)(model, **options)
 
 

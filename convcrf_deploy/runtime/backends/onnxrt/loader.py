@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
 
@@ -28,7 +29,7 @@ def import_onnxruntime():
     except ImportError as exc:
         raise BackendUnavailableError(
             "onnxruntime is not installed: `pip install onnxruntime` (CPU) or "
-            "`pip install convcrf-deploy[gpu]` (CUDA/TensorRT providers)") from exc
+            f"{install_hint('gpu')} (CUDA/TensorRT providers)") from exc
     return onnxruntime
 
 
@@ -74,18 +75,15 @@ class SessionLoader:
 
     def __call__(self):
         ort = import_onnxruntime()
-        import onnx
-
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model {str(self.path)!r} does not exist")
-        # Read the graph without the weights' external data: only node domains are inspected.
-        model_proto = onnx.load(str(self.path), load_external_data=False)
+        model_proto = read_onnx(self.path)
         available = set(ort.get_available_providers())
         missing = [p for p in self.providers if PROVIDERS[p] not in available]
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
-                f"(available: {sorted(available)}); install `pip install convcrf-deploy[gpu]` "
+                f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
         if needs_tensorrt_plugin(model_proto):
             if "tensorrt" not in self.providers:
@@ -113,5 +111,48 @@ class SessionLoader:
                     "trt_extra_plugin_lib_paths": str(self.plugin_library)}))
             else:
                 provider_list.append(PROVIDERS[name])
-        return ort.InferenceSession(str(self.path), sess_options=options,
-                                    providers=provider_list), model_proto
+        try:
+            session = ort.InferenceSession(str(self.path), sess_options=options,
+                                           providers=provider_list)
+        except Exception as exc:    # onnxruntime's pybind errors share no useful base class
+            if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
+                                          "NoSuchFile", "InvalidArgument"):
+                raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
+        return session, model_proto
+
+
+def read_onnx(path: Path):
+    """The ``ModelProto`` of ``path`` without external data (only the graph is inspected),
+    its digest checked (:func:`convcrf_deploy.files.check_onnx_digest`).
+
+    Raises:
+        ValueError: the file is empty, truncated, corrupt or not ONNX; ``DamagedFileError``
+            (a ``ValueError``) when its graph does not match the digest written at export.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from ....files import check_onnx_digest
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not an ONNX model; export it again "
+                         "(convcrf-export)")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":
+            raise ValueError(f"{path} is a zip archive (a PyTorch checkpoint?), not an ONNX "
+                             "model: run it with the torch backend, or export it first "
+                             "(convcrf-export MODEL -o MODEL.onnx)")
+    try:
+        model_proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
+                         f"kind of file: {first_line[:200]}); export it again "
+                         "(convcrf-export)") from None
+    if not model_proto.graph.node and not model_proto.graph.output:
+        raise ValueError(f"{path} is not an ONNX model (it holds no graph: truncated, corrupt "
+                         "or another kind of file); export it again (convcrf-export)")
+    check_onnx_digest(model_proto, path)
+    return model_proto

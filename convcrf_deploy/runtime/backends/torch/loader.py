@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ....install import TORCH_HINT
 from ..base import BackendUnavailableError
 
 
@@ -12,8 +13,7 @@ def import_torch():
         import torch
     except ImportError as exc:
         raise BackendUnavailableError(
-            "the torch backend needs PyTorch: `pip install convcrf-deploy[torch]` (on machines "
-            "without a GPU install a CPU build of torch first)") from exc
+            f"the torch backend needs PyTorch: {TORCH_HINT}") from exc
     return torch
 
 

@@ -4,7 +4,7 @@
                            [--json FILE] [--max-images N] [--scale S]
         The paper's Table 1: a noisy unary made from the ground truth, refined by ConvCRF
         (hand-set parameters) at each filter size and by FullCRF (same parameters) when
-        pydensecrf is installed (pip install "convcrf-deploy[fullcrf]"), with each CRF's
+        pydensecrf is installed (the [fullcrf] extra), with each CRF's
         speed-up over FullCRF timed in the same run.
 
     convcrf-eval dataset MODEL --data DIR [--json FILE] [--max-images N] [--scale S]

@@ -55,7 +55,7 @@ STAGES = ("unary", "crf", "full")
 #: how a backend runs the CRF (``describe()["crf_executor"]``).
 CRF_EXECUTORS = {
     "native": "libconvcrf_cpu, the fused native CPU path",
-    "graph": "the exported graph's own CRF nodes",
+    "graph": "the model's own CRF (the exported graph's nodes)",
     "torch": "PyTorch ops (ConvCRF's differentiable path)",
     "engine": "the TensorRT engine's ConvCRF plugin",
     "none": "no CRF in this model",
@@ -171,8 +171,11 @@ class Backend(abc.ABC):
         return {"backend": self.name, "crf_executor": executor,
                 "crf_executor_detail": self.crf_executor_detail or CRF_EXECUTORS[executor]}
 
-    #: one of :data:`CRF_EXECUTORS` keys; subclasses set it (or override the property).
-    crf_executor: str = "graph"
+    @property
+    def crf_executor(self) -> str:
+        """One of :data:`CRF_EXECUTORS`; backends that choose override it."""
+        return "graph" if self.has_crf else "none"
+
     #: why this executor was chosen, when that is worth saying (e.g. a fallback).
     crf_executor_detail: str | None = None
 

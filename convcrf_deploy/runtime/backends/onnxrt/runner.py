@@ -43,7 +43,8 @@ class OnnxRuntimeBackend(Backend):
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
     then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard
     ONNX ops, several times slower on the CPU). :meth:`describe` says which one and why. Both
-    compute the same probabilities (within 1e-4; tests/test_runtime_native_crf.py).
+    compute the same probabilities (within 1e-4; tests/test_runtime_native_crf.py). With
+    ``crf_enabled = False`` (``Segmenter(crf=False)``) only the unary part runs.
 
     The session is created on construction (so a bad file or provider fails early); the
     metadata comes from the file's ``convcrf.*`` metadata_props. Thread-safe (ONNX Runtime
@@ -91,12 +92,14 @@ class OnnxRuntimeBackend(Backend):
         self._logits_name = unary_logits_name(model_proto)
         self._part_sessions: dict[str, Any] = {}
         self.native_crf: NativeCRF | None = None
-        self.crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
-        if self.crf_executor == "native":
+        self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
+        #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph runs.
+        self.crf_enabled = True
+        if self._crf_executor == "native":
             # The unary session only: ONNX Runtime's idle threads would otherwise spin while
             # the native CRF runs and take the cores from it.
             self._part_session("unary", spinning=False)
-        log.info("%s: CRF executor %s (%s)", self.loader.path.name, self.crf_executor,
+        log.info("%s: CRF executor %s (%s)", self.loader.path.name, self._crf_executor,
                  self.crf_executor_detail)
 
     def _choose_executor(self, props: dict[str, str], wanted: str) -> tuple[str, str | None]:
@@ -150,6 +153,10 @@ class OnnxRuntimeBackend(Backend):
                                     providers=self.session.get_providers())
 
     @property
+    def crf_executor(self) -> str:
+        return self._crf_executor
+
+    @property
     def providers(self) -> list[str]:
         """Execution providers the session actually uses, in priority order."""
         return self.session.get_providers()
@@ -198,6 +205,13 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.crf_enabled and self._logits_name is not None:
+            logits = self._infer_unary(image)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            probabilities = np.exp(shifted, out=shifted)
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            labels = argmax_classes(logits)
+            return {"probabilities": probabilities, "labels": labels, "unary_labels": labels}
         if self.native_crf is None:
             values = self.session.run(self.output_names, {INPUT_NAME: image})
             return dict(zip(self.output_names, values))

@@ -28,6 +28,42 @@ def unary_logits_name(model_proto) -> str | None:
     return None
 
 
+def extract_part(model_proto, inputs: Sequence[str], outputs: Sequence[str]):
+    """A copy of ``model_proto`` that computes ``outputs`` from ``inputs`` only: the nodes
+    they need (in the original order), their initializers, the same functions and opsets.
+    (``onnx.utils.Extractor`` needs shape-inferred value_info for every name, which graphs
+    with custom-domain nodes do not always have.)"""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model_proto.graph
+    producers = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    keep, stack, seen = set(), list(outputs), set(inputs)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producers and producers[name] not in keep:
+            keep.add(producers[name])
+            stack.extend(graph.node[producers[name]].input)
+    nodes = [graph.node[i] for i in sorted(keep)]
+    used = {name for node in nodes for name in node.input}
+    known = {v.name: v for v in [*graph.input, *graph.output, *graph.value_info]}
+
+    def value(name):
+        return known.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    part = onnx.ModelProto()
+    part.CopyFrom(model_proto)
+    del part.graph.node[:], part.graph.input[:], part.graph.output[:]
+    del part.graph.initializer[:], part.graph.value_info[:]
+    part.graph.node.extend(nodes)
+    part.graph.input.extend(value(name) for name in inputs)
+    part.graph.output.extend(value(name) for name in outputs)
+    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+    return part
+
+
 def _uses_external_data(model_proto) -> bool:
     from onnx.external_data_helper import uses_external_data
 
@@ -134,14 +170,12 @@ class OnnxRuntimeBackend(Backend):
         return self._part_sessions[part]
 
     def _new_part_session(self, part: str, spinning: bool):
-        import onnx.utils
-
         if self._logits_name is None:
             raise ValueError(f"{self.loader.path.name}: cannot find the unary logits in the "
                              "graph (no unary_labels output)")
         inputs, outputs = {"unary": ([INPUT_NAME], [self._logits_name]),
                            "crf": ([self._logits_name, INPUT_NAME], ["probabilities"])}[part]
-        extracted = onnx.utils.Extractor(self._model_proto).extract_model(inputs, outputs)
+        extracted = extract_part(self._model_proto, inputs, outputs)
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         if self.threads is not None:

@@ -93,6 +93,8 @@ class OnnxRuntimeBackend(Backend):
         threads: intra-op threads of ONNX Runtime and the native CRF (``None``: all cores).
         crf_executor: ``"auto"`` (default), ``"native"`` (required: ``ValueError`` saying why
             when it cannot run) or ``"graph"``.
+        spinning: idle ONNX Runtime threads busy-wait for the next run (see
+            :class:`SessionLoader`; the unary session before the native CRF never spins).
 
     Example:
         >>> with OnnxRuntimeBackend("model.onnx") as backend:
@@ -103,16 +105,17 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
-                 crf_executor: str = "auto"):
+                 crf_executor: str = "auto", spinning: bool = True):
         if crf_executor not in CRF_EXECUTOR_CHOICES:
             raise ValueError(f"crf_executor must be one of {CRF_EXECUTOR_CHOICES}, got "
                              f"{crf_executor!r}")
-        self.loader = SessionLoader(path, providers, plugin_library, threads)
+        self.loader = SessionLoader(path, providers, plugin_library, threads, spinning)
         self.session, model_proto = self.loader()
         props = {p.key: p.value for p in model_proto.metadata_props}
         super().__init__(ModelMetadata.from_onnx_props(props))
         self.flavor = props.get("convcrf.flavor")
         self.threads = threads
+        self.spinning = spinning
         #: the graph contains a ConvCRF (the export records its configuration).
         self.has_crf = ONNX_KEYS["crf_config"] in props
         inputs = [i.name for i in self.session.get_inputs()]
@@ -161,12 +164,13 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
         return "graph", f"the graph's CRF in ONNX Runtime: {reason}"
 
-    def _part_session(self, part: str, spinning: bool = True):
+    def _part_session(self, part: str, spinning: bool | None = None):
         """A session of one part of the full graph (``"unary"``: image -> logits; ``"crf"``:
         logits, image -> probabilities), extracted in memory from the loaded file."""
         with self._activation_lock:  # created once, also when threads race to the first call
             if part not in self._part_sessions:
-                self._part_sessions[part] = self._new_part_session(part, spinning)
+                self._part_sessions[part] = self._new_part_session(
+                    part, self.spinning if spinning is None else spinning)
         return self._part_sessions[part]
 
     def _new_part_session(self, part: str, spinning: bool):
@@ -221,7 +225,9 @@ class OnnxRuntimeBackend(Backend):
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path, flavor=flavor, fp16=fp16, part="full", verify=False)
         providers = ("cuda", "cpu") if device.startswith("cuda") else ("cpu",)
-        return cls(path, providers=providers, threads=threads)
+        # spinning=False: the benchmark interleaves backends, and idle spinning threads would
+        # slow the other backends' calls many times over.
+        return cls(path, providers=providers, threads=threads, spinning=False)
 
     def _activate(self) -> None:
         pass  # the session is created in __init__ so that errors surface at construction

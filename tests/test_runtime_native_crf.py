@@ -199,3 +199,35 @@ def test_hud_names_the_crf_executor(tmp_path):
     segmenter = Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")))
     lines = _hud_lines(RunReport(source="x"), segmenter, Renderer([[0, 0, 0]]), live=False)
     assert "CRF on (graph)" in lines[1]
+
+
+def edited_copy(path, tmp_path, edit):
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == native_crf.STATE_KEY:
+            prop.value = edit(json.loads(prop.value), prop.value)
+    out = tmp_path / "edited.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+@needs_native
+def test_parameters_that_disagree_with_the_graph_are_refused(demo_onnx, tmp_path):
+    import json
+
+    def edit(state, _):
+        state["appearance_weight"] = state["appearance_weight"] * 3
+        return json.dumps(state)
+    with pytest.raises(ValueError, match="disagree with its graph.*re-export"):
+        OnnxRuntimeBackend(edited_copy(demo_onnx, tmp_path, edit))
+
+
+@needs_native
+def test_damaged_parameters_are_refused(demo_onnx, tmp_path):
+    damaged = edited_copy(demo_onnx, tmp_path, lambda state, text: text[: len(text) // 2])
+    with pytest.raises(ValueError, match="convcrf.crf_state.*damaged"):
+        OnnxRuntimeBackend(damaged)

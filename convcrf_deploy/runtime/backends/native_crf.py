@@ -146,8 +146,9 @@ class NativeCRF:
     @classmethod
     def from_onnx_props(cls, props: Mapping[str, str], threads: int | None = None) -> "NativeCRF":
         """From an exported file's metadata_props (``convcrf.crf_config`` and
-        :data:`STATE_KEY`); raises :class:`NativeCRFUnavailable` when either is missing or
-        unreadable (files exported before the parameters were stored, graphs without CRF)."""
+        :data:`STATE_KEY`); raises :class:`NativeCRFUnavailable` when either is missing (files
+        exported before the parameters were stored, graphs without CRF) and ``ValueError``
+        when they are there but unreadable (a damaged file)."""
         if ONNX_KEYS["crf_config"] not in props:
             raise NativeCRFUnavailable("the graph has no CRF (no convcrf.crf_config metadata)")
         if STATE_KEY not in props:
@@ -156,9 +157,13 @@ class NativeCRF:
         try:
             config = CRFConfig.from_json(props[ONNX_KEYS["crf_config"]])
             state = json.loads(props[STATE_KEY])
+            if not isinstance(state, dict):
+                raise ValueError(f"expected a JSON object, got {type(state).__name__}")
+            return cls(config, state, threads)
         except (ValueError, TypeError) as exc:
-            raise NativeCRFUnavailable(f"unreadable CRF metadata: {exc}") from exc
-        return cls(config, state, threads)
+            # Present but unreadable: the file is damaged, which must not pass as a fallback.
+            raise ValueError(f"the CRF metadata ({STATE_KEY}) is damaged: {exc}; re-export "
+                             "the model") from exc
 
     # -- the pieces ConvCRF computes in PyTorch ------------------------------------------------
     def _call(self, name: str, *args) -> None:

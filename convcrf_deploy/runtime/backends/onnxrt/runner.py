@@ -159,10 +159,25 @@ class OnnxRuntimeBackend(Backend):
             except NativeCRFUnavailable as exc:
                 reason = str(exc)
         if reason is None:
+            self._check_native_against_graph()
             return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
         if wanted == "native":
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
         return "graph", f"the graph's CRF in ONNX Runtime: {reason}"
+
+    def _check_native_against_graph(self) -> None:
+        """Run the graph's CRF and the native one once on a small image: the parameters in
+        the metadata must be the ones in the graph (a file edited or damaged in one place
+        only is refused, rather than silently giving other results than its graph)."""
+        image = np.random.default_rng(0).uniform(0, 255, (1, 3, 19, 23)).astype(np.float32)
+        expected = self.session.run(["probabilities"], {INPUT_NAME: image})[0]
+        logits = self._part_session("unary", spinning=False).run([self._logits_name],
+                                                                 {INPUT_NAME: image})[0]
+        error = float(np.abs(self.native_crf(logits, image) - expected).max())
+        if not error <= 1e-4:
+            raise ValueError(f"{self.loader.path.name}: the CRF parameters in its metadata "
+                             f"disagree with its graph (max difference {error:.2g}): the file "
+                             "was edited or damaged; re-export the model")
 
     def _part_session(self, part: str, spinning: bool | None = None):
         """A session of one part of the full graph (``"unary"``: image -> logits; ``"crf"``:

@@ -44,14 +44,13 @@ def graph_size(path: Path) -> dict[str, int]:
 
 
 def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    # Idle ONNX Runtime threads busy-wait by default and would slow the interleaved PyTorch
-    # calls of this benchmark (measured: 1.4 ms -> 41 ms for one PyTorch call).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The runtime's own session loader (no thread spinning: idle ONNX Runtime threads would
+    busy-wait through the interleaved PyTorch calls, measured 1.4 ms -> 41 ms for one call).
+    This script times the graphs as graphs; the runtime's ONNX Runtime backend runs the CRF
+    natively (benchmarks/bench_runtime.py, convcrf-bench)."""
+    from convcrf_deploy.runtime.backends.onnxrt import SessionLoader
+
+    return SessionLoader(path, ("cpu",), threads=threads, spinning=False)()[0]
 
 
 def bench_part(model, part: str, sessions: dict, sizes, args, results: dict) -> None:

@@ -9,13 +9,16 @@ rather than absolute numbers across machines. Frames are pre-rendered demo-scene
     python benchmarks/bench_runtime.py --frames 20 --sizes 320x240 --skip-warm-start
     python benchmarks/bench_runtime.py --onnx m.onnx --onnx-no-crf m_unary.onnx --json out.json
 
-"CRF off" means: PyTorch skips the CRF (``crf=False``); ONNX Runtime runs a second export of
-the same model without its CRF, since an exported graph always runs the CRF it contains.
+"CRF off" means ``Segmenter(crf=False)``: PyTorch skips the CRF, ONNX Runtime runs only the
+unary part of the exported graph. ONNX Runtime's CRF runs natively (the same C library as
+PyTorch's fused path) when the library is built; ``--crf-executor graph`` times the graph's
+own CRF nodes instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,70 +39,98 @@ def demo_frames(size: tuple[int, int], count: int, seed: int = 0):
     return [(f.image, f.ground_truth) for f in source]
 
 
-def time_segmenter(segmenter, frames, warmup: int = 3) -> dict:
-    """Median ms per stage, FPS (from the mean total), and scores over ``frames``."""
+def _score(segmenter):
     from convcrf_deploy.runtime.stats import SegmentationScore
 
-    for image, _ in frames[:warmup]:
-        segmenter(image)
-    reset = getattr(segmenter.backend, "reset", None)
-    if reset is not None:
-        reset()  # the warm start must begin at the first timed frame
-    timings = {stage: [] for stage in STAGES}
-    num_classes = segmenter.metadata.num_classes
-    crf_score, unary_score = SegmentationScore(num_classes), SegmentationScore(num_classes)
-    cpu_ms = []
-    for image, truth in frames:
-        cpu_start = time.process_time()
-        result = segmenter(image)
-        # CPU time of all the process's threads: less sensitive than wall time to other load
-        # on the machine (but it includes the inference threads' spin-waiting).
-        cpu_ms.append((time.process_time() - cpu_start) * 1e3)
-        for stage in STAGES:
-            timings[stage].append(result.timings[stage])
-        crf_score.update(result.labels, truth)
-        if result.unary_labels is not None:
-            unary_score.update(result.unary_labels, truth)
-    totals = [sum(t) for t in zip(*timings.values())]
-    return {"fps": 1e3 / statistics.fmean(totals),
-            **{f"{stage}_ms": statistics.median(values) for stage, values in timings.items()},
-            "cpu_ms": statistics.median(cpu_ms),
-            "accuracy": crf_score.pixel_accuracy, "miou": crf_score.mean_iou,
-            "unary_accuracy": unary_score.pixel_accuracy, "unary_miou": unary_score.mean_iou}
+    return SegmentationScore(segmenter.metadata.num_classes)
 
 
-def export_pair(model, folder: Path, flavor: str) -> tuple[str, str]:
-    """Export ``model`` with and without its CRF (dynamic H, W); returns the two paths."""
+def time_segmenters(segmenters: dict, frames, warmup: int = 3) -> dict:
+    """Per segmenter: median ms per stage, FPS (from the mean total), CPU ms and scores over
+    ``frames``. The segmenters run interleaved, frame by frame (the order reversed every
+    other frame), so that a shared machine's slow phases hit all of them alike."""
+    for segmenter in segmenters.values():
+        for image, _ in frames[:warmup]:
+            segmenter(image)
+        reset = getattr(segmenter.backend, "reset", None)
+        if reset is not None:
+            reset()  # the warm start must begin at the first timed frame
+    keys = list(segmenters)
+    timings = {key: {stage: [] for stage in STAGES} for key in keys}
+    cpu_ms = {key: [] for key in keys}
+    scores = {key: (_score(s), _score(s)) for key, s in segmenters.items()}
+    for index, (image, truth) in enumerate(frames):
+        for key in (keys if index % 2 == 0 else reversed(keys)):
+            cpu_start = time.process_time()
+            result = segmenters[key](image)
+            # CPU time of all the process's threads: less sensitive than wall time to other
+            # load on the machine (but it includes the inference threads' spin-waiting).
+            cpu_ms[key].append((time.process_time() - cpu_start) * 1e3)
+            for stage in STAGES:
+                timings[key][stage].append(result.timings[stage])
+            crf_score, unary_score = scores[key]
+            crf_score.update(result.labels, truth)
+            if result.unary_labels is not None:
+                unary_score.update(result.unary_labels, truth)
+    rows = {}
+    for key in keys:
+        totals = [sum(t) for t in zip(*timings[key].values())]
+        crf_score, unary_score = scores[key]
+        rows[key] = {"fps": 1e3 / statistics.fmean(totals),
+                     **{f"{stage}_ms": statistics.median(values)
+                        for stage, values in timings[key].items()},
+                     "cpu_ms": statistics.median(cpu_ms[key]),
+                     "accuracy": crf_score.pixel_accuracy, "miou": crf_score.mean_iou,
+                     "unary_accuracy": unary_score.pixel_accuracy,
+                     "unary_miou": unary_score.mean_iou}
+    return rows
+
+
+def time_segmenter(segmenter, frames, warmup: int = 3) -> dict:
+    """:func:`time_segmenters` for one segmenter."""
+    return time_segmenters({"only": segmenter}, frames, warmup)["only"]
+
+
+def export_full(model, folder: Path, flavor: str) -> str:
+    """Export ``model`` with its CRF (dynamic H, W); returns the path. "CRF off" runs the same
+    file with ``Segmenter(crf=False)``, which runs only the unary part of the graph."""
     from convcrf_deploy.export.exporter import export_onnx
-    from convcrf_deploy.model import SegmentationModel
 
-    full, unary = folder / f"model_{flavor}.onnx", folder / "model_no_crf.onnx"
-    for path, candidate in ((full, model),
-                            (unary, SegmentationModel(model.unary, None, model.metadata))):
-        report = export_onnx(candidate, str(path), flavor=flavor)
-        if not report.ok:
-            raise SystemExit(f"export of {path.name} failed verification: {report}")
-    return str(full), str(unary)
+    path = folder / f"model_{flavor}.onnx"
+    report = export_onnx(model, str(path), flavor=flavor)
+    if not report.ok:
+        raise SystemExit(f"export of {path.name} failed verification: {report}")
+    return str(path)
 
 
-def speed_table(args, model, onnx_full: str, onnx_unary: str) -> list[dict]:
+def speed_table(args, model, onnx_full: str, onnx_unary: str | None) -> list[dict]:
     from convcrf_deploy.runtime import Segmenter
 
     rows = []
+    configurations = (("torch", True), ("torch", False), ("onnxruntime", True),
+                      ("onnxruntime", False))
     for height, width in args.sizes:
         frames = demo_frames((height, width), args.frames + 3)
-        for backend, crf in (("torch", True), ("torch", False), ("onnxruntime", True),
-                             ("onnxruntime", False)):
+        segmenters = {}
+        for backend, crf in configurations:
             if backend == "torch":
-                segmenter = Segmenter(model, "torch", resize="none", crf=crf)
+                segmenters[backend, crf] = Segmenter(model, "torch", resize="none", crf=crf,
+                                                     threads=args.threads)
+            elif crf or onnx_unary is None:
+                segmenters[backend, crf] = Segmenter(onnx_full, "onnxruntime", resize="none",
+                                                     crf=crf, threads=args.threads,
+                                                     crf_executor=args.crf_executor)
             else:
-                segmenter = Segmenter(onnx_full if crf else onnx_unary, "onnxruntime",
-                                      resize="none", threads=args.threads)
+                segmenters[backend, crf] = Segmenter(onnx_unary, "onnxruntime", resize="none",
+                                                     threads=args.threads)
+        timed = time_segmenters(segmenters, frames)
+        for (backend, crf), segmenter in segmenters.items():
+            executor = segmenter.describe()["crf_executor"] if crf else "off"
             row = {"size": f"{width}x{height}", "backend": backend, "crf": crf,
-                   **time_segmenter(segmenter, frames)}
+                   "crf_executor": executor, **timed[backend, crf]}
             segmenter.close()
             rows.append(row)
-            print(f"  {row['size']:>8} {backend:<12} CRF {'on ' if crf else 'off'} "
+            print(f"  {row['size']:>8} {backend:<12} CRF {executor:<7}"
                   f"{row['fps']:6.1f} FPS  pre {row['preprocess_ms']:.2f}  inf "
                   f"{row['inference_ms']:.1f}  post {row['postprocess_ms']:.2f} ms  (CPU "
                   f"{row['cpu_ms']:.0f} ms/frame)", flush=True)
@@ -150,7 +181,9 @@ def ratios(rows: list[dict]) -> list[str]:
         for crf in (True, False):
             t, o = by_key[(size, "torch", crf)], by_key[(size, "onnxruntime", crf)]
             lines.append(f"{size} CRF {'on ' if crf else 'off'}: ONNX Runtime / PyTorch FPS = "
-                         f"{o['fps'] / t['fps']:.2f}")
+                         f"{o['fps'] / t['fps']:.2f}; frame time ONNX Runtime / PyTorch = "
+                         f"{t['fps'] / o['fps']:.2f}x (ONNX Runtime CRF executor "
+                         f"{o['crf_executor']})")
     return lines
 
 
@@ -162,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flavor", default="single-file", choices=("single-file", "portable"),
                         help="ONNX export flavour for ONNX Runtime")
     parser.add_argument("--onnx", help="use this export (with CRF) instead of exporting")
-    parser.add_argument("--onnx-no-crf", help="use this export (without CRF)")
+    parser.add_argument("--onnx-no-crf", help="use this export (without CRF) for 'CRF off' "
+                        "(default: the --onnx file with the CRF switched off)")
+    parser.add_argument("--crf-executor", default="auto", choices=("auto", "native", "graph"),
+                        help="ONNX Runtime's CRF: native library or the graph's nodes "
+                             "(default auto: native when built)")
     parser.add_argument("--threads", type=int,
                         help="inference threads of both backends (default: each one's own; on "
                              "a machine busy with other work, 1 gives steadier figures)")
@@ -188,18 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results: dict = {"model": args.model, "torch_threads": torch.get_num_threads(),
-                     "frames": args.frames}
+                     "frames": args.frames, "cpu_count": os.cpu_count(),
+                     "load_average_1min": load}
+    print(f"{os.cpu_count()} CPUs, load average {load} (other processes' load makes absolute "
+          "figures noisy; configurations are interleaved frame by frame)", flush=True)
     if not args.skip_speed:
         with tempfile.TemporaryDirectory() as tmp:
-            if args.onnx and args.onnx_no_crf:
-                onnx_full, onnx_unary = args.onnx, args.onnx_no_crf
-            else:
+            onnx_full, onnx_unary = args.onnx, args.onnx_no_crf
+            if not onnx_full:
                 start = time.perf_counter()
-                onnx_full, onnx_unary = export_pair(model, Path(args.export_dir or tmp),
-                                                    args.flavor)
-                print(f"exported {args.flavor} ONNX with and without CRF in "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+                onnx_full = export_full(model, Path(args.export_dir or tmp), args.flavor)
+                print(f"exported {args.flavor} ONNX in {time.perf_counter() - start:.0f} s",
+                      flush=True)
             print("speed (median ms per stage; FPS from the mean frame time):")
             rows = speed_table(args, model, onnx_full, onnx_unary)
         results["speed"] = rows

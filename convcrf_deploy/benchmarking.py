@@ -1,9 +1,11 @@
 """Latency profiling per stage and backend, and a sweep of ConvCRF settings (``convcrf-bench``).
 
 * :func:`benchmark_model` times a :class:`~convcrf_deploy.SegmentationModel`'s unary network,
-  its ConvCRF and the whole model on PyTorch eager, ONNX Runtime and TensorRT (through the
-  runtime backends of :mod:`convcrf_deploy.runtime.backends`), at several image sizes, and
-  reports latency statistics and each backend's speed-up over PyTorch eager.
+  its ConvCRF and the whole model on PyTorch eager, ONNX Runtime and TensorRT, at several
+  image sizes, and reports latency statistics and each backend's speed-up over PyTorch eager.
+  It times the runtime backends of :mod:`convcrf_deploy.runtime.backends` themselves
+  (``Backend.from_model``, ``infer_unary``, ``infer_crf``, ``infer``): exactly what
+  ``convcrf-run`` runs, and any new backend folder without changes here.
 * :func:`sweep_crf` times the CRF at several settings (filter size, blur, mean-field
   iterations), with the model's trained parameters, and measures on labelled frames how much
   each setting improves pixel accuracy and mIoU over the unary, to pick a latency budget.
@@ -20,9 +22,6 @@ Example:
 """
 from __future__ import annotations
 
-import abc
-import contextlib
-import copy
 import itertools
 import os
 import platform
@@ -34,13 +33,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .runtime.backends import ALIASES, BACKENDS, BackendUnavailableError, backend_name_for
+from .runtime.backends import STAGES as BACKEND_STAGES
+from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError, backend_class,
+                                backend_name_for)
 from .data.folder import rgb_to_tensor
 from .files import atomic_write
 from .install import install_hint
 
-#: stages timed for every backend: the unary network, the ConvCRF on its logits, both.
-STAGES = ("unary", "crf", "full")
+#: stages timed for every backend: the unary network, the ConvCRF on its logits, both (the
+#: runtime backends' own split, :data:`convcrf_deploy.runtime.backends.STAGES`).
+STAGES = BACKEND_STAGES
 
 #: statistics of a latency sample, in this order in tables.
 STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")
@@ -52,9 +54,6 @@ REFERENCE_BACKEND = "torch"
 INSTALL_HINTS = {"torch": install_hint("torch"),
                  "onnxruntime": f"pip install onnxruntime (CPU) or {install_hint('gpu')}",
                  "tensorrt": install_hint("tensorrt")}
-
-#: ONNX flavours that ONNX Runtime runs on CPU/CUDA (``plugin`` needs TensorRT).
-ORT_FLAVORS = ("single-file", "portable")
 
 
 class BenchmarkError(ValueError):
@@ -185,7 +184,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     return info
 
 
-# ---- per-backend stage runners ----------------------------------------------------------------
+# ---- the backends' stages ---------------------------------------------------------------------
 
 @dataclass
 class StageInputs:
@@ -201,163 +200,35 @@ class StageInputs:
     probabilities: np.ndarray
 
 
-class _StageRunner(abc.ABC):
-    """One backend's callables: ``prepare(inputs) -> {stage: zero-argument call}``.
-
-    ``notes`` explain stages that are not measured or not measured as the others are;
-    ``outputs(inputs)`` returns the backend's whole-model probabilities for the parity check.
-    """
-
-    name = "backend"
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    @abc.abstractmethod
-    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
-        """Zero-argument calls per stage on ``inputs`` (conversions done here, not timed)."""
-
-    def probabilities(self, inputs: StageInputs) -> np.ndarray | None:
-        return None
-
-    def close(self) -> None:
-        pass
+def stage_calls(backend, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
+    """Zero-argument calls per stage of a runtime backend, as ``convcrf-run`` runs them:
+    ``"full"`` = ``backend.infer``, ``"unary"`` = ``infer_unary``, ``"crf"`` = ``infer_crf``
+    for the stages the backend lists in ``backend.stages``."""
+    feed = {"image": inputs.image}
+    calls = {"unary": lambda: backend.infer_unary(inputs.image),
+             "crf": lambda: backend.infer_crf(inputs.logits, inputs.image),
+             "full": lambda: backend.infer(feed)}
+    return {stage: call for stage, call in calls.items()
+            if stage in backend.stages and (stage != "crf" or backend.has_crf)}
 
 
-class _TorchStages(_StageRunner):
-    """PyTorch eager under ``torch.inference_mode`` (the ConvCRF's fused native CPU path)."""
-
-    name = "torch"
-
-    def __init__(self, model, device: str, fp16: bool):
-        super().__init__()
-        import torch
-
-        self.torch, self.model, self.device = torch, model, device
-        self.is_cuda = device.startswith("cuda")
-        self.fp16 = fp16 and self.is_cuda
-        if fp16 and not self.is_cuda:
-            self.notes.append("fp16 applies to CUDA only: PyTorch on the CPU ran in fp32")
-
-    def _context(self):
-        torch = self.torch
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.fp16:
-            stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
-        return stack
-
-    def _call(self, fn: Callable[[], Any]) -> Callable[[], Any]:
-        torch = self.torch
-
-        def call():
-            with self._context():
-                out = fn()
-            if self.is_cuda:  # kernels are asynchronous: wait for them before stopping the clock
-                torch.cuda.synchronize()
-            return out
-        return call
-
-    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
-        torch, model = self.torch, self.model
-        image = torch.from_numpy(inputs.image).to(self.device)
-        logits = torch.from_numpy(inputs.logits).to(self.device)
-        calls = {"unary": self._call(lambda: model.forward_unary(image)),
-                 "full": self._call(lambda: model(image))}
-        if model.crf is not None:
-            calls["crf"] = self._call(lambda: model.crf(logits, image))
-        return calls
-
-
-class _OnnxRuntimeStages(_StageRunner):
-    """ONNX Runtime sessions (:class:`SessionLoader`) of the exported unary, crf and full
-    parts."""
-
-    name = "onnxruntime"
-
-    def __init__(self, model, folder: Path, *, flavor: str, fp16: bool, threads: int | None,
-                 providers: Sequence[str]):
-        super().__init__()
-        from .export import export_onnx
-        from .runtime.backends.onnxrt import SessionLoader
-
-        if flavor not in ORT_FLAVORS:
-            raise BenchmarkError(f"flavor {flavor!r} does not run in ONNX Runtime on CPU/CUDA; "
-                                 f"use one of {list(ORT_FLAVORS)}")
-        parts = ["unary", "full"] + (["crf"] if model.crf is not None else [])
-        paths = {}
-        for part in parts:
-            paths[part] = folder / f"{part}.onnx"
-            # verify=False: the parity of the full graph is checked on the benchmark's own
-            # inputs instead (max_abs_diff_vs_torch), which costs one run rather than an
-            # export-time reference run per part.
-            export_onnx(model, paths[part], flavor=flavor, fp16=fp16, part=part, verify=False)
-        # spinning=False: ONNX Runtime's idle threads would otherwise busy-wait through the
-        # PyTorch calls interleaved with them and slow those down many times over.
-        self.sessions = {part: SessionLoader(paths[part], tuple(providers), threads=threads,
-                                             spinning=False)()[0] for part in parts}
-        self.notes.append(f"{flavor} export, providers {self.sessions['full'].get_providers()}, "
-                          "thread spinning off")
-
-    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
-        feed = {"image": np.ascontiguousarray(inputs.image)}
-        calls = {"unary": lambda: self.sessions["unary"].run(None, feed),
-                 "full": lambda: self.sessions["full"].run(None, feed)}
-        if "crf" in self.sessions:
-            crf_feed = {"logits": np.ascontiguousarray(inputs.logits), "image": feed["image"]}
-            calls["crf"] = lambda: self.sessions["crf"].run(None, crf_feed)
-        return calls
-
-    def probabilities(self, inputs: StageInputs) -> np.ndarray:
-        return self.sessions["full"].run(["probabilities"],
-                                         {"image": np.ascontiguousarray(inputs.image)})[0]
-
-
-class _TensorRTStages(_StageRunner):
-    """TensorRT engines built from the exported full graph and from the same graph with the
-    CRF disabled (the unary stage; TensorRTBackend runs image-input graphs only, so the CRF
-    part, whose inputs are logits and image, is not timed on its own)."""
-
-    name = "tensorrt"
-
-    def __init__(self, model, folder: Path, *, flavor: str, fp16: bool, sizes, batch: int):
-        super().__init__()
-        from .export import export_onnx
-        from .runtime.backends.trt import TensorRTBackend
-        from .tensorrt import PluginLibraryError
-
-        widths, heights = [s[0] for s in sizes], [s[1] for s in sizes]
-        shapes = {"min_shape": f"{batch}x3x{min(heights)}x{min(widths)}",
-                  "opt_shape": f"{batch}x3x{max(heights)}x{max(widths)}",
-                  "max_shape": f"{batch}x3x{max(heights)}x{max(widths)}"}
-        trt_flavor = flavor if flavor != "portable" else "single-file"
-        full_path = folder / "full.trt.onnx"
-        export_onnx(model, full_path, flavor=trt_flavor, fp16=fp16, part="full", verify=False)
-        try:
-            self.full = TensorRTBackend(full_path, **shapes)
-        except PluginLibraryError as exc:  # TensorRT is there but our plugin is not
-            raise BackendUnavailableError(str(exc)) from exc
-        unary_model = copy.deepcopy(model)
-        unary_model.crf_enabled = False
-        unary_path = folder / "unary.trt.onnx"
-        export_onnx(unary_model, unary_path, flavor=trt_flavor, fp16=fp16, part="full",
-                    verify=False)
-        self.unary = TensorRTBackend(unary_path, **shapes)
-        self.full.activate()
-        self.unary.activate()
-        self.notes.append("unary = engine of the full graph with the CRF disabled (includes "
-                          "softmax, argmax and host copies); the CRF stage is not timed alone")
-
-    def prepare(self, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
-        feed = {"image": inputs.image}
-        return {"unary": lambda: self.unary.infer(feed), "full": lambda: self.full.infer(feed)}
-
-    def probabilities(self, inputs: StageInputs) -> np.ndarray:
-        return self.full.infer({"image": inputs.image})["probabilities"]
-
-    def close(self) -> None:
-        self.full.deactivate()
-        self.unary.deactivate()
+def backend_notes(backend, fp16: bool) -> list[str]:
+    """What a reader of the table needs to know about how this backend ran."""
+    described = backend.describe()
+    notes = []
+    if backend.has_crf:
+        notes.append(f"CRF executor {described['crf_executor']} "
+                     f"({described['crf_executor_detail']})")
+    if "providers" in described:
+        notes.append(f"{described.get('flavor')} export, providers {described['providers']}, "
+                     "thread spinning off")
+    missing = [stage for stage in ("unary", "crf") if stage not in backend.stages]
+    if missing and backend.has_crf:
+        notes.append(f"the {' and '.join(missing)} stage(s) are not timed alone: this backend "
+                     "runs the model as one piece")
+    if fp16 and backend.name == "torch":
+        notes.append("fp16 applies to the exported backends: PyTorch ran in fp32")
+    return notes
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
@@ -397,7 +268,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         sizes: ``(width, height)`` of the random RGB images (0..255).
         batch: images per call (``[batch, 3, H, W]``).
         iterations, warmup: timed and untimed calls per stage and size.
-        fp16: fp16 ONNX exports for ONNX Runtime and TensorRT; autocast for PyTorch on CUDA.
+        fp16: fp16 ONNX exports for ONNX Runtime and TensorRT (PyTorch runs fp32).
         threads: intra-op threads of PyTorch and ONNX Runtime (``None``: their defaults).
         device: PyTorch device (``"cpu"`` or ``"cuda"``); ONNX Runtime then uses the CUDA
             provider, falling back to CPU.
@@ -454,7 +325,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         result["warnings"] = [f"the machine is busy (load average {load} on {cpus} CPUs): "
                               "multi-threaded timings are unreliable; compare with --threads 1"]
         say(result["warnings"][0])
-    runners: dict[str, _StageRunner] = {}
+    runners: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="convcrf-bench-") as tmp:
         try:
             for name in names:
@@ -462,9 +333,10 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                 if reason is None:
                     say(f"preparing {name} ...")
                     try:
-                        runners[name] = _make_runner(name, loaded, Path(tmp) / name, flavor=flavor,
-                                                     fp16=fp16, threads=threads, device=device,
-                                                     sizes=sizes, batch=batch)
+                        # Each backend converts the model as it needs (export, engine build).
+                        runners[name] = backend_class(name).from_model(
+                            loaded, Path(tmp) / name, flavor=flavor, fp16=fp16, threads=threads,
+                            device=device, sizes=sizes, batch=batch).activate()
                     except BackendUnavailableError as exc:
                         reason = str(exc)
                 if reason is not None:
@@ -475,7 +347,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                 raise BackendUnavailableError(
                     f"none of the requested backends can run here ({reasons})")
             for name, runner in runners.items():
-                result["backends"][name] = {"status": "ok", "notes": list(runner.notes),
+                result["backends"][name] = {"status": "ok", "notes": backend_notes(runner, fp16),
                                             "sizes": {}}
             for index, size in enumerate(sizes):
                 say(f"timing {size_key(size)} (batch {batch}, {iterations} iterations) ...")
@@ -483,39 +355,25 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                            seed=index)
         finally:
             for runner in runners.values():
-                runner.close()
+                runner.deactivate()
     # Report backends in the order requested.
     result["backends"] = {name: result["backends"][name] for name in names}
     return result
-
-
-def _make_runner(name: str, model, folder: Path, *, flavor, fp16, threads, device, sizes,
-                 batch) -> _StageRunner:
-    folder.mkdir(parents=True, exist_ok=True)
-    if name == "torch":
-        return _TorchStages(model, device, fp16)
-    if name == "onnxruntime":
-        providers = ("cuda", "cpu") if device.startswith("cuda") else ("cpu",)
-        return _OnnxRuntimeStages(model, folder, flavor=flavor, fp16=fp16, threads=threads,
-                                  providers=providers)
-    return _TensorRTStages(model, folder, flavor=flavor, fp16=fp16, sizes=sizes, batch=batch)
 
 
 def _time_size(model, runners, result, size, batch, iterations, warmup, device, seed) -> None:
     inputs = _stage_inputs(model, size, batch, device, seed)
     calls = {}
     for name, runner in runners.items():
-        for stage, call in runner.prepare(inputs).items():
+        for stage, call in stage_calls(runner, inputs).items():
             calls[(name, stage)] = call
     samples = time_interleaved(calls, iterations, warmup)
     key = size_key(size)
     for name, runner in runners.items():
         entry: dict[str, Any] = {stage: latency_stats(samples[(name, stage)], batch)
                                  for stage in STAGES if (name, stage) in samples}
-        probabilities = runner.probabilities(inputs)
-        entry["max_abs_diff_vs_torch"] = (
-            float(np.abs(probabilities - inputs.probabilities).max())
-            if probabilities is not None else None)
+        probabilities = runner.infer({"image": inputs.image})["probabilities"]
+        entry["max_abs_diff_vs_torch"] = float(np.abs(probabilities - inputs.probabilities).max())
         result["backends"][name]["sizes"][key] = entry
     reference = result["backends"].get(REFERENCE_BACKEND, {}).get("sizes", {}).get(key)
     for name in runners:
@@ -799,7 +657,7 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "benchmark_model",
+__all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
            "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
            "format_benchmark", "format_sweep", "plot_benchmark", "parse_size",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

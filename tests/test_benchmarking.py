@@ -134,30 +134,34 @@ def test_onnxruntime_times_every_stage_of_the_same_model(both_backends):
 
 
 def test_tensorrt_stages_through_the_tensorrt_backend(monkeypatch):
-    """The TensorRT glue with a stand-in for TensorRTBackend (no GPU here): engines are built
-    from the full graph and from the graph with the CRF disabled, with a profile covering
-    every size, and activated once."""
+    """The benchmark builds TensorRT through TensorRTBackend.from_model (no GPU here: a
+    subclass stands in for the engine): one engine of the full graph with our ConvCRF nodes
+    and a profile covering every size, activated for the run and deactivated after it."""
     pytest.importorskip("onnxscript")
     import onnx
 
     from convcrf_deploy.runtime.backends import trt
+    from convcrf_deploy.runtime.backends.base import Backend
 
     created = []
 
-    class StandIn:
+    class StandIn(trt.TensorRTBackend):
         def __init__(self, path, **build_options):
+            Backend.__init__(self, ModelMetadata.for_classes(SyntheticScene.CLASS_NAMES))
             self.model = onnx.load(str(path))
-            self.build_options, self.active = build_options, False
+            self.build_options, self.device = build_options, 0
+            self.info = type("Info", (), {"path": path})
+            self.activations = 0
             created.append(self)
 
-        def activate(self):
-            self.active = True
+        def _activate(self):
+            self.activations += 1
 
-        def deactivate(self):
-            self.active = False
+        def _deactivate(self):
+            pass
 
-        def infer(self, feed):
-            n, _, h, w = feed["image"].shape
+        def _infer(self, image):
+            n, _, h, w = image.shape
             return {"probabilities": np.full((n, 5, h, w), 0.2, np.float32)}
 
     monkeypatch.setattr(trt, "TensorRTBackend", StandIn)
@@ -165,16 +169,41 @@ def test_tensorrt_stages_through_the_tensorrt_backend(monkeypatch):
     result = bench.benchmark_model(tiny_model(), backends=["torch", "tensorrt"],
                                    sizes=[TINY, (48, 40)], batch=2, iterations=2, warmup=0)
     entry = result["backends"]["tensorrt"]["sizes"]["48x40"]
-    assert {"unary", "full"} <= set(entry) and "crf" not in entry
+    assert "full" in entry and "unary" not in entry and "crf" not in entry
+    check_stats(entry["full"], batch=2)
     assert entry["max_abs_diff_vs_torch"] > 0  # the stand-in's output is not the model's
-    full, unary = created
-    assert full.build_options == {"min_shape": "2x3x32x40", "opt_shape": "2x3x40x48",
-                                  "max_shape": "2x3x40x48"}
-    ops = lambda b: {node.op_type for node in b.model.graph.node}  # noqa: E731
-    assert any("ConvCRF" in op for op in ops(full))
-    assert not any("ConvCRF" in op for op in ops(unary))
-    assert not full.active and not unary.active  # deactivated after the run
-    assert "CRF stage is not timed alone" in " ".join(result["backends"]["tensorrt"]["notes"])
+    (engine,) = created
+    assert engine.build_options == {"min_shape": "2x3x32x40", "opt_shape": "2x3x40x48",
+                                    "max_shape": "2x3x40x48"}
+    assert any("ConvCRF" in node.op_type for node in engine.model.graph.node)
+    assert engine.activations == 1 and not engine.is_active  # deactivated after the run
+    notes = " ".join(result["backends"]["tensorrt"]["notes"])
+    assert "CRF executor engine" in notes and "not timed alone" in notes
+
+
+def test_onnxruntime_stages_are_the_runtime_backends(both_backends):
+    """The bench times OnnxRuntimeBackend itself: the CRF stage is what convcrf-run runs
+    (the native executor when the library is built) and the notes say so."""
+    from convcrf_deploy._native import cpu_library
+
+    notes = " ".join(both_backends["backends"]["onnxruntime"]["notes"])
+    expected = "native" if cpu_library() is not None else "graph"
+    assert f"CRF executor {expected}" in notes
+
+
+def test_stage_calls_follow_the_backend_stages():
+    from convcrf_deploy.runtime.backends.torch import TorchBackend
+
+    backend = TorchBackend(tiny_model())
+    image = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 40)).astype(np.float32)
+    logits = backend.infer_unary(image)
+    inputs = bench.StageInputs(image, logits, backend.infer({"image": image})["probabilities"])
+    calls = bench.stage_calls(backend, inputs)
+    assert set(calls) == {"unary", "crf", "full"}
+    np.testing.assert_allclose(calls["crf"](), inputs.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(calls["unary"](), logits)
+    no_crf = TorchBackend(tiny_model(crf=False))
+    assert set(bench.stage_calls(no_crf, inputs)) == {"unary", "full"}
 
 
 def test_missing_backend_library_is_skipped_with_the_install_command(monkeypatch):

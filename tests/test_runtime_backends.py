@@ -210,3 +210,29 @@ def test_torch_backend_warm_start_resets_on_size_change(torch_model):
     assert tuple(backend.warm_start.previous.shape[-2:]) == (16, 20)
     backend.deactivate()
     assert backend.warm_start.previous is None
+
+
+def test_backends_say_whether_calls_may_run_concurrently(torch_model):
+    from convcrf_deploy.runtime.backends.torch import TorchBackend
+    from convcrf_deploy.runtime.backends.trt import TensorRTBackend
+
+    assert TorchBackend(torch_model).thread_safe
+    # The warm start carries one stream's previous frame: its calls are serialised.
+    assert not TorchBackend(torch_model, warm_start=True).thread_safe
+    assert TensorRTBackend.thread_safe is False  # one execution context and buffer pool
+    assert OnnxRuntimeBackend.thread_safe
+
+
+def test_torch_backend_stages_compose_to_infer(torch_model):
+    from convcrf_deploy.runtime.backends.torch import TorchBackend
+
+    backend = TorchBackend(torch_model)
+    image = random_image(n=2, h=20, w=28)
+    assert backend.stages == ("unary", "crf", "full")
+    assert backend.describe()["crf_executor"] in ("native", "torch")
+    logits = backend.infer_unary(image)
+    assert logits.shape == (2, 5, 20, 28) and logits.dtype == np.float32
+    np.testing.assert_allclose(backend.infer_crf(logits, image),
+                               backend.infer({"image": image})["probabilities"], atol=1e-6)
+    with pytest.raises(ValueError, match="matching image"):
+        backend.infer_crf(logits[:, :, :10], image)

@@ -132,3 +132,111 @@ def test_colorize_and_overlay():
     assert renderer.next_view() == "overlay"
     with pytest.raises(ValueError, match="alpha"):
         Renderer([[0, 0, 0]], alpha=1.5)
+
+
+# -- several threads sharing one Segmenter (issue 11) ----------------------------------------------
+
+def thread_frames(count: int = 20):
+    """Frames of different content and sizes, so that a mix-up shows in labels or shape."""
+    rng = np.random.default_rng(1)
+    shapes = ((30, 40), (44, 52), (26, 70), (50, 36))
+    return [rng.integers(0, 256, (*shapes[i % 4], 3), dtype=np.uint8) for i in range(count)]
+
+
+def run_in_threads(segmenter, frames, threads: int = 4):
+    """Each thread segments every frame (in its own order); results by (thread, frame)."""
+    import threading
+
+    results, errors = {}, []
+    barrier = threading.Barrier(threads)
+
+    def work(index):
+        try:
+            barrier.wait(timeout=30)
+            order = list(range(len(frames)))[index::1] if index % 2 == 0 else \
+                list(reversed(range(len(frames))))
+            for i in order:
+                results[index, i] = segmenter(frames[i])
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a thread hung"
+    assert not errors, errors
+    return results
+
+
+def check_same_as_sequential(segmenter, reference, frames):
+    expected = [reference(frame) for frame in frames]
+    results = run_in_threads(segmenter, frames)
+    wrong = [(t, i) for (t, i), result in results.items()
+             if result.labels.shape != expected[i].labels.shape
+             or not np.array_equal(result.labels, expected[i].labels)
+             or not np.array_equal(result.probabilities, expected[i].probabilities)]
+    assert not wrong, f"{len(wrong)} of {len(results)} results belong to another frame"
+
+
+@pytest.mark.parametrize("resize", ["none", "letterbox"])
+def test_one_segmenter_shared_by_four_threads_onnxruntime(tmp_path, resize):
+    path = write_toy_onnx(tmp_path / "toy.onnx", input_size=(40, 48), resize=resize)
+    frames = thread_frames()
+    check_same_as_sequential(Segmenter(str(path), return_probabilities=True),
+                             Segmenter(str(path), return_probabilities=True), frames)
+
+
+class SlowRedBackend(RedBackend):
+    """RedBackend that yields the CPU mid-inference, as real backends do (they release the
+    GIL), and checks that no other call runs inside it when it is not thread-safe."""
+
+    def __init__(self, thread_safe=True, **kwargs):
+        super().__init__(**kwargs)
+        self.thread_safe = thread_safe
+        self.inside = 0
+        self.overlaps = 0
+
+    def _infer(self, image):
+        import time
+
+        self.inside += 1
+        self.overlaps += self.inside > 1
+        time.sleep(0.002)
+        outputs = super()._infer(image)
+        self.inside -= 1
+        return outputs
+
+
+@pytest.mark.parametrize("resize", ["none", "stretch", "letterbox"])
+def test_one_segmenter_shared_by_four_threads_any_backend(resize):
+    frames = [red_left_frame(*shape) for shape in ((30, 40), (64, 52), (26, 70), (50, 36))] * 5
+    for i, frame in enumerate(frames):
+        frame[: 1 + i % 7] = 255  # white rows: distinct labels per frame
+    check_same_as_sequential(Segmenter(SlowRedBackend(resize=resize), return_probabilities=True),
+                             Segmenter(RedBackend(resize=resize), return_probabilities=True),
+                             frames)
+
+
+def test_backends_that_are_not_thread_safe_run_one_call_at_a_time():
+    backend = SlowRedBackend(thread_safe=False)
+    run_in_threads(Segmenter(backend), [red_left_frame(30, 40)] * 8)
+    assert backend.overlaps == 0
+    concurrent = SlowRedBackend(thread_safe=True)
+    run_in_threads(Segmenter(concurrent), [red_left_frame(30, 40)] * 8)
+    assert concurrent.overlaps > 0  # the check above can fail
+
+
+def test_one_segmenter_shared_by_four_threads_torch():
+    torch = pytest.importorskip("torch")
+    from convcrf_deploy import CRFConfig
+    from convcrf_deploy.model import ConvCRF, FastFCN, SegmentationModel
+
+    torch.manual_seed(0)
+    model = SegmentationModel(FastFCN(5, width=8), ConvCRF(CRFConfig(num_classes=5, filter_size=3,
+                                                                     iterations=2)),
+                              ModelMetadata.for_classes("abcde", input_size=(40, 48),
+                                                        resize="none")).eval()
+    frames = thread_frames(12)
+    check_same_as_sequential(Segmenter(model, "torch", return_probabilities=True),
+                             Segmenter(model, "torch", return_probabilities=True), frames)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int_at_least(0), default=3,
                         help="untimed calls first (default 3)")
     parser.add_argument("--fp16", action="store_true",
-                        help="fp16 exports for ONNX Runtime/TensorRT; autocast for torch on CUDA")
+                        help="fp16 exports for ONNX Runtime/TensorRT (torch runs fp32)")
     parser.add_argument("--threads", type=positive_int,
                         help="intra-op threads of torch and ONNX Runtime (default: theirs)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")

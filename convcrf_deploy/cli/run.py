@@ -195,10 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     finally:
         segmenter.close()
+    described = segmenter.describe()
     report.info.update(model=str(args.model), backend=segmenter.backend.name,
                        threads=args.threads or "default (all cores)",
                        crf=segmenter.crf, warm_start=bool(args.warm_start),
-                       resize=segmenter.resize, input_size=list(segmenter.input_size))
+                       resize=segmenter.resize, input_size=list(segmenter.input_size),
+                       crf_executor=described["crf_executor"],
+                       crf_executor_detail=described["crf_executor_detail"])
+    print(f"model {args.model}: {described['backend']} backend, CRF executor "
+          f"{described['crf_executor']} ({described['crf_executor_detail']})")
     print(report.summary_table())
     if args.stats_json:
         write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")

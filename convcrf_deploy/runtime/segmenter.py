@@ -5,9 +5,16 @@ Pre-processing follows the model's :class:`ModelMetadata`: the frame is fed as i
 the aspect ratio and padded (``"letterbox"``), then converted BGR -> RGB float32 ``[1, 3, h,
 w]`` in 0..255 (normalisation is inside the model). Post-processing removes the letterbox
 padding and maps labels back to the frame with nearest-neighbour sampling.
+
+Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
+Each thread has its own input buffer and frame geometry, and each call's result is its own;
+the backend runs calls concurrently when it is thread-safe (PyTorch, ONNX Runtime, the native
+CRF) and one at a time otherwise (TensorRT's single execution context, the torch warm start),
+see :attr:`Backend.thread_safe`. The CRF switch (:attr:`Segmenter.crf`) applies to all threads.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +23,7 @@ import cv2
 import numpy as np
 
 from ..metadata import RESIZE_POLICIES
-
 from .backends import Backend, create_backend
-
 
 
 @dataclass
@@ -103,8 +108,8 @@ class Segmenter:
         self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
         self.return_probabilities = return_probabilities
         self.label_dtype = np.uint8 if meta.num_classes <= 256 else np.int32
-        self._geometry: _Geometry | None = None
-        self._input: np.ndarray | None = None
+        # Per thread: the last frame geometry and the input buffer reused for it.
+        self._local = threading.local()
         self.crf = crf
 
     # -- CRF switch --------------------------------------------------------------------------
@@ -118,6 +123,14 @@ class Segmenter:
         self._crf = bool(enabled)
         if hasattr(self.backend, "crf_enabled"):
             self.backend.crf_enabled = self._crf
+
+    def describe(self) -> dict[str, Any]:
+        """How frames are segmented (JSON-serialisable): the backend's ``describe()``
+        (``backend``, ``crf_executor`` one of ``"native"``, ``"graph"``, ``"torch"``,
+        ``"engine"``, ``"none"``, ``crf_executor_detail`` saying why, providers/device,
+        threads) plus ``crf`` (whether labels include the CRF), ``resize`` and ``input_size``."""
+        return {**self.backend.describe(), "crf": self._crf and self.backend.has_crf,
+                "resize": self.resize, "input_size": list(self.input_size)}
 
     @property
     def metadata(self):
@@ -135,28 +148,36 @@ class Segmenter:
 
     # -- processing --------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255 (a reused buffer)."""
+        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255.
+
+        The array is this thread's buffer, reused (overwritten) by the thread's next call."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 \
                 or frame.dtype != np.uint8 or 0 in frame.shape:
             raise ValueError("frame must be a BGR uint8 array [H, W, 3] with H, W >= 1, got "
                              + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
                                 else type(frame).__name__))
         shape = frame.shape[:2]
-        geo = self._geometry
+        local = self._local
+        geo = getattr(local, "geometry", None)
         if geo is None or geo.frame_shape != shape:
-            geo = self._geometry = _geometry(shape, self.resize, self.input_size)
-            self._input = np.zeros((1, 3, *geo.input_shape), np.float32)
+            geo = _geometry(shape, self.resize, self.input_size)
+            local.input = np.zeros((1, 3, *geo.input_shape), np.float32)
+            local.geometry = geo
+        buffer = local.input
         top, left, h, w = geo.content
         if (h, w) != shape:
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
         # BGR -> RGB by writing channel planes in reverse order, straight into the buffer.
         for channel in range(3):
-            self._input[0, 2 - channel, top:top + h, left:left + w] = frame[:, :, channel]
-        return self._input
+            buffer[0, 2 - channel, top:top + h, left:left + w] = frame[:, :, channel]
+        return buffer
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Backend outputs (batch 1) -> labels (and probabilities) at the frame's size."""
-        geo = self._geometry
+        """Backend outputs (batch 1) -> labels (and probabilities) at the size of the frame
+        this thread preprocessed last."""
+        geo = getattr(self._local, "geometry", None)
+        if geo is None:
+            raise RuntimeError("postprocess needs a frame: call preprocess in this thread first")
         top, left, h, w = geo.content
         fh, fw = geo.frame_shape
 

@@ -15,7 +15,9 @@ WINDOW = 4096
 
 
 class LatencyStats:
-    """Per-stage latency samples (milliseconds) in fixed-size ring buffers."""
+    """Per-stage latency samples (milliseconds) in fixed-size ring buffers.
+
+    Not thread-safe: one per run (``run_video`` owns it); guard it with a lock to share it."""
 
     def __init__(self, window: int = WINDOW):
         self.window = window
@@ -67,7 +69,8 @@ class LatencyStats:
 
 class SegmentationScore:
     """Running VOC pixel accuracy and mIoU of a video (one confusion matrix, constant memory;
-    :class:`convcrf_deploy.metrics.SegmentationMetrics` also keeps per-image lists)."""
+    :class:`convcrf_deploy.metrics.SegmentationMetrics` also keeps per-image lists).
+    Not thread-safe: ``update`` adds to one matrix in place."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX):
         self.num_classes = num_classes

@@ -186,8 +186,8 @@ def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
     fps = 1e3 / frame_ms if frame_ms > 0 else 0.0
     lines = [f"{fps:.1f} FPS  pre {recent['preprocess']:.1f} inf {recent['inference']:.0f} post "
              f"{recent['postprocess']:.1f} draw {recent['render']:.0f} ms",
-             f"CRF {'on' if segmenter.crf else 'off'}  view {renderer.view}  "
-             f"{segmenter.backend.name}"]
+             f"CRF {'on' if segmenter.crf else 'off'} ({segmenter.backend.crf_executor})  "
+             f"view {renderer.view}  {segmenter.backend.name}"]
     if live:
         age = report.latency.recent_mean("frame_age")
         lines.append(f"dropped {report.dropped_frames}  frame age {age:.1f} ms")

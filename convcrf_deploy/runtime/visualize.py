@@ -79,6 +79,8 @@ class Renderer:
         view: ``"overlay"`` (labels blended onto the frame), ``"mask"`` (colours only) or
             ``"side-by-side"`` (unary | CRF overlays; needs unary labels).
         alpha: opacity of the labels in overlays.
+
+    Not thread-safe: it reuses its colour buffers between calls; use one per thread/stream.
     """
 
     def __init__(self, palette: Sequence[Sequence[int]], view: str = "overlay", alpha: float = 0.5):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ...install import install_hint
-from .base import Backend, BackendUnavailableError, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES
+from .base import (STAGES, Backend, BackendUnavailableError, INPUT_NAME, OPTIONAL_OUTPUT_NAMES,
+                   OUTPUT_NAMES, StageUnavailableError)
 
 #: backend name -> (module, class) imported on demand.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -54,6 +55,20 @@ def backend_name_for(model: Any, backend: str | None = None) -> str:
                      f"{sorted(BACKENDS)}")
 
 
+def backend_class(name: str) -> type[Backend]:
+    """The :class:`Backend` subclass registered as ``name`` (an alias is accepted), imported
+    now; raises :class:`BackendUnavailableError` naming the extra when its library is missing."""
+    name = backend_name_for(None, name)
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the {name} backend is not available ({exc}); install it with "
+            f"{install_hint(EXTRAS[name])}") from exc
+    return getattr(module, class_name)
+
+
 def create_backend(model: Any, backend: str | None = None, **options: Any) -> Backend:
     """Create (not yet activate) the backend that runs ``model``.
 
@@ -70,15 +85,9 @@ def create_backend(model: Any, backend: str | None = None, **options: Any) -> Ba
     name = backend_name_for(model, backend)
     if isinstance(model, (str, Path)) and str(model) != "demo" and not Path(model).exists():
         raise FileNotFoundError(f"model file {str(model)!r} does not exist")
-    module_name, class_name = BACKENDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the {name} backend is not available ({exc}); install it with "
-            f"{install_hint(EXTRAS[name])}") from exc
-    return getattr(module, class_name)(model, **options)
+    return backend_class(name)(model, **options)
 
 
 __all__ = ["Backend", "BackendUnavailableError", "BACKENDS", "INPUT_NAME", "OUTPUT_NAMES",
-           "OPTIONAL_OUTPUT_NAMES", "backend_name_for", "create_backend"]
+           "OPTIONAL_OUTPUT_NAMES", "STAGES", "StageUnavailableError", "backend_class",
+           "backend_name_for", "create_backend"]

@@ -1,28 +1,100 @@
 """`OnnxRuntimeBackend`: the runtime backend for exported ``.onnx`` files."""
 from __future__ import annotations
 
+import logging
 import os
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
 from ....metadata import ONNX_KEYS, ModelMetadata
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend
-from .loader import SessionLoader
+from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
+from .loader import SessionLoader, import_onnxruntime
+
+log = logging.getLogger(__name__)
+
+#: ``crf_executor=`` choices: ``"auto"`` = native when possible on the CPU provider.
+CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
+
+
+def unary_logits_name(model_proto) -> str | None:
+    """Name of the unary logits in an exported full graph: the input of the ``ArgMax`` that
+    produces ``unary_labels`` (``export/exporter.py``: ``logits.argmax(dim=1)``), or ``None``."""
+    for node in model_proto.graph.node:
+        if node.op_type == "ArgMax" and not node.domain and list(node.output) == ["unary_labels"]:
+            return node.input[0]
+    return None
+
+
+def extract_part(model_proto, inputs: Sequence[str], outputs: Sequence[str]):
+    """A copy of ``model_proto`` that computes ``outputs`` from ``inputs`` only: the nodes
+    they need (in the original order), their initializers, the same functions and opsets.
+    (``onnx.utils.Extractor`` needs shape-inferred value_info for every name, which graphs
+    with custom-domain nodes do not always have.)"""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model_proto.graph
+    producers = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    keep, stack, seen = set(), list(outputs), set(inputs)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producers and producers[name] not in keep:
+            keep.add(producers[name])
+            stack.extend(graph.node[producers[name]].input)
+    nodes = [graph.node[i] for i in sorted(keep)]
+    used = {name for node in nodes for name in node.input}
+    known = {v.name: v for v in [*graph.input, *graph.output, *graph.value_info]}
+
+    def value(name):
+        return known.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    part = onnx.ModelProto()
+    part.CopyFrom(model_proto)
+    del part.graph.node[:], part.graph.input[:], part.graph.output[:]
+    del part.graph.initializer[:], part.graph.value_info[:]
+    part.graph.node.extend(nodes)
+    part.graph.input.extend(value(name) for name in inputs)
+    part.graph.output.extend(value(name) for name in outputs)
+    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
+    return part
+
+
+def _uses_external_data(model_proto) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in model_proto.graph.initializer)
 
 
 class OnnxRuntimeBackend(Backend):
     """Runs a graph exported by ``convcrf-export`` (input ``image`` float32 ``[N, 3, H, W]``
     RGB 0..255; outputs ``probabilities``, ``labels`` and, when exported, ``unary_labels``).
 
+    The CRF runs natively (:class:`~convcrf_deploy.runtime.backends.native_crf.NativeCRF`, the
+    fused C library the PyTorch path uses) whenever the native library is present, the file
+    carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
+    then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard
+    ONNX ops, several times slower on the CPU). :meth:`describe` says which one and why. Both
+    compute the same probabilities (within 1e-4; tests/test_runtime_native_crf.py). With
+    ``crf_enabled = False`` (``Segmenter(crf=False)``) only the unary part runs.
+
     The session is created on construction (so a bad file or provider fails early); the
-    metadata comes from the file's ``convcrf.*`` metadata_props.
+    metadata comes from the file's ``convcrf.*`` metadata_props. Thread-safe (ONNX Runtime
+    sessions and :class:`NativeCRF` are).
 
     Args:
         path: the ``.onnx`` file.
         providers: ``("cpu",)``, ``("cuda", "cpu")`` or ``("tensorrt", "cuda", "cpu")``.
         plugin_library: ConvCRF TensorRT plugin for ``plugin``-flavour graphs.
-        threads: intra-op threads (``None``: all cores).
+        threads: intra-op threads of ONNX Runtime and the native CRF (``None``: all cores).
+        crf_executor: ``"auto"`` (default), ``"native"`` (required: ``ValueError`` saying why
+            when it cannot run) or ``"graph"``.
+        spinning: idle ONNX Runtime threads busy-wait for the next run (see
+            :class:`SessionLoader`; the unary session before the native CRF never spins).
 
     Example:
         >>> with OnnxRuntimeBackend("model.onnx") as backend:
@@ -32,12 +104,18 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
-                 plugin_library: str | os.PathLike | None = None, threads: int | None = None):
-        self.loader = SessionLoader(path, providers, plugin_library, threads)
+                 plugin_library: str | os.PathLike | None = None, threads: int | None = None,
+                 crf_executor: str = "auto", spinning: bool = True):
+        if crf_executor not in CRF_EXECUTOR_CHOICES:
+            raise ValueError(f"crf_executor must be one of {CRF_EXECUTOR_CHOICES}, got "
+                             f"{crf_executor!r}")
+        self.loader = SessionLoader(path, providers, plugin_library, threads, spinning)
         self.session, model_proto = self.loader()
         props = {p.key: p.value for p in model_proto.metadata_props}
         super().__init__(ModelMetadata.from_onnx_props(props))
         self.flavor = props.get("convcrf.flavor")
+        self.threads = threads
+        self.spinning = spinning
         #: the graph contains a ConvCRF (the export records its configuration).
         self.has_crf = ONNX_KEYS["crf_config"] in props
         inputs = [i.name for i in self.session.get_inputs()]
@@ -49,11 +127,122 @@ class OnnxRuntimeBackend(Backend):
         if missing:
             raise ValueError(f"{self.loader.path.name} lacks output(s) {missing}")
         self.output_names = [*OUTPUT_NAMES, *(n for n in OPTIONAL_OUTPUT_NAMES if n in outputs)]
+        self._model_proto = model_proto
+        self._logits_name = unary_logits_name(model_proto)
+        self._part_sessions: dict[str, Any] = {}
+        self.native_crf: NativeCRF | None = None
+        self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
+        #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph runs.
+        self.crf_enabled = True
+        if self._crf_executor == "native":
+            # The unary session only: ONNX Runtime's idle threads would otherwise spin while
+            # the native CRF runs and take the cores from it.
+            self._part_session("unary", spinning=False)
+        log.info("%s: CRF executor %s (%s)", self.loader.path.name, self._crf_executor,
+                 self.crf_executor_detail)
+
+    def _choose_executor(self, props: dict[str, str], wanted: str) -> tuple[str, str | None]:
+        if not self.has_crf:
+            return "none", None
+        if wanted == "graph":
+            return "graph", "the graph's CRF (crf_executor='graph')"
+        reason = None
+        if self.loader.providers != ("cpu",):
+            reason = f"providers {list(self.loader.providers)} (native CRF is CPU-only)"
+        elif self._logits_name is None:
+            reason = "the graph has no unary_labels output to find the unary logits by"
+        elif _uses_external_data(self._model_proto):
+            reason = "the weights are stored as external data"
+        else:
+            try:
+                self.native_crf = NativeCRF.from_onnx_props(props, self.threads)
+            except NativeCRFUnavailable as exc:
+                reason = str(exc)
+        if reason is None:
+            self._check_native_against_graph()
+            return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
+        if wanted == "native":
+            raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
+        return "graph", f"the graph's CRF in ONNX Runtime: {reason}"
+
+    def _check_native_against_graph(self) -> None:
+        """Run the graph's CRF and the native one once on a small image: the parameters in
+        the metadata must be the ones in the graph (a file edited or damaged in one place
+        only is refused, rather than silently giving other results than its graph)."""
+        image = np.random.default_rng(0).uniform(0, 255, (1, 3, 19, 23)).astype(np.float32)
+        expected = self.session.run(["probabilities"], {INPUT_NAME: image})[0]
+        logits = self._part_session("unary", spinning=False).run([self._logits_name],
+                                                                 {INPUT_NAME: image})[0]
+        error = float(np.abs(self.native_crf(logits, image) - expected).max())
+        if not error <= 1e-4:
+            raise ValueError(f"{self.loader.path.name}: the CRF parameters in its metadata "
+                             f"disagree with its graph (max difference {error:.2g}): the file "
+                             "was edited or damaged; re-export the model")
+
+    def _part_session(self, part: str, spinning: bool | None = None):
+        """A session of one part of the full graph (``"unary"``: image -> logits; ``"crf"``:
+        logits, image -> probabilities), extracted in memory from the loaded file."""
+        with self._activation_lock:  # created once, also when threads race to the first call
+            if part not in self._part_sessions:
+                self._part_sessions[part] = self._new_part_session(
+                    part, self.spinning if spinning is None else spinning)
+        return self._part_sessions[part]
+
+    def _new_part_session(self, part: str, spinning: bool):
+        if self._logits_name is None:
+            raise ValueError(f"{self.loader.path.name}: cannot find the unary logits in the "
+                             "graph (no unary_labels output)")
+        inputs, outputs = {"unary": ([INPUT_NAME], [self._logits_name]),
+                           "crf": ([self._logits_name, INPUT_NAME], ["probabilities"])}[part]
+        extracted = extract_part(self._model_proto, inputs, outputs)
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(extracted.SerializeToString(), sess_options=options,
+                                    providers=self.session.get_providers())
+
+    @property
+    def crf_executor(self) -> str:
+        return self._crf_executor
 
     @property
     def providers(self) -> list[str]:
         """Execution providers the session actually uses, in priority order."""
         return self.session.get_providers()
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        if self._logits_name is None:
+            return ("full",)
+        return ("unary", "crf", "full") if self.has_crf else ("unary", "full")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "providers": self.providers, "threads": self.threads,
+                "flavor": self.flavor, "model": str(self.loader.path)}
+
+    @classmethod
+    def from_model(cls, model: Any, folder: str | os.PathLike, *, flavor: str = "single-file",
+                   fp16: bool = False, threads: int | None = None, device: str = "cpu",
+                   **_benchmark_options: Any) -> "OnnxRuntimeBackend":
+        """Export ``model`` (a ``SegmentationModel``) to ``folder/model.onnx`` in ``flavor``
+        (``"single-file"`` or ``"portable"``) and load it (CUDA provider when ``device`` is
+        CUDA). Parity with PyTorch is the caller's check (the benchmark reports it)."""
+        from ....export import export_onnx
+
+        if flavor not in ("single-file", "portable"):
+            raise ValueError(f"flavor {flavor!r} does not run in ONNX Runtime on CPU/CUDA; use "
+                             "'single-file' or 'portable'")
+        path = Path(folder) / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path, flavor=flavor, fp16=fp16, part="full", verify=False)
+        providers = ("cuda", "cpu") if device.startswith("cuda") else ("cpu",)
+        # spinning=False: the benchmark interleaves backends, and idle spinning threads would
+        # slow the other backends' calls many times over.
+        return cls(path, providers=providers, threads=threads, spinning=False)
 
     def _activate(self) -> None:
         pass  # the session is created in __init__ so that errors surface at construction
@@ -61,6 +250,27 @@ class OnnxRuntimeBackend(Backend):
     def _deactivate(self) -> None:
         pass
 
+    def _infer_unary(self, image: np.ndarray) -> np.ndarray:
+        return self._part_session("unary").run([self._logits_name], {INPUT_NAME: image})[0]
+
+    def _infer_crf(self, logits: np.ndarray, image: np.ndarray) -> np.ndarray:
+        if self.native_crf is not None:
+            return self.native_crf(logits, image)
+        return self._part_session("crf").run(["probabilities"], {self._logits_name: logits,
+                                                                INPUT_NAME: image})[0]
+
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(self.output_names, {INPUT_NAME: image})
-        return dict(zip(self.output_names, values))
+        if not self.crf_enabled and self._logits_name is not None:
+            logits = self._infer_unary(image)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            probabilities = np.exp(shifted, out=shifted)
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            labels = argmax_classes(logits)
+            return {"probabilities": probabilities, "labels": labels, "unary_labels": labels}
+        if self.native_crf is None:
+            values = self.session.run(self.output_names, {INPUT_NAME: image})
+            return dict(zip(self.output_names, values))
+        logits = self._infer_unary(image)
+        probabilities = self.native_crf(logits, image)
+        return {"probabilities": probabilities, "labels": argmax_classes(probabilities),
+                "unary_labels": argmax_classes(logits)}

@@ -10,7 +10,8 @@ import numpy as np
 from ....metadata import ModelMetadata
 from ....tensorrt import import_tensorrt
 from ....tensorrt._modules import import_pycuda_driver
-from ..base import INPUT_NAME, Backend
+from ....tensorrt import PluginLibraryError
+from ..base import INPUT_NAME, Backend, BackendUnavailableError
 from .loader import BufferPool, EngineLoader
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    #: one execution context and one set of buffers: calls are serialised.
+    thread_safe = False
 
     def __init__(self, engine_or_onnx_path: str | os.PathLike,
                  plugin_library: str | os.PathLike | None = None,
@@ -64,6 +67,36 @@ class TensorRTBackend(Backend):
         self._stream = None
         self._context = None
         self._buffers: BufferPool | None = None
+
+    @property
+    def crf_executor(self) -> str:
+        return "engine" if self.has_crf else "none"
+
+    def describe(self):
+        return {**super().describe(), "device": self.device, "engine": str(self.info.path)}
+
+    @classmethod
+    def from_model(cls, model, folder, *, flavor: str = "single-file", fp16: bool = False,
+                   sizes=((320, 240),), batch: int = 1, **_benchmark_options):
+        """Export ``model`` (``portable`` is exported as ``single-file``: TensorRT runs our
+        plugin for the ConvCRF nodes) and build an engine whose profile covers ``sizes``
+        (``[(width, height)]``) at ``batch``."""
+        from pathlib import Path
+
+        from ....export import export_onnx
+
+        widths, heights = [s[0] for s in sizes], [s[1] for s in sizes]
+        shapes = {"min_shape": f"{batch}x3x{min(heights)}x{min(widths)}",
+                  "opt_shape": f"{batch}x3x{max(heights)}x{max(widths)}",
+                  "max_shape": f"{batch}x3x{max(heights)}x{max(widths)}"}
+        path = Path(folder) / "model.trt.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path, flavor="plugin" if flavor == "plugin" else "single-file",
+                    fp16=fp16, part="full", verify=False)
+        try:
+            return cls(path, **shapes)
+        except PluginLibraryError as exc:  # TensorRT is there but our plugin is not
+            raise BackendUnavailableError(str(exc)) from exc
 
     @property
     def output_names(self) -> list[str]:

@@ -22,4 +22,4 @@ PYTHON=${PYTHON:-python3}
   "opencv-python-headless>=4.6,<4.12"
 # Fail here, not inside the server, when the numpy-1 stack does not import together.
 "$TRITON_VENV/bin/python" -c "import numpy, onnxruntime, cv2, onnx, pytriton; assert numpy.__version__ < '2'"
-cd "$TRITON_VENV" && pwd
+echo "$TRITON_VENV"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,7 +63,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a new server could listen on 127.0.0.1:``port`` (connections of a stopped one
+    lingering in TIME_WAIT do not count: servers, tritonserver included, bind with
+    SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -191,12 +196,12 @@ class TritonServer:
             while True:
                 if self.process.poll() is not None:
                     raise TritonServerError(f"tritonserver exited with {self.process.returncode} "
-                                            f"during start-up:\n{self._read_log()[-3000:]}")
+                                            f"during start-up:\n{self.errors()}")
                 if self._ready():
                     return self
                 if time.monotonic() > deadline:
                     raise TritonServerError(f"tritonserver not ready after {self.startup_timeout:.0f} s:"
-                                            f"\n{self._read_log()[-3000:]}")
+                                            f"\n{self.errors()}")
                 time.sleep(0.25)
         except BaseException:
             self.stop()
@@ -208,6 +213,15 @@ class TritonServer:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def errors(self) -> str:
+        """The error lines of the server's log (model load failures and the like), without the
+        NVML/CUDA complaints every start on a machine without a GPU prints."""
+        harmless = ("CudaDriverHelper", "NVML", "DCGM", "CUDA driver")
+        lines = [line for line in self._read_log().splitlines()
+                 if (re.match(r"^E\d{4} ", line) or line.startswith("error:"))
+                 and not any(h in line for h in harmless)]
+        return "\n".join(lines)[-4000:] or self._read_log()[-2000:]
 
     def _read_log(self) -> str:
         if self._workdir is not None and (self._workdir / "server.log").is_file():

@@ -81,29 +81,26 @@ def frames(count: int, seed: int, size=(240, 320)) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("protocol, model", [("http", "toy"), ("grpc", "toy"), ("http", "toy_f32"),
-                                             ("grpc", "toy_f32")])
-def test_labels_equal_local_segmenter(server, repository, protocol, model):
+def test_labels_equal_local_segmenter(server, repository):
+    """HTTP and gRPC, uint8 and float32 models (one server, to keep the test quick)."""
     local = Segmenter(repository.parent / "toy.onnx", return_probabilities=True)
-    url = server.http_url if protocol == "http" else server.grpc_url
-    with Segmenter(model, "triton", url=url, protocol=protocol, probabilities=True,
-                   return_probabilities=True) as remote:
-        assert remote.metadata == local.metadata and remote.backend.has_crf
-        for index, frame in enumerate(frames(3, seed=index_seed(protocol, model))):
-            stamp = ("cam0", index)
-            got, want = remote(frame, timestamp=stamp), local(frame)
-            assert got.timestamp == stamp
-            np.testing.assert_array_equal(got.labels, want.labels)
-            np.testing.assert_array_equal(got.unary_labels, want.unary_labels)
-            np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
-        # A batch of 3 frames in one request (several frames from one client).
-        batch = np.stack([local.preprocess(f)[0].copy() for f in frames(3, seed=9)])
-        np.testing.assert_array_equal(remote.backend.infer({"image": batch})["labels"],
-                                      local.backend.infer({"image": batch})["labels"])
-
-
-def index_seed(protocol: str, model: str) -> int:
-    return {"http": 1, "grpc": 2}[protocol] * 10 + len(model)
+    for seed, (protocol, model) in enumerate([("http", "toy"), ("grpc", "toy"),
+                                              ("http", "toy_f32"), ("grpc", "toy_f32")]):
+        url = server.http_url if protocol == "http" else server.grpc_url
+        with Segmenter(model, "triton", url=url, protocol=protocol, probabilities=True,
+                       return_probabilities=True) as remote:
+            assert remote.metadata == local.metadata and remote.backend.has_crf
+            for index, frame in enumerate(frames(3, seed=seed)):
+                stamp = ("cam0", index)
+                got, want = remote(frame, timestamp=stamp), local(frame)
+                assert got.timestamp == stamp
+                np.testing.assert_array_equal(got.labels, want.labels, err_msg=f"{protocol} {model}")
+                np.testing.assert_array_equal(got.unary_labels, want.unary_labels)
+                np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+            # A batch of 3 frames in one request (several frames from one client).
+            batch = np.stack([local.preprocess(f)[0].copy() for f in frames(3, seed=9)])
+            np.testing.assert_array_equal(remote.backend.infer({"image": batch})["labels"],
+                                          local.backend.infer({"image": batch})["labels"])
 
 
 def test_eight_clients_get_their_own_answers_and_the_server_batches(server, repository):
@@ -155,8 +152,12 @@ def _raw_infer(client_module, url, model, array, datatype):
                         **({"client_timeout": 30} if client_module is grpcclient else {}))
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_bad_requests_get_errors_and_the_server_keeps_serving(server, protocol):
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server):
+    for protocol in ("http", "grpc"):
+        check_bad_requests(server, protocol)
+
+
+def check_bad_requests(server, protocol: str) -> None:
     module, url = (httpclient, server.http_url) if protocol == "http" else (grpcclient, server.grpc_url)
     good = np.zeros((1, 3, 240, 320), np.uint8)
     h, w = MAX_FRAME
@@ -274,3 +275,26 @@ def test_server_that_fails_to_load_is_reported_and_cleaned_up(tmp_path):
         server.start()
     assert server.process is None
     assert all(port_is_free(p) for p in (server.http_port, server.grpc_port, server.metrics_port))
+
+
+def test_runtime_runs_on_numpy1_in_the_server_environment(tmp_path, repository):
+    """The Python-backend model imports our runtime next to numpy<2: Segmenter end to end there
+    gives the labels it gives here (numpy 2)."""
+    import convcrf_deploy
+
+    link = tmp_path / "path"
+    link.mkdir()
+    (link / "convcrf_deploy").symlink_to(Path(convcrf_deploy.__file__).parent)
+    frame = frames(1, seed=3)[0]
+    np.save(tmp_path / "frame.npy", frame)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        assert np.__version__ < "2", np.__version__
+        from convcrf_deploy.runtime import Segmenter
+        labels = Segmenter({str(repository.parent / 'toy.onnx')!r})(np.load({str(tmp_path / 'frame.npy')!r})).labels
+        np.save({str(tmp_path / 'labels.npy')!r}, labels)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(link))
+    subprocess.run([os.environ[TRITON_PYTHON_ENV], "-c", script], env=env, check=True, timeout=120)
+    local = Segmenter(repository.parent / "toy.onnx")(frame).labels
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), local)

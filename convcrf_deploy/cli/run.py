@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
     parser.add_argument("--threads", type=positive_int,
                         help="CPU threads for inference (default: the backend's, all cores)")
+    parser.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT",
+                        help="triton backend: the server (--model is the model's name there; "
+                             "docs/serving.md); default 127.0.0.1:8000")
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http",
+                        help="triton backend: http (port 8000) or grpc (port 8001)")
+    parser.add_argument("--request-timeout", type=positive_float, default=10.0, metavar="S",
+                        help="triton backend: seconds per request before giving up (default 10)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="override the model's resize policy")
     parser.add_argument("--headless", action="store_true", help="no window")
@@ -170,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                    "plugin_library": args.plugin, "threads": args.threads}
     elif backend == "tensorrt" and args.plugin:
         options = {"plugin_library": args.plugin}
+    elif backend == "triton":
+        if args.model == "demo":
+            return fail("--backend triton: pass --model NAME, the model's name on the server "
+                        "(convcrf-triton --name, default convcrf)")
+        options = {"url": args.url, "protocol": args.protocol, "timeout": args.request_timeout}
 
     try:
         source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         segmenter = Segmenter(args.model, args.backend, resize=args.resize,
                               crf=not args.no_crf, **options)
-    except (FileNotFoundError, BackendUnavailableError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, BackendUnavailableError, ValueError, TypeError, OSError) as exc:
         source.close()
         return fail(f"cannot load model {args.model!r}: {exc}")
     except BaseException:

@@ -21,6 +21,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("convcrf_deploy.runtime.backends.torch", "TorchBackend"),
     "onnxruntime": ("convcrf_deploy.runtime.backends.onnxrt", "OnnxRuntimeBackend"),
     "tensorrt": ("convcrf_deploy.runtime.backends.trt", "TensorRTBackend"),
+    # model = the model's name on a Triton server (docs/serving.md), not a file
+    "triton": ("convcrf_deploy.runtime.backends.triton", "TritonBackend"),
 }
 
 #: accepted spellings of backend names.
@@ -32,7 +34,10 @@ SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
             ".trt": "tensorrt", ".pt": "torch", ".pth": "torch"}
 
 #: pip extra that provides each backend's library.
-EXTRAS = {"torch": "torch", "onnxruntime": "gpu", "tensorrt": "tensorrt"}
+EXTRAS = {"torch": "torch", "onnxruntime": "gpu", "tensorrt": "tensorrt", "triton": "triton"}
+
+#: backends whose model is a name on a server, not a local file.
+REMOTE_BACKENDS = ("triton",)
 
 
 def backend_name_for(model: Any, backend: str | None = None) -> str:
@@ -83,7 +88,8 @@ def create_backend(model: Any, backend: str | None = None, **options: Any) -> Ba
         FileNotFoundError: ``model`` is a path that does not exist.
     """
     name = backend_name_for(model, backend)
-    if isinstance(model, (str, Path)) and str(model) != "demo" and not Path(model).exists():
+    if isinstance(model, (str, Path)) and str(model) != "demo" and name not in REMOTE_BACKENDS \
+            and not Path(model).exists():
         raise FileNotFoundError(f"model file {str(model)!r} does not exist")
     return backend_class(name)(model, **options)
 

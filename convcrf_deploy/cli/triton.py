@@ -1,0 +1,130 @@
+"""``convcrf-triton``: write a Triton Inference Server model repository for an exported model
+(Triton is an export target on the server side; a thin layer over
+:mod:`convcrf_deploy.serving.repository`, docs/serving.md).
+
+Examples::
+
+    convcrf-triton model.onnx -o repo/                       # CPU: Python backend + our runtime
+    convcrf-triton model.onnx -o repo/ --max-batch 16 --instances 2 --input-dtype float32
+    convcrf-triton model.onnx -o repo/ --engine model.engine \\
+        --plugin libconvcrf_trt_plugin_static_reg.so --min 1x3x240x320 --max 8x3x240x320
+
+MODEL is the ONNX file from convcrf-export (single-file or portable flavour for the CPU model;
+the one the engine was built from with --engine). The command prints the tritonserver command
+line that serves the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._args import int_at_least, positive_int
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    from ..tensorrt.builder import parse_shape  # torch- and tensorrt-free
+
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` -> ``(height, width)``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1920x1080 (WIDTHxHEIGHT), got {text!r}") \
+            from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convcrf-triton", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="ONNX file exported by convcrf-export")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="REPO",
+                        help="model repository folder (created; other models in it are kept)")
+    parser.add_argument("--name", default="convcrf", help="model name in the repository "
+                        "(clients' --model; default convcrf)")
+    parser.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
+                        help="max_batch_size: largest batch the dynamic batcher forms (default 8)")
+    parser.add_argument("--instances", type=positive_int, default=1, metavar="N",
+                        help="model instances (per GPU with --engine; default 1)")
+    parser.add_argument("--queue-delay-us", type=int_at_least(0), default=2000, metavar="US",
+                        help="how long a request may wait for others to batch with (default 2000)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace REPO/NAME when convcrf-triton wrote it (never other files)")
+    cpu = parser.add_argument_group("CPU model (Python backend, without --engine)")
+    cpu.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                     help="type of the 'image' frames clients send (default uint8: 4x fewer bytes)")
+    cpu.add_argument("--threads", type=positive_int, default=1,
+                     help="ONNX Runtime threads per instance (default 1; scale with --instances)")
+    cpu.add_argument("--max-frame-size", type=_size, default=(2160, 3840), metavar="WxH",
+                     help="refuse frames with more pixels than this (default 3840x2160)")
+    gpu = parser.add_argument_group("GPU model (TensorRT backend)")
+    gpu.add_argument("--engine", type=Path, metavar="ENGINE",
+                     help="engine from convcrf-build: writes a tensorrt_plan model instead")
+    gpu.add_argument("--plugin", type=Path, metavar="LIB",
+                     help="ConvCRF plugin library for the server (the self-registering "
+                          "libconvcrf_trt_plugin_static_reg.so); named in the command line")
+    gpu.add_argument("--min", type=_shape, metavar="NxCxHxW",
+                     help="smallest 'image' shape the engine was built for (convcrf-build --min); "
+                          "needed unless TensorRT and a GPU are here to read it from the engine")
+    gpu.add_argument("--max", type=_shape, metavar="NxCxHxW",
+                     help="largest 'image' shape the engine was built for (convcrf-build --max)")
+    gpu.add_argument("--frame-size", type=_size, action="append", metavar="WxH",
+                     help="frame size clients send (repeatable; default the model's input size); "
+                          "must lie inside the engine's profile")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..serving.repository import (EngineProfile, ModelOptions, RepositoryError,
+                                      server_command, write_python_model, write_tensorrt_model)
+
+    def fail(message: str, code: int = EXIT_FAILED) -> int:
+        print(f"convcrf-triton: error: {message}", file=sys.stderr)
+        return code
+
+    engine_only = [f"--{n.replace('_', '-')}" for n in ("plugin", "min", "max", "frame_size")
+                   if getattr(args, n) is not None]
+    if args.engine is None and engine_only:
+        return fail(f"{', '.join(engine_only)} only apply with --engine", EXIT_USAGE)
+    if (args.min is None) != (args.max is None):
+        return fail("give both --min and --max (the engine's profile), or neither", EXIT_USAGE)
+    if args.engine is not None and args.plugin is not None and not args.plugin.is_file():
+        return fail(f"--plugin {args.plugin} does not exist", EXIT_USAGE)
+    try:
+        options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
+        if args.engine is None:
+            path = write_python_model(args.model, args.output, options,
+                                      input_dtype=args.input_dtype, threads=args.threads,
+                                      max_frame_size=args.max_frame_size, force=args.force)
+        else:
+            profile = EngineProfile(args.min, args.max) if args.min is not None else None
+            path = write_tensorrt_model(args.model, args.engine, args.output, options,
+                                        plugin=args.plugin, profile=profile,
+                                        frame_sizes=args.frame_size, force=args.force)
+    except RepositoryError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"cannot write {args.output}: {exc}")
+    print(f"wrote {path} ({'tensorrt_plan' if args.engine else 'python backend'}); serve it with:")
+    plugin = args.plugin if args.engine is not None else None
+    if args.engine is not None and plugin is None:
+        plugin = Path("/path/to/libconvcrf_trt_plugin_static_reg.so")
+    print(f"  {server_command(args.output, plugin)}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ Layouts (ROS 2 ``sensor_msgs``, REP 118 for ``step``):
 """
 from __future__ import annotations
 
+import array
 from typing import Any, NamedTuple
 
 import cv2
@@ -179,3 +180,11 @@ def jpeg_fields(image: np.ndarray, quality: int = 90) -> dict[str, Any]:
     if not ok:
         raise ValueError(f"cannot JPEG-encode an image of shape {image.shape}")
     return {"format": "jpeg", "data": encoded.reshape(-1)}
+
+
+def rclpy_message(message_class: Any, header: Any, fields: dict[str, Any]) -> Any:
+    """Build an rclpy message (e.g. ``sensor_msgs.msg.Image``) from ``header`` and the fields
+    of :func:`labels_fields`/:func:`bgr_image_fields`/:func:`jpeg_fields`; ``data`` is passed
+    as ``array.array("B")``, the type rclpy stores ``uint8[]`` in (no per-element check)."""
+    return message_class(header=header, **{**fields,
+                                           "data": array.array("B", fields["data"].tobytes())})

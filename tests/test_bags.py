@@ -116,6 +116,10 @@ def test_bgr8_overlay_and_sqlite3_output(tmp_path, toy_onnx, frames):
     assert run(["--video", f"bag:{source}", "--save-bag", str(out), "--bag-storage", "sqlite3",
                 "--bag-overlay", "bgr8", "--alpha", "1.0"], toy_onnx) == 0
     assert list(out.glob("*.db3"))
+    from ruamel.yaml import YAML  # rosbags' own dependency
+    info = YAML(typ="safe").load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert json.loads(info["custom_data"]["convcrf.classes"])["classes"] == \
+        list(Segmenter(toy_onnx).metadata.class_names)
     written = read_bag(out)
     overlay = written[f"{PREFIX}/overlay"]
     assert overlay[0][0] == "sensor_msgs/msg/Image" and len(overlay) == 2
@@ -308,6 +312,19 @@ def test_a_failed_run_leaves_no_output(tmp_path, toy_onnx, frames):
         run_video(BagSource(tmp_path / "b"), Segmenter(toy_onnx), on_frame=explode,
                   sinks=[sink])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_ctrl_c_keeps_the_frames_processed_so_far(tmp_path, toy_onnx, frames):
+    write_bag(tmp_path / "b", frames, "mcap", "bgr8")
+
+    def interrupt(frame, result):
+        if frame.index == 2:
+            raise KeyboardInterrupt
+    segmenter = Segmenter(toy_onnx)
+    report = run_video(BagSource(tmp_path / "b"), segmenter, on_frame=interrupt,
+                       sinks=[BagSink(tmp_path / "out", segmenter.metadata)])
+    assert report.interrupted
+    assert len(read_bag(tmp_path / "out")["/convcrf/labels"]) == 2
 
 
 def test_flags_that_need_a_bag(toy_onnx, capsys):

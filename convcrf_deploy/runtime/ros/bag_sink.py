@@ -145,7 +145,7 @@ class BagSink:
             self._writer = rosbag2.Writer(self._staging / self.path.name, version=BAG_VERSION,
                                           storage_plugin=plugin)
             self._writer.set_custom_data("convcrf.classes", classes_json(metadata))
-            self._writer.set_custom_data("convcrf.input_topic_prefix", self.prefix)
+            self._writer.set_custom_data("convcrf.topic_prefix", self.prefix)
             self._writer.open()
             self._connections = self._add_connections(interfaces)
         except BaseException:

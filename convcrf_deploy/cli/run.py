@@ -165,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{topic.count:>8}  {topic.name}  {topic.msgtype}"
                   + ("" if topic.is_image else "  (not an image)"))
         return EXIT_OK
-    if args.save_bag:
-        from ..runtime.ros import check_output_bag
-        try:
-            check_output_bag(args.save_bag, [args.video.strip()[len("bag:"):]] if is_bag else [])
-        except (OSError, ValueError) as exc:
-            return fail(str(exc))
+    bag_inputs = [args.video.strip()[len("bag:"):]] if is_bag else []
+    try:  # refuse a bad output or address before anything is loaded
+        if args.save_bag:
+            from ..runtime.ros import check_output_bag
+            check_output_bag(args.save_bag, bag_inputs)
+        if args.foxglove:
+            from ..runtime.foxglove import parse_address
+            parse_address(args.foxglove)
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
     try:
         source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
                              reconnect_attempts=args.reconnect, topic=args.topic, rate=args.rate)
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
     try:
-        sinks = _robotics_sinks(args, segmenter.metadata, getattr(source, "topic", None))
+        sinks = _robotics_sinks(args, segmenter.metadata, getattr(source, "topic", None),
+                                bag_inputs)
     except (OSError, ValueError, ImportError) as exc:
         source.close()
         segmenter.close()
@@ -214,15 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None) -> list:
+def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
+                    bag_inputs: list[str]) -> list:
     """The ``--save-bag`` and ``--foxglove`` sinks; topics go under ``<input topic>/convcrf``."""
     prefix = f"{input_topic}/convcrf" if input_topic else "/convcrf"
     sinks: list = []
     try:
         if args.save_bag:
             from ..runtime.ros import BagSink
-            inputs = [args.video.strip()[len("bag:"):]] if input_topic else []
-            sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=inputs,
+            sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=bag_inputs,
                                  storage=args.bag_storage, overlay_format=args.bag_overlay,
                                  alpha=args.alpha))
         if args.foxglove:

@@ -157,6 +157,7 @@ class BagSource(FrameSource):
             self._reader.close()
             raise
         self.description = f"bag {path} {self.topic}"
+        # For recordings (--save): approximate, the bag's duration spans all its topics.
         self.fps = (self.message_count - 1) / duration_s if duration_s > 0 and \
             self.message_count > 1 else None
         self._index = 0

@@ -7,6 +7,8 @@ Examples::
     convcrf-run --video cam0 --model model.onnx --view side-by-side
     convcrf-run --video clip.mp4 --model model.onnx --headless --save out.mp4 \\
         --stats-json stats.json
+    convcrf-run --video bag:drive.mcap --topic /camera/image_raw --save-bag results \\
+        --foxglove 8765                                       # ROS bags, docs/robotics.md
 """
 from __future__ import annotations
 
@@ -106,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cameras and streams: seconds without a frame (or to open) before "
                              "reconnecting; after --reconnect failed attempts the run ends "
                              "with status 1 (default 10)")
+    ros = parser.add_argument_group("ROS bags and Foxglove (docs/robotics.md)")
+    ros.add_argument("--topic", help="bag: sources: the image topic (sensor_msgs Image or "
+                     "CompressedImage); may be omitted when the bag has one")
+    ros.add_argument("--list-topics", action="store_true",
+                     help="bag: sources: list the image topics with message counts and exit")
+    ros.add_argument("--rate", type=float, metavar="R", help="bag: sources: replay in real "
+                     "time at R x the recorded rate, skipping frames that are late (default: "
+                     "as fast as possible)")
+    ros.add_argument("--save-bag", metavar="OUT", help="write labels, overlay and latency per "
+                     "frame into a new rosbag2 folder OUT, stamped like the input")
+    ros.add_argument("--bag-storage", choices=("mcap", "sqlite3"), default="mcap",
+                     help="storage of --save-bag (default mcap)")
+    ros.add_argument("--bag-overlay", choices=("jpeg", "bgr8"), default="jpeg",
+                     help="overlay in --save-bag as a JPEG CompressedImage or a bgr8 Image")
+    ros.add_argument("--foxglove", metavar="[HOST:]PORT", help="serve overlay, labels and "
+                     "latency live to Foxglove over WebSocket (host 127.0.0.1 by default)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -183,10 +201,34 @@ def main(argv: list[str] | None = None) -> int:
                         "(convcrf-triton --name, default convcrf)")
         options = {"url": args.url, "protocol": args.protocol, "timeout": args.request_timeout}
 
+    is_bag = args.video.strip().startswith("bag:")
+    if not is_bag and (args.topic or args.list_topics or args.rate is not None):
+        return fail("--topic, --list-topics and --rate apply to bag: sources (--video bag:PATH)")
+    if args.list_topics:
+        from ..runtime.ros import list_topics
+        try:
+            topics = list_topics(args.video.strip()[len("bag:"):])
+        except SourceError as exc:
+            return fail(str(exc))
+        for topic in topics:
+            print(f"{topic.count:>8}  {topic.name}  {topic.msgtype}"
+                  + ("" if topic.is_image else "  (not an image)"))
+        return EXIT_OK
+    bag_inputs = [args.video.strip()[len("bag:"):]] if is_bag else []
+    try:  # refuse a bad output or address before anything is loaded
+        if args.save_bag:
+            from ..runtime.ros import check_output_bag
+            check_output_bag(args.save_bag, bag_inputs)
+        if args.foxglove:
+            from ..runtime.foxglove import parse_address
+            parse_address(args.foxglove)
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
     try:
         source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
                              reconnect_attempts=args.reconnect,
-                             stall_timeout_s=args.stall_timeout)
+                             stall_timeout_s=args.stall_timeout, topic=args.topic,
+                             rate=args.rate)
     except SourceError as exc:
         return fail(str(exc))
     try:
@@ -200,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
     try:
+        sinks = _robotics_sinks(args, segmenter.metadata, getattr(source, "topic", None),
+                                bag_inputs)
+    except (OSError, ValueError, ImportError) as exc:
+        source.close()
+        segmenter.close()
+        return fail(str(exc))
+    try:
         report = run_video(source, segmenter, display=display, save=args.save,
                            max_frames=args.max_frames, view=args.view, alpha=args.alpha,
-                           fps=args.fps, hud=not args.no_hud)
+                           fps=args.fps, hud=not args.no_hud, sinks=sinks)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
     finally:
@@ -225,6 +274,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convcrf-run: {report.source_error}", file=sys.stderr)
         return EXIT_SOURCE_LOST
     return EXIT_OK
+
+
+def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
+                    bag_inputs: list[str]) -> list:
+    """The ``--save-bag`` and ``--foxglove`` sinks; topics go under ``<input topic>/convcrf``."""
+    prefix = f"{input_topic}/convcrf" if input_topic else "/convcrf"
+    sinks: list = []
+    try:
+        if args.save_bag:
+            from ..runtime.ros import BagSink
+            sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=bag_inputs,
+                                 storage=args.bag_storage, overlay_format=args.bag_overlay,
+                                 alpha=args.alpha))
+        if args.foxglove:
+            from ..runtime.foxglove import FoxgloveSink, parse_address
+            host, port = parse_address(args.foxglove)
+            sinks.append(FoxgloveSink(metadata, host, port, topic_prefix=prefix,
+                                      alpha=args.alpha))
+            print(f"convcrf-run: Foxglove: open {sinks[-1].url}", file=sys.stderr)
+    except BaseException:
+        for sink in sinks:
+            sink.close(completed=False)
+        raise
+    return sinks
 
 
 if __name__ == "__main__":

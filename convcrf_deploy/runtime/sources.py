@@ -13,6 +13,7 @@ Source strings (after jetson-inference's URIs)::
     rtsp://... | http(s)://... | rtmp://... | udp://...  network stream (reconnects)
     clip.mp4                              video file
     frames/ | "frames/*.png"              image folder (sorted) or glob
+    bag:PATH                              ROS bag (rosbag2 folder, .mcap, .db3, ROS 1 .bag)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -53,12 +54,15 @@ class Frame:
         capture_time: ``time.monotonic()`` when the frame was read from the device or file;
             ``now - capture_time`` is the frame's age.
         ground_truth: ``[H, W]`` uint8 labels when the source knows them (``demo``).
+        stamp: the source's own time of the frame when it has one (bags: the message header
+            stamp, a ``ros.Stamp``); ``run_video`` passes it to ``Segmenter(timestamp=)``.
     """
 
     image: np.ndarray
     index: int
     capture_time: float
     ground_truth: np.ndarray | None = None
+    stamp: Any = None
 
 
 def as_bgr(image: np.ndarray | None) -> np.ndarray | None:
@@ -446,7 +450,8 @@ def _open_stream(url: str) -> Callable[[], cv2.VideoCapture]:
 
 def open_source(spec: str, *, demo_size: tuple[int, int] = (240, 320), demo_seed: int = 0,
                 demo_frames: int | None = None, reconnect_attempts: int = 5,
-                backoff_s: float = 0.5, stall_timeout_s: float = 10.0) -> FrameSource:
+                backoff_s: float = 0.5, stall_timeout_s: float = 10.0,
+                topic: str | None = None, rate: float | None = None) -> FrameSource:
     """Open the source named by ``spec`` (see the module docstring).
 
     Args:
@@ -455,6 +460,7 @@ def open_source(spec: str, *, demo_size: tuple[int, int] = (240, 320), demo_seed
         demo_seed, demo_frames: seed and length (``None``: endless) of the ``demo`` scene.
         reconnect_attempts, backoff_s, stall_timeout_s: reconnection policy of live sources
             (see :class:`LiveSource`).
+        topic, rate: ``bag:`` sources: image topic and replay rate (see ``ros.BagSource``).
 
     Raises:
         SourceError: the source does not exist or cannot be opened (cameras: the message
@@ -463,6 +469,9 @@ def open_source(spec: str, *, demo_size: tuple[int, int] = (240, 320), demo_seed
     spec = str(spec).strip()
     if spec == "demo":
         return DemoSource(*demo_size, seed=demo_seed, num_frames=demo_frames)
+    if spec.startswith("bag:"):
+        from .ros.bag_source import BagSource  # needs the [ros] extra: imported on use
+        return BagSource(spec[len("bag:"):], topic=topic, rate=rate)
     live = {"reconnect_attempts": reconnect_attempts, "backoff_s": backoff_s,
             "stall_timeout_s": stall_timeout_s}
     camera = re.fullmatch(r"(?:cam)?(\d+)", spec)

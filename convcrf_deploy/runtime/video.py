@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -114,6 +114,17 @@ class FrameWriter:
             self._temporary = None
 
 
+class FrameSink(Protocol):
+    """Where results go besides the window and ``--save`` (e.g. ``ros.BagSink``,
+    ``foxglove.FoxgloveSink``): ``write`` gets every processed frame and its result; ``close``
+    is called once when the run ends, with ``completed=False`` when it failed (an exception
+    other than Ctrl-C), so that a sink can discard a partial output."""
+
+    def write(self, frame: Frame, result: SegmentationResult) -> None: ...
+
+    def close(self, completed: bool = True) -> None: ...
+
+
 @dataclass
 class RunReport:
     """What a :func:`run_video` run measured (``to_dict()`` is the ``--stats-json`` content)."""
@@ -200,7 +211,8 @@ def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
 def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = False,
               save: str | None = None, max_frames: int | None = None, view: str = "overlay",
               alpha: float = 0.5, fps: float | None = None, hud: bool = True,
-              on_frame: Callable[[Frame, SegmentationResult], None] | None = None) -> RunReport:
+              on_frame: Callable[[Frame, SegmentationResult], None] | None = None,
+              sinks: Sequence[FrameSink] = ()) -> RunReport:
     """Segment every frame of ``source`` (live sources: the newest one) until it ends,
     ``max_frames`` frames were processed, the user quits (``q``/Esc) or Ctrl-C.
 
@@ -214,6 +226,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         fps: frame rate of the recording (default: the source's, else 30).
         hud: draw FPS, latency and scores onto displayed and recorded frames.
         on_frame: called with each frame and its result (e.g. to publish labels).
+        sinks: :class:`FrameSink` objects fed every frame and closed when the run ends.
 
     Returns:
         the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
@@ -237,6 +250,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
             score_classes = meta.num_classes
     writer = FrameWriter(save, fps or getattr(source, "fps", None) or 30.0) if save else None
     paused = False
+    completed = False
     start = time.perf_counter()
     restore_signals = _interrupt_on_termination(report)
     try:
@@ -252,7 +266,9 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 break
             # Live sources: time waiting for a new frame; recorded ones: decoding/rendering it.
             report.latency.add("read", (time.perf_counter() - t_read) * 1e3)
-            result = segmenter(frame.image, timestamp=frame.capture_time)
+            # The source's own time (a bag's header stamp) when it has one, else the capture time.
+            result = segmenter(frame.image, timestamp=frame.capture_time if frame.stamp is None
+                               else frame.stamp)
             report.latency.add_all(result.timings)
             # Age = capture to result: what a consumer of the labels sees as latency.
             report.latency.add("frame_age", (time.monotonic() - frame.capture_time) * 1e3)
@@ -265,6 +281,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         result.labels, frame.ground_truth)
             if on_frame is not None:
                 on_frame(frame, result)
+            for sink in sinks:
+                sink.write(frame, result)
             report.frames += 1
             report.dropped_frames = source.dropped_frames
             if display or writer is not None:
@@ -286,8 +304,9 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         if paused is None:
                             break
                 report.latency.add("render", (time.perf_counter() - t0) * 1e3)
+        completed = True
     except KeyboardInterrupt:
-        report.interrupted = True
+        report.interrupted = completed = True
         report.signal = report.signal or "SIGINT"
     except BaseException:
         if writer is not None:
@@ -306,6 +325,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         report.source_error = source.error
         if display:
             cv2.destroyAllWindows()
+        _close_sinks(sinks, completed)
     return report
 
 
@@ -331,6 +351,18 @@ def _interrupt_on_termination(report: RunReport) -> Callable[[], None]:
         for signum, old in previous.items():
             signal.signal(signum, old)
     return restore
+
+
+def _close_sinks(sinks: Sequence[FrameSink], completed: bool) -> None:
+    """Close every sink even when one fails; then raise the first failure."""
+    failure: BaseException | None = None
+    for sink in sinks:
+        try:
+            sink.close(completed=completed)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 EXTRAS = {"torch": "PyTorch and onnxscript (model, training, export, benchmarks)",
           "gpu": "onnxruntime-gpu (CUDA and TensorRT providers)",
           "tensorrt": "the TensorRT Python package and pycuda",
-          "plot": "matplotlib", "fullcrf": "pydensecrf2 (module pydensecrf)", "test": "pytest and torch"}
+          "plot": "matplotlib", "fullcrf": "pydensecrf2 (module pydensecrf)",
+          "triton": "tritonclient (HTTP and gRPC client of a Triton Inference Server)",
+          "ros": "rosbags (ROS 1 / ROS 2 bags without ROS)",
+          "foxglove": "foxglove-sdk (Foxglove WebSocket live view)",
+          "test": "pytest, torch and the optional libraries the tests exercise"}
 
 
 def install_hint(*extras: str) -> str:

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plugin", help="libconvcrf_trt_plugin.so")
     parser.add_argument("--flavor", default="plugin", choices=("plugin", "single-file"),
-                        help="export flavour (both import as plugins in TensorRT >= 10.7)")
+                        help="export flavour (the builder strips single-file's standard-op "
+                             "bodies, so both must build with the plugin)")
     parser.add_argument("--fp16", action="store_true", help="export with fp16 ConvCRF/unary I/O")
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=320)
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     atol = args.atol if args.atol is not None else (2e-2 if args.fp16 else 1e-3)
 
     from convcrf_deploy.runtime.backends.trt import TensorRTBackend
-    from convcrf_deploy.tensorrt import (PluginLibraryError, TensorRTUnavailableError, build_engine,
+    from convcrf_deploy.tensorrt import (EngineBuildError, PluginLibraryError,
+                                         TensorRTUnavailableError, build_engine,
                                          find_plugin_library, import_tensorrt)
 
     try:
@@ -89,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = f"1x3x{args.height}x{args.width}"
     print(f"[2/4] build engine (TensorRT {trt.__version__}, plugin {library}, profile {shape})")
-    engine_path = build_engine(onnx_path, workdir / (onnx_path.stem + ".engine"), plugin_library=library,
-                               opt_shape=shape)
+    try:
+        # Fails unless every ConvCRF node became a plugin layer; prints which implementation.
+        engine_path = build_engine(onnx_path, workdir / (onnx_path.stem + ".engine"),
+                                   plugin_library=library, opt_shape=shape,
+                                   report=lambda line: print(f"      {line}"))
+    except (PluginLibraryError, EngineBuildError) as exc:
+        print(f"validate_tensorrt: {exc}", file=sys.stderr)
+        return 1
 
     frames = _images(args.images, args.count, args.height, args.width)
     print(f"[3/4] run {len(frames)} image(s) of {shape} in TensorRT and PyTorch (CPU)")

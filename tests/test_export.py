@@ -67,6 +67,37 @@ def exports(model, tmp_path_factory):
             for flavor in FLAVORS}
 
 
+# A CRF-only model with few classes and a small window keeps the reference evaluator quick;
+# it has every construct of the full graph's CRF (pooling, Range, Resize, softmax, the ops).
+SMALL_CRF = CRFConfig(num_classes=3, filter_size=3, blur=4, iterations=2)
+
+
+@pytest.fixture(scope="module")
+def crf_exports(tmp_path_factory):
+    """A CRF-only export in every flavour, traced once; asked for at 2x2 (the CLI minimum)."""
+    torch.manual_seed(0)
+    crf = ConvCRF(SMALL_CRF).eval()
+    out = tmp_path_factory.mktemp("crf")
+    paths = {}
+    for flavor in FLAVORS:
+        report = export_onnx(crf, out / f"crf.{flavor}.onnx", flavor=flavor, part="crf",
+                             height=2, width=2)
+        assert report.ok, report.summary()
+        assert report.inputs == {"logits": ["batch", 3, "height", "width"],
+                                 "image": ["batch", 3, "height", "width"]}
+        paths[flavor] = report.path
+    return crf, paths
+
+
+def _crf_case(crf, batch, height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, SMALL_CRF.num_classes, height, width, generator=generator) * 3
+    image = torch.rand(batch, 3, height, width, generator=generator) * 255
+    with torch.no_grad():
+        expected = crf(logits, image).numpy()
+    return {"logits": logits.numpy(), "image": image.numpy()}, expected
+
+
 def _image(batch: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 255
 
@@ -162,14 +193,79 @@ def test_channel_softmax_is_decomposed_for_onnx_runtime_only(exports):
         assert {"ReduceMax", "Exp", "Log"} <= ops(flavor)
 
 
-def test_blur_pooling_and_upsampling_are_standard_ops(exports):
-    model = onnx.load(str(exports["plugin"].path))
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_graph_avoids_constructs_runtimes_disagree_on(exports, flavor):
+    """Blur pooling without ceil mode (explicit padding and a per-window count instead), and
+    no float Range (issue 10)."""
+    model = onnx.load(str(exports[flavor].path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*inferred.graph.value_info, *inferred.graph.input]}
     pools = [n for n in model.graph.node if n.op_type == "AveragePool"]
     resizes = [n for n in model.graph.node if n.op_type == "Resize"]
     assert len(pools) >= CONFIG.iterations and len(resizes) >= CONFIG.iterations
     for node in pools:
         attrs = {k: v for k, (_, v) in _attributes(node).items()}
-        assert attrs["ceil_mode"] == 1 and attrs["count_include_pad"] == 0
+        assert attrs.get("ceil_mode", 0) == 0 and not any(attrs.get("pads", []))
+    ranges = [n for n in model.graph.node if n.op_type == "Range"]
+    assert ranges and all(types[n.output[0]] == TensorProto.INT64 for n in ranges)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_stock_reference_evaluator_matches_pytorch(crf_exports, flavor):
+    """Acceptance (issue 10): the unpatched onnx.reference.ReferenceEvaluator (plugin flavour:
+    with our two ops as new_ops) matches PyTorch to < 1e-4 at odd sizes and batch 2."""
+    crf, paths = crf_exports
+    model = onnx.load(str(paths[flavor]))
+    for batch, height, width in [(2, 61, 83), (1, 1, 1), (1, 7, 500), (2, 2, 2)]:
+        feeds, expected = _crf_case(crf, batch, height, width)
+        backend, (probabilities, labels) = run_graph(model, feeds, flavor, runtime="reference")
+        assert backend.startswith("onnx.reference")
+        assert probabilities.shape == expected.shape
+        assert np.abs(probabilities - expected).max() < 1e-4, (flavor, batch, height, width)
+        assert (labels == expected.argmax(1)).mean() >= 0.999
+
+
+def test_ceil_mode_pooling_replacement_matches_pytorch():
+    """The rewrite of AveragePool(ceil_mode=1) for windows larger than, equal to and smaller
+    than the stride, in ONNX Runtime and the stock reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+    from convcrf_deploy.export import rewrites
+
+    x = torch.rand(2, 3, 13, 10, generator=torch.Generator().manual_seed(0))
+    for kernel, stride in [(4, 4), (3, 2), (2, 3), (1, 4), (5, 5)]:
+        node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[kernel, kernel],
+                                strides=[stride, stride], ceil_mode=1, count_include_pad=0)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["n", "c", "h", "w"])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, ["n", "c", "oh", "ow"])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+        assert rewrites.replace_ceil_mode_pooling(model) == 1
+        onnx.checker.check_model(model, full_check=True)
+        expected = torch.nn.functional.avg_pool2d(x, kernel, stride, ceil_mode=True,
+                                                  count_include_pad=False).numpy()
+        for h, w in [(13, 10), (4, 4), (1, 1), (5, 9)]:
+            if h < kernel or w < kernel:
+                continue
+            xs = x[:, :, :h, :w].contiguous()
+            want = torch.nn.functional.avg_pool2d(xs, kernel, stride, ceil_mode=True,
+                                                  count_include_pad=False).numpy()
+            got_ort = run_graph(model, {"x": xs.numpy()}, "portable")[1][0]
+            got_ref = ReferenceEvaluator(model).run(None, {"x": xs.numpy()})[0]
+            for got in (got_ort, got_ref):
+                assert got.shape == want.shape, (kernel, stride, h, w)
+                assert np.abs(got - want).max() < 1e-6, (kernel, stride, h, w)
+        assert expected.size
+
+
+def test_ceil_mode_pooling_with_padding_is_refused():
+    from convcrf_deploy.export import rewrites
+
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                            pads=[1, 1, 1, 1], ceil_mode=1)
+    graph = helper.make_graph([node], "g", [], [])
+    with pytest.raises(rewrites.UnsupportedPoolingError, match="ceil_mode=False"):
+        rewrites.replace_ceil_mode_pooling(helper.make_model(graph))
 
 
 def test_metadata_props(exports, model):
@@ -350,8 +446,52 @@ def test_unsupported_unary_layer_is_named(tmp_path):
     (dict(flavor="tensorrt"), "flavor must be one of"),
     (dict(part="head"), "part must be one of"),
     (dict(height=64), "both height and width"),
-    (dict(opset=17), "opset must be >= 18"),
+    (dict(opset=17), r"opset must be an int in 18\.\.28, got 17"),
+    (dict(opset=30), r"opset must be an int in 18\.\.28, got 30"),
+    (dict(opset=99), r"opset must be an int in 18\.\.28"),
+    (dict(static=True, height=100000, width=64), "too large.*4096 pixels per side"),
+    (dict(height=5000, width=5000), "too large.*verified at that size"),
 ])
 def test_bad_arguments(model, tmp_path, kwargs, match):
     with pytest.raises(ExportError, match=match):
         export_onnx(model, tmp_path / "x.onnx", **kwargs)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_every_claimed_opset_runs_in_onnx_runtime_like_pytorch(crf_exports, tmp_path):
+    """Acceptance (issue 10): each opset in MIN_OPSET..MAX_OPSET is honoured, declares the IR
+    version its ONNX release requires, and ONNX Runtime matches PyTorch at it."""
+    from convcrf_deploy.export.exporter import MAX_OPSET, MIN_OPSET
+    crf, _ = crf_exports
+    assert (MIN_OPSET, MAX_OPSET) == (18, 28)
+    required_ir = {18: 8, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13, 27: 13,
+                   28: 14}
+    newest = onnx.defs.onnx_opset_version()
+    for opset in range(MIN_OPSET, MAX_OPSET + 1):
+        if opset > newest:
+            with pytest.raises(ExportError, match="needs a newer onnx"):
+                export_onnx(crf, tmp_path / f"o{opset}.onnx", part="crf", opset=opset)
+            continue
+        for flavor in ("single-file", "portable"):
+            report = export_onnx(crf, tmp_path / f"o{opset}.{flavor}.onnx", flavor=flavor,
+                                 part="crf", opset=opset, verify=False)
+            model = onnx.load(str(report.path))
+            assert report.opset == opset
+            assert [o.version for o in model.opset_import if o.domain == ""] == [opset]
+            assert model.ir_version == required_ir[opset]
+            onnx.checker.check_model(model, full_check=True)
+            feeds, expected = _crf_case(crf, 2, 61, 83)
+            probabilities = run_graph(model, feeds, flavor, runtime="onnxruntime")[1][0]
+            assert np.abs(probabilities - expected).max() < 1e-4, (opset, flavor)
+
+
+def test_fp16_casts_the_kernel_once(tmp_path):
+    """K feeds every iteration's message passing; it is cast to fp16 once, not per iteration."""
+    report = export_onnx(ConvCRF(SMALL_CRF).eval(), tmp_path / "c16.onnx", flavor="plugin",
+                         part="crf", fp16=True, static=True, height=24, width=37, verify=False)
+    graph = onnx.load(str(report.path)).graph
+    passing = [n for n in graph.node if n.op_type == "ConvCRFMessagePassing"]
+    assert len(passing) == SMALL_CRF.iterations == 2
+    kernels = {n.input[1] for n in passing}
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.output[0] in kernels]
+    assert len(kernels) == 1 and len(casts) == 1

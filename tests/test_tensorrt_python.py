@@ -128,6 +128,16 @@ def make_fake_trt(driver, version="10.9.0.34", with_unary_labels=True):
         FLOAT, HALF, INT32, INT64 = "FLOAT", "HALF", "INT32", "INT64"
 
     trt.Logger, trt.TensorIOMode, trt.DataType = Logger, TensorIOMode, DataType
+    # The ONNX parser as onnx-tensorrt behaves (issue 10): "function" = TensorRT <= 10.6 (a
+    # model-local function body always wins over a registered plugin), "plugin" = 10.7-10.14.
+    # A node with neither body nor registered plugin is "Plugin not found".
+    trt.function_preference = "function"
+    trt.registered_plugins = {"ConvCRFKernel", "ConvCRFMessagePassing"}
+    trt.unnamed_plugin_layers = False     # a TensorRT whose Python API hides plugin names
+    trt.parsed_models = []
+    trt.parser_flags = []
+    trt.LayerType = types.SimpleNamespace(PLUGIN_V3="PLUGIN_V3", ELEMENTWISE="ELEMENTWISE")
+    trt.PluginCapabilityType = types.SimpleNamespace(CORE="CORE")
     trt.nptype = lambda t: {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32,
                             "INT64": np.int64}[t]
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
@@ -213,10 +223,42 @@ def make_fake_trt(driver, version="10.9.0.34", with_unary_labels=True):
         def __init__(self, name, shape):
             self.name, self.shape = name, shape
 
+    class Layer:
+        def __init__(self, layer_type, plugin_name=None):
+            self.type, self._plugin_name = layer_type, plugin_name
+
+    class PluginCore:
+        def __init__(self, name):
+            self.plugin_name = name
+
+    class Plugin:
+        def __init__(self, name):
+            self.name = name
+
+        def get_capability_interface(self, capability):
+            assert capability == "CORE"
+            return PluginCore(self.name)
+
+    class IPluginV3Layer(Layer):
+        def get_plugin(self):
+            if trt.unnamed_plugin_layers:
+                raise TypeError("unsupported in this release")
+            return Plugin(self._plugin_name)
+
+    trt.IPluginV3Layer = IPluginV3Layer
+
     class Network:
         def __init__(self, flags):
             self.flags = flags
             self.inputs = [Tensor("image", (-1, 3, -1, -1))]
+            self.layers = []
+
+        @property
+        def num_layers(self):
+            return len(self.layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
 
         @property
         def num_inputs(self):
@@ -239,8 +281,31 @@ def make_fake_trt(driver, version="10.9.0.34", with_unary_labels=True):
         def __init__(self, network, logger):
             self.network = network
 
-        def parse_from_file(self, path):
+        def set_flag(self, flag):
+            trt.parser_flags.append(flag)
+
+        def parse(self, data, path=None):
+            import onnx
+
+            model = onnx.ModelProto.FromString(bytes(data))
+            trt.parsed_models.append(model)
             self.errors = [ParserError(e) for e in trt.parse_errors]
+            functions = {f.name for f in model.functions}
+            plugins = trt.registered_plugins if trt.loaded_libraries else set()
+            override = "ENABLE_PLUGIN_OVERRIDE" in trt.parser_flags
+            for node in model.graph.node:
+                use_function = node.op_type in functions and (
+                    trt.function_preference == "function" and not override
+                    or node.op_type not in plugins)
+                if use_function:
+                    self.network.layers.append(Layer("ELEMENTWISE"))   # the standard-op body
+                elif node.op_type in plugins:
+                    self.network.layers.append(Layer("PLUGIN_V3", node.op_type))
+                elif node.domain == "trt.plugins":
+                    self.errors.append(ParserError(
+                        "Plugin not found, are the plugin name, version, and namespace correct?"))
+                else:
+                    self.network.layers.append(Layer("ELEMENTWISE"))
             return not self.errors
 
         @property
@@ -535,6 +600,143 @@ def test_cli_build(fakes, onnx_model, tmp_path, capsys):
     assert main([str(onnx_model), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--plugin PATH" in err and "Traceback" not in err
+
+
+# ---- the ConvCRF must be built from the plugin ------------------------------------------------------
+
+def _crf_onnx(path: Path, *, nodes: bool = True, functions: bool = True) -> Path:
+    """An exported-like file: two ConvCRFKernel nodes and one ConvCRFMessagePassing (with their
+    standard-op function bodies for the single-file flavour), CRF metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from convcrf_deploy import CRFConfig
+    from convcrf_deploy.export import onnx_ops
+
+    attrs = onnx_ops.plugin_attributes(3)
+    if nodes:
+        graph_nodes = [
+            helper.make_node("ConvCRFKernel", ["image"], ["k1"], domain="trt.plugins", **attrs),
+            helper.make_node("ConvCRFKernel", ["image"], ["k2"], domain="trt.plugins", **attrs),
+            helper.make_node("Add", ["k1", "k2"], ["k"]),
+            helper.make_node("ConvCRFMessagePassing", ["image", "k"], ["probabilities"],
+                             domain="trt.plugins", **attrs)]
+    else:   # portable: the CRF inlined as standard ops
+        graph_nodes = [helper.make_node("Identity", ["image"], ["probabilities"])]
+    graph = helper.make_graph(
+        graph_nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
+                                                    helper.make_opsetid("trt.plugins", 1)])
+    if functions:
+        model.functions.extend(onnx_ops.local_functions(3, 20))
+    metadata = ModelMetadata.for_classes(["road", "car", "person", "sky"], input_size=(16, 24))
+    props = {**metadata.to_onnx_props(), "convcrf.crf_config": CRFConfig(num_classes=4).to_json()}
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_single_file_builds_with_the_plugin_even_where_tensorrt_prefers_function_bodies(
+        fakes, tmp_path):
+    """TensorRT <= 10.6 imports a single-file model's function bodies even with the plugin
+    loaded; the builder strips them, so the engine has the plugin layers."""
+    model = _crf_onnx(tmp_path / "single.onnx")
+    lines = []
+    build_engine(model, tmp_path / "e.engine", report=lines.append)
+    assert fakes.trt.parsed_models[-1].functions == []          # bodies stripped
+    layers = fakes.trt.built[-1][0].layers
+    assert sorted(l._plugin_name for l in layers if l.type == "PLUGIN_V3") == [
+        "ConvCRFKernel", "ConvCRFKernel", "ConvCRFMessagePassing"]
+    assert lines == ["ConvCRF implementation: TensorRT plugin (2 ConvCRFKernel + "
+                     "1 ConvCRFMessagePassing plugin layers)"]
+
+
+def test_unregistered_plugin_is_plugin_not_found_not_a_silent_standard_op_crf(fakes, tmp_path):
+    fakes.trt.registered_plugins = set()     # a library that does not register our creators
+    with pytest.raises(PluginLibraryError) as info:
+        build_engine(_crf_onnx(tmp_path / "single.onnx"), tmp_path / "e.engine")
+    message = str(info.value)
+    assert "Plugin not found" in message and str(fakes.plugin.resolve()) in message
+    assert not fakes.trt.built
+
+
+def test_network_with_standard_op_crf_is_an_error_unless_allowed(fakes, tmp_path, monkeypatch):
+    """Acceptance (issue 10): a graph that would build with the standard-op CRF fails with a
+    message that says so."""
+    # A parser that imported the function bodies (as TensorRT <= 10.6 does), i.e. what
+    # happens when the bodies reach it: simulate by not stripping them.
+    monkeypatch.setattr(builder_module, "prepare_for_parser", _unstripped(builder_module))
+    with pytest.raises(EngineBuildError, match=r"would build the ConvCRF with standard ops.*"
+                       r"2 ConvCRFKernel, 1 ConvCRFMessagePassing node.*none.*"
+                       r"--allow-standard-op-crf"):
+        build_engine(_crf_onnx(tmp_path / "single.onnx"), tmp_path / "e.engine")
+    assert not fakes.trt.built
+    lines = []
+    build_engine(_crf_onnx(tmp_path / "single.onnx"), tmp_path / "e.engine",
+                 allow_standard_op_crf=True, report=lines.append)
+    assert "standard ONNX ops, NOT the plugin" in lines[0]
+
+
+def _unstripped(module):
+    original = module.prepare_for_parser
+
+    def prepare(path):
+        import onnx
+
+        parsed = original(path)
+        parsed.data = onnx.load(str(path)).SerializeToString()
+        return parsed
+    return prepare
+
+
+def test_portable_file_is_refused_unless_allowed(fakes, tmp_path, capsys):
+    from convcrf_deploy.cli.build import main
+
+    model = _crf_onnx(tmp_path / "portable.onnx", nodes=False, functions=False)
+    assert main([str(model), "-o", str(tmp_path / "p.engine")]) == 1
+    err = capsys.readouterr().err
+    assert "standard-op CRF instead of the ConvCRF plugin" in err
+    assert "--flavor single-file" in err and "--allow-standard-op-crf" in err
+    assert "Traceback" not in err and not fakes.trt.built
+    assert main([str(model), "-o", str(tmp_path / "p.engine"), "--allow-standard-op-crf"]) == 0
+    assert "ConvCRF implementation: standard ONNX ops" in capsys.readouterr().out
+
+
+def test_cli_prints_the_plugin_implementation(fakes, tmp_path, capsys):
+    from convcrf_deploy.cli.build import main
+
+    assert main([str(_crf_onnx(tmp_path / "m.onnx")), "-o", str(tmp_path / "m.engine")]) == 0
+    out = capsys.readouterr().out
+    assert "ConvCRF implementation: TensorRT plugin (2 ConvCRFKernel + 1 ConvCRFMessagePassing" in out
+
+
+def test_plugin_override_flag_where_the_enum_exists(fakes, tmp_path):
+    """TensorRT >= 10.15 prefers function bodies unless kENABLE_PLUGIN_OVERRIDE is set."""
+    model = _crf_onnx(tmp_path / "m.onnx")
+    build_engine(model, tmp_path / "a.engine")
+    assert fakes.trt.parser_flags == []          # 10.9: no such enum, nothing set
+    fakes.trt.OnnxParserFlag = types.SimpleNamespace(
+        NATIVE_INSTANCENORM="NATIVE_INSTANCENORM", ENABLE_PLUGIN_OVERRIDE="ENABLE_PLUGIN_OVERRIDE")
+    build_engine(model, tmp_path / "b.engine")
+    assert fakes.trt.parser_flags == ["ENABLE_PLUGIN_OVERRIDE"]
+
+
+def test_unidentified_plugin_layers_fail_closed(fakes, tmp_path):
+    fakes.trt.unnamed_plugin_layers = True
+    with pytest.raises(EngineBuildError, match="3 plugin layer\\(s\\) could not be identified"):
+        build_engine(_crf_onnx(tmp_path / "m.onnx"), tmp_path / "e.engine")
+
+
+def test_backend_building_from_onnx_checks_the_plugin(fakes, tmp_path):
+    from convcrf_deploy.runtime.backends.trt import TensorRTBackend
+
+    model = _crf_onnx(tmp_path / "portable.onnx", nodes=False, functions=False)
+    with pytest.raises(EngineBuildError, match="standard-op CRF"):
+        TensorRTBackend(model, opt_shape="1x3x16x16")
+    backend = TensorRTBackend(model, opt_shape="1x3x16x16", allow_standard_op_crf=True)
+    assert backend.info.path.parent.name == "cache"
 
 
 # ---- buffers -----------------------------------------------------------------------------------

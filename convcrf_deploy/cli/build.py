@@ -8,6 +8,11 @@ Examples::
         --min 1x3x240x320 --opt 1x3x480x640 --max 1x3x720x1280 --timing-cache trt.cache
     convcrf-build model.onnx --cache                           # reuse the engine cache
 
+The ConvCRF is built from the plugin or not at all: the file's ConvCRF function bodies are
+stripped before parsing, and a network whose plugin layers do not match the file's ConvCRF
+nodes is an error (exit 1) unless --allow-standard-op-crf is given. The tool prints which
+implementation the engine has.
+
 Needs the ``tensorrt`` extra (``pip install "/path/to/convcrf-deploy[tensorrt]"``, your checkout)
 and an NVIDIA GPU.
 """
@@ -35,8 +40,6 @@ def _shape(text: str) -> str:
     return text
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-build", description=__doc__.split("\n\n")[0],
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version-compatible", action="store_true",
                         help="version-compatible engine with the plugin library embedded")
     parser.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
+    parser.add_argument("--allow-standard-op-crf", action="store_true",
+                        help="build even if TensorRT would compute the ConvCRF with standard ops "
+                             "instead of the plugin (e.g. a portable-flavour file); by default "
+                             "that is an error")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return parser
 
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         path = build_engine(args.model, engine_path, plugin_library=args.plugin,
                             min_shape=args.min, opt_shape=args.opt, max_shape=args.max,
                             timing_cache=args.timing_cache, workspace_mb=args.workspace,
-                            version_compatible=args.version_compatible, force=args.force)
+                            version_compatible=args.version_compatible, force=args.force,
+                            allow_standard_op_crf=args.allow_standard_op_crf, report=print)
     except (TensorRTUnavailableError, PluginLibraryError, EngineBuildError, FileNotFoundError, ValueError, OSError) as exc:
         return fail(str(exc))
     sidecar = metadata_path_for(path)

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..metadata import ONNX_KEYS
-from . import DEFAULT_FLAVOR, FLAVORS, PARTS, onnx_ops
+from . import DEFAULT_FLAVOR, FLAVORS, PARTS, onnx_ops, rewrites
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
@@ -51,6 +51,30 @@ IO_NAMES = {
     "unary": (["image"], ["logits"]),
     "crf": (["logits", "image"], ["probabilities", "labels"]),
 }
+
+
+#: Standard-ONNX opsets the export supports (every one is tested in ONNX Runtime against
+#: PyTorch). 18 is the floor of the ConvCRF function bodies (onnx_ops.MIN_BODY_OPSET).
+MIN_OPSET, MAX_OPSET = onnx_ops.MIN_BODY_OPSET, 28
+#: Opset written when none is asked for: the newest that TensorRT 10.3's parser (JetPack 6)
+#: imports, and PyTorch's own default.
+DEFAULT_OPSET = 20
+#: Size at which graphs with dynamic H and W are traced: distinct, odd, not multiples of any
+#: blur factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal
+#: size, e.g. H == W or H == the example batch of 2, into one symbol).
+TRACE_SIZE = (61, 83)
+#: Largest image side and area the export traces (static) or verifies at: the parity run
+#: holds a few [2, C, H, W] float32 tensors in PyTorch and ONNX Runtime at once.
+MAX_SIDE, MAX_PIXELS = 4096, 4096 * 4096
+
+
+def ir_version_for_opset(opset: int) -> int:
+    """The IR version of the first ONNX release that defines ``opset``
+    (``onnx.helper.VERSION_TABLE``): what a file with that opset must declare."""
+    for _release, ir_version, ai_onnx, *_ in onnx.helper.VERSION_TABLE:
+        if ai_onnx >= opset:
+            return ir_version
+    raise ExportError(f"onnx {onnx.__version__} does not know opset {opset}")
 
 
 class ExportError(RuntimeError):
@@ -252,7 +276,11 @@ def _name_dynamic_axes(model: onnx.ModelProto, static: bool) -> None:
                     f"the model fixes the {name} of input '{value.name}' to {dim.dim_value}: "
                     "some layer reads that size as a constant (e.g. a reshape with a literal "
                     "size); use the tensor's shape instead, or export with --static")
-            renames.setdefault(dim.dim_param, name)
+            if renames.setdefault(dim.dim_param, name) != name:
+                raise ExportError(
+                    f"the traced graph ties the {renames[dim.dim_param]} and the {name} of "
+                    f"input '{value.name}' together (PyTorch merged them into one symbol); "
+                    "export with --static, or report the model to the convcrf-deploy authors")
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in renames:
@@ -326,67 +354,6 @@ def _root_cause(exc: BaseException) -> str:
 
 def _custom_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.domain == onnx_ops.DOMAIN]
-
-
-def _cast_custom_nodes_to_fp16(model: onnx.ModelProto) -> None:
-    """Give the ConvCRF nodes FLOAT16 I/O (Cast in front, Cast back to fp32 after): TensorRT
-    11 picks a plugin's precision from its ONNX types. The ops compute in fp32 internally;
-    softmax, pooling and upsampling around them stay fp32."""
-    graph = model.graph
-    new_nodes = []
-    for node in graph.node:
-        if node.domain != onnx_ops.DOMAIN:
-            new_nodes.append(node)
-            continue
-        for i, name in enumerate(node.input):
-            half = f"{node.name or node.output[0]}_in{i}_fp16"
-            new_nodes.append(onnx.helper.make_node("Cast", [name], [half],
-                                                   to=onnx.TensorProto.FLOAT16))
-            node.input[i] = half
-        for i, name in enumerate(node.output):
-            half = f"{name}_fp16"
-            node.output[i] = half
-            new_nodes.append(node)
-            new_nodes.append(onnx.helper.make_node("Cast", [half], [name],
-                                                   to=onnx.TensorProto.FLOAT))
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    # Stale fp32 value_info of the nodes' outputs would contradict the new types.
-    kept = [v for v in graph.value_info if v.name in {o for n in graph.node for o in n.output}]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-
-
-def _decompose_softmax(model: onnx.ModelProto) -> None:
-    """Rewrite ``Softmax`` / ``LogSoftmax`` over a non-last axis (the class axis 1 here) as
-    ReduceMax, Sub, Exp, ReduceSum, Div (or Log, Sub): ONNX Runtime CPU transposes for a
-    non-last axis, which made the CRF's softmaxes ~45 % of the portable graph's time at
-    320x240; the decomposition is ~3x faster and numerically the same (max-subtracted)."""
-    graph = model.graph
-    new_nodes = []
-    for index, node in enumerate(graph.node):
-        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
-        if node.op_type not in ("Softmax", "LogSoftmax") or node.domain or axis == -1:
-            new_nodes.append(node)
-            continue
-        x, y, tag = node.input[0], node.output[0], f"softmax{index}"
-        make = onnx.helper.make_node
-        axes = f"{tag}_axes"
-        new_nodes += [
-            make("Constant", [], [axes], value=onnx.helper.make_tensor(
-                axes, onnx.TensorProto.INT64, [1], [axis])),
-            make("ReduceMax", [x, axes], [f"{tag}_max"], keepdims=1),
-            make("Sub", [x, f"{tag}_max"], [f"{tag}_shifted"]),
-            make("Exp", [f"{tag}_shifted"], [f"{tag}_exp"]),
-            make("ReduceSum", [f"{tag}_exp", axes], [f"{tag}_sum"], keepdims=1),
-        ]
-        if node.op_type == "Softmax":
-            new_nodes.append(make("Div", [f"{tag}_exp", f"{tag}_sum"], [y]))
-        else:
-            new_nodes += [make("Log", [f"{tag}_sum"], [f"{tag}_log_sum"]),
-                          make("Sub", [f"{tag}_shifted", f"{tag}_log_sum"], [y])]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -485,9 +452,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 2):
             raise ExportError(f"{name} must be an int >= 2, got {value!r}")
-    if opset is not None and opset < onnx_ops.MIN_BODY_OPSET:
-        raise ExportError(f"opset must be >= {onnx_ops.MIN_BODY_OPSET} (Split num_outputs, "
-                          f"Pad/ReduceSum with tensor inputs), got {opset}")
+    opset = _checked_opset(opset)
 
     if isinstance(model, (str, os.PathLike)):
         from ..files import refuse_output_overwriting_input
@@ -495,32 +460,41 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     source = load_exportable(model)
     from ..model import ConvCRF
     metadata = getattr(source, "metadata", None)
-    if height is None:
-        height, width = tuple(metadata.input_size) if (static and metadata) else (61, 83)
+    if height is None and static:
+        height, width = tuple(metadata.input_size) if metadata else TRACE_SIZE
+    _check_size(height, width, static)
+    # Dynamic graphs are traced at TRACE_SIZE whatever size was asked for (which is then the
+    # size the parity check runs at): a size like 2x2 would merge H, W and the batch into one
+    # symbol, and sizes below the blur factor specialise the pooled grid.
+    trace_size = (height, width) if static else TRACE_SIZE
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
     module, crf = _prepare(source, part, fp16)
-    key = _trace_key(source, part, fp16, opset, height, width, static)
-    if key in _TRACED:
-        onnx_model = onnx.ModelProto.FromString(_TRACED[key])
+    key = _trace_key(source, part, fp16, *trace_size, static)
+    if (key, opset) in _TRACED:
+        onnx_model = onnx.ModelProto.FromString(_TRACED[key, opset])
     else:
+        if key not in _TRACED:
+            # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+            example = _example_inputs(part, num_classes, *trace_size, batch=2)
+            _remember(key, _trace(module, example, _dynamic_shapes(part, static)))
         input_names, output_names = IO_NAMES[part]
-        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-        example = _example_inputs(part, num_classes, height, width, batch=2)
-        exported = _trace(module, example, _dynamic_shapes(part, static))
-        onnx_model = _to_onnx(module, exported, input_names, output_names, opset)
+        onnx_model = _to_onnx(module, _TRACED[key], input_names, output_names, opset)
         _name_dynamic_axes(onnx_model, static)
-        if len(_TRACED) >= _TRACED_MAX:
-            _TRACED.pop(next(iter(_TRACED)))
-        _TRACED[key] = onnx_model.SerializeToString()
+        _remember((key, opset), onnx_model.SerializeToString())
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
+    try:
+        rewrites.replace_ceil_mode_pooling(onnx_model)
+    except rewrites.UnsupportedPoolingError as exc:
+        raise ExportError(str(exc)) from None
     if fp16 and filter_size is not None:
-        _cast_custom_nodes_to_fp16(onnx_model)
+        rewrites.cast_custom_nodes_to_fp16(onnx_model)
     if flavor != "plugin":
         # plugin graphs are for TensorRT, which fuses a plain Softmax itself.
-        _decompose_softmax(onnx_model)
+        rewrites.decompose_channel_softmax(onnx_model)
     onnx_model = _apply_flavor(onnx_model, flavor, filter_size)
+    onnx_model.ir_version = ir_version_for_opset(opset)
     _set_metadata(onnx_model, source, crf, flavor, fp16)
 
     # Data safety (issue 11): the digest lets loaders detect a damaged file; the graph is
@@ -548,9 +522,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
-            report.verification = verify_export(onnx_model, reference, flavor=flavor,
-                                                part=part, fp16=fp16,
-                                                size=(height, width) if static else None)
+            report.verification = verify_export(
+                onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
+                size=(height, width) if height is not None else None)
         except VerificationError:
             with atomic_write(failed_path) as temporary:
                 onnx.save(onnx_model, str(temporary))
@@ -562,14 +536,50 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     return report
 
 
+def _checked_opset(opset: int | None) -> int:
+    """``opset`` (default :data:`DEFAULT_OPSET`) if the export supports it, else ExportError."""
+    if opset is None:
+        return DEFAULT_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) \
+            or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset must be an int in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ExportError(f"opset {opset} needs a newer onnx (onnx {onnx.__version__} knows opsets "
+                          f"up to {newest}): pip install -U onnx, or export with --opset {newest}")
+    return opset
+
+
+def _check_size(height: int | None, width: int | None, static: bool) -> None:
+    """Refuse sizes the export cannot trace or verify at (see :data:`MAX_SIDE`)."""
+    if height is None:
+        return
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        what = "traced and verified" if static else "verified"
+        raise ExportError(
+            f"{height}x{width} is too large: the export is {what} at that size, which is "
+            f"limited to {MAX_SIDE} pixels per side and {MAX_PIXELS // 10**6} megapixels; "
+            + ("export with dynamic axes (without --static) and choose the size at run time"
+               if static else "give a smaller --height/--width (the graph itself accepts any "
+               "size)"))
+
+
 # Tracing dominates the export time (tens of seconds with dynamic sizes), and every flavour
-# starts from the same traced graph: exporting one model in several flavours in one process
-# traces it once. Keyed by the model's content, not its identity, so edits are seen.
-_TRACED: dict[tuple, bytes] = {}
-_TRACED_MAX = 4
+# and opset starts from the same traced program: exporting one model in several flavours or
+# opsets in one process traces it once (and converts it once per opset). Keyed by the
+# model's content, not its identity, so edits are seen. Values: the ExportedProgram under
+# ``key``, the serialised ONNX model under ``(key, opset)``.
+_TRACED: dict[tuple, object] = {}
+_TRACED_MAX = 12
 
 
-def _trace_key(source: nn.Module, part, fp16, opset, height, width, static) -> tuple:
+def _remember(key: tuple, value) -> None:
+    if len(_TRACED) >= _TRACED_MAX:
+        _TRACED.pop(next(iter(_TRACED)))
+    _TRACED[key] = value
+
+
+def _trace_key(source: nn.Module, part, fp16, height, width, static) -> tuple:
     digest = hashlib.sha1()
     for name, tensor in source.state_dict().items():
         digest.update(name.encode())
@@ -579,7 +589,7 @@ def _trace_key(source: nn.Module, part, fp16, opset, height, width, static) -> t
                                                         None)
     return (type(source).__name__, repr(source), digest.hexdigest(),
             config.to_json() if config else None, getattr(source, "crf_enabled", None),
-            part, fp16, opset, height, width, static)
+            part, fp16, height, width, static)
 
 
 def _trace(module: nn.Module, example, dynamic_shapes):
@@ -614,7 +624,13 @@ def _to_onnx(module: nn.Module, exported, input_names, output_names, opset) -> o
                  "translation" if layer else "the exporter failed")
         raise ExportError(f"{where}: {_root_cause(exc)}. Replace the operation with standard "
                           "PyTorch operations or register an ONNX translation for it.") from exc
-    return program.model_proto
+    model = program.model_proto
+    if _default_opset(model) != opset:
+        # PyTorch logs a failed version conversion and returns the graph unconverted.
+        raise ExportError(f"PyTorch's exporter could not convert the graph to opset {opset} "
+                          f"(it stayed at {_default_opset(model)}); choose another --opset in "
+                          f"{MIN_OPSET}..{MAX_OPSET}")
+    return model
 
 
 @contextlib.contextmanager

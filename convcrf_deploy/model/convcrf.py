@@ -49,7 +49,9 @@ def _unary_term_buffer(like: torch.Tensor) -> torch.Tensor:
 
 def _axis_centres(size: int, blur: int, device, dtype) -> torch.Tensor:
     """``[ceil(size/blur)]``: mean full-resolution coordinate of each pooled window."""
-    starts = torch.arange(0, size, blur, device=device, dtype=dtype)
+    # Integer arange, then cast: exported as an int64 Range (a float Range's element count
+    # is rounded differently by ONNX runtimes and TensorRT).
+    starts = torch.arange(0, size, blur, device=device).to(dtype)
     ends = torch.clamp(starts + blur, max=size)
     return (starts + ends - 1) / 2
 

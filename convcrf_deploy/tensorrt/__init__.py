@@ -8,13 +8,15 @@ Example:
     ...                       opt_shape="1x3x480x640", max_shape="1x3x720x1280")
 """
 from ._modules import INSTALL_HINT, TensorRTUnavailableError, import_tensorrt
-from .builder import (CACHE_ENV, DEFAULT_WORKSPACE_MB, EngineBuildError, Profile, build_engine,
-                      default_cache_dir, engine_cache_key, metadata_path_for, parse_shape,
+from .builder import (CACHE_ENV, DEFAULT_WORKSPACE_MB, CRFImplementation, EngineBuildError,
+                      Profile, build_engine, check_crf_implementation, default_cache_dir,
+                      engine_cache_key, metadata_path_for, parse_shape, prepare_for_parser,
                       read_metadata, write_metadata)
 from .plugin import (PLUGIN_ENV, PluginLibraryError, find_plugin_library, installed_plugin_path,
                      load_plugin_library)
 
-__all__ = ["build_engine", "find_plugin_library", "load_plugin_library", "installed_plugin_path",
+__all__ = ["build_engine", "prepare_for_parser", "check_crf_implementation", "CRFImplementation",
+           "find_plugin_library", "load_plugin_library", "installed_plugin_path",
            "parse_shape", "Profile", "engine_cache_key", "default_cache_dir", "metadata_path_for",
            "read_metadata", "write_metadata", "import_tensorrt", "EngineBuildError",
            "PluginLibraryError", "TensorRTUnavailableError", "INSTALL_HINT", "PLUGIN_ENV",

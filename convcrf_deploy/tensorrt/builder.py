@@ -10,6 +10,17 @@ given the engine goes to a cache (``$CONVCRF_ENGINE_CACHE`` or ``~/.cache/convcr
 engines``) under a key made of the ONNX bytes' sha256, the GPU, the TensorRT version, the
 profile and the build options; a second call with the same inputs returns the cached file.
 
+The ConvCRF is always built from our plugin, never silently from standard ops (which TensorRT
+would otherwise do: <= 10.6 always imports the model-local function bodies of a single-file
+export, >= 10.15 does unless a parser flag or node attribute says otherwise, and every version
+does when the plugin library is not loaded): the ONNX bytes handed to the parser have the
+ConvCRF function bodies stripped (a missing plugin is then the parser's "Plugin not found",
+reported with the library to load), ``kENABLE_PLUGIN_OVERRIDE`` is set where the enum exists,
+and after parsing the network's plugin layers of our two creators are counted against the
+ConvCRF nodes of the file (:func:`check_crf_implementation`). A mismatch, or a file whose CRF
+is standard ONNX ops (the portable flavour), is an :class:`EngineBuildError` unless
+``allow_standard_op_crf=True``.
+
 Precision: TensorRT 11 networks are strongly typed, so the plugins run in fp16 only when the
 ONNX model was exported with fp16 tensors (``convcrf-export --fp16``); there is no fp16 switch
 here. On TensorRT 10 the network is created strongly typed for the same behaviour.
@@ -21,16 +32,16 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..files import write_bytes_atomic, write_text_atomic
 from ..metadata import ModelMetadata
 from ._modules import import_tensorrt, tensorrt_major
-from .plugin import (PluginLibraryError, find_plugin_library, is_plugin_not_found,
-                     load_plugin_library, plugin_not_found_message)
+from .plugin import (PLUGIN_NAMES, PluginLibraryError, find_plugin_library,
+                     is_plugin_not_found, load_plugin_library, plugin_not_found_message)
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +138,18 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def engine_cache_key(model_sha256: str, gpu: str, trt_version: str, profile: Profile,
-                     version_compatible: bool = False, plugin_sha256: str = "") -> str:
+                     version_compatible: bool = False, plugin_sha256: str = "",
+                     allow_standard_op_crf: bool = False) -> str:
     """Hex key identifying an engine: same model bytes, GPU, TensorRT, profile and options
-    give the same key; any change gives another. ``plugin_sha256`` covers rebuilt plugins."""
-    record = json.dumps({"model": model_sha256, "gpu": gpu, "tensorrt": trt_version,
-                         "profile": profile.to_dict(), "version_compatible": bool(version_compatible),
-                         "plugin": plugin_sha256}, sort_keys=True)
+    give the same key; any change gives another. ``plugin_sha256`` covers rebuilt plugins;
+    ``allow_standard_op_crf`` keeps engines built without the plugin check apart, so a cache
+    hit without it is an engine whose plugin use was checked."""
+    fields = {"model": model_sha256, "gpu": gpu, "tensorrt": trt_version,
+              "profile": profile.to_dict(), "version_compatible": bool(version_compatible),
+              "plugin": plugin_sha256}
+    if allow_standard_op_crf:
+        fields["allow_standard_op_crf"] = True
+    record = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(record.encode()).hexdigest()[:24]
 
 
@@ -194,6 +211,138 @@ def gpu_identity() -> str:
     return f"{device.name()} sm_{major}{minor}"
 
 
+# ---- which ConvCRF implementation TensorRT builds ---------------------------------------------
+
+#: metadata_props key of exported models that run a CRF (convcrf_deploy.metadata.ONNX_KEYS).
+_CRF_CONFIG_KEY = "convcrf.crf_config"
+
+
+@dataclass
+class ParserInput:
+    """The ONNX model as handed to TensorRT's parser, and what it must produce."""
+
+    data: bytes                     # serialised model without our ConvCRF function bodies
+    crf_nodes: dict[str, int]       # ConvCRF nodes per op type in the file
+    stripped_functions: int         # model-local ConvCRF functions removed
+    crf_in_model: bool              # the metadata says the graph runs a CRF
+
+
+def prepare_for_parser(onnx_path: str | os.PathLike) -> ParserInput:
+    """Read an ONNX file and strip the model-local functions named like our plugins.
+
+    Without the bodies TensorRT cannot fall back to the standard-op CRF: the nodes import as
+    our plugin or the parser fails with "Plugin not found". External data stays where it is
+    (the parser is given the file's path to find it).
+
+    Raises:
+        ValueError: the file is not a valid ONNX model.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: "
+                         f"{exc}); export the model with convcrf-export") from exc
+    crf_nodes: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in PLUGIN_NAMES:    # TensorRT dispatches on op_type alone
+            crf_nodes[node.op_type] = crf_nodes.get(node.op_type, 0) + 1
+    kept = [f for f in model.functions if f.name not in PLUGIN_NAMES]
+    stripped = len(model.functions) - len(kept)
+    if stripped:
+        del model.functions[:]
+        model.functions.extend(kept)
+    props = {p.key: p.value for p in model.metadata_props}
+    crf_in_model = False
+    if _CRF_CONFIG_KEY in props:
+        try:
+            crf_in_model = int(json.loads(props[_CRF_CONFIG_KEY]).get("iterations", 1)) > 0
+        except (ValueError, TypeError, AttributeError):
+            crf_in_model = True
+    return ParserInput(model.SerializeToString(), crf_nodes, stripped, crf_in_model)
+
+
+def plugin_layer_counts(trt: ModuleType, network) -> dict[str, int]:
+    """Plugin layers of the parsed network per plugin name (``"?"``: a plugin layer whose
+    name TensorRT's Python API did not give)."""
+    counts: dict[str, int] = {}
+    plugin_types = {getattr(trt.LayerType, name) for name in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
+                    if hasattr(trt.LayerType, name)}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type not in plugin_types:
+            continue
+        name = _plugin_name(trt, layer) or "?"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _plugin_name(trt: ModuleType, layer) -> str | None:
+    try:
+        if layer.type == getattr(trt.LayerType, "PLUGIN_V3", None):
+            # network.get_layer returns the ILayer base; the subclass gives the plugin.
+            layer.__class__ = trt.IPluginV3Layer
+            core = layer.get_plugin().get_capability_interface(trt.PluginCapabilityType.CORE)
+            return str(core.plugin_name)
+        layer.__class__ = trt.IPluginV2Layer
+        return str(layer.plugin.plugin_type)
+    except Exception:   # noqa: BLE001 - an API difference between releases: name unknown
+        return None
+
+
+@dataclass
+class CRFImplementation:
+    """Which ConvCRF implementation a parsed network contains."""
+
+    kind: str                       # "plugin", "standard-op" or "none"
+    crf_nodes: dict[str, int]
+    plugin_layers: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.kind == "plugin":
+            layers = " + ".join(f"{n} {name}" for name, n in sorted(self.plugin_layers.items())
+                                if name in PLUGIN_NAMES)
+            return f"ConvCRF implementation: TensorRT plugin ({layers} plugin layers)"
+        if self.kind == "standard-op":
+            return ("ConvCRF implementation: standard ONNX ops, NOT the plugin "
+                    "(allowed by --allow-standard-op-crf)")
+        return "ConvCRF implementation: none (this model has no ConvCRF)"
+
+
+def check_crf_implementation(parsed: ParserInput, layers: dict[str, int],
+                             allow_standard_op_crf: bool = False) -> CRFImplementation:
+    """Compare the network's plugin layers of our creators with the ConvCRF nodes of the file.
+
+    Raises:
+        EngineBuildError: TensorRT would build (part of) the CRF from standard ops, or the
+            plugin layers could not be identified; not raised with ``allow_standard_op_crf``.
+    """
+    ours = {name: n for name, n in layers.items() if name in PLUGIN_NAMES}
+    expected = parsed.crf_nodes
+    if not expected and not parsed.crf_in_model:
+        return CRFImplementation("none", expected, ours)
+    if expected and ours == expected:
+        return CRFImplementation("plugin", expected, ours)
+    if allow_standard_op_crf:
+        return CRFImplementation("standard-op", expected, ours)
+    fix = ("; pass --allow-standard-op-crf (allow_standard_op_crf=True) to build it anyway")
+    if not expected:
+        raise EngineBuildError(
+            "this ONNX file's ConvCRF is made of standard ONNX ops (the portable flavour), so "
+            "TensorRT would build the standard-op CRF instead of the ConvCRF plugin; export it "
+            "with convcrf-export --flavor single-file (or plugin)" + fix)
+    found = ", ".join(f"{n} {name}" for name, n in sorted(ours.items())) or "none"
+    wanted = ", ".join(f"{n} {name}" for name, n in sorted(expected.items()))
+    unknown = layers.get("?", 0)
+    why = (f" ({unknown} plugin layer(s) could not be identified through this TensorRT's "
+           "Python API)" if unknown else "")
+    raise EngineBuildError(
+        f"TensorRT would build the ConvCRF with standard ops: the file has {wanted} node(s) but "
+        f"the parsed network has {found} ConvCRF plugin layer(s){why}; make sure the plugin "
+        "library registers ConvCRFKernel/ConvCRFMessagePassing version 1 in namespace \"\"" + fix)
+
+
 def _parser_errors(parser) -> list[str]:
     errors = []
     for i in range(parser.num_errors):
@@ -232,12 +381,14 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
                  plugin_library: str | os.PathLike | None = None, min_shape=None, opt_shape=None,
                  max_shape=None, timing_cache: str | os.PathLike | None = None,
                  workspace_mb: int = DEFAULT_WORKSPACE_MB, version_compatible: bool = False,
-                 force: bool = False) -> Path:
+                 force: bool = False, allow_standard_op_crf: bool = False,
+                 report: Callable[[str], None] | None = None) -> Path:
     """Build (or fetch from the cache) a TensorRT engine for an exported ONNX model.
 
     Args:
         onnx_path: a ``.onnx`` file from ``convcrf-export`` (``plugin`` or ``single-file``
-            flavour; with ``single-file`` TensorRT >= 10.7 uses the plugins, not the functions).
+            flavour: the ConvCRF function bodies of the latter are stripped before parsing,
+            so every TensorRT version uses the plugin).
         engine_path: where to write the engine; ``None`` uses the engine cache.
         plugin_library: ``libconvcrf_trt_plugin.so``; found by :func:`find_plugin_library`
             when omitted.
@@ -247,6 +398,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         version_compatible: build a version-compatible engine with the plugin library embedded
             (``BuilderFlag.VERSION_COMPATIBLE`` + ``plugins_to_serialize``).
         force: rebuild even when the cache holds the engine.
+        allow_standard_op_crf: build even when TensorRT would compute (part of) the ConvCRF
+            with standard ops instead of the plugin (e.g. a portable-flavour file).
+        report: called with one line saying which ConvCRF implementation the engine has
+            (default: logged at INFO).
 
     Returns:
         The engine path; its metadata sidecar is ``metadata_path_for(path)``.
@@ -254,7 +409,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     Raises:
         TensorRTUnavailableError: ``tensorrt``/``pycuda`` are not installed.
         PluginLibraryError: the plugin library is missing or unloadable.
-        EngineBuildError: parsing or building failed (message includes TensorRT's errors).
+        EngineBuildError: parsing or building failed (message includes TensorRT's errors),
+            or the network would not use the ConvCRF plugin (see ``allow_standard_op_crf``).
         ValueError: bad shapes or workspace.
     """
     onnx_path = Path(onnx_path)
@@ -263,6 +419,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     if workspace_mb < 1:
         raise ValueError(f"workspace_mb must be >= 1, got {workspace_mb}")
     trt = import_tensorrt()  # first: without TensorRT nothing else matters
+    report = report or log.info
     metadata = onnx_metadata(onnx_path)
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
                               metadata.input_size if metadata else None)
@@ -271,10 +428,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
 
     if engine_path is None:
         key = engine_cache_key(sha256_file(onnx_path), gpu_identity(), str(trt.__version__), profile,
-                               version_compatible, sha256_file(library))
+                               version_compatible, sha256_file(library), allow_standard_op_crf)
         engine_path = default_cache_dir() / f"{onnx_path.stem}-{key}.engine"
         if engine_path.is_file() and not force:
             log.info("engine cache hit: %s", engine_path)
+            report("ConvCRF implementation: as checked when the cached engine was built "
+                   + ("(standard ops were allowed)" if allow_standard_op_crf
+                      else "(the plugin, or no ConvCRF)"))
             if metadata is not None and not metadata_path_for(engine_path).is_file():
                 write_metadata(engine_path, metadata)
             return engine_path
@@ -288,11 +448,20 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         flags |= 1 << int(strongly_typed)  # TensorRT 11 is always strongly typed
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    # TensorRT >= 10.15 imports a model-local function instead of a registered plugin unless
+    # told otherwise; the functions are stripped anyway, this covers foreign files too.
+    override = getattr(getattr(trt, "OnnxParserFlag", None), "ENABLE_PLUGIN_OVERRIDE", None)
+    if override is not None:
+        parser.set_flag(override)
+    parsed = prepare_for_parser(onnx_path)
+    if not parser.parse(parsed.data, str(onnx_path)):
         errors = _parser_errors(parser)
         if any(is_plugin_not_found(e) for e in errors):
             raise PluginLibraryError(plugin_not_found_message(errors, library))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors))
+    implementation = check_crf_implementation(parsed, plugin_layer_counts(trt, network),
+                                              allow_standard_op_crf)
+    report(implementation.describe())
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)

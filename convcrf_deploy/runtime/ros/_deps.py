@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ...install import install_hint
+
 
 class MissingDependencyError(ImportError):
     """An optional library is not installed; the message says which extra installs it."""
@@ -15,4 +17,4 @@ def require(module: str, package: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{package} is not installed ({exc}): pip install 'convcrf-deploy[{extra}]'") from None
+            f"{package} is not installed ({exc}): {install_hint(extra)}") from None

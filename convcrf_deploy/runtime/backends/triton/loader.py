@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ...install import install_hint
 from ..base import BackendUnavailableError
 
 #: protocol -> default port of tritonserver.
@@ -33,7 +34,7 @@ def import_tritonclient(protocol: str):
     except ImportError as exc:
         raise BackendUnavailableError(
             f"tritonclient ({protocol}) is not installed ({exc}): "
-            "`pip install convcrf-deploy[triton]`") from exc
+            f"{install_hint('triton')}") from exc
     return module
 
 

@@ -48,7 +48,8 @@ class EngineLoader:
         path: ``.engine``/``.plan`` file, or an ``.onnx`` export to build (cached) first.
         plugin_library: ``libconvcrf_trt_plugin.so`` (default: :func:`find_plugin_library`).
         build_options: keyword arguments for :func:`build_engine` when ``path`` is ONNX
-            (``min_shape``, ``opt_shape``, ``max_shape``, ``workspace_mb``, ...).
+            (``min_shape``, ``opt_shape``, ``max_shape``, ``workspace_mb``,
+            ``allow_standard_op_crf``, ...).
     """
 
     def __init__(self, path: str | os.PathLike, plugin_library: str | os.PathLike | None = None,
@@ -64,7 +65,10 @@ class EngineLoader:
         """The engine file, building it from ONNX when needed."""
         if not self.is_onnx:
             return self.path
-        return build_engine(self.path, None, plugin_library=self.plugin_library, **self.build_options)
+        # build_engine refuses a network that would not use the ConvCRF plugin (unless
+        # build_options has allow_standard_op_crf=True) and reports which implementation it has.
+        options = {"report": log.info, **self.build_options}
+        return build_engine(self.path, None, plugin_library=self.plugin_library, **options)
 
     def metadata(self, engine_path: Path) -> ModelMetadata | None:
         """Sidecar ``<engine>.json``, else the ONNX metadata_props when built from ONNX."""

@@ -16,7 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-API_VERSION = 2
+API_VERSION = 3
 
 _STATUS_MESSAGES = {
     1: "invalid filter_size (must be odd and in 1..31)",
@@ -26,6 +26,9 @@ _STATUS_MESSAGES = {
     5: "CUDA launch failed",
     6: "internal error (out of memory or thread creation failed)",
     7: "NaN or infinite values in the input",
+    8: "tensor sizes too large (a product of the sizes overflows int64)",
+    9: "could not start worker threads (memory or process limit); pass fewer threads",
+    10: "this CPU does not support the requested instruction set",
 }
 
 STATUS_NON_FINITE = 7
@@ -60,6 +63,11 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn = getattr(lib, f"convcrf_{name}_{suffix}")
             fn.restype = i32
             fn.argtypes = args
+    for name in ("convcrf_cpu_isa", "convcrf_cpu_best_isa", "convcrf_cpu_available_cpus"):
+        getattr(lib, name).restype = i32
+        getattr(lib, name).argtypes = []
+    lib.convcrf_cpu_set_isa.restype = i32
+    lib.convcrf_cpu_set_isa.argtypes = [i32]
     lib.convcrf_mean_field_step_f32.restype = i32
     lib.convcrf_mean_field_step_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i32, ptr,
                                                 ptr, ptr, ptr, ptr, ptr, i32]
@@ -128,9 +136,65 @@ def check(status: int, what: str) -> None:
         raise NativeError(f"{what}: {_STATUS_MESSAGES.get(status, f'status {status}')}")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (``os.sched_getaffinity``), which
+    containers, ``taskset`` and robot launchers restrict, not the machine's core count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
-    """Threads for native calls: torch's setting when torch is loaded, else all cores."""
+    """Threads for native calls: torch's setting when torch is loaded (capped at the CPUs
+    this process may use), else :func:`available_cpus`."""
     torch = sys.modules.get("torch")
     if torch is not None:
-        return int(torch.get_num_threads())
-    return os.cpu_count() or 1
+        return max(1, min(int(torch.get_num_threads()), available_cpus()))
+    return available_cpus()
+
+
+#: Instruction-set clones of the CPU kernels, by the codes of ``convcrf_cpu_isa``.
+CPU_ISAS = ("baseline", "avx2", "avx512")
+
+
+def cpu_isa() -> str:
+    """The instruction-set clone the CPU kernels run now: "baseline", "avx2" or "avx512".
+
+    Chosen when the library loads (the widest the CPU has, or ``$CONVCRF_CPU_ISA``).
+    Raises NativeError when the library is not built."""
+    return CPU_ISAS[_require_cpu().convcrf_cpu_isa()]
+
+
+def supported_cpu_isas() -> list[str]:
+    """The clones this CPU can run, narrowest first (always includes "baseline")."""
+    return list(CPU_ISAS[:_require_cpu().convcrf_cpu_best_isa() + 1])
+
+
+def set_cpu_isa(name: str) -> None:
+    """Run clone ``name`` ("baseline", "avx2", "avx512" or "auto") from now on, process-wide.
+
+    For tests and benchmarks that compare the clones; results agree within fp32 rounding.
+    Raises ValueError for an unknown name and NativeError when the CPU lacks the instruction set."""
+    if name != "auto" and name not in CPU_ISAS:
+        raise ValueError(f"unknown instruction set {name!r}; use one of {CPU_ISAS + ('auto',)}")
+    code = -1 if name == "auto" else CPU_ISAS.index(name)
+    check(_require_cpu().convcrf_cpu_set_isa(code), f"set_cpu_isa({name!r})")
+
+
+def _require_cpu() -> ctypes.CDLL:
+    lib = cpu_library()
+    if lib is None:
+        raise NativeError("the native CPU library is not built; reinstall with `pip install .`")
+    return lib
+
+
+def prefer_passive_openmp() -> None:
+    """Ask OpenMP (PyTorch's intra-op threads) to put idle threads to sleep, unless the user
+    chose a policy. Must run before torch is imported; a no-op afterwards.
+
+    Why: by default GNU OpenMP threads spin for a while after every parallel region. Between
+    two PyTorch ops that spin competes with our native worker threads and with any other busy
+    process for the same cores; on a 2-core machine with one busy process, ``convcrf-run`` went
+    from 15 ms to 350 ms per frame (issue 9, "no collapse when the CPU is shared")."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

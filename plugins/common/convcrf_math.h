@@ -37,6 +37,9 @@ enum Status : int32_t {
     kErrorCuda = 5,                // a CUDA launch failed (see cudaGetLastError)
     kErrorUnsupported = 6,         // e.g. data type not compiled in
     kErrorNonFinite = 7,           // NaN or infinite values in an input that must be finite
+    kErrorSizeOverflow = 8,        // a product of sizes (elements or bytes) overflows int64
+    kErrorThreadStart = 9,         // a worker thread could not be started (memory, process limit)
+    kErrorIsaUnavailable = 10,     // an instruction set this CPU does not support was asked for
 };
 
 CONVCRF_HD bool isValidFilterSize(int32_t filterSize)
@@ -102,6 +105,20 @@ inline IntVec truncateToInt(FloatVec x)
 inline FloatVec floatFromBits(IntVec bits)
 {
     return (FloatVec)bits;  // a vector cast reinterprets the bits
+}
+
+// Sixteen floats: one register in the CPU library's AVX-512 clone (plugins/cpu/cpu_common.h).
+typedef float FloatVec16 __attribute__((vector_size(64)));
+typedef int32_t IntVec16 __attribute__((vector_size(64)));
+
+inline IntVec16 truncateToInt(FloatVec16 x)
+{
+    return __builtin_convertvector(x, IntVec16);
+}
+
+inline FloatVec16 floatFromBits(IntVec16 bits)
+{
+    return (FloatVec16)bits;
 }
 #pragma GCC diagnostic pop
 #endif

@@ -5,7 +5,16 @@
 // function validates its sizes before touching memory and returns a convcrf::Status code
 // (0 on success). Tensors are contiguous NCHW; see docs/ops.md for the op contract.
 //
-// `numThreads` <= 0 means "all hardware threads". Work is split over rows of the output.
+// Threads: `numThreads` <= 0 means "every CPU this process may run on" (its affinity mask, see
+// convcrf_cpu_available_cpus); requests above 256 run on 256. Work is split over rows of the
+// output and runs on one persistent pool whose idle workers sleep (never spin); a call made
+// while another thread's call holds the pool runs on its calling thread alone. When workers
+// cannot be started (memory or process limits) a call returns kErrorThreadStart (9) without
+// touching its outputs; no failure aborts the process or throws across this API.
+//
+// Sizes: every entry point checks that sizes are >= 0 and that every product of them it forms
+// (elements and bytes of each tensor, scratch) fits in int64, returning kErrorSizeOverflow (8)
+// otherwise, before it allocates or touches memory.
 #pragma once
 
 #include <stdint.h>
@@ -20,8 +29,22 @@
 extern "C" {
 #endif
 
-// Version of this C API; bumped whenever a signature changes (checked by the Python loader).
+// Version of this C API; bumped whenever a signature changes or functions are added (checked
+// by the Python loader). 3 added the instruction-set and CPU-count functions below.
 CONVCRF_API int32_t convcrf_cpu_api_version(void);
+
+// Instruction-set clone the kernels run: 0 baseline x86-64 (or non-x86), 1 AVX2+FMA, 2 AVX-512
+// (F/BW/DQ/VL). Chosen at load time as the widest the CPU has, or $CONVCRF_CPU_ISA
+// (baseline | avx2 | avx512) when the CPU has that one. Results of the clones agree within
+// fp32 rounding (summation order and FMA contraction differ).
+CONVCRF_API int32_t convcrf_cpu_isa(void);
+// The widest instruction set this CPU (and OS) supports, as above.
+CONVCRF_API int32_t convcrf_cpu_best_isa(void);
+// Run clone `isa` from now on (-1: the widest supported). Returns 0, or
+// kErrorIsaUnavailable (10) when the CPU lacks it (nothing changes then). Process-wide.
+CONVCRF_API int32_t convcrf_cpu_set_isa(int32_t isa);
+// CPUs this process may run on (sched_getaffinity on Linux), the default thread count.
+CONVCRF_API int32_t convcrf_cpu_available_cpus(void);
 
 // K[n, (dy+r)*k + (dx+r), y, x] = exp(-0.5 * sum_d (F[n,d,y,x] - F[n,d,y+dy,x+dx])^2),
 // zero at the centre and where the neighbour is outside the image.

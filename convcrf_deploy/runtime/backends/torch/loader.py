@@ -9,6 +9,9 @@ from ..base import BackendUnavailableError
 
 
 def import_torch():
+    from ...._native import prefer_passive_openmp
+
+    prefer_passive_openmp()  # idle OpenMP threads sleep instead of spinning (issue 9)
     try:
         import torch
     except ImportError as exc:

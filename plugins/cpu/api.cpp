@@ -1,0 +1,38 @@
+// api.cpp: the library-wide part of the C API (version, instruction set, threads).
+#include "convcrf_cpu.h"
+
+#include "cpu_common.h"
+#include "thread_pool.h"
+
+namespace {
+constexpr int32_t kCpuApiVersion = 3;
+}  // namespace
+
+extern "C" {
+
+int32_t convcrf_cpu_api_version(void)
+{
+    return kCpuApiVersion;
+}
+
+int32_t convcrf_cpu_isa(void)
+{
+    return convcrf::activeIsa();
+}
+
+int32_t convcrf_cpu_best_isa(void)
+{
+    return convcrf::bestSupportedIsa();
+}
+
+int32_t convcrf_cpu_set_isa(int32_t isa)
+{
+    return convcrf::setActiveIsa(isa);
+}
+
+int32_t convcrf_cpu_available_cpus(void)
+{
+    return convcrf::availableCpus();
+}
+
+}  // extern "C"

@@ -1,0 +1,328 @@
+// gaussian_kernel.cpp: the windowed Gaussian kernel (op contract in docs/ops.md) and its
+// gradient w.r.t. the features.
+//
+// float forward, per output row: the feature rows it reads are zero-padded copies
+// (row_buffers.h) and a padded 0/1 row marks the image, so every window position is a plain
+// shifted vector load; the squared distance of a block of x-vectors stays in registers over
+// the D features and goes through the vectorised exp of convcrf_math.h. The double path
+// (gradcheck) and the backward keep plain row loops.
+#include "convcrf_cpu.h"
+
+#include "cpu_common.h"
+#include "row_buffers.h"
+#include "thread_pool.h"
+#include "validation.h"
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace convcrf {
+namespace {
+
+struct Scratch {
+    PaddedRowRing features;
+    std::vector<float> inside;  // padded row: 1 where x is in the image, else 0
+    std::vector<float> out;     // [k*k][vectorWidth]: the kernel rows of one output row
+};
+
+thread_local Scratch tScratch;
+
+template <typename F, int XB>
+CONVCRF_INLINE void forwardRows(const float* features, int64_t d, int64_t h, int64_t w, int32_t k,
+                                float* kernel, int64_t begin, int64_t end)
+{
+    using I = typename IntOf<F>::type;
+    constexpr int64_t L = lanesOf<F>();
+    const int32_t r = k / 2;
+    const int64_t kk = int64_t(k) * k, plane = h * w;
+    const RowGeometry geo = makeRowGeometry(d, h, w, r, L * XB);
+    Scratch& s = tScratch;
+    s.features.reset(geo, k);
+    s.inside.assign(static_cast<size_t>(geo.paddedStride), 0.0f);
+    std::fill(s.inside.begin() + r, s.inside.begin() + r + w, 1.0f);
+    s.out.resize(static_cast<size_t>(kk * geo.vectorWidth));
+    for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / h, y = task % h;
+        const float* centre = s.features.row(features, n, y) + r;
+        std::fill(s.out.begin(), s.out.end(), 0.0f);
+        for (int32_t dy = -r; dy <= r; ++dy) {
+            const int64_t yy = y + dy;
+            if (yy < 0 || yy >= h)
+                continue;  // rows outside the image stay zero
+            const float* other = s.features.row(features, n, yy) + r;
+            for (int32_t dx = -r; dx <= r; ++dx) {
+                if (dy == 0 && dx == 0)
+                    continue;  // the centre stays zero
+                float* out = s.out.data() + offsetChannel(dy, dx, r, k) * geo.vectorWidth;
+                const float* inside = s.inside.data() + r + dx;
+                for (int64_t x0 = 0; x0 < geo.vectorWidth; x0 += L * XB) {
+                    F dist[XB];
+#pragma GCC unroll 4
+                    for (int j = 0; j < XB; ++j)
+                        dist[j] = F{};
+                    for (int64_t ch = 0; ch < d; ++ch) {
+                        const float* a = centre + ch * geo.paddedStride + x0;
+                        const float* b = other + ch * geo.paddedStride + dx + x0;
+#pragma GCC unroll 4
+                        for (int j = 0; j < XB; ++j) {
+                            const F diff = loadAs<F>(a + j * L) - loadAs<F>(b + j * L);
+                            dist[j] += diff * diff;
+                        }
+                    }
+#pragma GCC unroll 4
+                    for (int j = 0; j < XB; ++j)
+                        storeAs<F>(out + x0 + j * L,
+                                   expPolyGeneric<F, I>(dist[j] * -0.5f) *
+                                       loadAs<F>(inside + x0 + j * L));
+                }
+            }
+        }
+        float* dst = kernel + (n * kk * h + y) * w;
+        for (int64_t o = 0; o < kk; ++o)
+            std::memcpy(dst + o * plane, s.out.data() + o * geo.vectorWidth,
+                        static_cast<size_t>(w) * sizeof(float));
+    }
+}
+
+// ---- plain rows: the double forward, and the backward of both types -----------------------
+
+template <typename T>
+void referenceGaussianRow(const T* __restrict features, int64_t d, int64_t h, int64_t w,
+                       int32_t k, T* __restrict kernel, int64_t row)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const T* fn = features + n * d * plane;
+    T* kn = kernel + n * int64_t(k) * k * plane;
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            T* out = kn + int64_t(offsetChannel(dy, dx, r, k)) * plane + y * w;
+            const int64_t yy = y + dy;
+            for (int64_t x = 0; x < w; ++x)
+                out[x] = T(0);
+            if (yy < 0 || yy >= h || (dy == 0 && dx == 0))
+                continue;  // the centre and rows outside the image stay zero
+            int64_t begin, end;
+            shiftedRange(w, dx, begin, end);
+            // Accumulate squared distances in the output row, then map them through exp.
+            for (int64_t c = 0; c < d; ++c) {
+                const T* __restrict a = fn + c * plane + y * w;
+                const T* __restrict b = fn + c * plane + yy * w + dx;
+                for (int64_t x = begin; x < end; ++x)
+                    out[x] += squaredDifference<T, T>(a[x], b[x]);
+            }
+            for (int64_t x = begin; x < end; ++x)
+                out[x] = gaussianWeight<T>(out[x]);
+        }
+    }
+}
+
+// d K[o,p] / d F[:,p] and d K[o,p-o] / d F[:,p], gathered per output pixel p so that rows are
+// independent (no atomics, no races).
+template <typename T>
+CONVCRF_INLINE void gaussianKernelBackwardRow(const T* __restrict features, const T* __restrict kernel,
+                               const T* __restrict gradKernel, int64_t d, int64_t h, int64_t w,
+                               int32_t k, T* __restrict grad, int64_t row, std::vector<T>& weight)
+{
+    const int64_t n = row / h, y = row % h, plane = h * w;
+    const int32_t r = k / 2;
+    const int64_t kk = int64_t(k) * k;
+    const T* fn = features + n * d * plane;
+    const T* kn = kernel + n * kk * plane;
+    const T* gn = gradKernel + n * kk * plane;
+    T* out = grad + n * d * plane;
+    weight.resize(static_cast<size_t>(w));
+    T* wt = weight.data();
+    for (int64_t c = 0; c < d; ++c)
+        for (int64_t x = 0; x < w; ++x)
+            out[c * plane + y * w + x] = T(0);
+    for (int32_t dy = -r; dy <= r; ++dy) {
+        for (int32_t dx = -r; dx <= r; ++dx) {
+            if (dy == 0 && dx == 0)
+                continue;
+            const int64_t o = offsetChannel(dy, dx, r, k);
+            int64_t begin, end;
+            // Pairs (p, p + o): this pixel is the centre of the window.
+            const int64_t yy = y + dy;
+            if (yy >= 0 && yy < h) {
+                shiftedRange(w, dx, begin, end);
+                const T* kr = kn + o * plane + y * w;
+                const T* gr = gn + o * plane + y * w;
+                for (int64_t x = begin; x < end; ++x)
+                    wt[x] = kr[x] * gr[x];
+                for (int64_t c = 0; c < d; ++c) {
+                    const T* a = fn + c * plane + y * w;
+                    const T* b = fn + c * plane + yy * w + dx;
+                    T* g = out + c * plane + y * w;
+                    for (int64_t x = begin; x < end; ++x)
+                        g[x] -= wt[x] * (a[x] - b[x]);
+                }
+            }
+            // Pairs (p - o, p): this pixel is the neighbour at offset o of pixel p - o.
+            const int64_t ys = y - dy;
+            if (ys >= 0 && ys < h) {
+                shiftedRange(w, -dx, begin, end);
+                const T* kr = kn + o * plane + ys * w - dx;
+                const T* gr = gn + o * plane + ys * w - dx;
+                for (int64_t x = begin; x < end; ++x)
+                    wt[x] = kr[x] * gr[x];
+                for (int64_t c = 0; c < d; ++c) {
+                    const T* a = fn + c * plane + ys * w - dx;
+                    const T* b = fn + c * plane + y * w;
+                    T* g = out + c * plane + y * w;
+                    for (int64_t x = begin; x < end; ++x)
+                        g[x] += wt[x] * (a[x] - b[x]);
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+CONVCRF_INLINE void gaussianKernelBackwardRows(const T* f, const T* kernel, const T* gk, int64_t d, int64_t h,
+                                int64_t w, int32_t k, T* grad, int64_t b, int64_t e)
+{
+    std::vector<T> scratch;
+    for (int64_t row = b; row < e; ++row)
+        gaussianKernelBackwardRow<T>(f, kernel, gk, d, h, w, k, grad, row, scratch);
+}
+
+// ---- instruction-set clones ------------------------------------------------------------------
+
+CONVCRF_TARGET_AVX512 void forwardRowsF32Avx512(const float* f, int64_t d, int64_t h, int64_t w,
+                                                int32_t k, float* out, int64_t b, int64_t e)
+{
+    forwardRows<FloatVec16, 2>(f, d, h, w, k, out, b, e);
+}
+
+CONVCRF_TARGET_AVX2 void forwardRowsF32Avx2(const float* f, int64_t d, int64_t h, int64_t w,
+                                            int32_t k, float* out, int64_t b, int64_t e)
+{
+    forwardRows<FloatVec, 2>(f, d, h, w, k, out, b, e);
+}
+
+void forwardRowsF32Baseline(const float* f, int64_t d, int64_t h, int64_t w, int32_t k,
+                            float* out, int64_t b, int64_t e)
+{
+    forwardRows<FloatVec, 1>(f, d, h, w, k, out, b, e);
+}
+
+using BackwardF32 = void (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t,
+                             int32_t, float*, int64_t, int64_t);
+
+CONVCRF_TARGET_AVX512 void backwardRowsF32Avx512(const float* f, const float* kernel,
+                                                 const float* gk, int64_t d, int64_t h, int64_t w,
+                                                 int32_t k, float* grad, int64_t b, int64_t e)
+{
+    gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
+}
+
+CONVCRF_TARGET_AVX2 void backwardRowsF32Avx2(const float* f, const float* kernel, const float* gk,
+                                             int64_t d, int64_t h, int64_t w, int32_t k,
+                                             float* grad, int64_t b, int64_t e)
+{
+    gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
+}
+
+void backwardRowsF32Baseline(const float* f, const float* kernel, const float* gk, int64_t d,
+                             int64_t h, int64_t w, int32_t k, float* grad, int64_t b, int64_t e)
+{
+    gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
+}
+
+template <typename Fn>
+Fn pick(Fn avx512, Fn avx2, Fn baseline)
+{
+#if CONVCRF_X86_CLONES
+    switch (activeIsa()) {
+    case kIsaAvx512:
+        return avx512;
+    case kIsaAvx2:
+        return avx2;
+    default:
+        break;
+    }
+#else
+    (void)avx512;
+    (void)avx2;
+#endif
+    return baseline;
+}
+
+template <typename T>
+int32_t gaussianKernelImpl(const T* f, int64_t n, int64_t d, int64_t h, int64_t w, int32_t k,
+                           T* out, int32_t threads)
+{
+    if (Status s = checkWindowedShapes(n, d, h, w, k, sizeof(T)))
+        return s;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if ((d > 0 && !f) || !out)
+        return kErrorNullPointer;
+    auto rows = pick(forwardRowsF32Avx512, forwardRowsF32Avx2, forwardRowsF32Baseline);
+    return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+        if constexpr (std::is_same<T, float>::value) {
+            rows(f, d, h, w, k, out, b, e);
+        } else {
+            for (int64_t row = b; row < e; ++row)
+                referenceGaussianRow<T>(f, d, h, w, k, out, row);
+        }
+    });
+}
+
+template <typename T>
+int32_t gaussianKernelBackwardImpl(const T* f, const T* kernel, const T* gk, int64_t n,
+                                   int64_t d, int64_t h, int64_t w, int32_t k, T* grad,
+                                   int32_t threads)
+{
+    if (Status s = checkWindowedShapes(n, d, h, w, k, sizeof(T)))
+        return s;
+    if (n == 0 || d == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if (!f || !kernel || !gk || !grad)
+        return kErrorNullPointer;
+    auto rows = pick<BackwardF32>(backwardRowsF32Avx512, backwardRowsF32Avx2,
+                                  backwardRowsF32Baseline);
+    return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
+        if constexpr (std::is_same<T, float>::value)
+            rows(f, kernel, gk, d, h, w, k, grad, b, e);
+        else
+            gaussianKernelBackwardRows<T>(f, kernel, gk, d, h, w, k, grad, b, e);
+    });
+}
+
+}  // namespace
+}  // namespace convcrf
+
+using namespace convcrf;
+
+extern "C" {
+
+int32_t convcrf_gaussian_kernel_f32(const float* f, int64_t n, int64_t d, int64_t h, int64_t w,
+                                    int32_t k, float* out, int32_t threads)
+{
+    return gaussianKernelImpl<float>(f, n, d, h, w, k, out, threads);
+}
+
+int32_t convcrf_gaussian_kernel_f64(const double* f, int64_t n, int64_t d, int64_t h, int64_t w,
+                                    int32_t k, double* out, int32_t threads)
+{
+    return gaussianKernelImpl<double>(f, n, d, h, w, k, out, threads);
+}
+
+int32_t convcrf_gaussian_kernel_backward_f32(const float* f, const float* kernel, const float* gk,
+                                             int64_t n, int64_t d, int64_t h, int64_t w,
+                                             int32_t k, float* grad, int32_t threads)
+{
+    return gaussianKernelBackwardImpl<float>(f, kernel, gk, n, d, h, w, k, grad, threads);
+}
+
+int32_t convcrf_gaussian_kernel_backward_f64(const double* f, const double* kernel,
+                                             const double* gk, int64_t n, int64_t d, int64_t h,
+                                             int64_t w, int32_t k, double* grad, int32_t threads)
+{
+    return gaussianKernelBackwardImpl<double>(f, kernel, gk, n, d, h, w, k, grad, threads);
+}
+
+}  // extern "C"

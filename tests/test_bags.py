@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ pytest.importorskip("rosbags")
 
 from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime import Segmenter, open_source, run_video
-from convcrf_deploy.runtime.ros import BagSink, BagSource, Stamp
+from convcrf_deploy.runtime.ros import BagSink, BagSource, MissingDependencyError, Stamp
 from convcrf_deploy.runtime.ros.testing import (FRAME_ID, LOG0, STAMP0, TOPIC, read_bag,
                                                 scene_frames, write_bag)
 from convcrf_deploy.runtime.sources import SourceError
@@ -336,3 +336,14 @@ def test_bag_source_rejects_a_bad_rate(tmp_path, frames):
     write_bag(tmp_path / "b", frames, "mcap", "bgr8")
     with pytest.raises(SourceError, match="rate must be > 0"):
         BagSource(tmp_path / "b", rate=0)
+
+
+def test_missing_rosbags_gives_the_install_command(tmp_path, toy_onnx, capsys, monkeypatch):
+    write_bag(tmp_path / "b", scene_frames(1), "mcap", "bgr8")
+    monkeypatch.setitem(sys.modules, "rosbags.highlevel", None)  # import fails
+    assert run(["--video", f"bag:{tmp_path / 'b'}"], toy_onnx) == 2
+    assert "pip install 'convcrf-deploy[ros]'" in one_line_error(capsys)
+    monkeypatch.setitem(sys.modules, "rosbags.rosbag2", None)
+    with pytest.raises(MissingDependencyError, match=r"convcrf-deploy\[ros\]"):
+        BagSink(tmp_path / "out", Segmenter(toy_onnx).metadata)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -136,3 +137,11 @@ def test_cli_refuses_a_bad_address_and_a_busy_port(toy_onnx, capsys):
         assert main(args + ["--foxglove", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert "cannot listen" in err and "Traceback" not in err
+
+
+def test_missing_foxglove_sdk_gives_the_install_command(toy_onnx, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "foxglove", None)  # import fails
+    assert main(["--video", "demo", "--max-frames", "1", "--model", toy_onnx, "--headless",
+                 "--foxglove", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'convcrf-deploy[foxglove]'" in err and "Traceback" not in err

@@ -159,9 +159,11 @@ class BagSink:
             interfaces.QosDurability.TRANSIENT_LOCAL, interfaces.QosTime(0, 0),
             interfaces.QosTime(0, 0), interfaces.QosLiveliness.AUTOMATIC,
             interfaces.QosTime(0, 0), False)
-        overlay_topic, overlay_type = (
-            (f"{self.prefix}/overlay/compressed", "sensor_msgs/msg/CompressedImage")
-            if self.overlay_format == "jpeg" else (f"{self.prefix}/overlay", "sensor_msgs/msg/Image"))
+        if self.overlay_format == "jpeg":  # image_transport's name for the compressed stream
+            overlay_topic = f"{self.prefix}/overlay/compressed"
+            overlay_type = "sensor_msgs/msg/CompressedImage"
+        else:
+            overlay_topic, overlay_type = f"{self.prefix}/overlay", "sensor_msgs/msg/Image"
         add = self._writer.add_connection
         return {
             "classes": add(f"{self.prefix}/classes", "std_msgs/msg/String", typestore=self._ts,

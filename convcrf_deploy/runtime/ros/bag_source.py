@@ -73,8 +73,8 @@ def _open_reader(path: Path) -> Any:
         raise SourceError(f"cannot read bags: {exc}") from None
     paths = _bag_paths(path)
     # Bags without embedded message definitions (older rosbag2 SQLite3) decode with Humble's.
-    reader = highlevel.AnyReader(paths,
-                                 default_typestore=typesys.get_typestore(typesys.Stores.ROS2_HUMBLE))
+    humble = typesys.get_typestore(typesys.Stores.ROS2_HUMBLE)
+    reader = highlevel.AnyReader(paths, default_typestore=humble)
     try:
         reader.open()
     except Exception as exc:  # rosbags raises many kinds (ReaderError, sqlite, mcap, yaml, ...)

@@ -48,9 +48,14 @@ command -v nvidia-smi >/dev/null 2>&1 \
 gpu_line="$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)"
 [[ -n "$gpu_line" ]] || die "no NVIDIA GPU: nvidia-smi lists none (is the driver loaded?)"
 IFS=',' read -r gpu_name compute_cap driver <<<"$gpu_line"
-gpu_name="$(echo "$gpu_name" | xargs)"
-compute_cap="$(echo "$compute_cap" | xargs)"
-driver="$(echo "$driver" | xargs)"
+trim() {
+    local text="$1"
+    text="${text#"${text%%[![:space:]]*}"}"
+    printf '%s' "${text%"${text##*[![:space:]]}"}"
+}
+gpu_name="$(trim "$gpu_name")"
+compute_cap="$(trim "$compute_cap")"
+driver="$(trim "$driver")"
 arch="${compute_cap/./}"
 [[ "$arch" =~ ^[0-9]+$ ]] || die "cannot read the GPU's compute capability (nvidia-smi said '$compute_cap')"
 command -v nvcc >/dev/null 2>&1 || die "nvcc not found: install the CUDA toolkit (or put it on PATH)"

@@ -77,7 +77,7 @@ def test_message_passing_matches_cpu(n, c, h, w, k, dtype):
 
 def test_many_feature_channels_and_classes_use_the_global_memory_kernels():
     # Too many channels for a shared-memory tile: the fallback kernels must agree too.
-    features = torch.randn(1, 300, 19, 23)
+    features = torch.randn(1, 300, 19, 23) * 0.05  # scaled so that K is not all underflow
     torch.testing.assert_close(ops.gaussian_kernel(features.cuda(), 11).cpu(),
                                cpu_gaussian_kernel(features, 11), atol=1e-5, rtol=1e-5)
     q, kernel = torch.rand(2, 600, 9, 11), torch.rand(2, 121, 9, 11)

@@ -17,7 +17,7 @@ def tools_without_nvidia_smi(folder: Path, fake_smi: str | None = None) -> dict:
     """An environment whose PATH holds only the tools the kit's first checks need (so a real
     nvidia-smi, where there is one, is not found), plus an optional fake nvidia-smi."""
     folder.mkdir()
-    for tool in ("uname", "dirname", "basename", "head", "xargs"):
+    for tool in ("uname", "dirname", "basename", "head"):
         found = shutil.which(tool)
         if found:
             (folder / tool).symlink_to(found)
@@ -33,6 +33,9 @@ def tools_without_nvidia_smi(folder: Path, fake_smi: str | None = None) -> dict:
     ("exit 0", "no NVIDIA GPU: nvidia-smi lists none"),
     ("echo 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2; exit 9",
      "no NVIDIA GPU: nvidia-smi lists none"),
+    # A GPU but no toolkit on PATH: the next check names what is missing.
+    ("echo 'NVIDIA H200, 9.0, 570.86.15'", "nvcc not found"),
+    ("echo 'NVIDIA H200, unknown, 570.86.15'", "cannot read the GPU's compute capability"),
 ])
 def test_without_a_gpu_it_fails_at_once_with_a_clear_message(tmp_path, fake_smi, message):
     env = tools_without_nvidia_smi(tmp_path / "bin", fake_smi)

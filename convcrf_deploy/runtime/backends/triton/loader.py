@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ...install import install_hint
+from ....install import install_hint
 from ..base import BackendUnavailableError
 
 #: protocol -> default port of tritonserver.

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ....metadata import ONNX_KEYS, ModelMetadata
-from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend
+from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend, BackendUnavailableError
 from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
 from .loader import SessionLoader, import_onnxruntime
 
@@ -223,6 +223,18 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "providers": self.providers, "threads": self.threads,
                 "flavor": self.flavor, "model": str(self.loader.path)}
+
+    @classmethod
+    def check_available(cls) -> None:
+        """onnxruntime, and onnx + onnxscript (the export of :meth:`from_model`) when torch
+        is there to export with."""
+        import_onnxruntime()
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"exporting for ONNX Runtime needs onnx and onnxscript ({exc})") from exc
 
     @classmethod
     def from_model(cls, model: Any, folder: str | os.PathLike, *, flavor: str = "single-file",

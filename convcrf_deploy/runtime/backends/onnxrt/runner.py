@@ -132,8 +132,11 @@ class OnnxRuntimeBackend(Backend):
         self._part_sessions: dict[str, Any] = {}
         self.native_crf: NativeCRF | None = None
         self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
-        #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph runs.
-        self.crf_enabled = True
+        if self._logits_name is not None:
+            #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph
+            #: runs. Absent when the unary cannot be run alone (then Segmenter reports the
+            #: graph's unary_labels, or the CRF's labels flagged as such).
+            self.crf_enabled = True
         if self._crf_executor == "native":
             # The unary session only: ONNX Runtime's idle threads would otherwise spin while
             # the native CRF runs and take the cores from it.
@@ -272,7 +275,7 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.crf_enabled and self._logits_name is not None:
+        if not getattr(self, "crf_enabled", True):
             logits = self._infer_unary(image)
             shifted = logits - logits.max(axis=1, keepdims=True)
             probabilities = np.exp(shifted, out=shifted)

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .runtime.backends import STAGES as BACKEND_STAGES
-from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError, backend_class,
-                                backend_name_for)
+from .runtime.backends import (ALIASES, BACKENDS, EXTRAS, BackendUnavailableError,
+                                backend_class, backend_name_for)
 from .data.folder import rgb_to_tensor
 from .files import atomic_write
 from .install import install_hint
@@ -135,31 +135,15 @@ def normalize_backends(names: Iterable[str]) -> list[str]:
 
 
 def backend_unavailable_reason(name: str) -> str | None:
-    """Why backend ``name`` cannot run here (missing library), or ``None`` when it can."""
+    """Why backend ``name`` cannot run here (missing library), or ``None`` when it can: the
+    backend's own ``check_available`` (importing its module imports what it always needs)."""
+    hint = INSTALL_HINTS.get(name, f"pip install convcrf-deploy[{EXTRAS.get(name, name)}]")
     try:
-        if name == "torch":
-            from .runtime.backends.torch.loader import import_torch
-            import_torch()
-        elif name == "onnxruntime":
-            from .runtime.backends.onnxrt.loader import import_onnxruntime
-            import_onnxruntime()
-            try:  # the benchmark exports the model itself
-                import onnx  # noqa: F401
-                import onnxscript  # noqa: F401
-            except ImportError as exc:
-                raise BackendUnavailableError(
-                    f"exporting for ONNX Runtime needs onnx and onnxscript ({exc})") from exc
-        elif name == "tensorrt":
-            from .tensorrt import import_tensorrt
-            from .tensorrt._modules import import_pycuda_driver
-            import_tensorrt()
-            import_pycuda_driver()
+        backend_class(name).check_available()
     except BackendUnavailableError as exc:
-        return f"{exc} (install: `{INSTALL_HINTS[name]}`)" if INSTALL_HINTS[name] not in str(exc) \
-            else str(exc)
+        return f"{exc} (install: `{hint}`)" if hint not in str(exc) else str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. pycuda without a GPU raises its own errors
-        return (f"{name} failed to initialise: {type(exc).__name__}: {exc} "
-                f"(install: `{INSTALL_HINTS[name]}`)")
+        return f"{name} failed to initialise: {type(exc).__name__}: {exc} (install: `{hint}`)"
     return None
 
 

@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                        resize=segmenter.resize, input_size=list(segmenter.input_size),
                        crf_executor=described["crf_executor"],
                        crf_executor_detail=described["crf_executor_detail"])
-    print(f"model {args.model}: {described['backend']} backend, CRF executor "
+    print(f"model {args.model}: {described['backend']} backend, threads "
+          f"{described.get('threads') or 'default'}, CRF executor "
           f"{described['crf_executor']} ({described['crf_executor_detail']})")
     print(report.summary_table())
     if args.stats_json:

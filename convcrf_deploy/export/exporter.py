@@ -395,8 +395,8 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
         # Its trained parameters too (float32 values are exact in JSON), so that runtimes can
         # run the CRF natively from this one file (runtime/backends/native_crf.py, STATE_KEY).
         import json
-        props["convcrf.crf_state"] = json.dumps(
-            {name: value.detach().cpu().float().tolist() for name, value in crf.state_dict().items()})
+        props["convcrf.crf_state"] = json.dumps({name: value.detach().cpu().float().tolist()
+                                                 for name, value in crf.state_dict().items()})
     props[ONNX_KEYS["version"]] = __version__
     props[ONNX_KEYS["flavor"]] = flavor
     props["convcrf.precision"] = "fp16" if fp16 else "fp32"

@@ -5,6 +5,13 @@ TensorRT backend, ``"demo"`` or ``"model.pt"`` a :class:`TorchBackend`; ``backen
 (or ``"onnxruntime"``, ``"tensorrt"``) chooses explicitly. Backend modules are imported only
 when chosen, so this package needs numpy alone; a backend whose library is missing raises
 :class:`BackendUnavailableError` naming the ``pip install`` extra that provides it.
+
+A new backend is a folder here (``loader.py``, ``runner.py`` with a :class:`Backend` subclass
+implementing ``_infer`` and, where it can, ``stages`` / ``_infer_unary`` / ``_infer_crf``,
+``check_available`` and ``from_model``) plus its line in :data:`BACKENDS` (and
+:data:`SUFFIXES` / :data:`EXTRAS`); ``convcrf-run`` and ``convcrf-bench`` then run it as they
+run the others. The CRF executor shared by backends that run the unary elsewhere is
+:mod:`.native_crf`.
 """
 from __future__ import annotations
 

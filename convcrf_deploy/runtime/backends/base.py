@@ -180,6 +180,11 @@ class Backend(abc.ABC):
     crf_executor_detail: str | None = None
 
     @classmethod
+    def check_available(cls) -> None:
+        """Raise :class:`BackendUnavailableError` (naming what to install) when a library this
+        backend needs is missing; cheap, so callers check before loading or exporting models."""
+
+    @classmethod
     def from_model(cls, model: Any, folder: str | os.PathLike, **options: Any) -> "Backend":
         """This backend for an in-memory ``SegmentationModel``, converting it (e.g. exporting
         to ONNX into ``folder``) as this backend needs. ``options`` are the benchmark's:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ....metadata import ONNX_KEYS, ModelMetadata
-from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend
+from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend, BackendUnavailableError
 from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
 from .loader import SessionLoader, import_onnxruntime
 
@@ -132,8 +132,11 @@ class OnnxRuntimeBackend(Backend):
         self._part_sessions: dict[str, Any] = {}
         self.native_crf: NativeCRF | None = None
         self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
-        #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph runs.
-        self.crf_enabled = True
+        if self._logits_name is not None:
+            #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph
+            #: runs. Absent when the unary cannot be run alone (then Segmenter reports the
+            #: graph's unary_labels, or the CRF's labels flagged as such).
+            self.crf_enabled = True
         if self._crf_executor == "native":
             # The unary session only: ONNX Runtime's idle threads would otherwise spin while
             # the native CRF runs and take the cores from it.
@@ -225,6 +228,18 @@ class OnnxRuntimeBackend(Backend):
                 "flavor": self.flavor, "model": str(self.loader.path)}
 
     @classmethod
+    def check_available(cls) -> None:
+        """onnxruntime, and onnx + onnxscript (the export of :meth:`from_model`) when torch
+        is there to export with."""
+        import_onnxruntime()
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"exporting for ONNX Runtime needs onnx and onnxscript ({exc})") from exc
+
+    @classmethod
     def from_model(cls, model: Any, folder: str | os.PathLike, *, flavor: str = "single-file",
                    fp16: bool = False, threads: int | None = None, device: str = "cpu",
                    **_benchmark_options: Any) -> "OnnxRuntimeBackend":
@@ -260,7 +275,7 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.crf_enabled and self._logits_name is not None:
+        if not getattr(self, "crf_enabled", True):
             logits = self._infer_unary(image)
             shifted = logits - logits.max(axis=1, keepdims=True)
             probabilities = np.exp(shifted, out=shifted)

@@ -76,6 +76,12 @@ class TensorRTBackend(Backend):
         return {**super().describe(), "device": self.device, "engine": str(self.info.path)}
 
     @classmethod
+    def check_available(cls) -> None:
+        """tensorrt and pycuda (with a usable GPU)."""
+        import_tensorrt()
+        import_pycuda_driver()
+
+    @classmethod
     def from_model(cls, model, folder, *, flavor: str = "single-file", fp16: bool = False,
                    sizes=((320, 240),), batch: int = 1, **_benchmark_options):
         """Export ``model`` (``portable`` is exported as ``single-file``: TensorRT runs our

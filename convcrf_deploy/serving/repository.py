@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..metadata import ONNX_KEYS, ModelMetadata
+from ..metadata import ModelMetadata
 
 #: file inside each written model folder listing what convcrf-triton wrote there.
 MANIFEST = "convcrf-triton.json"
@@ -292,7 +292,7 @@ def read_engine_io(engine_path: Path, plugin: str | os.PathLike | None):
 
 def check_profile(profile: EngineProfile, max_batch: int, frame_sizes: Sequence[tuple[int, int]]) -> None:
     """Refuse a configuration the engine's profile does not cover (Triton would fail requests)."""
-    (n0, c0, h0, w0), (n1, c1, h1, w1) = profile.min, profile.max
+    (n0, _, h0, w0), (n1, _, h1, w1) = profile.min, profile.max
     if n0 > 1 or n1 < max_batch:
         raise RepositoryError(
             f"the engine's profile covers batch {n0}..{n1}, but the dynamic batcher sends "

@@ -181,18 +181,17 @@ class TritonServer:
         """Start the server and wait until it and its models are ready."""
         if self.process is not None:
             return self
-        if not (self.model_repository / "").is_dir():
+        if not self.model_repository.is_dir():
             raise TritonServerError(f"model repository {self.model_repository} does not exist")
         info = self._probe()
-        command, env = self._assemble(info)
-        log_path = self._workdir / "server.log"
-        self._log_handle = open(log_path, "wb")
-        # A new session: stop() ends the server and its Python-backend stubs as one group.
-        self.process = subprocess.Popen(command, env=env, stdout=self._log_handle,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout
         try:
+            command, env = self._assemble(info)
+            self._log_handle = open(self._workdir / "server.log", "wb")
+            # A new session: stop() ends the server and its Python-backend stubs as one group.
+            self.process = subprocess.Popen(command, env=env, stdout=self._log_handle,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+            deadline = time.monotonic() + self.startup_timeout
             while True:
                 if self.process.poll() is not None:
                     raise TritonServerError(f"tritonserver exited with {self.process.returncode} "

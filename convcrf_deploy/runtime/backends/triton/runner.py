@@ -59,6 +59,7 @@ class TritonBackend(Backend):
         wanted = ["labels", "unary_labels"] + (["probabilities"] if probabilities else [])
         self.output_names = [n for n in wanted if n in self.info.output_names]
         if probabilities and "probabilities" not in self.output_names:
+            self.client.close()
             raise ValueError(f"{self.loader.describe()} has no 'probabilities' output")
         self.input_dtype = _NUMPY[self.info.input_datatype]
 

@@ -181,12 +181,17 @@ def tensor_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], bytes | mem
 
 
 def onnx_graph_digest(model_proto) -> str:
-    """SHA-256 (hex) of an ONNX model's graph and local functions (nodes and initializers;
-    not the metadata, which holds the digest). Weights stored as external data are
-    covered only by their references."""
+    """SHA-256 (hex) of an ONNX model's graph, local functions (nodes and initializers) and
+    our own ``convcrf.*`` metadata entries (the CRF's configuration and trained parameters
+    travel there), except the digest entry itself. Entries other tools add are not covered,
+    so adding metadata with other tools keeps the file valid. Weights stored as external data
+    are covered only by their references."""
     digest = hashlib.sha256(model_proto.graph.SerializeToString(deterministic=True))
     for function in model_proto.functions:
         digest.update(function.SerializeToString(deterministic=True))
+    for prop in sorted(model_proto.metadata_props, key=lambda p: p.key):
+        if prop.key.startswith("convcrf.") and prop.key != ONNX_DIGEST_KEY:
+            digest.update(f"\0{prop.key}\0{prop.value}".encode())
     return digest.hexdigest()
 
 

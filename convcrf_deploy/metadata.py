@@ -18,6 +18,7 @@ ONNX_KEYS = {
     "input_size": "convcrf.input_size",      # JSON [height, width]: nominal input size
     "resize": "convcrf.resize",              # "none" | "stretch" | "letterbox"
     "crf_config": "convcrf.crf_config",      # CRFConfig.to_json()
+    "crf_state": "convcrf.crf_state",        # JSON {name: values} of the CRF's state_dict
     "version": "convcrf.version",            # toolkit version that exported the file
     "flavor": "convcrf.flavor",              # export flavour
 }

@@ -171,3 +171,31 @@ def test_flipped_weights_are_detected_by_the_digest(exported, tmp_path):
     bad.write_bytes(bytes(damaged))
     with pytest.raises(DamagedFileError, match=r"weights\.onnx is damaged"):
         Segmenter(str(bad))
+
+
+def test_edited_crf_parameters_in_the_metadata_are_detected(exported, tmp_path):
+    # The CRF's trained parameters travel in the metadata (convcrf.crf_state, read by the
+    # native CRF executor): the digest covers our metadata entries too, not only the graph.
+    import json
+
+    from convcrf_deploy.files import DamagedFileError
+    from convcrf_deploy.metadata import ONNX_KEYS
+    from convcrf_deploy.runtime import Segmenter
+    _, good = exported
+    model = onnx.load(str(good))
+    entry = next(p for p in model.metadata_props if p.key == ONNX_KEYS["crf_state"])
+    state = json.loads(entry.value)
+    state["appearance_weight"] = [v * 2 for v in state["appearance_weight"]] \
+        if isinstance(state["appearance_weight"], list) else state["appearance_weight"] * 2
+    entry.value = json.dumps(state)
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    with pytest.raises(DamagedFileError, match=r"edited\.onnx is damaged"):
+        Segmenter(str(edited))
+    # Metadata that other tools add is not ours to police.
+    model = onnx.load(str(good))
+    extra = model.metadata_props.add()
+    extra.key, extra.value = "author", "someone"
+    annotated = tmp_path / "annotated.onnx"
+    onnx.save(model, str(annotated))
+    Segmenter(str(annotated)).close()

@@ -29,7 +29,7 @@ from ...config import CRFConfig
 from ...metadata import ONNX_KEYS
 
 #: ONNX metadata key holding the CRF's ``state_dict`` (written by ``convcrf-export``).
-STATE_KEY = "convcrf.crf_state"
+STATE_KEY = ONNX_KEYS["crf_state"]
 
 #: ``state_dict`` entries every ConvCRF has (+C and +T add ``compatibility.weight`` and
 #: ``feature_transform.weight`` / ``.bias``).

@@ -241,7 +241,7 @@ def _example_inputs(part: str, num_classes: int, height: int, width: int, batch:
 def _dynamic_shapes(part: str, static: bool):
     # Dim.AUTO rather than named Dims: PyTorch's pooling and cropping code branches on
     # properties of the example size (e.g. "W is not a multiple of blur"); those branches
-    # all lower to the same ONNX ops (AveragePool ceil_mode, Resize + Slice), so the guards
+    # all lower to the same ONNX ops (ceil-mode AveragePool, Resize + Slice), so the guards
     # they produce are harmless here but would make named Dims fail. The axes are named and
     # checked to be dynamic after export (_name_dynamic_axes).
     auto = torch.export.Dim.AUTO

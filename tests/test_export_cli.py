@@ -83,6 +83,46 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     assert "convcrf-export: error:" in err and "broken.pt" in err
 
 
+def test_dynamic_export_at_the_minimum_size_keeps_height_and_width_apart(tmp_path, capsys):
+    """--height 2 --width 2 once merged H, W (and the batch) into one symbol."""
+    from convcrf_deploy.export.verify import run_graph
+    training = pytest.importorskip("convcrf_deploy.training")
+    path = tmp_path / "crf.pt"
+    training.save_crf(ConvCRF(CONFIG), path)
+    out = tmp_path / "crf.onnx"
+    assert main([str(path), "-o", str(out), "--flavor", "portable", "--height", "2",
+                 "--width", "2"]) == 0
+    assert "batch 2 at 2x2" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input]
+    assert dims == [["batch", 3, "height", "width"]] * 2
+    logits = torch.randn(1, 3, 5, 9).numpy()
+    image = (torch.rand(1, 3, 5, 9) * 255).numpy()
+    probabilities = run_graph(model, {"logits": logits, "image": image}, "portable")[1][0]
+    assert probabilities.shape == (1, 3, 5, 9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--opset", "30"], "supported opsets are 18..28"),
+    (["--opset", "99"], "supported opsets are 18..28"),
+    (["--height", "100000", "--width", "64", "--static"], "too large"),
+    (["--height", "100000", "--width", "64"], "too large"),
+])
+def test_unsupported_opset_or_size_is_a_one_line_error_and_no_file(checkpoint, tmp_path, argv,
+                                                                    message, capsys):
+    out = tmp_path / "x.onnx"
+    try:
+        code = main([str(checkpoint), "-o", str(out), *argv])
+    except SystemExit as exit_info:      # argparse's usage error
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv", [["--height", "64"], ["--flavor", "trt"], ["--opset", "11"],
                                   ["--height", "1", "--width", "8"]])
 def test_bad_arguments_are_usage_errors(checkpoint, argv, capsys):

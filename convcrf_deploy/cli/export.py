@@ -10,8 +10,8 @@ Examples::
     convcrf-export model.pt --part crf -o crf.onnx      # logits + image -> probabilities
 
 Flavours: single-file (default: ConvCRF nodes with standard-op bodies; ONNX Runtime runs it,
-TensorRT >= 10.7 uses the plugin), plugin (ConvCRF nodes only; TensorRT / ORT TensorRT EP),
-portable (standard ONNX only). Exit status: 0 verified, 1 parity check failed, 2 bad input
+convcrf-build strips the bodies so TensorRT uses the plugin), plugin (ConvCRF nodes only;
+TensorRT / ORT TensorRT EP), portable (standard ONNX only). Exit status: 0 verified, 1 parity check failed, 2 bad input
 or export error.
 """
 from __future__ import annotations
@@ -19,15 +19,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from ..export import DEFAULT_FLAVOR, FLAVORS, PARTS
+from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT
 from ._args import int_at_least, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-
-
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"supported opsets are {MIN_OPSET}..{MAX_OPSET}, "
+                                         f"got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the ConvCRF ops are represented (default: single-file)")
     parser.add_argument("--fp16", action="store_true",
                         help="FLOAT16 unary and ConvCRF op I/O (graph I/O stays float32)")
-    parser.add_argument("--opset", type=int_at_least(18), help="standard ONNX opset (>= 18)")
-    parser.add_argument("--height", type=int_at_least(2), help="example/fixed input height")
-    parser.add_argument("--width", type=int_at_least(2), help="example/fixed input width")
+    parser.add_argument("--opset", type=_opset, metavar="N",
+                        help=f"standard ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default "
+                             f"{DEFAULT_OPSET})")
+    parser.add_argument("--height", type=int_at_least(2),
+                        help="with --static the fixed input height, else the height the parity "
+                             "check runs at (the graph accepts any size); at most 4096")
+    parser.add_argument("--width", type=int_at_least(2), help="likewise the width")
     parser.add_argument("--static", action="store_true",
                         help="fix H and W (default: dynamic N, H, W)")
     parser.add_argument("--part", choices=PARTS, default=None,

@@ -19,6 +19,10 @@ import importlib
 FLAVORS: tuple[str, ...] = ("single-file", "plugin", "portable")
 DEFAULT_FLAVOR = "single-file"
 PARTS: tuple[str, ...] = ("full", "unary", "crf")
+#: Standard-ONNX opsets the export supports, each tested in ONNX Runtime against PyTorch (18:
+#: the floor of the ConvCRF function bodies, Split num_outputs and Pad/ReduceSum with tensor
+#: inputs), and the default: the newest TensorRT 10.3's parser (JetPack 6) imports.
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 28, 20
 
 _LAZY = {
     "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
@@ -27,7 +31,8 @@ _LAZY = {
     "check_graph": "verify",
 }
 
-__all__ = ["FLAVORS", "DEFAULT_FLAVOR", "PARTS", *_LAZY]
+__all__ = ["FLAVORS", "DEFAULT_FLAVOR", "PARTS", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET",
+           *_LAZY]
 
 
 def __getattr__(name: str):

@@ -5,8 +5,8 @@ Flavours (the ConvCRF ops, docs/ops.md, are the only difference):
 * ``"single-file"`` (default): the ops are ``trt.plugins::ConvCRFKernel`` /
   ``ConvCRFMessagePassing`` nodes backed by model-local functions of standard ONNX ops. ONNX
   Runtime (any execution provider) inlines the functions and runs the file as is; TensorRT
-  >= 10.7 prefers a registered plugin over a local function of the same name, so with our
-  plugin library loaded it runs the fused kernels.
+  decides per version whether it imports the function bodies or our plugin, so
+  ``convcrf-build`` strips the bodies before parsing (docs/tensorrt.md).
 * ``"plugin"``: the same nodes without function bodies: only runtimes that have the plugin
   (TensorRT with our library, ONNX Runtime's TensorRT EP) can run it.
 * ``"portable"``: the function bodies inlined: standard ONNX only, any runtime.
@@ -40,7 +40,8 @@ import torch.nn as nn
 
 from .. import __version__
 from ..metadata import ONNX_KEYS
-from . import DEFAULT_FLAVOR, FLAVORS, PARTS, onnx_ops, rewrites
+from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
+               onnx_ops, rewrites)
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
@@ -53,12 +54,6 @@ IO_NAMES = {
 }
 
 
-#: Standard-ONNX opsets the export supports (every one is tested in ONNX Runtime against
-#: PyTorch). 18 is the floor of the ConvCRF function bodies (onnx_ops.MIN_BODY_OPSET).
-MIN_OPSET, MAX_OPSET = onnx_ops.MIN_BODY_OPSET, 28
-#: Opset written when none is asked for: the newest that TensorRT 10.3's parser (JetPack 6)
-#: imports, and PyTorch's own default.
-DEFAULT_OPSET = 20
 #: Size at which graphs with dynamic H and W are traced: distinct, odd, not multiples of any
 #: blur factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal
 #: size, e.g. H == W or H == the example batch of 2, into one symbol).
@@ -247,7 +242,7 @@ def _example_inputs(part: str, num_classes: int, height: int, width: int, batch:
 def _dynamic_shapes(part: str, static: bool):
     # Dim.AUTO rather than named Dims: PyTorch's pooling and cropping code branches on
     # properties of the example size (e.g. "W is not a multiple of blur"); those branches
-    # all lower to the same ONNX ops (AveragePool ceil_mode, Resize + Slice), so the guards
+    # all lower to the same ONNX ops (ceil-mode AveragePool, Resize + Slice), so the guards
     # they produce are harmless here but would make named Dims fail. The axes are named and
     # checked to be dynamic after export (_name_dynamic_axes).
     auto = torch.export.Dim.AUTO
@@ -421,9 +416,13 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
             Runtime and, with our plugin, in TensorRT), ``"plugin"`` (custom nodes only) or
             ``"portable"`` (standard ONNX only).
         fp16: unary network and ConvCRF op I/O in FLOAT16 (graph I/O stays float32).
-        opset: standard ONNX opset (default: the exporter's; at least 18).
-        height, width: example size used for tracing; with ``static=True`` the fixed size
-            (default ``metadata.input_size``).
+        opset: standard ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET` (18..28; default
+            :data:`DEFAULT_OPSET` = 20); the file declares the IR version of the first ONNX
+            release with that opset.
+        height, width: with ``static=True`` the fixed size (default ``metadata.input_size``);
+            otherwise the size the parity check runs at (the graph accepts any size; it is
+            traced at :data:`TRACE_SIZE`). At most :data:`MAX_SIDE` per side and
+            :data:`MAX_PIXELS` in all.
         static: fix H and W (N stays dynamic).
         part: ``"full"``, ``"unary"`` (``image -> logits``) or ``"crf"``
             (``logits, image -> probabilities, labels``).
@@ -438,7 +437,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         False) so that it can be inspected.
 
     Raises:
-        ExportError: invalid arguments, or the exporter failed (the message names the layer).
+        ExportError: invalid arguments (an unsupported opset, a size out of range), or the
+            exporter failed (the message names the layer); no file is written.
         convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
         convcrf_deploy.model.CheckpointError: the checkpoint cannot be loaded.
     """
@@ -471,17 +471,16 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                    else source.num_classes)
     module, crf = _prepare(source, part, fp16)
     key = _trace_key(source, part, fp16, *trace_size, static)
-    if (key, opset) in _TRACED:
-        onnx_model = onnx.ModelProto.FromString(_TRACED[key, opset])
-    else:
-        if key not in _TRACED:
-            # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-            example = _example_inputs(part, num_classes, *trace_size, batch=2)
-            _remember(key, _trace(module, example, _dynamic_shapes(part, static)))
+    if key not in _TRACED:
+        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+        example = _example_inputs(part, num_classes, *trace_size, batch=2)
+        exported = _trace(module, example, _dynamic_shapes(part, static))
         input_names, output_names = IO_NAMES[part]
-        onnx_model = _to_onnx(module, _TRACED[key], input_names, output_names, opset)
-        _name_dynamic_axes(onnx_model, static)
-        _remember((key, opset), onnx_model.SerializeToString())
+        # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
+        base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
+        _name_dynamic_axes(base, static)
+        _remember(key, base.SerializeToString())
+    onnx_model = _convert_opset(onnx.ModelProto.FromString(_TRACED[key]), opset)
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
     try:
@@ -565,12 +564,11 @@ def _check_size(height: int | None, width: int | None, static: bool) -> None:
 
 
 # Tracing dominates the export time (tens of seconds with dynamic sizes), and every flavour
-# and opset starts from the same traced program: exporting one model in several flavours or
-# opsets in one process traces it once (and converts it once per opset). Keyed by the
-# model's content, not its identity, so edits are seen. Values: the ExportedProgram under
-# ``key``, the serialised ONNX model under ``(key, opset)``.
-_TRACED: dict[tuple, object] = {}
-_TRACED_MAX = 12
+# and opset starts from the same traced graph: exporting one model in several flavours or
+# opsets in one process traces it once. Keyed by the model's content, not its identity, so
+# edits are seen. Values: the serialised opset-18 ONNX model.
+_TRACED: dict[tuple, bytes] = {}
+_TRACED_MAX = 4
 
 
 def _remember(key: tuple, value) -> None:
@@ -611,6 +609,23 @@ def _trace(module: nn.Module, example, dynamic_shapes):
         tracker.remove()
 
 
+def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to standard opset ``opset`` with onnxscript's version converter
+    (what PyTorch's exporter itself uses); ExportError when the result is not at ``opset``."""
+    if _default_opset(model) != opset:
+        from onnxscript import ir, version_converter
+        ir_model = ir.serde.deserialize_model(model)
+        with _quiet():
+            version_converter.convert_version(ir_model, opset, fallback=True)
+        model = ir.serde.serialize_model(ir_model)
+    if _default_opset(model) != opset:
+        # The converter logs its failure and returns the graph unconverted.
+        raise ExportError(f"the graph could not be converted to opset {opset} (it stayed at "
+                          f"{_default_opset(model)}); choose another --opset in "
+                          f"{MIN_OPSET}..{MAX_OPSET}")
+    return model
+
+
 def _to_onnx(module: nn.Module, exported, input_names, output_names, opset) -> onnx.ModelProto:
     try:
         with _quiet():
@@ -624,13 +639,7 @@ def _to_onnx(module: nn.Module, exported, input_names, output_names, opset) -> o
                  "translation" if layer else "the exporter failed")
         raise ExportError(f"{where}: {_root_cause(exc)}. Replace the operation with standard "
                           "PyTorch operations or register an ONNX translation for it.") from exc
-    model = program.model_proto
-    if _default_opset(model) != opset:
-        # PyTorch logs a failed version conversion and returns the graph unconverted.
-        raise ExportError(f"PyTorch's exporter could not convert the graph to opset {opset} "
-                          f"(it stayed at {_default_opset(model)}); choose another --opset in "
-                          f"{MIN_OPSET}..{MAX_OPSET}")
-    return model
+    return _convert_opset(program.model_proto, opset)
 
 
 @contextlib.contextmanager

@@ -333,7 +333,7 @@ def local_functions(filter_size: int, opset: int) -> list[onnx.FunctionProto]:
         functions.append(helper.make_function(
             DOMAIN, name, inputs, [output], body.nodes, opsets, attributes=attributes,
             doc_string=f"Standard-ONNX lowering of {name} for filter_size={filter_size} "
-                       "(docs/ops.md); TensorRT >= 10.7 uses the registered plugin instead."))
+                       "(docs/ops.md); convcrf-build strips it so that TensorRT uses the plugin."))
     return functions
 
 

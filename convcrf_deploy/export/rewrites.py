@@ -54,7 +54,9 @@ def _ceil_pooling_nodes(node: onnx.NodeProto, prefix: str) -> list[onnx.NodeProt
     start inside the input: PyTorch's and ONNX's rule). Padding the input with zeros at the end
     to ``last * s + k`` makes every window whole, so a floor-mode ``AveragePool`` gives
     ``sum / (k*k)``; pooling a zero-padded ones image the same way gives ``count / (k*k)``, and
-    their ratio is ``sum / count``, the mean over the pixels inside the image.
+    their ratio is ``sum / count``, the mean over the pixels inside the image. With ``k >= s``
+    the padding is the constant ``s - 1`` (an attribute of the pooling, no copy of the input);
+    otherwise it is computed from the input shape and applied with ``Pad``.
     """
     attrs = _attrs(node)
     kernel = [int(v) for v in attrs["kernel_shape"]]
@@ -71,6 +73,20 @@ def _ceil_pooling_nodes(node: onnx.NodeProto, prefix: str) -> list[onnx.NodeProt
             np.asarray(values, dtype=dtype), prefix + name))
 
     hw = make("Shape", [x], "hw", start=2, end=4)
+    ones = make("ConstantOfShape", [make("Concat", [const("one_one", [1, 1]), hw],
+                                         "ones_shape", axis=0)],
+                "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    ones = make("CastLike", [ones, x], "ones_like")
+    if all(k >= s for k, s in zip(kernel, strides)):
+        # Windows at least as long as the stride (the blur pooling: k == s): padding s - 1
+        # at the end gives last = (n - k + s - 1) // s for every n, so the padding is a
+        # constant attribute and floor mode with count_include_pad=1 divides by k*k.
+        pool = dict(kernel_shape=kernel, strides=strides, ceil_mode=0, count_include_pad=1,
+                    pads=[0, 0, *(s - 1 for s in strides)])
+        total = make("AveragePool", [x], "window_mean", **pool)
+        share = make("AveragePool", [ones], "window_share", **pool)
+        out.append(helper.make_node("Div", [total, share], [y]))
+        return out
     k, s = const("k", kernel), const("s", strides)
     zero, one = const("zero", [0, 0]), const("one", [1, 1])
     # (n - k + s - 1) // s, clamped at 0 (integer Div truncates; the operand is >= 0).
@@ -86,10 +102,6 @@ def _ceil_pooling_nodes(node: onnx.NodeProto, prefix: str) -> list[onnx.NodeProt
     pool = dict(kernel_shape=kernel, strides=strides, ceil_mode=0, count_include_pad=0)
     total = make("AveragePool", [make("Pad", [x, pads], "padded", mode="constant")],
                  "window_mean", **pool)
-    ones = make("ConstantOfShape", [make("Concat", [const("one_one", [1, 1]), hw],
-                                         "ones_shape", axis=0)],
-                "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-    ones = make("CastLike", [ones, x], "ones_like")
     share = make("AveragePool", [make("Pad", [ones, pads], "ones_padded", mode="constant")],
                  "window_share", **pool)
     out.append(helper.make_node("Div", [total, share], [y]))

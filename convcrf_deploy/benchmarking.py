@@ -137,7 +137,7 @@ def normalize_backends(names: Iterable[str]) -> list[str]:
 def backend_unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot run here (missing library), or ``None`` when it can: the
     backend's own ``check_available`` (importing its module imports what it always needs)."""
-    hint = INSTALL_HINTS.get(name, f"pip install convcrf-deploy[{EXTRAS.get(name, name)}]")
+    hint = INSTALL_HINTS.get(name) or install_hint(EXTRAS.get(name, name))
     try:
         backend_class(name).check_available()
     except BackendUnavailableError as exc:

@@ -87,6 +87,9 @@ def fullcrf_inference(unary_logits: np.ndarray, image: np.ndarray,
     crf.addPairwiseGaussian(sxy=config.smoothness_bandwidth, compat=config.smoothness_weight)
     crf.addPairwiseBilateral(sxy=config.appearance_position_bandwidth,
                              srgb=config.appearance_color_bandwidth,
-                             rgbim=np.ascontiguousarray(image), compat=config.appearance_weight)
+                             # pydensecrf's typed memoryviews need a writable buffer (images
+                             # read through Pillow are read-only views).
+                             rgbim=np.require(image, np.uint8, ["C", "W"]),
+                             compat=config.appearance_weight)
     q = np.asarray(crf.inference(config.iterations), dtype=np.float32)
     return q.reshape(c, h, w)

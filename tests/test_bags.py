@@ -342,7 +342,8 @@ def test_missing_rosbags_gives_the_install_command(tmp_path, toy_onnx, capsys, m
     write_bag(tmp_path / "b", scene_frames(1), "mcap", "bgr8")
     monkeypatch.setitem(sys.modules, "rosbags.highlevel", None)  # import fails
     assert run(["--video", f"bag:{tmp_path / 'b'}"], toy_onnx) == 2
-    assert "pip install 'convcrf-deploy[ros]'" in one_line_error(capsys)
+    from convcrf_deploy.install import install_hint
+    assert install_hint("ros") in one_line_error(capsys)
     monkeypatch.setitem(sys.modules, "rosbags.rosbag2", None)
     with pytest.raises(MissingDependencyError, match=r"convcrf-deploy\[ros\]"):
         BagSink(tmp_path / "out", Segmenter(toy_onnx).metadata)

@@ -163,12 +163,12 @@ def test_json_output_replaces_the_previous_file_atomically(tmp_path, monkeypatch
     data = write_folder(tmp_path / "data", count=1)
     out = tmp_path / "table.json"
     out.write_text("previous")
-    import convcrf_deploy.cli.eval as eval_cli
+    import convcrf_deploy.files as files
 
     def broken_replace(source, target):
         raise OSError("disk full")
 
-    monkeypatch.setattr(eval_cli.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     code = main(["synthetic", "--data", str(data), "--num-classes", "3", "--filter-sizes", "3",
                  "--no-fullcrf", "--json", str(out)])
     assert code != 0

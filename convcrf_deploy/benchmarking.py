@@ -50,6 +50,12 @@ STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")
 #: backend that the speed-ups are relative to.
 REFERENCE_BACKEND = "torch"
 
+#: CPU reference implementations the CRF stage can be compared with (``crf_references=``):
+#: the pure-PyTorch ``F.unfold`` ConvCRF (the original implementation's method) and
+#: Krähenbühl & Koltun's FullCRF (pydensecrf2, the paper's baseline, with the same hand-set
+#: kernels as the model's CRFConfig).
+CRF_REFERENCES = ("unfold", "fullcrf")
+
 #: pip command that provides each backend (for messages).
 INSTALL_HINTS = {"torch": install_hint("torch"),
                  "onnxruntime": f"pip install onnxruntime (CPU) or {install_hint('gpu')}",
@@ -241,6 +247,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                     iterations: int = 20, warmup: int = 3, fp16: bool = False,
                     threads: int | None = None, device: str = "cpu",
                     flavor: str = "single-file", allow_pickle: bool = False,
+                    crf_references: Sequence[str] = (),
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Latency of the unary, the CRF and the whole model per backend and image size.
 
@@ -258,14 +265,24 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
             provider, falling back to CPU.
         flavor: ONNX flavour for ONNX Runtime (``"single-file"`` or ``"portable"``).
         allow_pickle: let ``load_model`` unpickle an unregistered unary (trusted files only).
+        crf_references: any of :data:`CRF_REFERENCES`, timed on the CPU in the same
+            interleaved run as the backends' CRF stage, on the same logits and images
+            (``"fullcrf"`` needs the ``[fullcrf]`` extra; it runs one image at a time).
         log: progress messages (e.g. ``print``); silent when ``None``.
 
     Returns:
         ``{"model", "settings", "machine", "backends": {name: {"status": "ok", "notes",
         "sizes": {"WxH": {stage: {mean_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms, fps,
         count, speedup_vs_torch}}, "max_abs_diff_vs_torch"}} or {"status": "skipped",
-        "reason"}}}``. ``speedup_vs_torch`` is PyTorch's median over this backend's median,
-        from the same interleaved run (``None`` when torch was not benchmarked).
+        "reason"}}, "crf_references": {name: {"WxH": {mean_ms, ...}}}}``.
+        ``speedup_vs_torch`` is PyTorch's median over this backend's median, from the same
+        interleaved run (``None`` when torch was not benchmarked); a backend's CRF stage also
+        carries ``speedup_vs_<reference>`` for each CRF reference.
+
+    Raises:
+        BenchmarkError: invalid arguments, an unknown CRF reference, or a CRF reference that
+            cannot run (a model without CRF; FullCRF without pydensecrf, naming the extra).
+        BackendUnavailableError: none of the requested backends can run here.
     """
     import torch
 
@@ -280,6 +297,15 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
             raise BenchmarkError(f"{label} must be an int >= {minimum}, got {value!r}")
     if threads is not None and threads < 1:
         raise BenchmarkError(f"threads must be >= 1, got {threads}")
+    crf_references = list(dict.fromkeys(crf_references))
+    unknown = [name for name in crf_references if name not in CRF_REFERENCES]
+    if unknown:
+        raise BenchmarkError(f"unknown CRF reference(s) {unknown}; choose from "
+                             f"{', '.join(CRF_REFERENCES)}")
+    if "fullcrf" in crf_references:
+        from .fullcrf import INSTALL_HINT, fullcrf_available
+        if not fullcrf_available():
+            raise BenchmarkError(f"the fullcrf CRF reference needs pydensecrf: {INSTALL_HINT}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError(f"device={device!r} but this torch has no usable CUDA; use "
                              "device='cpu'")
@@ -292,15 +318,19 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
         raise BackendUnavailableError(f"none of the requested backends can run here ({reasons})")
     loaded = _load(model, device, allow_pickle)
+    if crf_references and loaded.crf is None:
+        raise BenchmarkError("CRF references compare CRF stages, but this model has no CRF")
     result: dict[str, Any] = {
         "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "settings": {"backends": names, "sizes": [size_key(s) for s in sizes], "batch": batch,
                      "iterations": iterations, "warmup": warmup, "fp16": fp16,
                      "threads": threads, "device": device, "flavor": flavor,
+                     "crf_references": crf_references,
                      "crf_config": loaded.crf.config.to_dict() if loaded.crf is not None
                      else None},
         "machine": machine_info(threads),
         "backends": {},
+        "crf_references": {name: {} for name in crf_references},
     }
     load, cpus = result["machine"]["load_average_1min"], result["machine"]["cpu_count"] or 1
     if load is not None and load >= cpus - 0.5 and (threads or torch.get_num_threads()) > 1:
@@ -336,7 +366,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
             for index, size in enumerate(sizes):
                 say(f"timing {size_key(size)} (batch {batch}, {iterations} iterations) ...")
                 _time_size(loaded, runners, result, size, batch, iterations, warmup, device,
-                           seed=index)
+                           seed=index, references=crf_references)
         finally:
             for runner in runners.values():
                 runner.deactivate()
@@ -345,14 +375,48 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
     return result
 
 
-def _time_size(model, runners, result, size, batch, iterations, warmup, device, seed) -> None:
+def crf_reference_calls(crf, inputs: StageInputs,
+                        names: Sequence[str]) -> dict[str, Callable[[], Any]]:
+    """Zero-argument CPU calls of the CRF references ``names`` (see :data:`CRF_REFERENCES`)
+    on ``inputs.logits`` and ``inputs.image``, with ``crf``'s configuration (and, for
+    ``"unfold"``, its trained parameters)."""
+    import torch
+
+    calls: dict[str, Callable[[], Any]] = {}
+    logits = torch.from_numpy(inputs.logits)
+    image = torch.from_numpy(inputs.image)
+    if "unfold" in names:
+        reference, _ = crf_with_config(crf, crf.config)
+        reference = reference.cpu()
+        reference.implementation = "reference"
+
+        def unfold() -> Any:
+            with torch.inference_mode():
+                return reference(logits, image)
+        calls["unfold"] = unfold
+    if "fullcrf" in names:
+        from .fullcrf import fullcrf_inference
+
+        rgb = [np.ascontiguousarray(np.clip(frame.transpose(1, 2, 0), 0, 255).astype(np.uint8))
+               for frame in inputs.image]
+        calls["fullcrf"] = lambda: [fullcrf_inference(z, frame, crf.config)
+                                    for z, frame in zip(inputs.logits, rgb)]
+    return calls
+
+
+def _time_size(model, runners, result, size, batch, iterations, warmup, device, seed,
+               references: Sequence[str] = ()) -> None:
     inputs = _stage_inputs(model, size, batch, device, seed)
     calls = {}
     for name, runner in runners.items():
         for stage, call in stage_calls(runner, inputs).items():
             calls[(name, stage)] = call
+    for name, call in crf_reference_calls(model.crf, inputs, references).items():
+        calls[("reference", name)] = call
     samples = time_interleaved(calls, iterations, warmup)
     key = size_key(size)
+    for name in references:
+        result["crf_references"][name][key] = latency_stats(samples[("reference", name)], batch)
     for name, runner in runners.items():
         entry: dict[str, Any] = {stage: latency_stats(samples[(name, stage)], batch)
                                  for stage in STAGES if (name, stage) in samples}
@@ -367,6 +431,10 @@ def _time_size(model, runners, result, size, batch, iterations, warmup, device, 
                 base = reference.get(stage) if reference else None
                 entry[stage]["speedup_vs_torch"] = (base["p50_ms"] / entry[stage]["p50_ms"]
                                                     if base else None)
+        if "crf" in entry:
+            for reference in references:
+                entry["crf"][f"speedup_vs_{reference}"] = (
+                    result["crf_references"][reference][key]["p50_ms"] / entry["crf"]["p50_ms"])
 
 
 # ---- the CRF-setting sweep --------------------------------------------------------------------
@@ -562,6 +630,16 @@ def format_benchmark(result: dict[str, Any]) -> str:
             diff = entry.get("max_abs_diff_vs_torch")
             if diff is not None:
                 notes.append(f"{name} {key}: max |probabilities - torch| = {diff:.2e}")
+    for reference, by_size in result.get("crf_references", {}).items():
+        for key, s in by_size.items():
+            rows.append([f"{reference} (CPU reference)", key, "crf"]
+                        + [f"{s[k]:.2f}" for k in STAT_KEYS] + [f"{s['fps']:.1f}", "-"])
+            speedups = [f"{name} {entry['sizes'][key]['crf'][f'speedup_vs_{reference}']:.1f}x"
+                        for name, entry in result["backends"].items()
+                        if entry["status"] == "ok" and "crf" in entry["sizes"].get(key, {})]
+            if speedups:
+                notes.append(f"CRF stage at {key}, speed-up over {reference} (its median / the "
+                             f"backend's): {', '.join(speedups)}")
     settings = result["settings"]
     machine = result.get("machine", {})
     title = (f"latency in ms (batch {settings['batch']}, {settings['iterations']} iterations "

@@ -317,3 +317,34 @@ def test_sweep_on_a_labelled_folder(voc_sample):
                              num_frames=2, iterations=1, warmup=0)
     assert result["settings"]["num_frames"] == 2
     assert np.isfinite(result["rows"][0]["accuracy"])
+
+
+def test_crf_references_are_timed_beside_the_crf_stage():
+    # Issue 14: convcrf-bench can show what our CRF saves over the F.unfold implementation
+    # and over FullCRF, on the same inputs, in the same interleaved run.
+    pytest.importorskip("pydensecrf.densecrf")
+    result = bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY], iterations=2,
+                                   warmup=0, crf_references=["unfold", "fullcrf", "unfold"])
+    key = bench.size_key(TINY)
+    assert result["settings"]["crf_references"] == ["unfold", "fullcrf"]
+    crf = result["backends"]["torch"]["sizes"][key]["crf"]
+    for reference in ("unfold", "fullcrf"):
+        stats = result["crf_references"][reference][key]
+        assert stats["count"] == 2 and stats["p50_ms"] > 0
+        assert crf[f"speedup_vs_{reference}"] == pytest.approx(stats["p50_ms"] / crf["p50_ms"])
+    table = bench.format_benchmark(result)
+    assert "fullcrf (CPU reference)" in table and "speed-up over unfold" in table
+
+
+def test_crf_reference_errors(monkeypatch):
+    with pytest.raises(BenchmarkError, match="unknown CRF reference"):
+        bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY],
+                              crf_references=["densecrf"])
+    with pytest.raises(BenchmarkError, match="has no CRF"):
+        bench.benchmark_model(tiny_model(crf=False), backends=["torch"], sizes=[TINY],
+                              crf_references=["unfold"])
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    with pytest.raises(BenchmarkError, match=r"fullcrf.*\[fullcrf\]"):
+        bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY],
+                              crf_references=["fullcrf"])

@@ -102,3 +102,16 @@ def test_plot_without_matplotlib_fails_before_timing(checkpoint, capsys, monkeyp
     assert main([checkpoint, "--backends", "torch", "--plot", "b.png"] + FAST) != EXIT_OK
     err = capsys.readouterr().err
     assert install_hint("plot") in err
+
+
+def test_crf_references_on_the_command_line(checkpoint, tmp_path, capsys):
+    out = tmp_path / "refs.json"
+    assert main([checkpoint, "--backends", "torch", "--crf-references", "unfold",
+                 "--json", str(out)] + FAST) == EXIT_OK
+    assert "unfold (CPU reference)" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["crf_references"]["unfold"]["40x32"]["count"] == 3
+    assert main([checkpoint, "--backends", "torch", "--crf-references", "lattice"] + FAST) \
+        == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown CRF reference" in err and "Traceback" not in err

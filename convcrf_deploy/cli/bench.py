@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write all figures as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="bar chart of latency per stage and backend (needs matplotlib)")
+    parser.add_argument("--crf-references", type=lambda text: [t.strip() for t in text.split(",")
+                                                               if t.strip()],
+                        default=[], metavar="NAMES",
+                        help="also time CPU reference CRFs on the same inputs, interleaved with "
+                             "the CRF stage: unfold (pure-PyTorch F.unfold ConvCRF), fullcrf "
+                             "(FullCRF, pydensecrf2: the [fullcrf] extra); e.g. unfold,fullcrf")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load checkpoints with a pickled unary (runs code from the file)")
     sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                   if value is not None]
     if sweep_only and not args.sweep:
         return fail(f"{', '.join(sweep_only)} only apply with --sweep")
+    if args.sweep and args.crf_references:
+        return fail("--crf-references applies to the latency benchmark, not to --sweep")
     if args.sweep and args.plot is not None:
         return fail("--plot draws the latency benchmark; use --json with --sweep")
     try:
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, backends=backends, sizes=sizes, batch=args.batch,
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
-                allow_pickle=args.allow_pickle, log=log)
+                allow_pickle=args.allow_pickle, crf_references=args.crf_references, log=log)
             table = bench.format_benchmark(result)
     except BackendUnavailableError as exc:
         return fail(str(exc), EXIT_FAILED)

@@ -81,9 +81,10 @@ def main(argv=None) -> int:
         results.append({"filter_size": k, "median_ms": med, "speedup_vs_unfold": ratio,
                         "fast_speedup_vs_unfold": ratio_fast, "label_agreement": agree})
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"threads": args.threads, "height": args.height, "width": args.width,
-                       "classes": args.classes, "results": results}, fh, indent=2)
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps(
+            {"threads": args.threads, "height": args.height, "width": args.width,
+             "classes": args.classes, "results": results}, indent=2))
     return 0
 
 

@@ -191,7 +191,7 @@ def test_missing_backend_library_is_skipped_with_the_install_command(monkeypatch
 def test_only_missing_backends_raise(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError,
-                       match=r"tensorrt.*pip install convcrf-deploy\[tensorrt\]"):
+                       match=r"tensorrt.*pip install \"/path/to/convcrf-deploy\[tensorrt\]\""):
         bench.benchmark_model(tiny_model(), backends=["tensorrt"], sizes=[TINY])
 
 

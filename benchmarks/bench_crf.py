@@ -98,10 +98,11 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"threads": args.threads, "height": args.height, "width": args.width,
-                       "classes": args.classes, "isa": _native.cpu_isa(),
-                       "load_average": os.getloadavg()[0], "results": results}, fh, indent=2)
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps(
+            {"threads": args.threads, "height": args.height, "width": args.width,
+             "classes": args.classes, "isa": _native.cpu_isa(),
+             "load_average": os.getloadavg()[0], "results": results}, indent=2))
     return 0
 
 

@@ -127,7 +127,8 @@ def main(argv=None) -> int:
                   f"{median['single-file']:9.1f} {median['portable'] / median['pytorch']:8.2f} "
                   f"{median['single-file'] / median['pytorch']:9.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({args.warm_start_size[1]}x{args.warm_start_size[0]}, PyTorch):")
         results["warm_start"] = warm_start_study(args, model)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

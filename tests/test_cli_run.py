@@ -214,7 +214,7 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, toy_onnx, capsys):
 ])
 def test_bad_numbers_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["--video", "demo", "--headless"] + args)
+        main(["--video", "demo", "--headless", "--max-frames", "1"] + args)   # bounded run
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and "Traceback" not in err
 

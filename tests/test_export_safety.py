@@ -171,6 +171,10 @@ def test_flipped_weights_are_detected_by_the_digest(exported, tmp_path):
     bad.write_bytes(bytes(damaged))
     with pytest.raises(DamagedFileError, match=r"weights\.onnx is damaged"):
         Segmenter(str(bad))
+    from convcrf_deploy.tensorrt.builder import onnx_metadata     # what convcrf-build reads
+    with pytest.raises(DamagedFileError, match=r"weights\.onnx is damaged"):
+        onnx_metadata(bad)
+    assert onnx_metadata(good) is not None
 
 
 def test_edited_crf_parameters_in_the_metadata_are_detected(exported, tmp_path):

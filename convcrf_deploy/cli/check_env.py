@@ -2,7 +2,9 @@
 
 Reports Python and library versions (torch, onnxruntime, OpenCV, numpy, onnx), whether the
 native CPU/CUDA libraries load, ONNX Runtime's execution providers, whether TensorRT and
-pycuda import, whether the ConvCRF TensorRT plugin library is found, OpenCV's GUI support
+pycuda import, whether the ConvCRF TensorRT plugin library is found and loads (it is built
+only with ``CONVCRF_WITH_TENSORRT=ON``, not by the ``[tensorrt]`` extra), whether a CUDA GPU
+can run the native CUDA library, OpenCV's GUI support
 and display, and the camera devices present. Nothing here fails: every check reports.
 
     convcrf-check-env [--json] [--plugin LIB]
@@ -41,11 +43,36 @@ def _native() -> dict[str, dict[str, Any]]:
     except Exception as exc:
         report["native CPU library"] = {"ok": False, "detail": str(exc)}
     lib = _native.cuda_library()
-    report["native CUDA library"] = (
-        {"ok": True, "detail": "loaded"} if lib is not None else
-        {"ok": False, "detail": "not built or no CUDA runtime (needs nvcc at build time and "
-                                "libcudart at run time)"})
+    if lib is None:
+        report["native CUDA library"] = {
+            "ok": False, "detail": "not built or no CUDA runtime (needs nvcc at build time and "
+                                   "libcudart at run time)"}
+    else:
+        # Loading needs only libcudart; running the kernels needs a GPU and its driver.
+        devices, why = cuda_devices()
+        report["native CUDA library"] = (
+            {"ok": True, "detail": f"loaded; {devices} CUDA GPU(s)"} if devices else
+            {"ok": False, "detail": f"built and loadable, but the CUDA kernels cannot run here: "
+                                    f"{why}"})
     return report
+
+
+def cuda_devices() -> tuple[int, str]:
+    """``(number of CUDA GPUs, why none)`` from the NVIDIA driver API (no torch needed)."""
+    import ctypes
+
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+    except OSError:
+        return 0, f"no NVIDIA driver ({name} not found): this machine has no usable GPU"
+    status = driver.cuInit(0)
+    if status != 0:
+        return 0, f"the NVIDIA driver reports no usable GPU (cuInit error {status})"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return 0, "the NVIDIA driver reports no GPU"
+    return count.value, ""
 
 
 def _plugin(explicit: str | None) -> dict[str, Any]:
@@ -54,9 +81,19 @@ def _plugin(explicit: str | None) -> dict[str, Any]:
     from ..tensorrt.plugin import PluginLibraryError, find_plugin_library
 
     try:
-        return {"ok": True, "detail": str(find_plugin_library(explicit))}
+        path = find_plugin_library(explicit)
     except PluginLibraryError as exc:
         return {"ok": False, "detail": str(exc)}
+    # Found is not usable: the library links TensorRT's libnvinfer, and a damaged or foreign
+    # file does not load at all. Loading it here (in this short-lived process) says which.
+    import ctypes
+    try:
+        ctypes.CDLL(str(path), mode=getattr(os, "RTLD_LOCAL", 0))
+    except OSError as exc:
+        return {"ok": False, "detail": f"{path} was found but cannot be loaded ({exc}); it needs "
+                                       "TensorRT's libraries (libnvinfer) on the library path "
+                                       "and must be built for this TensorRT"}
+    return {"ok": True, "detail": f"{path} (loads)"}
 
 
 def _providers() -> dict[str, Any]:

@@ -170,7 +170,7 @@ def read_image(path: str | Path) -> np.ndarray:
     :class:`DatasetError` if it cannot be read."""
     image = _open(path, "image")
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.array(image.convert("RGB"))       # a writable copy (torch.from_numpy)
     return apply_orientation(rgb, orientation if isinstance(orientation, int) else 1)
 
 

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import CRFConfig
+from ..files import atomic_write
 from ..metadata import ONNX_KEYS, ModelMetadata
 
 # Colour prototypes (RGB) of SyntheticScene's classes, used by the toy model's weights.
@@ -70,5 +71,6 @@ def write_toy_onnx(path: str | os.PathLike,
     helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     path = Path(path)
-    onnx.save(model, str(path))
+    with atomic_write(path) as temporary:
+        onnx.save(model, str(temporary))
     return path

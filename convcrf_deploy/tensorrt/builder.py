@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
 
-from ..files import write_bytes_atomic, write_text_atomic
+from ..files import check_onnx_digest, write_bytes_atomic, write_text_atomic
 from ..metadata import ModelMetadata
 from ._modules import import_tensorrt, tensorrt_major
 from .plugin import (PLUGIN_NAMES, PluginLibraryError, find_plugin_library,
@@ -194,6 +194,7 @@ def onnx_metadata(onnx_path: str | os.PathLike) -> ModelMetadata | None:
     except Exception as exc:  # protobuf DecodeError and friends
         raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: {exc}); "
                          "export the model with convcrf-export") from exc
+    check_onnx_digest(model, onnx_path)     # a damaged export is not built (DamagedFileError)
     props = {p.key: p.value for p in model.metadata_props}
     try:
         return ModelMetadata.from_onnx_props(props)

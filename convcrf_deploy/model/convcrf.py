@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .. import _native
 from ..config import CRFConfig
 from .. import ops
+from ..ops.mean_field import full_resolution_step, full_resolution_step_available
 
 
 # Per-thread scratch for the fused path's full-resolution unary term, reused while the input
@@ -287,6 +288,14 @@ class ConvCRF(nn.Module):
                 q_low = torch.softmax(unary_low + self._messages(q_low, kernel), dim=1)
             m = self._messages(q_low, kernel)
             return torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
+        if self.implementation != "reference" and full_resolution_step_available(unary_term, q):
+            # The same iterations with the full-resolution part (upsample, softmax, pool) as one
+            # native op with a native backward: training time was almost all in those ops.
+            q_low = pool(q, cfg.blur)
+            for _ in range(iterations):
+                q, q_low = full_resolution_step(unary_term, self._messages(q_low, kernel),
+                                                cfg.blur)
+            return q
         for _ in range(iterations):
             m = self._messages(pool(q, cfg.blur), kernel)
             q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)

@@ -30,7 +30,8 @@ extern "C" {
 #endif
 
 // Version of this C API; bumped whenever a signature changes or functions are added (checked
-// by the Python loader). 3 added the instruction-set and CPU-count functions below.
+// by the Python loader). 3 added the instruction-set and CPU-count functions below and
+// convcrf_mean_field_step_backward_f32.
 CONVCRF_API int32_t convcrf_cpu_api_version(void);
 
 // Instruction-set clone the kernels run: 0 baseline x86-64 (or non-x86), 1 AVX2+FMA, 2 AVX-512
@@ -124,6 +125,18 @@ CONVCRF_API int32_t convcrf_mean_field_step_f32(const float* unary, const float*
                                                 const float* outScale, float* logUnaryOut,
                                                 float* logUnaryLowOut, float* qLow, float* qFull,
                                                 int32_t numThreads);
+
+// Gradient of the training form of the step above (messageScale, logitScale, outScale null):
+//   Q = softmax over C of (unary + crop(upsample_bilinear(messagesLow, blur))),  qLow = avg_pool(Q)
+// Given the forward's Q (`qFull`) and the gradients of the loss w.r.t. Q (`gradQFull`, null
+// when Q was not used beyond pooling) and qLow (`gradQLow`, null when unused):
+//   gradUnary [N, C, H, W] = dL/d unary,  gradMessagesLow [N, C, ceil(H/b), ceil(W/b)] = dL/d messagesLow.
+CONVCRF_API int32_t convcrf_mean_field_step_backward_f32(const float* qFull, const float* gradQFull,
+                                                         const float* gradQLow, int64_t n,
+                                                         int64_t c, int64_t h, int64_t w,
+                                                         int32_t blur, float* gradUnary,
+                                                         float* gradMessagesLow,
+                                                         int32_t numThreads);
 
 #ifdef __cplusplus
 }

@@ -193,6 +193,12 @@ class ConvCRF(nn.Module):
         if self.feature_transform is not None:
             smoothness = self.feature_transform(torch.cat([smoothness, rgb / theta_beta], dim=1))
         impl = self.implementation
+        if impl != "reference":
+            # Inference on CPU: both kernels and their weighted sum in one native pass.
+            fused = ops.native_kernel_pair(appearance, smoothness, self.appearance_weight,
+                                           self.smoothness_weight, k)
+            if fused is not None:
+                return fused
         return (self.appearance_weight * ops.gaussian_kernel(appearance.contiguous(), k,
                                                              implementation=impl)
                 + self.smoothness_weight * ops.gaussian_kernel(smoothness.contiguous(), k,

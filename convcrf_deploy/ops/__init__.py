@@ -283,6 +283,37 @@ def gaussian_kernel(features: torch.Tensor, filter_size: int, *,
     return _gaussian_kernel_op(features, filter_size)
 
 
+def native_kernel_pair(features_a: torch.Tensor, features_b: torch.Tensor,
+                       weight_a: torch.Tensor | float, weight_b: torch.Tensor | float,
+                       filter_size: int) -> torch.Tensor | None:
+    """``weight_a * gaussian_kernel(features_a) + weight_b * gaussian_kernel(features_b)`` in
+    one native pass, or ``None`` where that fast path does not apply (not CPU float32, the
+    library missing, autograd, tracing or compilation): callers then compose the two ops.
+
+    Args:
+        features_a, features_b: ``[N, Da, h, w]`` and ``[N, Db, h, w]`` float32 CPU features.
+        weight_a, weight_b: scalars (Python floats or one-element tensors).
+        filter_size: odd window size ``k``.
+
+    Returns:
+        ``[N, k*k, h, w]`` float32, or ``None``. Inference only: one PyTorch op per kernel and
+        weight (each multithreaded, each a wake-up of PyTorch's threads) become one call.
+    """
+    weights = [w for w in (weight_a, weight_b) if isinstance(w, torch.Tensor)]
+    if not _plain_call(features_a, features_b, *weights) or _native.cpu_library() is None:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (features_a, features_b)):
+        return None
+    validate_filter_size(filter_size)
+    features = torch.cat([features_a, features_b], dim=1).contiguous()
+    n, d, h, w = features.shape
+    out = torch.empty(n, filter_size * filter_size, h, w)
+    _native.check(_native.cpu_library().convcrf_pairwise_kernel_f32(
+        features.data_ptr(), n, d, h, w, filter_size, features_a.shape[1], float(weight_a),
+        float(weight_b), out.data_ptr(), _threads()), "pairwise kernel")
+    return out
+
+
 def message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int, *,
                     implementation: Implementation = "auto") -> torch.Tensor:
     """Windowed message passing: a per-pixel filter shared by all classes.

@@ -30,8 +30,8 @@ extern "C" {
 #endif
 
 // Version of this C API; bumped whenever a signature changes or functions are added (checked
-// by the Python loader). 3 added the instruction-set and CPU-count functions below and
-// convcrf_mean_field_step_backward_f32.
+// by the Python loader). 3 added the instruction-set and CPU-count functions below,
+// convcrf_pairwise_kernel_f32 and convcrf_mean_field_step_backward_f32.
 CONVCRF_API int32_t convcrf_cpu_api_version(void);
 
 // Instruction-set clone the kernels run: 0 baseline x86-64 (or non-x86), 1 AVX2+FMA, 2 AVX-512
@@ -56,6 +56,14 @@ CONVCRF_API int32_t convcrf_gaussian_kernel_f32(const float* features, int64_t n
 CONVCRF_API int32_t convcrf_gaussian_kernel_f64(const double* features, int64_t n, int64_t d,
                                                 int64_t h, int64_t w, int32_t filterSize,
                                                 double* kernel, int32_t numThreads);
+
+// Two weighted Gaussian kernels in one pass (the pairwise kernel of inference):
+// K = weightA * gaussian_kernel(features[:, :split]) + weightB * gaussian_kernel(features[:, split:]),
+// features [N, D, H, W] with 0 <= split <= D -> kernel [N, k*k, H, W]. (API version 3.)
+CONVCRF_API int32_t convcrf_pairwise_kernel_f32(const float* features, int64_t n, int64_t d,
+                                                int64_t h, int64_t w, int32_t filterSize,
+                                                int64_t split, float weightA, float weightB,
+                                                float* kernel, int32_t numThreads);
 
 // Gradient of gaussian_kernel w.r.t. the features, given the forward output `kernel` and the
 // incoming gradient `gradKernel` (both [N, k*k, H, W]) -> gradFeatures [N, D, H, W].

@@ -323,7 +323,7 @@ class ConvCRF(nn.Module):
         z = z.contiguous()
         hl, wl = -(-h // b), -(-w // b)
         scale = (self.unary_weight - self.message_weight).float().contiguous()
-        threads = torch.get_num_threads()
+        threads = _native.default_threads()
         blurred = self._blurred_intermediate(iterations)
 
         message_weight = self.message_weight.float().contiguous()

@@ -64,7 +64,8 @@ def _native_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 def _threads() -> int:
-    return torch.get_num_threads()
+    # torch's setting, capped at the CPUs this process may use (its affinity mask).
+    return _native.default_threads()
 
 
 # ---- native dispatch (no autograd here: the custom ops below add it) ------------------------

@@ -254,6 +254,13 @@ struct MeanFieldStepArgs {
 };
 
 // One low-resolution row `i` of image `n`: the `blur` full-resolution rows it pools.
+// The float type of one group of pixels (a vector, or one float for the row's tail).
+template <typename V>
+struct Lanes {
+    using F = V;
+    using I = typename IntOf<V>::type;
+};
+
 template <typename V>
 CONVCRF_INLINE void meanFieldLowRow(const MeanFieldGeometry& geo, const MeanFieldStepArgs& args,
                                     int64_t n, int64_t i, MeanFieldScratch& s)
@@ -300,13 +307,11 @@ CONVCRF_INLINE void meanFieldLowRow(const MeanFieldGeometry& geo, const MeanFiel
         };
         int64_t x = 0;
 #if defined(__GNUC__)
-        struct VecLanes { using F = V; using I = typename IntOf<V>::type; };
         for (; x + lanesOf<V>() <= w; x += lanesOf<V>())
-            group(x, VecLanes{});
+            group(x, Lanes<V>{});
 #endif
-        struct ScalarLanes { using F = float; using I = int32_t; };
         for (; x < w; ++x)
-            group(x, ScalarLanes{});
+            group(x, Lanes<float>{});
     }
     const float rowCount = static_cast<float>(poolCount(i, b, h));
     for (int64_t ch = 0; ch < c; ++ch) {

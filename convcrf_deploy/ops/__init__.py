@@ -301,7 +301,9 @@ def native_kernel_pair(features_a: torch.Tensor, features_b: torch.Tensor,
         weight (each multithreaded, each a wake-up of PyTorch's threads) become one call.
     """
     weights = [w for w in (weight_a, weight_b) if isinstance(w, torch.Tensor)]
-    if not _plain_call(features_a, features_b, *weights) or _native.cpu_library() is None:
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        return None  # the weights are being trained: compose the differentiable ops
+    if not _plain_call(features_a, features_b) or _native.cpu_library() is None:
         return None
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (features_a, features_b)):
         return None

@@ -25,7 +25,8 @@ from .. import _native
 from ..config import validate_filter_size
 from .reference import gaussian_kernel_reference, message_passing_reference
 
-__all__ = ["gaussian_kernel", "message_passing", "native_available", "Implementation",
+__all__ = ["gaussian_kernel", "message_passing", "native_kernel_pair", "native_available",
+           "Implementation",
            "gaussian_kernel_reference", "message_passing_reference", "validate_filter_size"]
 
 Implementation = Literal["auto", "native", "reference"]

@@ -233,26 +233,30 @@ def test_blurred_intermediate_iterations_on_both_paths(iterations):
 
 
 @pytest.mark.skipif(not ops.native_available(), reason="native CPU library not built")
-def test_inference_builds_the_pairwise_kernel_in_one_native_pass(monkeypatch):
-    """Under no_grad the trained weights (nn.Parameters) must not push inference off the fused
-    native kernel pair; its result equals the composed differentiable ops."""
-    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=5, blur=2))
+@pytest.mark.parametrize("learned_features, fast_path", [
+    (False, "native_pairwise_kernel_from_image"), (True, "native_kernel_pair")])
+def test_inference_builds_the_pairwise_kernel_natively(monkeypatch, learned_features, fast_path):
+    """Under no_grad the trained weights (nn.Parameters) must not push inference off the native
+    pairwise kernel (the whole kernel from the image, or with a learned feature transform the
+    fused kernel pair); its result equals the composed differentiable ops."""
+    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=5, blur=2,
+                            learned_features=learned_features))
     image = torch.rand(2, 3, 17, 23) * 255
     with torch.enable_grad():
         composed = crf.pairwise_kernel(image, 17, 23).detach()
     calls = []
-    original = ops.native_kernel_pair
+    original = getattr(ops, fast_path)
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(ops, "native_kernel_pair", spy)
+    monkeypatch.setattr(ops, fast_path, spy)
     with torch.no_grad():
         fused = crf.pairwise_kernel(image, 17, 23)
     assert calls == [True]
-    torch.testing.assert_close(fused, composed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused, composed, rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(not ops.native_available(), reason="native CPU library not built")

@@ -179,6 +179,18 @@ class ConvCRF(nn.Module):
         the blurred grid (``h = ceil(H/blur)``). ``image`` is ``[N, 3, H, W]`` float32."""
         cfg = self.config
         b, k = cfg.blur, cfg.filter_size
+        trained = [self.log_appearance_position_bandwidth, self.log_appearance_color_bandwidth,
+                   self.log_smoothness_bandwidth, self.appearance_weight, self.smoothness_weight]
+        if (self.implementation != "reference" and self.feature_transform is None
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in trained))
+                and image.shape[2:] == (height, width)):
+            # Inference on CPU: pooling, features and both kernels in one native call, so no
+            # multithreaded PyTorch op runs between the native ones (see _forward_fused).
+            fused = ops.native_pairwise_kernel_from_image(
+                image, b, k, *(float(t.exp()) for t in trained[:3]),
+                float(self.appearance_weight), float(self.smoothness_weight))
+            if fused is not None:
+                return fused
         n = image.shape[0]
         rgb = pool(image, b)
         h, w = rgb.shape[2:]

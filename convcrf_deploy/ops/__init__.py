@@ -25,7 +25,8 @@ from .. import _native
 from ..config import validate_filter_size
 from .reference import gaussian_kernel_reference, message_passing_reference
 
-__all__ = ["gaussian_kernel", "message_passing", "native_kernel_pair", "native_available",
+__all__ = ["gaussian_kernel", "message_passing", "native_kernel_pair",
+           "native_pairwise_kernel_from_image", "native_available",
            "Implementation",
            "gaussian_kernel_reference", "message_passing_reference", "validate_filter_size"]
 
@@ -315,6 +316,41 @@ def native_kernel_pair(features_a: torch.Tensor, features_b: torch.Tensor,
     _native.check(_native.cpu_library().convcrf_pairwise_kernel_f32(
         features.data_ptr(), n, d, h, w, filter_size, features_a.shape[1], float(weight_a),
         float(weight_b), out.data_ptr(), _threads()), "pairwise kernel")
+    return out
+
+
+def native_pairwise_kernel_from_image(image: torch.Tensor, blur: int, filter_size: int,
+                                      theta_alpha: float, theta_beta: float, theta_gamma: float,
+                                      weight_a: float, weight_b: float) -> torch.Tensor | None:
+    """ConvCRF's whole inference pairwise kernel from the image in native code, or ``None``
+    where that path does not apply (not a plain CPU float32 tensor, the library missing,
+    tracing or compilation).
+
+    Args:
+        image: ``[N, 3, H, W]`` float32 RGB (0..255).
+        blur: pooling factor >= 1; filter_size: odd ``k``.
+        theta_alpha, theta_beta, theta_gamma: appearance position/colour and smoothness
+            bandwidths (pixels, colour units, pixels).
+        weight_a, weight_b: appearance and smoothness kernel weights.
+
+    Returns:
+        ``[N, k*k, ceil(H/blur), ceil(W/blur)]`` float32: ``weight_a * G((x, y)/theta_alpha,
+        rgb/theta_beta) + weight_b * G((x, y)/theta_gamma)`` on the pooled grid, as
+        ``ConvCRF.pairwise_kernel`` without a feature transform. Inference only (no autograd):
+        the pooling and feature ops, each a multithreaded PyTorch op, become part of one call.
+    """
+    if not _plain_call(image) or _native.cpu_library() is None:
+        return None
+    if image.device.type != "cpu" or image.dtype != torch.float32 or image.dim() != 4:
+        return None
+    validate_filter_size(filter_size)
+    x = image.contiguous()
+    n, _, h, w = x.shape
+    out = torch.empty(n, filter_size * filter_size, -(-h // blur), -(-w // blur))
+    _native.check(_native.cpu_library().convcrf_pairwise_kernel_from_image_f32(
+        x.data_ptr(), n, h, w, blur, filter_size, float(theta_alpha), float(theta_beta),
+        float(theta_gamma), float(weight_a), float(weight_b), out.data_ptr(), _threads()),
+        "pairwise kernel")
     return out
 
 

@@ -65,6 +65,16 @@ CONVCRF_API int32_t convcrf_pairwise_kernel_f32(const float* features, int64_t n
                                                 int64_t split, float weightA, float weightB,
                                                 float* kernel, int32_t numThreads);
 
+// The whole pairwise kernel of ConvCRF inference from the image, with no feature transform
+// (model/convcrf.py, ConvCRF.pairwise_kernel): rgb = avg_pool(image [N, 3, H, W], blur, ceil
+// mode, windows cut at the border), (x, y) = mean full-resolution coordinate of each window,
+// K = weightA * G((x, y) / thetaAlpha, rgb / thetaBeta) + weightB * G((x, y) / thetaGamma)
+// -> kernel [N, k*k, ceil(H/blur), ceil(W/blur)]. (API version 3.)
+CONVCRF_API int32_t convcrf_pairwise_kernel_from_image_f32(
+    const float* image, int64_t n, int64_t height, int64_t width, int32_t blur,
+    int32_t filterSize, float thetaAlpha, float thetaBeta, float thetaGamma, float weightA,
+    float weightB, float* kernel, int32_t numThreads);
+
 // Gradient of gaussian_kernel w.r.t. the features, given the forward output `kernel` and the
 // incoming gradient `gradKernel` (both [N, k*k, H, W]) -> gradFeatures [N, D, H, W].
 CONVCRF_API int32_t convcrf_gaussian_kernel_backward_f32(const float* features, const float* kernel,

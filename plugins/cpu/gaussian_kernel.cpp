@@ -363,6 +363,66 @@ int32_t convcrf_pairwise_kernel_f32(const float* f, int64_t n, int64_t d, int64_
                        [&](int64_t b, int64_t e) { rows(f, d, h, w, k, out, b, e, pair); });
 }
 
+int32_t convcrf_pairwise_kernel_from_image_f32(const float* image, int64_t n, int64_t height,
+                                               int64_t width, int32_t blur, int32_t k,
+                                               float thetaAlpha, float thetaBeta,
+                                               float thetaGamma, float weightA, float weightB,
+                                               float* out, int32_t threads)
+{
+    if (blur < 1)
+        return kErrorInvalidBlur;
+    if (n < 0 || height < 0 || width < 0)
+        return kErrorInvalidShape;
+    if (!productFits({n, 3, height, width}, sizeof(float)))
+        return kErrorSizeOverflow;
+    const int64_t h = pooledSize(height, blur), w = pooledSize(width, blur);
+    if (Status s = checkWindowedShapes(n, 7, h, w, k, sizeof(float)))
+        return s;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if (!image || !out)
+        return kErrorNullPointer;
+    std::vector<float> features;
+    try {
+        features.resize(static_cast<size_t>(n * 7 * h * w));
+    } catch (...) {
+        return kErrorUnsupported;  // out of memory
+    }
+    // Features of model/convcrf.py: appearance (x, y) / thetaAlpha, rgb / thetaBeta and
+    // smoothness (x, y) / thetaGamma, where rgb is the image average-pooled by blur (windows
+    // cut at the border) and (x, y) the mean full-resolution coordinate of each window.
+    const int64_t plane = h * w, imagePlane = height * width;
+    Status status = parallelFor(n * h, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+            const int64_t b = task / h, i = task % h;
+            const int64_t y0 = i * blur, y1 = std::min<int64_t>(height, y0 + blur);
+            const float ys = static_cast<float>(y0 + y1 - 1) / 2.0f;
+            float* f = features.data() + b * 7 * plane + i * w;
+            for (int64_t j = 0; j < w; ++j) {
+                const int64_t x0 = j * blur, x1 = std::min<int64_t>(width, x0 + blur);
+                const float xs = static_cast<float>(x0 + x1 - 1) / 2.0f;
+                const float count = static_cast<float>((y1 - y0) * (x1 - x0));
+                f[0 * plane + j] = xs / thetaAlpha;
+                f[1 * plane + j] = ys / thetaAlpha;
+                for (int64_t ch = 0; ch < 3; ++ch) {
+                    const float* src = image + (b * 3 + ch) * imagePlane;
+                    float sum = 0.0f;
+                    for (int64_t y = y0; y < y1; ++y)
+                        for (int64_t x = x0; x < x1; ++x)
+                            sum += src[y * width + x];
+                    f[(2 + ch) * plane + j] = sum / count / thetaBeta;
+                }
+                f[5 * plane + j] = xs / thetaGamma;
+                f[6 * plane + j] = ys / thetaGamma;
+            }
+        }
+    });
+    if (status != kSuccess)
+        return status;
+    return convcrf_pairwise_kernel_f32(features.data(), n, 7, h, w, k, 5, weightA, weightB, out,
+                                       threads);
+}
+
 int32_t convcrf_gaussian_kernel_backward_f32(const float* f, const float* kernel, const float* gk,
                                              int64_t n, int64_t d, int64_t h, int64_t w,
                                              int32_t k, float* grad, int32_t threads)

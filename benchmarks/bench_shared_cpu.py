@@ -15,7 +15,9 @@ Usage:  python benchmarks/bench_shared_cpu.py [--frames 60] [--rounds 2] [--size
         [--configs default,threads1,spin] [--json out.json]
   configs: default   convcrf-run as shipped;
            threads1  with --threads 1;
-           spin      OMP_WAIT_POLICY=ACTIVE (PyTorch's OpenMP threads spinning, as before the fix)
+           spin      OMP_WAIT_POLICY=ACTIVE (PyTorch's OpenMP threads spinning, as before the fix);
+           no-crf    --no-crf (the unary network alone);
+           crf-only  ConvCRF inference alone at default threads (no unary network, no video)
 """
 from __future__ import annotations
 
@@ -65,7 +67,40 @@ CONFIGS = {
     "default": ([], {}),
     "threads1": (["--threads", "1"], {}),
     "spin": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "no-crf": (["--no-crf"], {}),
 }
+
+# The CRF alone (ConvCRF inference at default threads on a demo-sized input), in a child
+# process like convcrf-run, to tell the CRF's share from the unary network's.
+CRF_ONLY = """
+import json, statistics, sys, time
+from convcrf_deploy import _native
+_native.prefer_passive_openmp()
+import torch
+from convcrf_deploy import CRFConfig, ConvCRF
+w, h = (int(v) for v in sys.argv[2].split("x"))
+g = torch.Generator().manual_seed(0)
+z, image = torch.randn(1, 21, h, w, generator=g) * 3, torch.rand(1, 3, h, w, generator=g) * 255
+crf = ConvCRF(CRFConfig(num_classes=21))
+times = []
+with torch.no_grad():
+    for i in range(int(sys.argv[1]) + 2):
+        start = time.perf_counter()
+        crf(z, image)
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+p50 = statistics.median(times)
+print(json.dumps({"frame_p50_ms": p50, "inference_p50_ms": p50,
+                  "inference_p95_ms": sorted(times)[int(0.95 * (len(times) - 1))]}))
+"""
+
+
+def run_crf_only(frames: int, size: str, timeout_s: float) -> dict:
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", CRF_ONLY, str(frames), size], check=True,
+                          env=env, timeout=timeout_s, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -73,21 +108,24 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="320x240")
-    parser.add_argument("--configs", default="default,threads1,spin")
+    parser.add_argument("--configs", default="default,threads1,spin,no-crf,crf-only")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds allowed per convcrf-run (also bounds the busy process)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = set(configs) - set(CONFIGS) - {"crf-only"}
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose from {sorted(CONFIGS)}")
 
     samples: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):  # interleaved: machine noise hits every cell alike
         for config in configs:
-            extra, env = CONFIGS[config]
-            run = lambda: run_once(args.frames, args.size, extra, env, args.timeout)  # noqa: E731
+            if config == "crf-only":
+                run = lambda: run_crf_only(args.frames, args.size, args.timeout)  # noqa: E731
+            else:
+                extra, env = CONFIGS[config]
+                run = lambda: run_once(args.frames, args.size, extra, env, args.timeout)  # noqa: E731
             samples.setdefault((config, "idle"), []).append(run())
             samples.setdefault((config, "busy"), []).append(with_busy_process(run, args.timeout))
 

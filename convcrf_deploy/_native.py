@@ -71,6 +71,16 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.convcrf_mean_field_step_f32.restype = i32
     lib.convcrf_mean_field_step_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i32, ptr,
                                                 ptr, ptr, ptr, ptr, ptr, i32]
+    lib.convcrf_pairwise_kernel_f32.restype = i32
+    lib.convcrf_pairwise_kernel_f32.argtypes = [ptr, i64, i64, i64, i64, i32, i64,
+                                                ctypes.c_float, ctypes.c_float, ptr, i32]
+    f32 = ctypes.c_float
+    lib.convcrf_pairwise_kernel_from_image_f32.restype = i32
+    lib.convcrf_pairwise_kernel_from_image_f32.argtypes = [ptr, i64, i64, i64, i32, i32, f32, f32,
+                                                           f32, f32, f32, ptr, i32]
+    lib.convcrf_mean_field_step_backward_f32.restype = i32
+    lib.convcrf_mean_field_step_backward_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i32,
+                                                         ptr, ptr, i32]
 
 
 @lru_cache(maxsize=None)

@@ -230,3 +230,50 @@ def test_blurred_intermediate_iterations_on_both_paths(iterations):
         assert not torch.allclose(differentiable, exact, atol=1e-4)
         agree = (differentiable.argmax(1) == exact.argmax(1)).float().mean()
         assert agree > 0.9
+
+
+@pytest.mark.skipif(not ops.native_available(), reason="native CPU library not built")
+@pytest.mark.parametrize("learned_features, fast_path", [
+    (False, "native_pairwise_kernel_from_image"), (True, "native_kernel_pair")])
+def test_inference_builds_the_pairwise_kernel_natively(monkeypatch, learned_features, fast_path):
+    """Under no_grad the trained weights (nn.Parameters) must not push inference off the native
+    pairwise kernel (the whole kernel from the image, or with a learned feature transform the
+    fused kernel pair); its result equals the composed differentiable ops."""
+    crf = ConvCRF(CRFConfig(num_classes=3, filter_size=5, blur=2,
+                            learned_features=learned_features))
+    image = torch.rand(2, 3, 17, 23) * 255
+    with torch.enable_grad():
+        composed = crf.pairwise_kernel(image, 17, 23).detach()
+    calls = []
+    original = getattr(ops, fast_path)
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ops, fast_path, spy)
+    with torch.no_grad():
+        fused = crf.pairwise_kernel(image, 17, 23)
+    assert calls == [True]
+    torch.testing.assert_close(fused, composed, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not ops.native_available(), reason="native CPU library not built")
+def test_training_path_gradients_match_the_reference_implementation():
+    """The differentiable path with the native full-resolution op gives the gradients of the
+    pure-PyTorch reference (unary and every trainable parameter)."""
+    cfg = CRFConfig(num_classes=4, filter_size=5, blur=4, iterations=3)
+    torch.manual_seed(0)
+    native, reference = ConvCRF(cfg), ConvCRF(cfg, implementation="reference")
+    reference.load_state_dict(native.state_dict())
+    z = torch.randn(2, 4, 21, 26) * 2
+    image = torch.rand(2, 3, 21, 26) * 255
+    weights = torch.rand(2, 4, 21, 26)
+    grads = []
+    for model in (native, reference):
+        zz = z.clone().requires_grad_(True)
+        (model(zz, image) * weights).sum().backward()
+        grads.append([zz.grad] + [p.grad for p in model.parameters() if p.requires_grad])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-5)

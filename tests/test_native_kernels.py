@@ -230,3 +230,50 @@ def test_unavailable_or_unknown_isa_is_refused():
     with pytest.raises(ValueError, match="unknown instruction set"):
         _native.set_cpu_isa("sse9")
     assert _native.cpu_isa() in _native.supported_cpu_isas()
+
+
+@pytest.mark.parametrize("shape", SHAPES[:6], ids=lambda s: "x".join(map(str, s)))
+def test_pairwise_kernel_is_the_weighted_sum_of_two_kernels(isa, shape):
+    n, _, h, w, k = shape
+    rng = np.random.default_rng(8)
+    fa, fb = rng.standard_normal((n, 5, h, w)) * 0.6, rng.standard_normal((n, 2, h, w)) * 0.6
+    features = np.ascontiguousarray(np.concatenate([fa, fb], axis=1), np.float32)
+    out = np.full((n, k * k, h, w), np.nan, np.float32)
+    status = lib.convcrf_pairwise_kernel_f32(_ptr(features), n, 7, h, w, k, 5, 0.7, 3.0,
+                                             _ptr(out), 2)
+    _native.check(status, "pairwise kernel")
+    want = 0.7 * contract_gaussian(fa, k) + 3.0 * contract_gaussian(fb, k)
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=4e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 19, 23, 4), (1, 21, 37, 50, 4), (1, 3, 8, 9, 1),
+                                   (1, 4, 11, 13, 3), (1, 2, 3, 2, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_full_resolution_step_gradients_match_pytorch(isa, shape):
+    """The native training op (forward and backward) against the PyTorch ops it replaces."""
+    import torch
+
+    from convcrf_deploy.model.convcrf import pool, upsample
+    from convcrf_deploy.ops.mean_field import full_resolution_step
+
+    n, c, h, w, blur = shape
+    hl, wl = -(-h // blur), -(-w // blur)
+    g = torch.Generator().manual_seed(9)
+    unary = (torch.randn(n, c, h, w, generator=g) * 2).requires_grad_()
+    messages = torch.randn(n, c, hl, wl, generator=g).requires_grad_()
+    a_full, a_low = torch.randn(n, c, h, w, generator=g), torch.randn(n, c, hl, wl, generator=g)
+    q_full, q_low = full_resolution_step(unary, messages, blur)
+    got = torch.autograd.grad((q_full * a_full).sum() + (q_low * a_low).sum(), (unary, messages))
+    q = torch.softmax(unary + upsample(messages, blur, h, w), dim=1)
+    want = torch.autograd.grad((q * a_full).sum() + (pool(q, blur) * a_low).sum(),
+                               (unary, messages))
+    torch.testing.assert_close(q_full, q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_low, pool(q, blur), rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6)
+    # Only one of the two outputs used: the other gradient is absent (None), not zero.
+    (only_low,) = torch.autograd.grad((full_resolution_step(unary, messages, blur)[1]
+                                       * a_low).sum(), (messages,))
+    q = torch.softmax(unary + upsample(messages, blur, h, w), dim=1)
+    (want_low,) = torch.autograd.grad((pool(q, blur) * a_low).sum(), (messages,))
+    torch.testing.assert_close(only_low, want_low, rtol=1e-4, atol=2e-6)

@@ -56,8 +56,12 @@ def test_size_products_overflowing_int64_are_refused_by_every_entry_point():
                 print(getattr(lib, "convcrf_message_passing_kernel_grad_" + s)(P, P, n, c, h, w, 7, P, 2))
             print(lib.convcrf_mean_field_step_f32(P, P, None, n, c, h, w, 4, None, None, None,
                                                   None, P, P, 2))
+            print(lib.convcrf_mean_field_step_backward_f32(P, P, P, n, c, h, w, 4, P, P, 2))
+            print(lib.convcrf_pairwise_kernel_f32(P, n, c, h, w, 7, 0, 1.0, 1.0, P, 2))
+            print(lib.convcrf_pairwise_kernel_from_image_f32(P, n * c, h, w, 1, 7, 1.0, 1.0, 1.0,
+                                                             1.0, 1.0, P, 2))
     """)
-    assert statuses == [OVERFLOW] * len(statuses) and len(statuses) == 33
+    assert statuses == [OVERFLOW] * len(statuses) and len(statuses) == 42
 
 
 def test_mean_field_step_validates_before_allocating():

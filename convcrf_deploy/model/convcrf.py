@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .. import _native
 from ..config import CRFConfig
 from .. import ops
+from ..ops.mean_field import full_resolution_step, full_resolution_step_available
 
 
 # Per-thread scratch for the fused path's full-resolution unary term, reused while the input
@@ -181,6 +182,18 @@ class ConvCRF(nn.Module):
         the blurred grid (``h = ceil(H/blur)``). ``image`` is ``[N, 3, H, W]`` float32."""
         cfg = self.config
         b, k = cfg.blur, cfg.filter_size
+        trained = [self.log_appearance_position_bandwidth, self.log_appearance_color_bandwidth,
+                   self.log_smoothness_bandwidth, self.appearance_weight, self.smoothness_weight]
+        if (self.implementation != "reference" and self.feature_transform is None
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in trained))
+                and image.shape[2:] == (height, width)):
+            # Inference on CPU: pooling, features and both kernels in one native call, so no
+            # multithreaded PyTorch op runs between the native ones (see _forward_fused).
+            fused = ops.native_pairwise_kernel_from_image(
+                image, b, k, *(float(t.exp()) for t in trained[:3]),
+                float(self.appearance_weight), float(self.smoothness_weight))
+            if fused is not None:
+                return fused
         n = image.shape[0]
         rgb = pool(image, b)
         h, w = rgb.shape[2:]
@@ -195,6 +208,12 @@ class ConvCRF(nn.Module):
         if self.feature_transform is not None:
             smoothness = self.feature_transform(torch.cat([smoothness, rgb / theta_beta], dim=1))
         impl = self.implementation
+        if impl != "reference":
+            # Inference on CPU: both kernels and their weighted sum in one native pass.
+            fused = ops.native_kernel_pair(appearance, smoothness, self.appearance_weight,
+                                           self.smoothness_weight, k)
+            if fused is not None:
+                return fused
         return (self.appearance_weight * ops.gaussian_kernel(appearance.contiguous(), k,
                                                              implementation=impl)
                 + self.smoothness_weight * ops.gaussian_kernel(smoothness.contiguous(), k,
@@ -312,6 +331,14 @@ class ConvCRF(nn.Module):
                 q_low = torch.softmax(unary_low + self._messages(q_low, kernel), dim=1)
             m = self._messages(q_low, kernel)
             return torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
+        if self.implementation != "reference" and full_resolution_step_available(unary_term, q):
+            # The same iterations with the full-resolution part (upsample, softmax, pool) as one
+            # native op with a native backward: training time was almost all in those ops.
+            q_low = pool(q, cfg.blur)
+            for _ in range(iterations):
+                q, q_low = full_resolution_step(unary_term, self._messages(q_low, kernel),
+                                                cfg.blur)
+            return q
         for _ in range(iterations):
             m = self._messages(pool(q, cfg.blur), kernel)
             q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
@@ -333,7 +360,7 @@ class ConvCRF(nn.Module):
         z = z.contiguous()
         hl, wl = -(-h // b), -(-w // b)
         scale = (self.unary_weight - self.message_weight).float().contiguous()
-        threads = torch.get_num_threads()
+        threads = _native.default_threads()
         blurred = self._blurred_intermediate(iterations)
 
         message_weight = self.message_weight.float().contiguous()

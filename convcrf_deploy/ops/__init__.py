@@ -25,7 +25,9 @@ from .. import _native
 from ..config import validate_filter_size
 from .reference import gaussian_kernel_reference, message_passing_reference
 
-__all__ = ["gaussian_kernel", "message_passing", "native_available", "Implementation",
+__all__ = ["gaussian_kernel", "message_passing", "native_kernel_pair",
+           "native_pairwise_kernel_from_image", "native_available",
+           "Implementation",
            "gaussian_kernel_reference", "message_passing_reference", "validate_filter_size"]
 
 Implementation = Literal["auto", "native", "reference"]
@@ -64,7 +66,8 @@ def _native_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 def _threads() -> int:
-    return torch.get_num_threads()
+    # torch's setting, capped at the CPUs this process may use (its affinity mask).
+    return _native.default_threads()
 
 
 # ---- native dispatch (no autograd here: the custom ops below add it) ------------------------
@@ -281,6 +284,74 @@ def gaussian_kernel(features: torch.Tensor, filter_size: int, *,
     if _plain_call(features):
         return _run_gaussian_kernel(features, filter_size)
     return _gaussian_kernel_op(features, filter_size)
+
+
+def native_kernel_pair(features_a: torch.Tensor, features_b: torch.Tensor,
+                       weight_a: torch.Tensor | float, weight_b: torch.Tensor | float,
+                       filter_size: int) -> torch.Tensor | None:
+    """``weight_a * gaussian_kernel(features_a) + weight_b * gaussian_kernel(features_b)`` in
+    one native pass, or ``None`` where that fast path does not apply (not CPU float32, the
+    library missing, autograd, tracing or compilation): callers then compose the two ops.
+
+    Args:
+        features_a, features_b: ``[N, Da, h, w]`` and ``[N, Db, h, w]`` float32 CPU features.
+        weight_a, weight_b: scalars (Python floats or one-element tensors).
+        filter_size: odd window size ``k``.
+
+    Returns:
+        ``[N, k*k, h, w]`` float32, or ``None``. Inference only: one PyTorch op per kernel and
+        weight (each multithreaded, each a wake-up of PyTorch's threads) become one call.
+    """
+    weights = [w for w in (weight_a, weight_b) if isinstance(w, torch.Tensor)]
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        return None  # the weights are being trained: compose the differentiable ops
+    if not _plain_call(features_a, features_b) or _native.cpu_library() is None:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (features_a, features_b)):
+        return None
+    validate_filter_size(filter_size)
+    features = torch.cat([features_a, features_b], dim=1).contiguous()
+    n, d, h, w = features.shape
+    out = torch.empty(n, filter_size * filter_size, h, w)
+    _native.check(_native.cpu_library().convcrf_pairwise_kernel_f32(
+        features.data_ptr(), n, d, h, w, filter_size, features_a.shape[1], float(weight_a),
+        float(weight_b), out.data_ptr(), _threads()), "pairwise kernel")
+    return out
+
+
+def native_pairwise_kernel_from_image(image: torch.Tensor, blur: int, filter_size: int,
+                                      theta_alpha: float, theta_beta: float, theta_gamma: float,
+                                      weight_a: float, weight_b: float) -> torch.Tensor | None:
+    """ConvCRF's whole inference pairwise kernel from the image in native code, or ``None``
+    where that path does not apply (not a plain CPU float32 tensor, the library missing,
+    tracing or compilation).
+
+    Args:
+        image: ``[N, 3, H, W]`` float32 RGB (0..255).
+        blur: pooling factor >= 1; filter_size: odd ``k``.
+        theta_alpha, theta_beta, theta_gamma: appearance position/colour and smoothness
+            bandwidths (pixels, colour units, pixels).
+        weight_a, weight_b: appearance and smoothness kernel weights.
+
+    Returns:
+        ``[N, k*k, ceil(H/blur), ceil(W/blur)]`` float32: ``weight_a * G((x, y)/theta_alpha,
+        rgb/theta_beta) + weight_b * G((x, y)/theta_gamma)`` on the pooled grid, as
+        ``ConvCRF.pairwise_kernel`` without a feature transform. Inference only (no autograd):
+        the pooling and feature ops, each a multithreaded PyTorch op, become part of one call.
+    """
+    if not _plain_call(image) or _native.cpu_library() is None:
+        return None
+    if image.device.type != "cpu" or image.dtype != torch.float32 or image.dim() != 4:
+        return None
+    validate_filter_size(filter_size)
+    x = image.contiguous()
+    n, _, h, w = x.shape
+    out = torch.empty(n, filter_size * filter_size, -(-h // blur), -(-w // blur))
+    _native.check(_native.cpu_library().convcrf_pairwise_kernel_from_image_f32(
+        x.data_ptr(), n, h, w, blur, filter_size, float(theta_alpha), float(theta_beta),
+        float(theta_gamma), float(weight_a), float(weight_b), out.data_ptr(), _threads()),
+        "pairwise kernel")
+    return out
 
 
 def message_passing(q: torch.Tensor, kernel: torch.Tensor, filter_size: int, *,

@@ -30,7 +30,8 @@ extern "C" {
 #endif
 
 // Version of this C API; bumped whenever a signature changes or functions are added (checked
-// by the Python loader). 3 added the instruction-set and CPU-count functions below.
+// by the Python loader). 3 added the instruction-set and CPU-count functions below,
+// convcrf_pairwise_kernel_f32 and convcrf_mean_field_step_backward_f32.
 CONVCRF_API int32_t convcrf_cpu_api_version(void);
 
 // Instruction-set clone the kernels run: 0 baseline x86-64 (or non-x86), 1 AVX2+FMA, 2 AVX-512
@@ -55,6 +56,24 @@ CONVCRF_API int32_t convcrf_gaussian_kernel_f32(const float* features, int64_t n
 CONVCRF_API int32_t convcrf_gaussian_kernel_f64(const double* features, int64_t n, int64_t d,
                                                 int64_t h, int64_t w, int32_t filterSize,
                                                 double* kernel, int32_t numThreads);
+
+// Two weighted Gaussian kernels in one pass (the pairwise kernel of inference):
+// K = weightA * gaussian_kernel(features[:, :split]) + weightB * gaussian_kernel(features[:, split:]),
+// features [N, D, H, W] with 0 <= split <= D -> kernel [N, k*k, H, W]. (API version 3.)
+CONVCRF_API int32_t convcrf_pairwise_kernel_f32(const float* features, int64_t n, int64_t d,
+                                                int64_t h, int64_t w, int32_t filterSize,
+                                                int64_t split, float weightA, float weightB,
+                                                float* kernel, int32_t numThreads);
+
+// The whole pairwise kernel of ConvCRF inference from the image, with no feature transform
+// (model/convcrf.py, ConvCRF.pairwise_kernel): rgb = avg_pool(image [N, 3, H, W], blur, ceil
+// mode, windows cut at the border), (x, y) = mean full-resolution coordinate of each window,
+// K = weightA * G((x, y) / thetaAlpha, rgb / thetaBeta) + weightB * G((x, y) / thetaGamma)
+// -> kernel [N, k*k, ceil(H/blur), ceil(W/blur)]. (API version 3.)
+CONVCRF_API int32_t convcrf_pairwise_kernel_from_image_f32(
+    const float* image, int64_t n, int64_t height, int64_t width, int32_t blur,
+    int32_t filterSize, float thetaAlpha, float thetaBeta, float thetaGamma, float weightA,
+    float weightB, float* kernel, int32_t numThreads);
 
 // Gradient of gaussian_kernel w.r.t. the features, given the forward output `kernel` and the
 // incoming gradient `gradKernel` (both [N, k*k, H, W]) -> gradFeatures [N, D, H, W].
@@ -124,6 +143,18 @@ CONVCRF_API int32_t convcrf_mean_field_step_f32(const float* unary, const float*
                                                 const float* outScale, float* logUnaryOut,
                                                 float* logUnaryLowOut, float* qLow, float* qFull,
                                                 int32_t numThreads);
+
+// Gradient of the training form of the step above (messageScale, logitScale, outScale null):
+//   Q = softmax over C of (unary + crop(upsample_bilinear(messagesLow, blur))),  qLow = avg_pool(Q)
+// Given the forward's Q (`qFull`) and the gradients of the loss w.r.t. Q (`gradQFull`, null
+// when Q was not used beyond pooling) and qLow (`gradQLow`, null when unused):
+//   gradUnary [N, C, H, W] = dL/d unary,  gradMessagesLow [N, C, ceil(H/b), ceil(W/b)] = dL/d messagesLow.
+CONVCRF_API int32_t convcrf_mean_field_step_backward_f32(const float* qFull, const float* gradQFull,
+                                                         const float* gradQLow, int64_t n,
+                                                         int64_t c, int64_t h, int64_t w,
+                                                         int32_t blur, float* gradUnary,
+                                                         float* gradMessagesLow,
+                                                         int32_t numThreads);
 
 #ifdef __cplusplus
 }

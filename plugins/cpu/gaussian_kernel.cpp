@@ -28,9 +28,16 @@ struct Scratch {
 
 thread_local Scratch tScratch;
 
-template <typename F, int XB>
+// Two kernels summed in one pass (convcrf_pairwise_kernel_f32): channels [0, split) and
+// [split, d) are two feature groups, K = weightA * G(group A) + weightB * G(group B).
+struct KernelPair {
+    int64_t split;
+    float weightA, weightB;
+};
+
+template <typename F, int XB, bool paired>
 CONVCRF_INLINE void forwardRows(const float* features, int64_t d, int64_t h, int64_t w, int32_t k,
-                                float* kernel, int64_t begin, int64_t end)
+                                float* kernel, int64_t begin, int64_t end, KernelPair pair)
 {
     using I = typename IntOf<F>::type;
     constexpr int64_t L = lanesOf<F>();
@@ -57,24 +64,31 @@ CONVCRF_INLINE void forwardRows(const float* features, int64_t d, int64_t h, int
                 float* out = s.out.data() + offsetChannel(dy, dx, r, k) * geo.vectorWidth;
                 const float* inside = s.inside.data() + r + dx;
                 for (int64_t x0 = 0; x0 < geo.vectorWidth; x0 += L * XB) {
-                    F dist[XB];
+                    F dist[XB], distB[XB];
 #pragma GCC unroll 4
                     for (int j = 0; j < XB; ++j)
-                        dist[j] = F{};
+                        dist[j] = distB[j] = F{};
+                    const int64_t split = paired ? pair.split : d;
                     for (int64_t ch = 0; ch < d; ++ch) {
                         const float* a = centre + ch * geo.paddedStride + x0;
                         const float* b = other + ch * geo.paddedStride + dx + x0;
 #pragma GCC unroll 4
                         for (int j = 0; j < XB; ++j) {
                             const F diff = loadAs<F>(a + j * L) - loadAs<F>(b + j * L);
-                            dist[j] += diff * diff;
+                            if (ch < split)
+                                dist[j] += diff * diff;
+                            else
+                                distB[j] += diff * diff;
                         }
                     }
 #pragma GCC unroll 4
-                    for (int j = 0; j < XB; ++j)
-                        storeAs<F>(out + x0 + j * L,
-                                   expPolyGeneric<F, I>(dist[j] * -0.5f) *
-                                       loadAs<F>(inside + x0 + j * L));
+                    for (int j = 0; j < XB; ++j) {
+                        F value = expPolyGeneric<F, I>(dist[j] * -0.5f);
+                        if (paired)
+                            value = pair.weightA * value +
+                                    pair.weightB * expPolyGeneric<F, I>(distB[j] * -0.5f);
+                        storeAs<F>(out + x0 + j * L, value * loadAs<F>(inside + x0 + j * L));
+                    }
                 }
             }
         }
@@ -193,19 +207,39 @@ CONVCRF_INLINE void gaussianKernelBackwardRows(const T* f, const T* kernel, cons
 CONVCRF_TARGET_AVX512 void forwardRowsF32Avx512(const float* f, int64_t d, int64_t h, int64_t w,
                                                 int32_t k, float* out, int64_t b, int64_t e)
 {
-    forwardRows<FloatVec16, 2>(f, d, h, w, k, out, b, e);
+    forwardRows<FloatVec16, 2, false>(f, d, h, w, k, out, b, e, KernelPair{});
 }
 
 CONVCRF_TARGET_AVX2 void forwardRowsF32Avx2(const float* f, int64_t d, int64_t h, int64_t w,
                                             int32_t k, float* out, int64_t b, int64_t e)
 {
-    forwardRows<FloatVec, 2>(f, d, h, w, k, out, b, e);
+    forwardRows<FloatVec, 2, false>(f, d, h, w, k, out, b, e, KernelPair{});
 }
 
 void forwardRowsF32Baseline(const float* f, int64_t d, int64_t h, int64_t w, int32_t k,
                             float* out, int64_t b, int64_t e)
 {
-    forwardRows<FloatVec, 1>(f, d, h, w, k, out, b, e);
+    forwardRows<FloatVec, 1, false>(f, d, h, w, k, out, b, e, KernelPair{});
+}
+
+CONVCRF_TARGET_AVX512 void pairRowsF32Avx512(const float* f, int64_t d, int64_t h, int64_t w,
+                                             int32_t k, float* out, int64_t b, int64_t e,
+                                             KernelPair pair)
+{
+    forwardRows<FloatVec16, 2, true>(f, d, h, w, k, out, b, e, pair);
+}
+
+CONVCRF_TARGET_AVX2 void pairRowsF32Avx2(const float* f, int64_t d, int64_t h, int64_t w,
+                                         int32_t k, float* out, int64_t b, int64_t e,
+                                         KernelPair pair)
+{
+    forwardRows<FloatVec, 2, true>(f, d, h, w, k, out, b, e, pair);
+}
+
+void pairRowsF32Baseline(const float* f, int64_t d, int64_t h, int64_t w, int32_t k, float* out,
+                         int64_t b, int64_t e, KernelPair pair)
+{
+    forwardRows<FloatVec, 1, true>(f, d, h, w, k, out, b, e, pair);
 }
 
 using BackwardF32 = void (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t,
@@ -309,6 +343,84 @@ int32_t convcrf_gaussian_kernel_f64(const double* f, int64_t n, int64_t d, int64
                                     int32_t k, double* out, int32_t threads)
 {
     return gaussianKernelImpl<double>(f, n, d, h, w, k, out, threads);
+}
+
+int32_t convcrf_pairwise_kernel_f32(const float* f, int64_t n, int64_t d, int64_t h, int64_t w,
+                                    int32_t k, int64_t split, float weightA, float weightB,
+                                    float* out, int32_t threads)
+{
+    if (Status s = checkWindowedShapes(n, d, h, w, k, sizeof(float)))
+        return s;
+    if (split < 0 || split > d)
+        return kErrorInvalidShape;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if ((d > 0 && !f) || !out)
+        return kErrorNullPointer;
+    auto rows = pick(pairRowsF32Avx512, pairRowsF32Avx2, pairRowsF32Baseline);
+    const KernelPair pair{split, weightA, weightB};
+    return parallelFor(n * h, threads,
+                       [&](int64_t b, int64_t e) { rows(f, d, h, w, k, out, b, e, pair); });
+}
+
+int32_t convcrf_pairwise_kernel_from_image_f32(const float* image, int64_t n, int64_t height,
+                                               int64_t width, int32_t blur, int32_t k,
+                                               float thetaAlpha, float thetaBeta,
+                                               float thetaGamma, float weightA, float weightB,
+                                               float* out, int32_t threads)
+{
+    if (blur < 1)
+        return kErrorInvalidBlur;
+    if (n < 0 || height < 0 || width < 0)
+        return kErrorInvalidShape;
+    if (!productFits({n, 3, height, width}, sizeof(float)))
+        return kErrorSizeOverflow;
+    const int64_t h = pooledSize(height, blur), w = pooledSize(width, blur);
+    if (Status s = checkWindowedShapes(n, 7, h, w, k, sizeof(float)))
+        return s;
+    if (n == 0 || h == 0 || w == 0)
+        return kSuccess;
+    if (!image || !out)
+        return kErrorNullPointer;
+    std::vector<float> features;
+    try {
+        features.resize(static_cast<size_t>(n * 7 * h * w));
+    } catch (...) {
+        return kErrorUnsupported;  // out of memory
+    }
+    // Features of model/convcrf.py: appearance (x, y) / thetaAlpha, rgb / thetaBeta and
+    // smoothness (x, y) / thetaGamma, where rgb is the image average-pooled by blur (windows
+    // cut at the border) and (x, y) the mean full-resolution coordinate of each window.
+    const int64_t plane = h * w, imagePlane = height * width;
+    Status status = parallelFor(n * h, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+            const int64_t b = task / h, i = task % h;
+            const int64_t y0 = i * blur, y1 = std::min<int64_t>(height, y0 + blur);
+            const float ys = static_cast<float>(y0 + y1 - 1) / 2.0f;
+            float* f = features.data() + b * 7 * plane + i * w;
+            for (int64_t j = 0; j < w; ++j) {
+                const int64_t x0 = j * blur, x1 = std::min<int64_t>(width, x0 + blur);
+                const float xs = static_cast<float>(x0 + x1 - 1) / 2.0f;
+                const float count = static_cast<float>((y1 - y0) * (x1 - x0));
+                f[0 * plane + j] = xs / thetaAlpha;
+                f[1 * plane + j] = ys / thetaAlpha;
+                for (int64_t ch = 0; ch < 3; ++ch) {
+                    const float* src = image + (b * 3 + ch) * imagePlane;
+                    float sum = 0.0f;
+                    for (int64_t y = y0; y < y1; ++y)
+                        for (int64_t x = x0; x < x1; ++x)
+                            sum += src[y * width + x];
+                    f[(2 + ch) * plane + j] = sum / count / thetaBeta;
+                }
+                f[5 * plane + j] = xs / thetaGamma;
+                f[6 * plane + j] = ys / thetaGamma;
+            }
+        }
+    });
+    if (status != kSuccess)
+        return status;
+    return convcrf_pairwise_kernel_f32(features.data(), n, 7, h, w, k, 5, weightA, weightB, out,
+                                       threads);
 }
 
 int32_t convcrf_gaussian_kernel_backward_f32(const float* f, const float* kernel, const float* gk,

@@ -37,13 +37,39 @@ CONVCRF_INLINE bool anyNonFinite(float x)
 }
 
 #if defined(__GNUC__)
+// log of a vector of sums of exponentials (each >= 1: the largest term is exp(0)), branch-free
+// so that it stays in vector registers: Cephes logf (relative error below 1e-7 on the normal
+// range). Not valid for zero, negative, infinite or NaN input; callers only pass such values
+// when the unary is non-finite, which they report as an error anyway.
 template <typename F, typename = decltype(F{}[0])>
 CONVCRF_INLINE F logOf(F x)
 {
-    F out;
-    for (int lane = 0; lane < lanesOf<F>(); ++lane)
-        out[lane] = std::log(x[lane]);
-    return out;
+    using I = typename IntOf<F>::type;
+    I bits;
+    std::memcpy(&bits, &x, sizeof(F));
+    I exponent = ((bits >> 23) & 0xff) - 127;
+    const I mantissaBits = (bits & 0x7fffff) | 0x3f800000;  // the mantissa as a float in [1, 2)
+    F m;
+    std::memcpy(&m, &mantissaBits, sizeof(F));
+    const auto upper = m > 1.41421356f;  // move m into [sqrt(1/2), sqrt(2))
+    m = upper ? m * 0.5f : m;
+    exponent = upper ? exponent + 1 : exponent;
+    const F e = __builtin_convertvector(exponent, F);
+    const F f = m - 1.0f;
+    const F z = f * f;
+    F y = F{} + 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    y = y + e * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    return f + y + e * 0.693359375f;
 }
 
 template <typename F, typename = decltype(F{}[0])>
@@ -254,6 +280,13 @@ struct MeanFieldStepArgs {
 };
 
 // One low-resolution row `i` of image `n`: the `blur` full-resolution rows it pools.
+// The float type of one group of pixels (a vector, or one float for the row's tail).
+template <typename V>
+struct Lanes {
+    using F = V;
+    using I = typename IntOf<V>::type;
+};
+
 template <typename V>
 CONVCRF_INLINE void meanFieldLowRow(const MeanFieldGeometry& geo, const MeanFieldStepArgs& args,
                                     int64_t n, int64_t i, MeanFieldScratch& s)
@@ -300,13 +333,11 @@ CONVCRF_INLINE void meanFieldLowRow(const MeanFieldGeometry& geo, const MeanFiel
         };
         int64_t x = 0;
 #if defined(__GNUC__)
-        struct VecLanes { using F = V; using I = typename IntOf<V>::type; };
         for (; x + lanesOf<V>() <= w; x += lanesOf<V>())
-            group(x, VecLanes{});
+            group(x, Lanes<V>{});
 #endif
-        struct ScalarLanes { using F = float; using I = int32_t; };
         for (; x < w; ++x)
-            group(x, ScalarLanes{});
+            group(x, Lanes<float>{});
     }
     const float rowCount = static_cast<float>(poolCount(i, b, h));
     for (int64_t ch = 0; ch < c; ++ch) {

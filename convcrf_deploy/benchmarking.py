@@ -757,8 +757,8 @@ def format_sweep(result: dict[str, Any]) -> str:
              f"latency at {settings['size']} (torch, native); unary alone: accuracy "
              f"{_percent(unary['accuracy'])} %, mIoU VOC {_percent(unary['miou'])} %; "
              "gains in percentage points; * = the model's setting; < = no faster setting "
-             "gains as much mIoU")
-    return "\n".join([title, _table(rows, 0), MIOU_LEGEND["miou"]])
+             f"gains as much mIoU; {MIOU_LEGEND['miou']}")
+    return "\n".join([title, _table(rows, 0)])
 
 
 def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -165,7 +165,7 @@ def warm_start_study(args, model) -> list[dict]:
         row = {"variant": name, **time_segmenter(segmenter, frames)}
         segmenter.close()
         rows.append(row)
-        print(f"  {name:<44} acc {row['accuracy']:.2%}  mIoU {row['miou']:.2%}  "
+        print(f"  {name:<44} acc {row['accuracy']:.2%}  mIoU VOC {row['miou']:.2%}  "
               f"inference {row['inference_ms']:.1f} ms  (CPU {row['cpu_ms']:.0f} ms/frame)", flush=True)
     return rows
 

@@ -39,6 +39,7 @@ from .runtime.backends import (ALIASES, BACKENDS, EXTRAS, BackendUnavailableErro
 from .data.folder import rgb_to_tensor
 from .files import atomic_write
 from .install import install_hint
+from .metrics import MIOU_LEGEND
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both (the
 #: runtime backends' own split, :data:`convcrf_deploy.runtime.backends.STAGES`).
@@ -663,7 +664,7 @@ def format_sweep(result: dict[str, Any]) -> str:
     """The sweep as a table sorted by CRF latency; ``*`` marks the model's own setting and
     ``<`` the settings no faster setting matches in mIoU gain (the ones worth choosing)."""
     rows = [["filter", "blur", "iter", "p50 ms", "mean ms", "p99 ms", "acc %", "acc gain",
-             "mIoU %", "mIoU gain"]]
+             "mIoU VOC %", "mIoU gain"]]
     for row in result["rows"]:
         mark = "*" if row["is_model_setting"] else ""
         rows.append([f"{row['filter_size']}{mark}", str(row["blur"]), str(row["iterations"]),
@@ -674,9 +675,9 @@ def format_sweep(result: dict[str, Any]) -> str:
     settings, unary = result["settings"], result["unary"]
     title = (f"CRF settings on {settings['num_frames']} frame(s) of {settings['frames']}, "
              f"latency at {settings['size']} (torch, native); unary alone: accuracy "
-             f"{_percent(unary['accuracy'])} %, mIoU {_percent(unary['miou'])} %; "
+             f"{_percent(unary['accuracy'])} %, mIoU VOC {_percent(unary['miou'])} %; "
              "gains in percentage points; * = the model's setting; < = no faster setting "
-             "gains as much mIoU")
+             f"gains as much mIoU; {MIOU_LEGEND['miou']}")
     return "\n".join([title, _table(rows, 0)])
 
 

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-run", description=__doc__.split("\n\n")[0],
         formatter_class=PlainHelpFormatter,
-        epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view")
+        epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view\n"
+               "exit status: 0 done; 1 the camera/stream was lost or stalled and could not be "
+               "reconnected;\n2 bad input; 130/143/129 ended by Ctrl-C/SIGTERM/SIGHUP (the "
+               "recording and --stats-json are\nwritten either way; outputs are written "
+               "atomically and never replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
                              "http://... | file.mp4 | folder | 'glob/*.png' (default: demo)")

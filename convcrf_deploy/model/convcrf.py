@@ -189,9 +189,11 @@ class ConvCRF(nn.Module):
                 and image.shape[2:] == (height, width)):
             # Inference on CPU: pooling, features and both kernels in one native call, so no
             # multithreaded PyTorch op runs between the native ones (see _forward_fused).
+            # Scalars go in as tensors: reading them (float()) must wait until the op has
+            # ruled out tracing, where it would be data-dependent.
             fused = ops.native_pairwise_kernel_from_image(
-                image, b, k, *(float(t.exp()) for t in trained[:3]),
-                float(self.appearance_weight), float(self.smoothness_weight))
+                image, b, k, *(t.exp() for t in trained[:3]), self.appearance_weight,
+                self.smoothness_weight)
             if fused is not None:
                 return fused
         n = image.shape[0]

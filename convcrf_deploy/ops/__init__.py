@@ -320,8 +320,11 @@ def native_kernel_pair(features_a: torch.Tensor, features_b: torch.Tensor,
 
 
 def native_pairwise_kernel_from_image(image: torch.Tensor, blur: int, filter_size: int,
-                                      theta_alpha: float, theta_beta: float, theta_gamma: float,
-                                      weight_a: float, weight_b: float) -> torch.Tensor | None:
+                                      theta_alpha: float | torch.Tensor,
+                                      theta_beta: float | torch.Tensor,
+                                      theta_gamma: float | torch.Tensor,
+                                      weight_a: float | torch.Tensor,
+                                      weight_b: float | torch.Tensor) -> torch.Tensor | None:
     """ConvCRF's whole inference pairwise kernel from the image in native code, or ``None``
     where that path does not apply (not a plain CPU float32 tensor, the library missing,
     tracing or compilation).
@@ -332,6 +335,7 @@ def native_pairwise_kernel_from_image(image: torch.Tensor, blur: int, filter_siz
         theta_alpha, theta_beta, theta_gamma: appearance position/colour and smoothness
             bandwidths (pixels, colour units, pixels).
         weight_a, weight_b: appearance and smoothness kernel weights.
+        (Scalars may be one-element tensors; they are read only once the fast path applies.)
 
     Returns:
         ``[N, k*k, ceil(H/blur), ceil(W/blur)]`` float32: ``weight_a * G((x, y)/theta_alpha,

@@ -2,12 +2,13 @@
 
 The torch-free runtime's CRF executor. It calls the same C functions, in the same order, as
 the fused CPU inference path of :class:`convcrf_deploy.model.ConvCRF` (``_forward_fused``):
-``convcrf_gaussian_kernel_f32`` twice to build the pairwise kernel on the blurred grid,
+``convcrf_pairwise_kernel_from_image_f32`` to build the pairwise kernel on the blurred grid
+(``convcrf_pairwise_kernel_f32`` on NumPy features with the +T map),
 ``convcrf_message_passing_f32`` per iteration, and ``convcrf_mean_field_step_f32`` for the
 full-resolution part of every iteration (upsample, add, softmax, pool). The only arithmetic
-done here in NumPy is what ``ConvCRF`` does in PyTorch around those calls: average pooling of
-the image, the feature maps (positions and colours over their bandwidths, the +T 1x1 map),
-the kernels' weighted sum and the +C compatibility matrix. ``ops/reference.py`` and
+done here in NumPy is what ``ConvCRF`` does in PyTorch around those calls: with +T, the
+pooled image and feature maps (positions and colours over their bandwidths, the 1x1 map);
+and the +C compatibility matrix. ``ops/reference.py`` and
 ``docs/ops.md`` are the specification; there is no second implementation of the ops here.
 
 Trained parameters travel inside the exported ONNX file: ``convcrf-export`` writes the CRF's
@@ -172,37 +173,37 @@ class NativeCRF:
     def _threads(self) -> int:
         return int(self.threads) if self.threads else _native.default_threads()
 
-    def _gaussian_kernel(self, features: np.ndarray) -> np.ndarray:
-        n, d, h, w = features.shape
-        k = self.config.filter_size
-        features = np.ascontiguousarray(features, np.float32)
-        out = np.empty((n, k * k, h, w), np.float32)
-        self._call("convcrf_gaussian_kernel_f32", features.ctypes.data, n, d, h, w, k,
-                   out.ctypes.data, self._threads())
-        return out
-
     def pairwise_kernel(self, image: np.ndarray) -> np.ndarray:
-        """``[N, k*k, h, w]`` on the blurred grid (``ConvCRF.pairwise_kernel``)."""
-        b = self.config.blur
+        """``[N, k*k, h, w]`` on the blurred grid (``ConvCRF.pairwise_kernel``), built by the
+        same native calls as ConvCRF's inference path: the whole kernel from the image in one
+        call without a feature transform, the weighted kernel pair from NumPy features with
+        the +T map."""
+        cfg = self.config
+        b, k = cfg.blur, cfg.filter_size
+        image = np.ascontiguousarray(image, np.float32)
         n, _, height, width = image.shape
+        h, w = -(-height // b), -(-width // b)
+        out = np.empty((n, k * k, h, w), np.float32)
+        if self.feature_weight is None:
+            self._call("convcrf_pairwise_kernel_from_image_f32", image.ctypes.data, n, height,
+                       width, b, k, float(self.theta_alpha), float(self.theta_beta),
+                       float(self.theta_gamma), float(self.appearance_weight),
+                       float(self.smoothness_weight), out.ctypes.data, self._threads())
+            return out
         rgb = _pool(image, b)
-        h, w = rgb.shape[2:]
         ys = np.broadcast_to(_axis_centres(height, b).reshape(1, 1, h, 1), (n, 1, h, w))
         xs = np.broadcast_to(_axis_centres(width, b).reshape(1, 1, 1, w), (n, 1, h, w))
         position = np.concatenate([xs, ys], axis=1)
         colour = rgb / self.theta_beta
-        appearance = np.concatenate([position / self.theta_alpha, colour], axis=1)
-        smoothness = position / self.theta_gamma
-        if self.feature_weight is not None:
-            inputs = np.concatenate([smoothness, colour], axis=1)        # [N, 5, h, w]
-            smoothness = (np.einsum("od,ndhw->nohw", self.feature_weight, inputs)
-                          + self.feature_bias.reshape(1, 2, 1, 1)).astype(np.float32)
-        kernel = self._gaussian_kernel(appearance)
-        kernel *= self.appearance_weight
-        smooth = self._gaussian_kernel(smoothness)
-        smooth *= self.smoothness_weight
-        kernel += smooth
-        return kernel
+        inputs = np.concatenate([position / self.theta_gamma, colour], axis=1)  # [N, 5, h, w]
+        smoothness = (np.einsum("od,ndhw->nohw", self.feature_weight, inputs)
+                      + self.feature_bias.reshape(1, 2, 1, 1))
+        features = np.ascontiguousarray(np.concatenate(
+            [position / self.theta_alpha, colour, smoothness], axis=1), np.float32)
+        self._call("convcrf_pairwise_kernel_f32", features.ctypes.data, n, features.shape[1],
+                   h, w, k, 5, float(self.appearance_weight), float(self.smoothness_weight),
+                   out.ctypes.data, self._threads())
+        return out
 
     def _messages(self, q_low: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """Unweighted blurred-grid messages after compatibility (``ConvCRF._messages``)."""

@@ -2,8 +2,14 @@
 
 Importing this package imports torch; the registry imports it only when the backend is chosen.
 """
-from .loader import load_segmentation_model
-from .runner import TorchBackend
-from .warm_start import WarmStartMeanField
+from ...._native import prefer_passive_openmp
+
+# Before any module of this package imports torch: OpenMP reads its wait policy when torch
+# loads it, and spinning idle threads collapse frame rates on shared CPUs (issue 9).
+prefer_passive_openmp()
+
+from .loader import load_segmentation_model  # noqa: E402
+from .runner import TorchBackend  # noqa: E402
+from .warm_start import WarmStartMeanField  # noqa: E402
 
 __all__ = ["TorchBackend", "WarmStartMeanField", "load_segmentation_model"]

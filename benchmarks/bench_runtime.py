@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = [size(s) for s in args.sizes.split(",")]
     args.warm_start_size = size(args.warm_start_size)
 
+    from convcrf_deploy import _native
+
+    _native.prefer_passive_openmp()  # as convcrf-run does, before torch loads OpenMP
     import torch
 
     from convcrf_deploy.model import load_model

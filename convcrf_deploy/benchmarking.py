@@ -33,13 +33,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .runtime.backends import STAGES as BACKEND_STAGES
-from .runtime.backends import (ALIASES, BACKENDS, EXTRAS, BackendUnavailableError,
+from . import _native
+
+# The benchmark times what convcrf-run runs, so PyTorch's OpenMP threads sleep between ops as
+# they do there (set before anything below imports torch; a no-op when torch is loaded).
+_native.prefer_passive_openmp()
+
+from .runtime.backends import STAGES as BACKEND_STAGES  # noqa: E402
+from .runtime.backends import (ALIASES, BACKENDS, EXTRAS, BackendUnavailableError,  # noqa: E402
                                 backend_class, backend_name_for)
-from .data.folder import rgb_to_tensor
-from .files import atomic_write
-from .install import install_hint
-from .metrics import MIOU_LEGEND
+from .data.folder import rgb_to_tensor  # noqa: E402
+from .files import atomic_write  # noqa: E402
+from .install import install_hint  # noqa: E402
+from .metrics import MIOU_LEGEND  # noqa: E402
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both (the
 #: runtime backends' own split, :data:`convcrf_deploy.runtime.backends.STAGES`).

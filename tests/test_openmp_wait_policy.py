@@ -44,3 +44,7 @@ def test_the_torch_backend_sets_a_passive_wait_policy_before_torch_loads(imports
 def test_a_policy_the_user_chose_is_kept():
     assert policy_after("import convcrf_deploy.runtime.backends.torch",
                         OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_the_benchmark_times_what_convcrf_run_runs():
+    assert policy_after("import convcrf_deploy.benchmarking") == "PASSIVE"

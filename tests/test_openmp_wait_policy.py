@@ -47,4 +47,4 @@ def test_a_policy_the_user_chose_is_kept():
 
 
 def test_the_benchmark_times_what_convcrf_run_runs():
-    assert policy_after("import convcrf_deploy.benchmarking") == "PASSIVE"
+    assert policy_after("import convcrf_deploy.benchmarking; import torch") == "PASSIVE"

@@ -122,6 +122,9 @@ def _run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .._native import prefer_passive_openmp
+
+    prefer_passive_openmp()  # CRFs are timed as convcrf-run runs them (no spinning OpenMP)
     try:
         from .. import evaluation  # noqa: F401  (needs torch at run time)
         import torch  # noqa: F401

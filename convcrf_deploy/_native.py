@@ -116,9 +116,9 @@ def cuda_library() -> ctypes.CDLL | None:
     """The CUDA launcher library ``libconvcrf_cuda`` (plugins/cuda/convcrf_cuda.h), or ``None``.
 
     Looked up as ``$CONVCRF_CUDA_LIBRARY`` or in the package's ``_lib`` folder; it is built only
-    where nvcc is present. Loading it needs the CUDA runtime; a load failure means "not
-    available" (the PyTorch reference then runs on CUDA tensors) rather than an error, because
-    most CPU-only machines have no libcudart.
+    where nvcc is present and links the CUDA runtime statically (no libcudart needed); running
+    its kernels needs a GPU and its driver. A load failure means "not available" (the PyTorch
+    reference then runs on CUDA tensors) rather than an error.
     """
     explicit = os.environ.get("CONVCRF_CUDA_LIBRARY")
     path = Path(explicit) if explicit else LIB_DIR / library_filename("convcrf_cuda")

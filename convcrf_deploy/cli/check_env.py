@@ -45,10 +45,10 @@ def _native() -> dict[str, dict[str, Any]]:
     lib = _native.cuda_library()
     if lib is None:
         report["native CUDA library"] = {
-            "ok": False, "detail": "not built or no CUDA runtime (needs nvcc at build time and "
-                                   "libcudart at run time)"}
+            "ok": False, "detail": "not built (needs nvcc at build time; the CUDA runtime is "
+                                   "linked in statically)"}
     else:
-        # Loading needs only libcudart; running the kernels needs a GPU and its driver.
+        # Loading needs nothing (cudart is static); running the kernels needs a GPU and its driver.
         devices, why = cuda_devices()
         report["native CUDA library"] = (
             {"ok": True, "detail": f"loaded; {devices} CUDA GPU(s)"} if devices else

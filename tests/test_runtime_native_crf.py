@@ -239,3 +239,28 @@ def test_damaged_parameters_are_refused(demo_onnx, tmp_path):
     damaged = edited_copy(demo_onnx, tmp_path, lambda state, text: text[: len(text) // 2])
     with pytest.raises(ValueError, match="convcrf.crf_state.*damaged"):
         OnnxRuntimeBackend(damaged)
+
+
+@needs_native
+@pytest.mark.parametrize("options", [{"fp16": True}, {"static": True, "height": 48, "width": 64}])
+def test_fp16_and_static_exports_run_the_native_crf(options, tmp_path):
+    # Field report: fp16 exports were refused as "edited or damaged" (the load-time check
+    # compared an fp16 graph with the fp32 native CRF at 1e-4), and static exports failed
+    # with a traceback (the check fed a 19x23 image to a graph fixed at another size).
+    from convcrf_deploy.export import export_onnx
+    from convcrf_deploy.metadata import ModelMetadata
+    from convcrf_deploy.model import FastFCN, SegmentationModel
+
+    torch.manual_seed(2)
+    config = CRFConfig(num_classes=3, filter_size=5, blur=2, iterations=3)
+    model = SegmentationModel(FastFCN(3, width=8), perturbed_crf(config, seed=2),
+                              ModelMetadata.for_classes("abc")).eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, verify=False, **options)
+    native = OnnxRuntimeBackend(path, threads=1)
+    assert native.describe()["crf_executor"] == "native"
+    graph = OnnxRuntimeBackend(path, threads=1, crf_executor="graph")
+    image = random_image(1, 48, 64)
+    got, expected = native.infer({"image": image}), graph.infer({"image": image})
+    difference = np.abs(got["probabilities"] - expected["probabilities"].astype(np.float32))
+    assert difference.mean() < (2e-3 if options.get("fp16") else 1e-5)

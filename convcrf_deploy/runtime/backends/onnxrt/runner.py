@@ -162,25 +162,36 @@ class OnnxRuntimeBackend(Backend):
             except NativeCRFUnavailable as exc:
                 reason = str(exc)
         if reason is None:
-            self._check_native_against_graph()
+            self._check_native_against_graph(props.get("convcrf.precision") == "fp16")
             return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
         if wanted == "native":
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
         return "graph", f"the graph's CRF in ONNX Runtime: {reason}"
 
-    def _check_native_against_graph(self) -> None:
-        """Run the graph's CRF and the native one once on a small image: the parameters in
-        the metadata must be the ones in the graph (a file edited or damaged in one place
-        only is refused, rather than silently giving other results than its graph)."""
-        image = np.random.default_rng(0).uniform(0, 255, (1, 3, 19, 23)).astype(np.float32)
+    def _check_native_against_graph(self, fp16: bool) -> None:
+        """Run the graph's CRF and the native one once on a small image (the graph's own size
+        where its input is static): the parameters in the metadata must be the ones in the
+        graph (a file edited or damaged in one place only is refused, rather than silently
+        giving other results than its graph). The criterion is the mean absolute difference
+        of the probabilities: an fp16 graph differs from the fp32 native CRF by rounding
+        (max errors up to 1e-1 on single pixels near ties), an edited parameter shifts the
+        whole map."""
+        batch, _, height, width = (d if isinstance(d, int) and d > 0 else default for d, default
+                                   in zip(self.session.get_inputs()[0].shape, (1, 3, 19, 23)))
+        image = np.random.default_rng(0).uniform(0, 255, (batch, 3, height, width))
+        image = image.astype(np.float32 if self.session.get_inputs()[0].type == "tensor(float)"
+                             else np.float16)
         expected = self.session.run(["probabilities"], {INPUT_NAME: image})[0]
         logits = self._part_session("unary", spinning=False).run([self._logits_name],
                                                                  {INPUT_NAME: image})[0]
-        error = float(np.abs(self.native_crf(logits, image) - expected).max())
-        if not error <= 1e-4:
+        tolerance = 2e-3 if fp16 else 1e-5
+        error = float(np.abs(self.native_crf(logits.astype(np.float32), image.astype(np.float32))
+                             - expected.astype(np.float32)).mean())
+        if not error <= tolerance:
             raise ValueError(f"{self.loader.path.name}: the CRF parameters in its metadata "
-                             f"disagree with its graph (max difference {error:.2g}): the file "
-                             "was edited or damaged; re-export the model")
+                             f"disagree with its graph (mean difference {error:.2g}, more than "
+                             f"{tolerance:g}): the file was edited or damaged; re-export the "
+                             "model")
 
     def _part_session(self, part: str, spinning: bool | None = None):
         """A session of one part of the full graph (``"unary"``: image -> logits; ``"crf"``:

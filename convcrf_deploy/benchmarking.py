@@ -114,6 +114,10 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], iterations: int,
 
 # ---- argument parsing helpers (shared by the CLI) ---------------------------------------------
 
+#: Largest benchmarked side: an 8K frame's 21-class probabilities already take 2.8 GB.
+MAX_BENCH_SIDE = 8192
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"320x240"`` (WIDTHxHEIGHT) -> ``(320, 240)``; raises :class:`BenchmarkError`."""
     parts = str(text).lower().split("x")
@@ -121,8 +125,8 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(p) for p in parts)
     except ValueError:
         raise BenchmarkError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 320x240") from None
-    if width < 8 or height < 8:
-        raise BenchmarkError(f"size {text!r}: width and height must be >= 8")
+    if not (8 <= width <= MAX_BENCH_SIDE and 8 <= height <= MAX_BENCH_SIDE):
+        raise BenchmarkError(f"size {text!r}: width and height must be in 8..{MAX_BENCH_SIDE}")
     return width, height
 
 

@@ -37,7 +37,12 @@ class DamagedFileError(ValueError):
     after it was written. The message names the file."""
 
 
-class OutputIsInputError(ValueError):
+class OutputPathError(ValueError):
+    """An output path cannot be written as given (a folder, a missing folder, two outputs
+    naming one file, one of the command's inputs); nothing was written."""
+
+
+class OutputIsInputError(OutputPathError):
     """An output path names one of the command's inputs; nothing was written."""
 
 
@@ -133,6 +138,40 @@ def _pattern_regex(name: str) -> re.Pattern:
     """The file names a printf-style pattern such as ``img_%05d.png`` produces."""
     parts = re.split(r"%0?\d*d", name)
     return re.compile(r"\d+".join(re.escape(part.replace("%%", "%")) for part in parts))
+
+
+def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
+                       inputs: Mapping[str, str | os.PathLike | None],
+                       folder_outputs: Iterable[str] = ()) -> None:
+    """Check a command's output paths before any work is done, so that a bad path fails at
+    once with one line instead of after the run (the checks every CLI that writes makes).
+
+    Raises :class:`OutputPathError` when an output is an existing folder, lies in a folder that
+    does not exist (or is a file), or names the same file as another output; and
+    :class:`OutputIsInputError` when it would overwrite an input
+    (:func:`refuse_output_overwriting_input`). ``None`` entries are ignored; the outputs
+    named in ``folder_outputs`` are folders the command creates (e.g. a ROS bag), whose own
+    writer refuses an existing one.
+    """
+    folder_outputs = set(folder_outputs)
+    given = {name: Path(str(p)).expanduser() for name, p in outputs.items()
+             if p is not None and str(p) != ""}
+    for name, path in given.items():
+        parent = path.parent if str(path.parent) else Path(".")
+        if path.is_dir() and name not in folder_outputs:
+            raise OutputPathError(f"{name} {path} is a folder; give a file name inside it")
+        if not parent.exists():
+            raise OutputPathError(f"{name} {path}: folder {parent} does not exist; create it "
+                                  "first")
+        if not parent.is_dir():
+            raise OutputPathError(f"{name} {path}: {parent} is a file, not a folder")
+    names = list(given)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if given[first].resolve() == given[second].resolve():
+                raise OutputPathError(f"{first} and {second} name the same file "
+                                      f"{given[first]}; give each output its own path")
+    refuse_output_overwriting_input(outputs, inputs)
 
 
 def refuse_output_overwriting_input(outputs: Mapping[str, str | os.PathLike | None],

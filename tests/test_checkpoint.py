@@ -379,3 +379,33 @@ def test_plain_pickle_with_code_is_refused_and_says_why(tmp_path):
         assert "refused" in message and "nothing from the file was run" in message
         assert "truncated" not in message
     assert not marker.exists()
+
+
+def test_weights_with_nan_are_refused_on_save_and_on_load(tmp_path):
+    # Field report: a checkpoint whose CRF bandwidth was NaN loaded and ran, and the demo's
+    # accuracy silently fell from 99 % to 84 %.
+    import torch as _torch
+
+    from convcrf_deploy.model.checkpoint import DEMO_MODEL_PATH, checkpoint_digest
+    model = load_model("demo")
+    with _torch.no_grad():
+        model.crf.log_appearance_position_bandwidth.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite.*log_appearance_position_bandwidth"):
+        save_model(model, tmp_path / "nan.pt")
+    assert not (tmp_path / "nan.pt").exists()
+    # A file written by other means (an older toolkit, a hand-made checkpoint) is refused on load.
+    data = _torch.load(DEMO_MODEL_PATH, weights_only=True)
+    data["state_dict"]["crf.log_appearance_position_bandwidth"] = _torch.tensor(float("nan"))
+    data["weights_sha256"] = checkpoint_digest(data)
+    _torch.save(data, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan\.pt.*NaN or infinite"):
+        load_model(tmp_path / "nan.pt")
+
+
+def test_an_onnx_file_given_as_a_checkpoint_says_what_it_is(tmp_path):
+    # Field report: `convcrf-run --model demo.onnx --backend torch` said "truncated, corrupt or
+    # not a PyTorch file (unpickling failed: Unsupported operand 8)".
+    path = tmp_path / "demo.onnx"
+    path.write_bytes(b"\x08\x0a\x12\x0econvcrf-deploy")
+    with pytest.raises(CheckpointError, match=r"demo\.onnx is an ONNX file.*--backend onnxruntime"):
+        load_model(path)

@@ -208,7 +208,7 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, toy_onnx, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--threads", "0"], "expected an integer >= 1"),
-    (["--size", "1x1"], "at least 32x32"),
+    (["--size", "1x1"], "must be in 32..16384"),
     (["--reconnect", "-1"], "expected an integer >= 0"),
     (["--stall-timeout", "0"], "expected a number in"),
 ])

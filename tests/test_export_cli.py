@@ -147,3 +147,14 @@ def test_demo_model_exports_and_verifies(flavor, tmp_path, capsys):
     out = tmp_path / f"demo.{flavor}.onnx"
     assert main(["demo", "-o", str(out), "--flavor", flavor]) == 0
     assert "parity PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_model_verifies_at_camera_resolution(tmp_path, capsys):
+    """Field report: docs/export.md's `--static --height 480 --width 640` example failed its
+    fp32 parity check every time (max error 1.1e-4 against a 1e-4 bound; labels 100 %): the
+    summation-order error grows with the image, the bound is now 1e-3 (verify.TOLERANCE)."""
+    out = tmp_path / "demo480.onnx"
+    assert main(["demo", "-o", str(out), "--static", "--height", "480", "--width", "640",
+                 "--flavor", "portable"]) == 0
+    assert "parity PASSED" in capsys.readouterr().out

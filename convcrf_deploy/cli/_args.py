@@ -3,8 +3,29 @@ one-line usage error argparse prints, instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+import sys
 from typing import Callable
+
+#: exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def interruptible(program: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main`` so that Ctrl-C ends it with one line and status 130
+    instead of a ``KeyboardInterrupt`` traceback. Outputs are written atomically, so the
+    message can promise that no partial file was left."""
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                print(f"{program}: interrupted; no partial output was written", file=sys.stderr)
+                return EXIT_INTERRUPTED
+        return run
+    return decorate
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -56,6 +77,29 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     return values
+
+
+#: Largest frame side the commands accept (16K video): beyond it a frame alone needs
+#: gigabytes, and the failure would be an allocation error deep inside the run.
+MAX_FRAME_SIDE = 16384
+
+
+def frame_size(minimum: int = 1, example: str = "320x240") -> Callable[[str], tuple[int, int]]:
+    """Type for ``WIDTHxHEIGHT`` -> ``(height, width)``, each side in
+    ``minimum..MAX_FRAME_SIDE``."""
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            width, height = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size must look like {example} (WIDTHxHEIGHT), "
+                                             f"got {text!r}") from None
+        if not (minimum <= width <= MAX_FRAME_SIDE and minimum <= height <= MAX_FRAME_SIDE):
+            raise argparse.ArgumentTypeError(f"width and height must be in {minimum}.."
+                                             f"{MAX_FRAME_SIDE}, got {text!r}")
+        return height, width
+
+    parse.__name__ = "WIDTHxHEIGHT"
+    return parse
 
 
 positive_int = int_at_least(1)

@@ -20,9 +20,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, install_hint
-from ._args import int_at_least, int_list, positive_int, PlainHelpFormatter
+from ._args import int_at_least, int_list, interruptible, PlainHelpFormatter, positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "convcrf-bench"
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible("convcrf-bench")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep and args.plot is not None:
         return fail("--plot draws the latency benchmark; use --json with --sweep")
     try:
-        refuse_output_overwriting_input({"--json": args.json, "--plot": args.plot},
+        check_output_paths({"--json": args.json, "--plot": args.plot},
                                         {"model": args.model})
     except ValueError as exc:
         return fail(str(exc))

@@ -26,8 +26,8 @@ from pathlib import Path
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
                         PluginLibraryError, TensorRTUnavailableError, build_engine,
                         metadata_path_for, parse_shape)
-from ..files import refuse_output_overwriting_input
-from ._args import positive_int, PlainHelpFormatter
+from ..files import check_output_paths
+from ._args import interruptible, PlainHelpFormatter, positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible("convcrf-build")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"ONNX model {str(args.model)!r} does not exist", EXIT_USAGE)
     engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
     try:
-        refuse_output_overwriting_input(
+        check_output_paths(
             {"-o": engine_path, "--timing-cache": args.timing_cache},
             {"model": args.model, "--plugin": args.plugin})
     except ValueError as exc:

@@ -19,8 +19,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ._args import positive_int, positive_float, PlainHelpFormatter
-from ..files import refuse_output_overwriting_input, write_text_atomic
+from ._args import interruptible, PlainHelpFormatter, positive_float, positive_int
+from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT
 from ..metrics import MIOU_LEGEND
 
@@ -120,6 +120,7 @@ def _run(args: argparse.Namespace) -> dict:
     return result
 
 
+@interruptible("convcrf-eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .._native import prefer_passive_openmp
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{TORCH_HINT}", file=sys.stderr)
         return 2
     try:
-        refuse_output_overwriting_input(
+        check_output_paths(
             {"--json": args.json}, {"--data": args.data, "--model": getattr(args, "model", None),
                                     **{f"--crf {p}": p for p in getattr(args, "crf", None) or []}})
         result = _run(args)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT
-from ._args import int_at_least, PlainHelpFormatter
+from ._args import int_at_least, interruptible, PlainHelpFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible("convcrf-export")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{exc}; the exporter needs torch, onnx, onnxscript and onnxruntime "
                     f"({TORCH_HINT})")
     output = args.output or default_output(args.model, args.flavor)
-    from ..files import OutputIsInputError, refuse_output_overwriting_input
+    from ..files import OutputPathError, check_output_paths
     try:
-        refuse_output_overwriting_input({"-o": output}, {"model": args.model})
-    except OutputIsInputError as exc:
+        check_output_paths({"-o": output}, {"model": args.model})
+    except OutputPathError as exc:
         return fail(str(exc))
     try:
         model = load_exportable(args.model)

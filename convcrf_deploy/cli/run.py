@@ -18,28 +18,18 @@ import logging
 import sys
 from pathlib import Path
 
-from ..files import OutputIsInputError, refuse_output_overwriting_input, write_text_atomic
+from ..files import OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
+from ..runtime.sources import IMAGE_SUFFIXES
 from ..runtime.visualize import VIEWS
-from ._args import PlainHelpFormatter, int_at_least, positive_float, positive_int
+from ._args import (PlainHelpFormatter, frame_size, int_at_least, interruptible,
+                    positive_float, positive_int)
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: exit status per ending signal (128 + its number, as shells report it).
 EXIT_SIGNAL = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}
 #: smallest demo scene (SyntheticScene's minimum side).
 MIN_DEMO_SIDE = 32
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``WxH`` -> ``(height, width)``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 320x240 (WIDTHxHEIGHT), got {text!r}")
-    if width < MIN_DEMO_SIDE or height < MIN_DEMO_SIDE:
-        raise argparse.ArgumentTypeError(f"the demo scene needs at least {MIN_DEMO_SIDE}x"
-                                         f"{MIN_DEMO_SIDE} pixels, got {text!r}")
-    return height, width
 
 
 def _alpha(text: str) -> float:
@@ -60,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                "atomically and never replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
-                             "http://... | file.mp4 | folder | 'glob/*.png' (default: demo)")
+                             "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "
+                             "bag, with --topic) (default: demo)")
     parser.add_argument("--model", default="demo",
                         help="'demo', a checkpoint (.pt), an ONNX file or a TensorRT engine")
     parser.add_argument("--backend",
@@ -101,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "points of mIoU, and score better than 2 cold iterations")
     parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K",
                         help="mean-field iterations per warm-started frame (default 2)")
-    parser.add_argument("--size", type=_size, default=(240, 320), metavar="WxH",
+    parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default=(240, 320), metavar="WxH",
                         help="demo scene size (default 320x240)")
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
     parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
@@ -149,6 +140,7 @@ def _model_backend_mismatch(model: str, backend: str) -> str | None:
     return None
 
 
+@interruptible("convcrf-run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -166,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.warm_start_iterations < 1:
         return fail(f"--warm-start-iterations must be >= 1, got {args.warm_start_iterations}")
-    if args.stats_json and not Path(args.stats_json).resolve().parent.exists():
-        return fail(f"--stats-json: folder {Path(args.stats_json).parent} does not exist")
+    if args.save and "%" not in Path(args.save).name and \
+            Path(args.save).suffix.lower() in IMAGE_SUFFIXES:
+        pattern = Path(args.save).with_name(f"{Path(args.save).stem}_%05d{Path(args.save).suffix}")
+        return fail(f"--save {args.save}: one image cannot hold a video; use a pattern such as "
+                    f"{pattern} or a video file (.mp4, .avi)")
     try:
-        refuse_output_overwriting_input({"--save": args.save, "--stats-json": args.stats_json},
-                                        {"--video": args.video, "--model": args.model})
-    except OutputIsInputError as exc:
+        check_output_paths({"--save": args.save, "--stats-json": args.stats_json,
+                            "--save-bag": args.save_bag},
+                           {"--video": args.video, "--model": args.model},
+                           folder_outputs=("--save-bag",))
+    except OutputPathError as exc:
         return fail(str(exc))
     display = not args.headless
     if display and not display_available():
@@ -262,14 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         segmenter.close()
     described = segmenter.describe()
     report.info.update(model=str(args.model), backend=segmenter.backend.name,
-                       threads=args.threads or "default (all cores)",
+                       threads=args.threads or described.get("threads") or "default (all cores)",
                        crf=segmenter.crf, warm_start=bool(args.warm_start),
                        resize=segmenter.resize, input_size=list(segmenter.input_size),
                        crf_executor=described["crf_executor"],
                        crf_executor_detail=described["crf_executor_detail"])
-    print(f"model {args.model}: {described['backend']} backend, threads "
-          f"{described.get('threads') or 'default'}, CRF executor "
-          f"{described['crf_executor']} ({described['crf_executor_detail']})")
     print(report.summary_table())
     if args.stats_json:
         write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")

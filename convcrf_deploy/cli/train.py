@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
-from ..files import refuse_output_overwriting_input, write_text_atomic
+from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT
 from ..metrics import MIOU_LEGEND
-from ._args import float_in, positive_float, positive_int, PlainHelpFormatter
+from ._args import float_in, interruptible, PlainHelpFormatter, positive_float, positive_int
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -180,6 +180,7 @@ def _print_report(report: dict) -> None:
     print(MIOU_LEGEND["miou"])
 
 
+@interruptible("convcrf-train")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{TORCH_HINT}", file=sys.stderr)
         return 2
     try:
-        refuse_output_overwriting_input({"--out": args.out, "--json": args.json},
+        check_output_paths({"--out": args.out, "--json": args.json},
                                         {"--data": args.data, "--unary-model": args.unary_model})
         report, (crf, model) = _run(args)
         if args.out is not None:

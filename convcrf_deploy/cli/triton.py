@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import int_at_least, positive_int
+from ._args import frame_size, int_at_least, interruptible, positive_int
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,18 +31,6 @@ def _shape(text: str) -> tuple[int, int, int, int]:
         return parse_shape(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``WxH`` -> ``(height, width)``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1920x1080 (WIDTHxHEIGHT), got {text!r}") \
-            from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return height, width
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="type of the 'image' frames clients send (default uint8: 4x fewer bytes)")
     cpu.add_argument("--threads", type=positive_int, default=1,
                      help="ONNX Runtime threads per instance (default 1; scale with --instances)")
-    cpu.add_argument("--max-frame-size", type=_size, default=(2160, 3840), metavar="WxH",
+    cpu.add_argument("--max-frame-size", type=frame_size(1, "1920x1080"), default=(2160, 3840),
+                     metavar="WxH",
                      help="refuse frames with more pixels than this (default 3840x2160)")
     gpu = parser.add_argument_group("GPU model (TensorRT backend)")
     gpu.add_argument("--engine", type=Path, metavar="ENGINE",
@@ -80,12 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "needed unless TensorRT and a GPU are here to read it from the engine")
     gpu.add_argument("--max", type=_shape, metavar="NxCxHxW",
                      help="largest 'image' shape the engine was built for (convcrf-build --max)")
-    gpu.add_argument("--frame-size", type=_size, action="append", metavar="WxH",
+    gpu.add_argument("--frame-size", type=frame_size(1, "1920x1080"), action="append",
+                     metavar="WxH",
                      help="frame size clients send (repeatable; default the model's input size); "
                           "must lie inside the engine's profile")
     return parser
 
 
+@interruptible("convcrf-triton")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..serving.repository import (EngineProfile, ModelOptions, RepositoryError,

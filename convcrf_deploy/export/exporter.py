@@ -437,11 +437,17 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         False) so that it can be inspected.
 
     Raises:
-        ExportError: invalid arguments (an unsupported opset, a size out of range), or the
-            exporter failed (the message names the layer); no file is written.
+        ExportError: onnxscript is missing, invalid arguments (an unsupported opset, a size
+            out of range), or the exporter failed (the message names the layer); no file is
+            written.
         convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
         convcrf_deploy.model.CheckpointError: the checkpoint cannot be loaded.
     """
+    import importlib.util
+    if importlib.util.find_spec("onnxscript") is None:
+        from ..install import install_hint
+        raise ExportError("ONNX export needs onnxscript (PyTorch's ONNX exporter translates "
+                          f"with it), which is not installed: {install_hint('torch')}")
     if flavor not in FLAVORS:
         raise ExportError(f"flavor must be one of {list(FLAVORS)}, got {flavor!r}")
     if part not in PARTS:

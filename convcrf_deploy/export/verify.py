@@ -23,13 +23,16 @@ from . import onnx_ops
 
 #: Parity thresholds, keyed by fp16: an error bound on |p_onnx - p_torch| (probabilities;
 #: logits for part="unary", scaled by max(1, max |logits|)) and the fraction of pixels whose
-#: argmax agrees. fp32 bounds the maximum error. fp16 bounds the 99.9th percentile and reports
+#: argmax agrees. fp32 bounds the maximum error at 1e-3: ONNX Runtime and PyTorch sum in other
+#: orders (k*k window, classes, five iterations), and on random images the maximum grows with
+#: the image (demo model: 4.8e-7 at 61x83, 6.2e-5 at 375x500, 1.1e-4 at 480x640, 3.0e-4 at
+#: 4096x4096, labels agreeing 100 %); the tests hold the default 61x83 check to < 1e-4. fp16 bounds the 99.9th percentile and reports
 #: the maximum: fp16 rounds the unary logits to 2^-11 relative (~1e-2 absolute at the demo's
 #: logit magnitudes), and on the few pixels where two classes are nearly tied the mean-field
 #: iterations amplify that into probability differences of 0.02-0.13 (demo model, synthetic
 #: scene, 480x640) while the 99.99th percentile stays <= 0.017 and >= 99.99 % of the labels
 #: agree; on i.i.d. noise images (no real network sees those) the maximum reaches 0.6.
-TOLERANCE = {False: 1e-4, True: 2e-2}
+TOLERANCE = {False: 1e-3, True: 2e-2}
 ERROR_STATISTIC = {False: "max", True: "p99.9"}
 MIN_LABEL_AGREEMENT = {False: 0.999, True: 0.999}
 PARITY_SIZE = (61, 83)

@@ -107,8 +107,22 @@ def checkpoint_digest(checkpoint: dict[str, Any]) -> str:
     return tensor_digest(entries())
 
 
+def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding NaN or infinity."""
+    return [name for name, tensor in state_dict.items()
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor).all())]
+
+
 def _write(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
-    """Add the digest and write ``checkpoint`` atomically (parents created)."""
+    """Add the digest and write ``checkpoint`` atomically (parents created). A model whose
+    weights hold NaN or infinity (a diverged training run) is refused: it would run and give
+    silently wrong labels."""
+    broken = non_finite_tensors(checkpoint["state_dict"])
+    if broken:
+        raise ValueError(f"the model's weights hold NaN or infinite values ({', '.join(broken)}),"
+                         " e.g. after a diverged training run; nothing was written to "
+                         f"{path}: save an earlier state instead")
     checkpoint[DIGEST_KEY] = checkpoint_digest(checkpoint)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +184,10 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX file, not a PyTorch checkpoint: run it with "
+                              "--backend onnxruntime (the default for .onnx files); exports "
+                              "start from the checkpoint (.pt) it was exported from")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -264,6 +282,11 @@ def load_crf(path: str | os.PathLike, *, implementation: str = "auto") -> ConvCR
     """
     path = Path(path)
     data = _read(path, "cpu", expected=CRF_FORMAT)
+    broken = non_finite_tensors(data["state_dict"]) if isinstance(data.get("state_dict"), dict) else []
+    if broken:
+        raise CheckpointError(f"{path}: the weights hold NaN or infinite values "
+                              f"({', '.join(broken)}), e.g. from a diverged training run; "
+                              "use an earlier checkpoint")
     try:
         crf = ConvCRF(CRFConfig.from_dict(data["crf_config"]), implementation=implementation)
         crf.load_state_dict(data["state_dict"], strict=True)
@@ -349,6 +372,11 @@ def load_model(path_or_demo: str | os.PathLike, *, allow_pickle: bool = False,
     state_dict = data["state_dict"]
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: state_dict is a {type(state_dict).__name__}, not a dict")
+    broken = non_finite_tensors(state_dict)
+    if broken:
+        raise CheckpointError(f"{path}: the weights hold NaN or infinite values "
+                              f"({', '.join(broken)}), e.g. from a diverged training run; "
+                              "use an earlier checkpoint")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -166,6 +166,10 @@ class RunReport:
         """A plain-text table of the run for the terminal."""
         setup = [f"{key} {self.info[key]}" for key in ("model", "backend", "threads", "crf")
                  if key in self.info]
+        if self.info.get("crf_executor"):
+            detail = self.info.get("crf_executor_detail")
+            setup.append(f"CRF executor {self.info['crf_executor']}"
+                         + (f" ({detail})" if detail else ""))
         lines = ([", ".join(setup)] if setup else []) + [
                  f"source {self.source}: {self.frames} frames in {self.wall_time_s:.2f} s "
                  f"= {self.fps:.1f} FPS; dropped {self.dropped_frames}, corrupt "

@@ -57,6 +57,26 @@ Isa activeIsa();        // the clone every entry point runs now (isa.cpp)
 Isa bestSupportedIsa(); // the widest one this CPU supports
 Status setActiveIsa(int32_t isa);  // -1: the best supported; kErrorIsaUnavailable if missing
 
+// The clone of a kernel for the active instruction set: every entry point dispatches here.
+template <typename Fn>
+Fn pickClone(Fn avx512, Fn avx2, Fn baseline)
+{
+#if CONVCRF_X86_CLONES
+    switch (activeIsa()) {
+    case kIsaAvx512:
+        return avx512;
+    case kIsaAvx2:
+        return avx2;
+    default:
+        break;
+    }
+#else
+    (void)avx512;
+    (void)avx2;
+#endif
+    return baseline;
+}
+
 #if defined(__GNUC__)
 // The integer vector of the same width as a float vector (for expPolyGeneric).
 template <typename F> struct IntOf;

@@ -265,25 +265,6 @@ void backwardRowsF32Baseline(const float* f, const float* kernel, const float* g
     gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
 }
 
-template <typename Fn>
-Fn pick(Fn avx512, Fn avx2, Fn baseline)
-{
-#if CONVCRF_X86_CLONES
-    switch (activeIsa()) {
-    case kIsaAvx512:
-        return avx512;
-    case kIsaAvx2:
-        return avx2;
-    default:
-        break;
-    }
-#else
-    (void)avx512;
-    (void)avx2;
-#endif
-    return baseline;
-}
-
 template <typename T>
 int32_t gaussianKernelImpl(const T* f, int64_t n, int64_t d, int64_t h, int64_t w, int32_t k,
                            T* out, int32_t threads)
@@ -294,7 +275,7 @@ int32_t gaussianKernelImpl(const T* f, int64_t n, int64_t d, int64_t h, int64_t 
         return kSuccess;
     if ((d > 0 && !f) || !out)
         return kErrorNullPointer;
-    auto rows = pick(forwardRowsF32Avx512, forwardRowsF32Avx2, forwardRowsF32Baseline);
+    auto rows = pickClone(forwardRowsF32Avx512, forwardRowsF32Avx2, forwardRowsF32Baseline);
     return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
         if constexpr (std::is_same<T, float>::value) {
             rows(f, d, h, w, k, out, b, e);
@@ -316,8 +297,8 @@ int32_t gaussianKernelBackwardImpl(const T* f, const T* kernel, const T* gk, int
         return kSuccess;
     if (!f || !kernel || !gk || !grad)
         return kErrorNullPointer;
-    auto rows = pick<BackwardF32>(backwardRowsF32Avx512, backwardRowsF32Avx2,
-                                  backwardRowsF32Baseline);
+    auto rows = pickClone<BackwardF32>(backwardRowsF32Avx512, backwardRowsF32Avx2,
+                                       backwardRowsF32Baseline);
     return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
         if constexpr (std::is_same<T, float>::value)
             rows(f, kernel, gk, d, h, w, k, grad, b, e);
@@ -357,7 +338,7 @@ int32_t convcrf_pairwise_kernel_f32(const float* f, int64_t n, int64_t d, int64_
         return kSuccess;
     if ((d > 0 && !f) || !out)
         return kErrorNullPointer;
-    auto rows = pick(pairRowsF32Avx512, pairRowsF32Avx2, pairRowsF32Baseline);
+    auto rows = pickClone(pairRowsF32Avx512, pairRowsF32Avx2, pairRowsF32Baseline);
     const KernelPair pair{split, weightA, weightB};
     return parallelFor(n * h, threads,
                        [&](int64_t b, int64_t e) { rows(f, d, h, w, k, out, b, e, pair); });

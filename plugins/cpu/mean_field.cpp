@@ -379,21 +379,6 @@ void lowRowsBaseline(const MeanFieldGeometry& geo, const MeanFieldStepArgs& args
 using LowRows = void (*)(const MeanFieldGeometry&, const MeanFieldStepArgs&, int64_t, int64_t,
                          MeanFieldScratch&);
 
-LowRows pickLowRows()
-{
-#if CONVCRF_X86_CLONES
-    switch (activeIsa()) {
-    case kIsaAvx512:
-        return lowRowsAvx512;
-    case kIsaAvx2:
-        return lowRowsAvx2;
-    default:
-        break;
-    }
-#endif
-    return lowRowsBaseline;
-}
-
 thread_local MeanFieldScratch tScratch;
 
 }  // namespace
@@ -444,7 +429,7 @@ int32_t convcrf_mean_field_step_f32(const float* unary, const float* messagesLow
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, geo.wLow, geo.x0[x], geo.x1[x], geo.lambdaX[x]);
     std::atomic<bool> nonFinite{false};
-    const LowRows lowRows = pickLowRows();
+    const LowRows lowRows = pickClone<LowRows>(lowRowsAvx512, lowRowsAvx2, lowRowsBaseline);
     const Status status = parallelFor(n * geo.hLow, threads, [&](int64_t b, int64_t e) {
         MeanFieldScratch& scratch = tScratch;
         scratch.begin(c, w);  // may throw bad_alloc: the pool turns it into a status

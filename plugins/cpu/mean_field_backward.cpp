@@ -185,17 +185,10 @@ int32_t convcrf_mean_field_step_backward_f32(const float* qFull, const float* gr
     }
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, args.wLow, x0[x], x1[x], lambdaX[x]);
-    auto softmaxPass = softmaxPassBaseline;
-    auto adjointPass = adjointPassBaseline;
-#if CONVCRF_X86_CLONES
-    if (activeIsa() == kIsaAvx512) {
-        softmaxPass = softmaxPassAvx512;
-        adjointPass = adjointPassAvx512;
-    } else if (activeIsa() == kIsaAvx2) {
-        softmaxPass = softmaxPassAvx2;
-        adjointPass = adjointPassAvx2;
-    }
-#endif
+    const auto softmaxPass =
+        pickClone(&softmaxPassAvx512, &softmaxPassAvx2, &softmaxPassBaseline);
+    const auto adjointPass =
+        pickClone(&adjointPassAvx512, &adjointPassAvx2, &adjointPassBaseline);
     const int64_t tasks = n * args.hLow;
     Status status = parallelFor(tasks, threads, [&](int64_t b, int64_t e) { softmaxPass(args, b, e); });
     if (status != kSuccess)

@@ -364,24 +364,6 @@ CONVCRF_MP_CLONES(Kind::kKernelGrad, kernelGradRowsF32)
 using RowsF32 = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int32_t, float*,
                          int64_t, int64_t);
 
-RowsF32 pick(RowsF32 avx512, RowsF32 avx2, RowsF32 baseline)
-{
-#if CONVCRF_X86_CLONES
-    switch (activeIsa()) {
-    case kIsaAvx512:
-        return avx512;
-    case kIsaAvx2:
-        return avx2;
-    default:
-        break;
-    }
-#else
-    (void)avx512;
-    (void)avx2;
-#endif
-    return baseline;
-}
-
 // One entry point: validation before anything is allocated or touched, then the rows on the
 // pool. `rowsF32` runs blocks of rows in float; `referenceRow` one row in double.
 template <typename T, typename ReferenceRow>
@@ -416,7 +398,8 @@ int32_t convcrf_message_passing_f32(const float* q, const float* kernel, int64_t
                                     int64_t h, int64_t w, int32_t k, float* out, int32_t threads)
 {
     return runWindowed<float>(q, kernel, n, c, h, w, k, out, threads, true,
-                              pick(forwardRowsF32Avx512, forwardRowsF32Avx2, forwardRowsF32Baseline),
+                              pickClone(forwardRowsF32Avx512, forwardRowsF32Avx2,
+                                        forwardRowsF32Baseline),
                               referenceForwardRow<float>);
 }
 
@@ -432,8 +415,8 @@ int32_t convcrf_message_passing_transposed_f32(const float* g, const float* kern
                                                float* out, int32_t threads)
 {
     return runWindowed<float>(g, kernel, n, c, h, w, k, out, threads, true,
-                              pick(transposedRowsF32Avx512, transposedRowsF32Avx2,
-                                   transposedRowsF32Baseline),
+                              pickClone(transposedRowsF32Avx512, transposedRowsF32Avx2,
+                                        transposedRowsF32Baseline),
                               referenceTransposedRow<float>);
 }
 
@@ -451,7 +434,7 @@ int32_t convcrf_message_passing_kernel_grad_f32(const float* g, const float* q, 
                                                 float* out, int32_t threads)
 {
     return runWindowed<float>(g, q, n, c, h, w, k, out, threads, false,
-                              pick(kernelGradRowsF32Avx512, kernelGradRowsF32Avx2,
+                              pickClone(kernelGradRowsF32Avx512, kernelGradRowsF32Avx2,
                                    kernelGradRowsF32Baseline),
                               referenceKernelGradRow<float>);
 }

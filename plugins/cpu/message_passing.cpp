@@ -435,7 +435,7 @@ int32_t convcrf_message_passing_kernel_grad_f32(const float* g, const float* q, 
 {
     return runWindowed<float>(g, q, n, c, h, w, k, out, threads, false,
                               pickClone(kernelGradRowsF32Avx512, kernelGradRowsF32Avx2,
-                                   kernelGradRowsF32Baseline),
+                                        kernelGradRowsF32Baseline),
                               referenceKernelGradRow<float>);
 }
 

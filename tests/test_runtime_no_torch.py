@@ -15,7 +15,8 @@ import convcrf_deploy
 # The folder holding the package under test (the source tree, or site-packages in CI).
 PACKAGE_ROOT = Path(convcrf_deploy.__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent("""
+#: Prelude of the subprocess scripts: any import of torch fails, as on a machine without it.
+BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, sys
 
     class BlockTorch(importlib.abc.MetaPathFinder):
@@ -25,6 +26,9 @@ SCRIPT = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, BlockTorch())
+""")
+
+SCRIPT = BLOCK_TORCH + textwrap.dedent("""
 
     import numpy as np
     import convcrf_deploy.runtime as runtime
@@ -60,16 +64,7 @@ def test_runtime_runs_onnx_models_without_torch(tmp_path):
     assert "RUNTIME-WITHOUT-TORCH-OK" in done.stdout
 
 
-NATIVE_SCRIPT = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
+NATIVE_SCRIPT = BLOCK_TORCH + textwrap.dedent("""
 
     import numpy as np
     from convcrf_deploy.runtime import Segmenter

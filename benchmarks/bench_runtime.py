@@ -25,9 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
 STAGES = ("preprocess", "inference", "postprocess")
 
 

@@ -1,5 +1,4 @@
 """save_model / load_model: safe round trips, the pickle gate and clear errors on bad files."""
-import io
 import zipfile
 
 import pytest

@@ -9,8 +9,6 @@ traceback in convcrf-export/-train/-bench; ``--size 100000x100000`` died allocat
 """
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from convcrf_deploy.cli import run as run_cli

@@ -4,7 +4,6 @@ These exercise the model with the evaluation tools (synthetic noise, metrics, fo
 a synthetic labelled scene built here (so the tests run anywhere) and, when present, the
 PASCAL VOC sample in ../shared.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest

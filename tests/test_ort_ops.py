@@ -295,3 +295,23 @@ def test_the_library_needs_no_libonnxruntime_and_finds_the_cpu_library_beside_it
     symbols = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True, text=True,
                              check=True).stdout.split()
     assert "RegisterCustomOps" in symbols
+
+
+def test_a_registered_kernel_takes_precedence_over_a_model_local_function_body(library):
+    """The single-file flavour gives the nodes model-local function bodies. With the library
+    registered, ONNX Runtime runs our kernel, not the body (here an Identity, told apart by its
+    output shape); without it, the body."""
+    attrs = attributes(3)
+    node = helper.make_node(KERNEL, ["x0"], ["y"], domain=DOMAIN, name="crf_node", **attrs)
+    body = helper.make_function(DOMAIN, KERNEL, ["features"], ["K"],
+                                [helper.make_node("Identity", ["features"], ["K"])],
+                                [helper.make_opsetid("", 18)], attributes=list(attrs))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x0", F32, ["n", "d", "h", "w"])],
+                              [helper.make_tensor_value_info("y", F32, None)])
+    single_file = helper.make_model(graph, functions=[body], opset_imports=[
+        helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)]).SerializeToString()
+    features = np.random.default_rng(4).normal(size=(1, 2, 5, 6)).astype(np.float32)
+    plain = ort.InferenceSession(single_file, providers=["CPUExecutionProvider"])
+    assert plain.run(None, {"x0": features})[0].shape == (1, 2, 5, 6)
+    ours = session(library, single_file).run(None, {"x0": features})[0]
+    np.testing.assert_allclose(ours, brute_kernel(features, 3), rtol=1e-5, atol=1e-6)

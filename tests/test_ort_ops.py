@@ -315,3 +315,16 @@ def test_a_registered_kernel_takes_precedence_over_a_model_local_function_body(l
     assert plain.run(None, {"x0": features})[0].shape == (1, 2, 5, 6)
     ours = session(library, single_file).run(None, {"x0": features})[0]
     np.testing.assert_allclose(ours, brute_kernel(features, 3), rtol=1e-5, atol=1e-6)
+
+
+def test_the_process_keeps_one_cpu_library_and_thread_pool(library):
+    """The custom ops and the Python runtime (ctypes) share one libconvcrf_cpu, so one pool of
+    worker threads: the library finds the copy beside it, which the package loads too."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps")
+    assert _native.cpu_library() is not None
+    run_op(library, "ConvCRFKernel", [np.ones((1, 2, 4, 4), np.float32)], 3)
+    mapped = {line.split()[-1] for line in maps.read_text().splitlines()
+              if line.rstrip().endswith(_native.library_filename("convcrf_cpu"))}
+    assert len(mapped) == 1, mapped

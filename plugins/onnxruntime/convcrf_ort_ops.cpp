@@ -232,7 +232,7 @@ OrtStatusPtr ConvCRFOp::CreateKernelV2(OrtApi const&, OrtKernelInfo const* info,
         *kernel = nullptr;
         std::string const name = nodeName(info);
         NodeSettings settings{kind_, device_, type_, trt::kDefaultFilterSize, threads_,
-                              std::string(opName(kind_)) + " node '" + name + "'"};
+                              std::string(opName(kind_)) + (name.empty() ? " node (unnamed)" : " node '" + name + "'")};
         std::string error = readFilterSize(info, settings.filterSize);
         if (error.empty())
             error = checkStringAttribute(info, "plugin_version", trt::kPluginVersion);

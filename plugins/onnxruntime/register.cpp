@@ -107,7 +107,9 @@ extern "C" CONVCRF_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessi
                                     apiBase->GetVersionString();
         return oldest != nullptr ? oldest->CreateStatus(ORT_FAIL, message.c_str()) : nullptr;
     }
-    Ort::InitApi(api);
+    // Every registration hands the same API (one libonnxruntime per process); set it once.
+    static std::once_flag initialised;
+    std::call_once(initialised, [api] { Ort::InitApi(api); });
     try {
         int32_t threads = 0;
         std::string const error = readThreads(options, threads);

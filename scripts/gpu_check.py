@@ -122,11 +122,11 @@ def run_without_pytest(path: Path) -> dict:
     return results
 
 
-def run_cuda_tests(logs: Path, tests: Path = CUDA_TESTS) -> dict:
+def run_cuda_tests(logs: Path, tests: Path = CUDA_TESTS, name: str = "cuda_tests") -> dict:
     start = time.perf_counter()
     env = dict(os.environ, CONVCRF_REQUIRE_NATIVE="1")
     if importlib.util.find_spec("pytest") is not None:
-        log = logs / f"{tests.stem}.log"
+        log = logs / f"{name}.log"
         with log.open("w") as out:
             rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
                                   str(tests)], stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -165,7 +165,7 @@ def run_ort_cuda_tests(logs: Path) -> dict:
     except _native.NativeError as error:
         return {"status": "skipped", "reason": str(error).split(":")[0] + " (set ONNXRUNTIME_INCLUDE_DIR "
                                                                         "and run the kit again)"}
-    return run_cuda_tests(logs, ORT_CUDA_TESTS)
+    return run_cuda_tests(logs, ORT_CUDA_TESTS, "ort_cuda_ops")
 
 
 # ---- timing --------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ pytest.importorskip("rosbags")
 
 from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime import Segmenter, open_source, run_video
-from convcrf_deploy.runtime.ros import BagSink, BagSource, MissingDependencyError, Stamp
-from convcrf_deploy.runtime.ros.testing import (FRAME_ID, LOG0, STAMP0, TOPIC, read_bag,
+from convcrf_deploy.runtime.streams.ros import BagSink, BagSource, MissingDependencyError, Stamp
+from convcrf_deploy.runtime.streams.ros.testing import (FRAME_ID, LOG0, STAMP0, TOPIC, read_bag,
                                                 scene_frames, write_bag)
-from convcrf_deploy.runtime.sources import SourceError
+from convcrf_deploy.runtime.streams import SourceError
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
 PREFIX = TOPIC + "/convcrf"

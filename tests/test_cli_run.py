@@ -9,7 +9,7 @@ import pytest
 
 from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.sources import Frame, FrameSource, open_source
+from convcrf_deploy.runtime.streams import Frame, FrameSource, open_source
 from convcrf_deploy.runtime.testing import write_toy_onnx
 from convcrf_deploy.runtime.video import run_video
 
@@ -269,7 +269,7 @@ class StalledCapture:
 def test_stalled_stream_ends_the_run_with_an_error(monkeypatch, toy_onnx, capsys):
     import threading
     import time
-    from convcrf_deploy.runtime import sources
+    from convcrf_deploy.runtime.streams import live as sources
     StalledCapture.unblock = threading.Event()
     monkeypatch.setattr(sources.cv2, "VideoCapture", StalledCapture)
     started = time.monotonic()

@@ -105,7 +105,7 @@ def _providers() -> dict[str, Any]:
 
 
 def _display() -> dict[str, dict[str, Any]]:
-    from ..runtime.sources import available_cameras
+    from ..runtime.streams import available_cameras
     from ..runtime.video import display_available
 
     report = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..files import OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
-from ..runtime.sources import IMAGE_SUFFIXES
+from ..runtime.streams import IMAGE_SUFFIXES
 from ..runtime.visualize import VIEWS
 from ._args import (PlainHelpFormatter, frame_size, int_at_least, interruptible,
                     positive_float, positive_int)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from ..runtime import BackendUnavailableError, Segmenter
     from ..runtime.backends import backend_name_for
-    from ..runtime.sources import SourceError, open_source
+    from ..runtime.streams import SourceError, open_source
     from ..runtime.video import display_available, run_video
 
     def fail(message: str) -> int:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_bag and (args.topic or args.list_topics or args.rate is not None):
         return fail("--topic, --list-topics and --rate apply to bag: sources (--video bag:PATH)")
     if args.list_topics:
-        from ..runtime.ros import list_topics
+        from ..runtime.streams.ros import list_topics
         try:
             topics = list_topics(args.video.strip()[len("bag:"):])
         except SourceError as exc:
@@ -218,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     bag_inputs = [args.video.strip()[len("bag:"):]] if is_bag else []
     try:  # refuse a bad output or address before anything is loaded
         if args.save_bag:
-            from ..runtime.ros import check_output_bag
+            from ..runtime.streams.ros import check_output_bag
             check_output_bag(args.save_bag, bag_inputs)
         if args.foxglove:
-            from ..runtime.foxglove import parse_address
+            from ..runtime.streams.foxglove import parse_address
             parse_address(args.foxglove)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
@@ -282,12 +282,12 @@ def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
     sinks: list = []
     try:
         if args.save_bag:
-            from ..runtime.ros import BagSink
+            from ..runtime.streams.ros import BagSink
             sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=bag_inputs,
                                  storage=args.bag_storage, overlay_format=args.bag_overlay,
                                  alpha=args.alpha))
         if args.foxglove:
-            from ..runtime.foxglove import FoxgloveSink, parse_address
+            from ..runtime.streams.foxglove import FoxgloveSink, parse_address
             host, port = parse_address(args.foxglove)
             sinks.append(FoxgloveSink(metadata, host, port, topic_prefix=prefix,
                                       alpha=args.alpha))

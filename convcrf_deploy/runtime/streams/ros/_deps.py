@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ...install import install_hint
+from ....install import install_hint
 
 
 class MissingDependencyError(ImportError):

@@ -18,7 +18,7 @@ The node is deliberately thin: converting messages is
 :mod:`convcrf_deploy.runtime.streams.ros.conversions` (the functions the bag source and sink use,
 tested in CI), segmenting is :class:`~convcrf_deploy.runtime.Segmenter`. ROS 2 cannot be
 installed on the project's machines, so this file itself is only exercised against stand-in
-``rclpy`` modules (tests/test_bags_ros2_node.py), never against a real ROS 2.
+``rclpy`` modules (tests/runtime/streams/test_bags_ros2_node.py), never against a real ROS 2.
 """
 from __future__ import annotations
 

@@ -23,6 +23,6 @@ from .streams import Frame, FrameSink, FrameSource, SourceError, open_source
 from .video import RunReport, run_video
 from .visualize import Renderer, colorize, overlay, palette_lut
 
-__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSource", "Renderer", "RunReport",
+__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSink", "FrameSource", "Renderer", "RunReport",
            "SegmentationResult", "Segmenter", "SourceError", "colorize", "create_backend",
            "open_source", "overlay", "palette_lut", "run_video"]

@@ -12,11 +12,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
-import numpy as np
 
 from ..metrics import MIOU_LEGEND
 from .segmenter import SegmentationResult, Segmenter

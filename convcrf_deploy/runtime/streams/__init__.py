@@ -94,3 +94,8 @@ def open_source(spec: str, *, demo_size: tuple[int, int] = (240, 320), demo_seed
     raise SourceError(f"video source {spec!r} does not exist: expected 'demo', a camera (cam0, "
                       "/dev/video0), a stream URL (rtsp://...), a video file, an image folder "
                       "or a glob")
+
+
+__all__ = ["IMAGE_SUFFIXES", "MAX_CONSECUTIVE_CORRUPT", "STREAM_SCHEMES", "DemoSource", "Frame",
+           "FrameSink", "FrameSource", "FrameWriter", "ImageSequenceSource", "LiveSource",
+           "SourceError", "VideoFileSource", "as_bgr", "available_cameras", "open_source"]

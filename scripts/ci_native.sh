@@ -13,7 +13,7 @@
 # - ONNX Runtime custom ops: the CUDA build also builds libconvcrf_ort_ops(_cuda).so when the
 #   ONNX Runtime headers are found ($ONNXRUNTIME_INCLUDE_DIR, else ../shared/third_party beside
 #   the checkout); checks that they export only RegisterCustomOps and need neither
-#   libonnxruntime nor libcudart. (Their tests run with the Python suite: tests/test_ort_ops*.py.)
+#   libonnxruntime nor libcudart. (Their tests run with the Python suite: tests/ops/test_ort_ops*.py.)
 # Otherwise prints what was skipped; with CONVCRF_CI_STRICT=1 (set by .ci/run) a missing nvcc
 # or missing TensorRT headers is an error. Exits non-zero on any failure.
 #

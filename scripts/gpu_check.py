@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The Python steps of scripts/gpu_check.sh (run by it, from tests/, after the install).
 
-3. tests/test_cuda_ops.py (pytest when installed, else the small runner below: the lent GPU
-   machines have no pytest and no network); then tests/test_ort_ops_cuda.py, the ONNX Runtime
-   custom ops on the CUDA execution provider, where onnxruntime-gpu is installed;
+3. tests/ops/test_cuda_ops.py (pytest when installed, else the small runner below: the lent GPU
+   machines have no pytest and no network); then tests/ops/test_ort_ops_cuda.py, the ONNX
+   Runtime custom ops on the CUDA execution provider, where onnxruntime-gpu is installed;
 4. ConvCRF inference timed on the GPU: native CUDA kernels vs the F.unfold implementation;
 5. scripts/validate_tensorrt.py (fp32 and fp16) when ``import tensorrt`` works.
 Then prints the summary and writes the JSON (temporary file + rename) with the shell steps.
@@ -24,8 +24,8 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CUDA_TESTS = REPO / "tests" / "test_cuda_ops.py"
-ORT_CUDA_TESTS = REPO / "tests" / "test_ort_ops_cuda.py"
+CUDA_TESTS = REPO / "tests" / "ops" / "test_cuda_ops.py"
+ORT_CUDA_TESTS = REPO / "tests" / "ops" / "test_ort_ops_cuda.py"
 
 
 # ---- a minimal runner for pytest-style test files ---------------------------------------------

@@ -108,7 +108,7 @@ def helper():
 
 def test_the_onnxruntime_cuda_step_loads_with_the_built_in_runner_and_skips_without_the_provider(
         tmp_path, monkeypatch):
-    """tests/test_ort_ops_cuda.py uses only what the stand-in runner provides, and where
+    """tests/ops/test_ort_ops_cuda.py uses only what the stand-in runner provides, and where
     onnxruntime has no CUDA execution provider (CI) the kit reports the step as skipped with
     the reason instead of failing."""
     ort = pytest.importorskip("onnxruntime")

@@ -198,23 +198,6 @@ OrtStatusPtr makeStatus(std::string const& message, OrtErrorCode code) noexcept
     return Ort::GetApi().CreateStatus(code, message.c_str());
 }
 
-char const* nativeStatusText(int32_t status) noexcept
-{
-    switch (status) {
-    case kErrorInvalidFilterSize: return "invalid filter_size (must be odd and in 1..31)";
-    case kErrorInvalidShape: return "invalid or mismatched tensor shapes";
-    case kErrorNullPointer: return "null pointer for a non-empty tensor";
-    case kErrorCuda: return "CUDA kernel launch failed";
-    case kErrorUnsupported: return "unsupported data type";
-    case kErrorNonFinite: return "NaN or infinite values in the input";
-    case kErrorSizeOverflow: return "tensor sizes too large (a product of the sizes overflows int64)";
-    case kErrorThreadStart:
-        return "could not start worker threads (memory or process limit); set the session config "
-               "entry convcrf.num_threads to fewer threads";
-    default: return "internal error of the native library";
-    }
-}
-
 char const* ConvCRFOp::GetName() const noexcept
 {
     return opName(kind_);

@@ -85,8 +85,5 @@ OrtStatusPtr computeCuda(NodeSettings const& settings, Ort::KernelContext& conte
 // An ONNX Runtime status with `message` (ORT_INVALID_ARGUMENT unless said otherwise).
 OrtStatusPtr makeStatus(std::string const& message, OrtErrorCode code = ORT_INVALID_ARGUMENT) noexcept;
 
-// Text of a convcrf::Status code of the native libraries.
-char const* nativeStatusText(int32_t status) noexcept;
-
 }  // namespace ort
 }  // namespace convcrf

@@ -5,6 +5,7 @@
 
 #include "convcrf_cpu.h"
 #include "convcrfPluginLogic.h"
+#include "convcrf_math.h"
 
 #include <vector>
 
@@ -38,7 +39,7 @@ OrtStatusPtr result(NodeSettings const& settings, int32_t status)
 {
     if (status == 0)
         return nullptr;
-    return makeStatus(settings.where + ": libconvcrf_cpu failed: " + nativeStatusText(status) + " (status " +
+    return makeStatus(settings.where + ": libconvcrf_cpu failed: " + statusMessage(status) + " (status " +
                           std::to_string(status) + ")",
                       ORT_RUNTIME_EXCEPTION);
 }

@@ -6,6 +6,7 @@
 
 #include "convcrf_cuda.h"
 #include "convcrfPluginLogic.h"
+#include "convcrf_math.h"
 
 namespace convcrf {
 namespace ort {
@@ -32,7 +33,7 @@ OrtStatusPtr computeCuda(NodeSettings const& settings, Ort::KernelContext& conte
     }
     if (status == 0)
         return nullptr;
-    return makeStatus(settings.where + ": libconvcrf_cuda failed: " + nativeStatusText(status) + " (status " +
+    return makeStatus(settings.where + ": libconvcrf_cuda failed: " + statusMessage(status) + " (status " +
                           std::to_string(status) + ")",
                       ORT_RUNTIME_EXCEPTION);
 }

@@ -54,6 +54,17 @@ def plugin_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def single_file_model(plugin_model) -> Path:
+    """``convcrf-export demo -o demo.onnx``: the default flavour (traced once with the plugin
+    export)."""
+    from convcrf_deploy.export.exporter import export_onnx
+
+    path = plugin_model.with_name("demo.onnx")
+    export_onnx("demo", path, verify=False)
+    return path
+
+
 def scene(height: int, width: int, seed: int = 3) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB frame of the synthetic scenes the demo model was trained on."""
     from convcrf_deploy.data.scenes import SyntheticScene
@@ -72,6 +83,44 @@ def plain_session(library: str, model: Path, threads: int = 2):
 
 def image_input(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+# ---- acceptance: plain ONNX Runtime == Segmenter("demo.onnx") -----------------------------------
+
+def frames(voc_folder: Path | None):
+    """BGR uint8 frames: synthetic scenes at 480x640 and the VOC sample's photographs."""
+    import cv2
+
+    for seed in (3, 11):
+        yield f"scene {seed}", np.ascontiguousarray(scene(480, 640, seed)[:, :, ::-1])
+    if voc_folder is not None:
+        photos = [p for p in sorted(voc_folder.iterdir()) if p.name.endswith("img.png")]
+        for path in photos[:4]:
+            yield path.name, cv2.imread(str(path))
+
+
+def test_plugin_flavour_in_plain_onnx_runtime_labels_like_the_segmenter(
+        library, plugin_model, single_file_model, request):
+    from convcrf_deploy.runtime import Segmenter
+
+    try:
+        voc = request.getfixturevalue("voc_sample")
+    except pytest.skip.Exception:
+        voc = None
+    segmenter = Segmenter(str(single_file_model), threads=2)
+    assert segmenter.describe()["crf_executor"] == "native"
+    plain = plain_session(library, plugin_model)
+    checked = 0
+    for name, frame in frames(voc):
+        expected = segmenter(frame).labels
+        # The same input the segmenter gives its backend, and its mapping back to the frame.
+        image = segmenter.preprocess(frame).copy()
+        labels = plain.run(["labels"], {"image": image})[0]
+        got = segmenter.postprocess({"labels": labels})["labels"]
+        agreement = float((got == expected).mean())
+        assert agreement >= 0.999, f"{name}: labels agree on {100 * agreement:.3f} %"
+        checked += 1
+    assert checked >= (6 if voc is not None else 2)
 
 
 # ---- the C++ example ---------------------------------------------------------------------------

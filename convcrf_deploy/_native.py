@@ -7,6 +7,9 @@ and have validated shapes already, and the library validates them again before t
 The library is looked up in this order: ``$CONVCRF_CPU_LIBRARY``, then the package's ``_lib``
 folder (where ``pip install`` puts it). When it is absent, :func:`cpu_library` returns
 ``None`` and callers fall back to the pure-PyTorch/NumPy reference implementations.
+
+:func:`ort_ops_library` locates the ONNX Runtime custom-op library built beside it
+(plugins/onnxruntime), which ONNX Runtime itself loads.
 """
 from __future__ import annotations
 
@@ -125,6 +128,67 @@ def cuda_library() -> ctypes.CDLL | None:
     lib.convcrf_cuda_message_passing.restype = i32
     lib.convcrf_cuda_message_passing.argtypes = [ptr, ptr, i32, i64, i64, i64, i64, i32, ptr, ptr]
     return lib
+
+
+#: Environment variable naming the ONNX Runtime custom-op library to use instead of the installed one.
+ORT_OPS_ENV = "CONVCRF_ORT_OPS_LIBRARY"
+#: Session configuration entry with the worker threads of the custom ops' CPU kernels (absent or
+#: "0": every CPU this process may run on); read when the library is registered, so it must be
+#: added to the ``SessionOptions`` before :func:`ort_ops_library` is registered with them.
+ORT_OPS_THREADS_KEY = "convcrf.num_threads"
+
+
+def ort_ops_library(cuda: bool = False) -> str:
+    """Path of ``libconvcrf_ort_ops``, the ONNX Runtime custom-op library of the ConvCRF ops.
+
+    With it a ``plugin``-flavour export (``trt.plugins::ConvCRFKernel`` and
+    ``ConvCRFMessagePassing`` nodes, docs/ops.md) runs in any ONNX Runtime >= 1.16 on the
+    native CPU kernels; register it before creating the session::
+
+        options = onnxruntime.SessionOptions()
+        options.register_custom_ops_library(convcrf_deploy.ort_ops_library())
+        session = onnxruntime.InferenceSession("model.onnx", options)
+
+    (C++: ``Ort::SessionOptions::RegisterCustomOpsLibrary``; Triton: ``model_operations {
+    op_library_filename: ... }``; docs/onnxruntime.md.) The library loads the native CPU
+    library installed beside it, so both share one thread pool.
+
+    Args:
+        cuda: the variant that also runs the ops on ONNX Runtime's CUDA execution provider
+            (``libconvcrf_ort_ops_cuda``, built where nvcc was present; its CPU kernels are
+            the same).
+
+    Returns:
+        The absolute path, as a ``str``: ``$CONVCRF_ORT_OPS_LIBRARY`` when set (for either
+        variant), else the file in the package's ``_lib`` folder.
+
+    Raises:
+        NativeError: the library was not built (``pip install`` found no ONNX Runtime
+            headers, or no nvcc for ``cuda=True``), or ``$CONVCRF_ORT_OPS_LIBRARY`` names no
+            file. The message says how to build it.
+    """
+    explicit = os.environ.get(ORT_OPS_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise NativeError(f"{ORT_OPS_ENV}={explicit} is not a file; unset it to use the "
+                              "installed library")
+        return str(path.resolve())
+    stem = "convcrf_ort_ops_cuda" if cuda else "convcrf_ort_ops"
+    path = LIB_DIR / library_filename(stem)
+    if path.is_file():
+        return str(path)
+    if cuda:
+        raise NativeError(
+            f"{path.name} is not installed: the CUDA variant of the ONNX Runtime custom-op "
+            "library is built only where nvcc (the CUDA toolkit) and the ONNX Runtime headers "
+            "are present at install time; reinstall there with `pip install .`, or use "
+            "ort_ops_library() (CPU execution provider)")
+    raise NativeError(
+        f"{path.name} is not installed: this build of convcrf-deploy found no ONNX Runtime "
+        "C/C++ API headers (onnxruntime_cxx_api.h, ONNX Runtime >= 1.16). Unpack an ONNX "
+        "Runtime release, then `ONNXRUNTIME_INCLUDE_DIR=/path/to/onnxruntime/include pip "
+        "install --force-reinstall .` (docs/onnxruntime.md)")
 
 
 #: dtype codes of the CUDA launcher C API.

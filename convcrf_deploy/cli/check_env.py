@@ -2,7 +2,8 @@
 
 Reports Python and library versions (torch, onnxruntime, OpenCV, numpy, onnx), whether the
 native CPU/CUDA libraries load, ONNX Runtime's execution providers, whether TensorRT and
-pycuda import, whether the ConvCRF TensorRT plugin library is found and loads (it is built
+pycuda import, whether the ONNX Runtime custom-op library is installed and registers,
+whether the ConvCRF TensorRT plugin library is found and loads (it is built
 only with ``CONVCRF_WITH_TENSORRT=ON``, not by the ``[tensorrt]`` extra), whether a CUDA GPU
 can run the native CUDA library, OpenCV's GUI support
 and display, and the camera devices present. Nothing here fails: every check reports.
@@ -96,6 +97,21 @@ def _plugin(explicit: str | None) -> dict[str, Any]:
     return {"ok": True, "detail": f"{path} (loads)"}
 
 
+def _ort_ops() -> dict[str, Any]:
+    # Registering it with a SessionOptions is what a user does; it also proves that this
+    # onnxruntime accepts it (ONNX Runtime >= 1.16) and that it finds libconvcrf_cpu.
+    from .._native import ort_ops_library
+
+    try:
+        path = ort_ops_library()
+        import onnxruntime
+
+        onnxruntime.SessionOptions().register_custom_ops_library(path)
+    except Exception as exc:
+        return {"ok": False, "detail": str(exc).strip().splitlines()[0]}
+    return {"ok": True, "detail": f"{path} (registers)"}
+
+
 def _providers() -> dict[str, Any]:
     try:
         import onnxruntime
@@ -145,6 +161,7 @@ def collect(plugin: str | None = None) -> dict[str, dict[str, Any]]:
                                            if torch.cuda.is_available() else "not available")}
     report["ONNX Runtime providers"] = _providers()
     report.update(_native())
+    report["ONNX Runtime custom-op library"] = _ort_ops()
     report["tensorrt"] = _version("tensorrt")
     report["pycuda"] = _version("pycuda.driver")
     report["TensorRT plugin library"] = _plugin(plugin)

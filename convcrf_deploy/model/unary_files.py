@@ -268,7 +268,18 @@ class ProgramUnary(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor):
-        return self.program(x)
+        try:
+            return self.program(x)
+        except RuntimeError as exc:   # the program's input check: name the fix, not a trace
+            text = " ".join(str(exc).split())
+            if not text.startswith("Expected input"):
+                raise
+            raise ValueError(
+                f"the unary program {self.source} does not accept an input of shape "
+                f"{tuple(x.shape)}: {text.split(' If you meant')[0].rstrip('.')}; it was exported for other "
+                "sizes: run or export it at a size it accepts (convcrf-export --static "
+                "--height H --width W), or export it again with dynamic shapes "
+                "(torch.export.Dim for batch, height and width)") from None
 
 
 def _load_program(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import warnings
 from typing import Any
 
 def _version(module_name: str) -> dict[str, Any]:
@@ -35,12 +36,17 @@ def _native() -> dict[str, dict[str, Any]]:
 
     report = {}
     try:
-        lib = _native.cpu_library()
+        with warnings.catch_warnings():   # reported here instead
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lib = _native.cpu_library()
+        editable = _native._editable_finder() is not None
         report["native CPU library"] = (
-            {"ok": True, "detail": os.environ.get("CONVCRF_CPU_LIBRARY") or str(_native.LIB_DIR)}
+            {"ok": True, "detail": str(_native.cpu_library_path())
+             + (" (editable install)" if editable else "")}
             if lib is not None else
             {"ok": False, "detail": "not built: the PyTorch reference ops are used (slower); "
-                                    "rebuild with `pip install .`"})
+                                    + (f"an editable install: {_native.EDITABLE_FIX}" if editable
+                                       else "rebuild with `pip install .`")})
     except Exception as exc:
         report["native CPU library"] = {"ok": False, "detail": str(exc)}
     lib = _native.cuda_library()

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..errors import describe_error
 from ..metadata import ONNX_KEYS
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
@@ -341,8 +342,7 @@ def _failing_node_module(exported, message: str) -> str | None:
 def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0].rstrip('.') if text else ''}"
+    return f"{type(exc).__name__}: {describe_error(exc).rstrip('.')}"
 
 
 # ---- graph post-processing ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import cv2
 
+from ..errors import describe_error
 from ..metrics import MIOU_LEGEND
 from .segmenter import SegmentationResult, Segmenter
 from .streams import Frame, FrameSink, FrameSource, FrameWriter
@@ -209,8 +210,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                     try:
                         cv2.imshow(WINDOW_NAME, image)
                     except cv2.error as exc:  # e.g. opencv-python-headless: no GUI backend
-                        print(f"convcrf-run: cannot open a window ({str(exc).strip()[:80]}): "
-                              "continuing headless", file=sys.stderr)
+                        print("convcrf-run: " + describe_error(
+                            exc, "cannot open a window", "continuing headless"), file=sys.stderr)
                         display = False
                     else:
                         paused = _handle_key(cv2.waitKey(1) & 0xFF, segmenter, renderer, paused)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import describe_error
 from ..metadata import ModelMetadata
 
 #: file inside each written model folder listing what convcrf-triton wrote there.
@@ -104,8 +105,8 @@ def _load_onnx(onnx_path: Path):
     try:
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise RepositoryError(f"{str(onnx_path)!r} is not a readable ONNX file "
-                              f"({type(exc).__name__}: {exc}); export it with convcrf-export") from exc
+        raise RepositoryError(describe_error(exc, f"{str(onnx_path)!r} is not a readable ONNX "
+                                             "file", "export it with convcrf-export")) from exc
     props = {p.key: p.value for p in model.metadata_props}
     try:
         ModelMetadata.from_onnx_props(props)
@@ -429,10 +430,10 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
         try:
             profile, types = read_engine_io(engine_path, plugin)
         except Exception as exc:  # no tensorrt/pycuda/GPU, or a foreign engine
-            raise RepositoryError(
-                f"cannot read the engine's shape profile here ({type(exc).__name__}: {exc}); "
+            raise RepositoryError(describe_error(
+                exc, f"cannot read the engine's shape profile here ({type(exc).__name__})",
                 "convcrf-build does not record it, so pass the shapes you built it with: "
-                "--min NxCxHxW --max NxCxHxW") from None
+                "--min NxCxHxW --max NxCxHxW")) from None
     metadata = ModelMetadata.from_onnx_props(props)
     sizes = list(frame_sizes or [tuple(metadata.input_size)])
     check_profile(profile, options.max_batch, sizes)

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
 
+from ..errors import describe_error
 from ..files import check_onnx_digest, write_bytes_atomic, write_text_atomic
 from ..metadata import ModelMetadata
 from ._modules import import_tensorrt, tensorrt_major
@@ -192,8 +193,8 @@ def onnx_metadata(onnx_path: str | os.PathLike) -> ModelMetadata | None:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: {exc}); "
-                         "export the model with convcrf-export") from exc
+        raise ValueError(describe_error(exc, f"{str(onnx_path)!r} is not a valid ONNX file",
+                                        "export the model with convcrf-export")) from exc
     check_onnx_digest(model, onnx_path)     # a damaged export is not built (DamagedFileError)
     props = {p.key: p.value for p in model.metadata_props}
     try:
@@ -243,8 +244,8 @@ def prepare_for_parser(onnx_path: str | os.PathLike) -> ParserInput:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: "
-                         f"{exc}); export the model with convcrf-export") from exc
+        raise ValueError(describe_error(exc, f"{str(onnx_path)!r} is not a valid ONNX file",
+                                        "export the model with convcrf-export")) from exc
     crf_nodes: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type in PLUGIN_NAMES:    # TensorRT dispatches on op_type alone
@@ -348,9 +349,9 @@ def _parser_errors(parser) -> list[str]:
     errors = []
     for i in range(parser.num_errors):
         error = parser.get_error(i)
-        desc = error.desc() if hasattr(error, "desc") else str(error)
+        desc = describe_error(error.desc() if hasattr(error, "desc") else str(error))
         node = error.node() if hasattr(error, "node") else -1
-        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else str(desc))
+        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else desc)
     return errors
 
 
@@ -459,7 +460,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         errors = _parser_errors(parser)
         if any(is_plugin_not_found(e) for e in errors):
             raise PluginLibraryError(plugin_not_found_message(errors, library))
-        raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors))
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} could not parse {onnx_path.name}: " + " | ".join(errors)
+            + "; export the model again (convcrf-export --flavor plugin), at a lower --opset if "
+            "this TensorRT predates it")
     implementation = check_crf_implementation(parsed, plugin_layer_counts(trt, network),
                                               allow_standard_op_crf)
     report(implementation.describe())

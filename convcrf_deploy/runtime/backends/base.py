@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import describe_error
 from ...install import MissingDependencyError
 from ...metadata import ModelMetadata
 
@@ -48,6 +49,29 @@ OPTIONAL_OUTPUT_NAMES = ("unary_labels",)
 
 class BackendUnavailableError(MissingDependencyError, RuntimeError):
     """The library a backend needs is not installed or cannot be loaded."""
+
+
+class InferenceError(RuntimeError):
+    """The inference library (ONNX Runtime, TensorRT, pycuda, ...) failed on an input; the
+    message is its reason without the noise, and what to do (:func:`describe_error`)."""
+
+
+def _from_inference_library(exc: BaseException) -> bool:
+    """Whether ``exc`` is another library's own exception type (ONNX Runtime's pybind errors,
+    pycuda's, ...), not Python's or ours, which already say what went wrong."""
+    return type(exc).__module__.split(".")[0] not in ("builtins", "convcrf_deploy")
+
+
+@contextlib.contextmanager
+def _inference_errors(backend: "Backend", image: np.ndarray):
+    try:
+        yield
+    except Exception as exc:
+        if not _from_inference_library(exc):
+            raise
+        raise InferenceError(describe_error(
+            exc, f"the {backend.name} backend failed on an input of shape "
+                 f"{list(image.shape)}")) from exc
 
 
 #: stages of a model that backends may run on their own (``"full"`` is ``infer``).
@@ -123,7 +147,7 @@ class Backend(abc.ABC):
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
         image = self._checked_image(feed[INPUT_NAME])
         start = time.perf_counter()
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
         return outputs
@@ -150,7 +174,7 @@ class Backend(abc.ABC):
         if "unary" not in self.stages:
             raise StageUnavailableError(f"the {self.name} backend does not run the unary alone")
         image = self._checked_image(image)
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             return self._infer_unary(image)
 
     def infer_crf(self, logits: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -166,7 +190,7 @@ class Backend(abc.ABC):
                 or logits.shape[2:] != image.shape[2:]:
             raise ValueError(f"logits must be float32 [N, C, H, W] matching image "
                              f"{list(image.shape)} in N, H and W, got {list(logits.shape)}")
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             return self._infer_crf(logits, image)
 
     def describe(self) -> dict[str, Any]:

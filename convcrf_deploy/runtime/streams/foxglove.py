@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ...errors import describe_error
 from .ros._deps import require
 from .ros.bag_sink import classes_json, frame_header
 from ..visualize import colorize, overlay, palette_lut
@@ -82,8 +83,8 @@ class FoxgloveSink:
             self.server = foxglove.start_server(name="convcrf-run", host=host, port=port,
                                                 context=self._context)
         except RuntimeError as exc:  # the SDK reports bind failures as RuntimeError
-            raise OSError(f"--foxglove {host}:{port}: cannot listen ({exc}); choose another "
-                          "port") from None
+            raise OSError(describe_error(exc, f"--foxglove {host}:{port}: cannot listen",
+                                         "choose another port")) from None
         self.host, self.port = host, self.server.port
         self.overlay = channels.CompressedImageChannel(f"{prefix}/overlay", context=self._context)
         self.labels = channels.RawImageChannel(f"{prefix}/labels", context=self._context,

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ....errors import describe_error
 from ....install import install_hint
 from ..base import BackendUnavailableError
 
@@ -104,7 +105,7 @@ class ClientLoader:
         try:
             return getattr(client, method)(*args, **kwargs)
         except Exception as exc:  # InferenceServerException, socket/gevent timeouts, gRPC errors
-            text = str(exc).strip() or type(exc).__name__
+            text = describe_error(exc)
             if "deadline" in text.lower() or "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
                 text = f"no answer within {self.timeout:g} s ({text})"
             raise TritonRequestError(f"{self.describe()}: {text}") from exc

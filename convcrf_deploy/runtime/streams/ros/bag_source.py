@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ....errors import describe_error
 from ..base import MAX_CONSECUTIVE_CORRUPT, Frame, FrameSource, SourceError
 from ._deps import MissingDependencyError, require
 from .conversions import IMAGE_TYPES, ImageConversionError, Stamp, UnsupportedImageError, \
@@ -80,14 +81,9 @@ def _open_reader(path: Path) -> Any:
     except Exception as exc:  # rosbags raises many kinds (ReaderError, sqlite, mcap, yaml, ...)
         hint = (" (an MCAP recording cut short can be repaired with the mcap CLI: mcap recover)"
                 if path.suffix == ".mcap" or any(path.glob("*.mcap")) else "")
-        raise SourceError(f"cannot read bag {str(path)!r} ({_one_line(exc)}): the file is "
-                          f"damaged or truncated, or not a bag{hint}") from None
+        raise SourceError(describe_error(exc, f"cannot read bag {str(path)!r}", "the file is "
+                                         f"damaged or truncated, or not a bag{hint}")) from None
     return reader
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def _topics(reader: Any) -> list[TopicSummary]:
@@ -224,8 +220,9 @@ class BagSource(FrameSource):
                 connection, log_time_ns, raw = item
                 msg = self._reader.deserialize(raw, connection.msgtype)
             except Exception as exc:  # damaged chunk, truncated file, undecodable message
-                self.error = (f"{self.description}: cannot read message {self._index} "
-                              f"({_one_line(exc)}); the bag is damaged or truncated")
+                self.error = describe_error(
+                    exc, f"{self.description}: cannot read message {self._index}",
+                    "the bag is damaged or truncated")
                 return None
             index = self._index
             self._index += 1

@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import describe_error
 from ..files import OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
 from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ..runtime import BackendUnavailableError, Segmenter
+    from ..runtime import BackendUnavailableError, InputSizeError, Segmenter
     from ..runtime.backends import backend_name_for, backend_spec
     from ..runtime.streams import SourceError, open_source
     from ..runtime.video import display_available, run_video
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailableError:
         source.close()
         raise                      # status 3, with the pip command
+    except InputSizeError as exc:  # e.g. a fixed-size model with --resize none: before the run
+        source.close()
+        raise UsageError(str(exc))
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         source.close()
         raise UsageError(f"cannot load model {args.model!r}: {exc}")
@@ -252,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run_video(source, segmenter, display=display, save=args.save,
                            max_frames=args.max_frames, view=args.view, alpha=args.alpha,
                            fps=args.fps, hud=not args.no_hud, sinks=sinks)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CommandError(f"the run failed: {exc}") from exc
+    except Exception as exc:   # any library's error: one line (the traceback with --verbose)
+        logging.getLogger(__name__).debug("the run failed", exc_info=True)
+        raise CommandError(describe_error(exc, "the run failed")) from exc
     finally:
         segmenter.close()
     described = segmenter.describe()
@@ -267,10 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats_json:
         write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.interrupted:
+        if report.output_errors:
+            print(f"convcrf-run: {_outputs_failed(report)}", file=sys.stderr)
         return signal_exit_code(report.signal)
+    if report.output_errors:   # a lost output outweighs a lost source: status 1
+        if report.source_error:
+            print(f"convcrf-run: source ended: {report.source_error}", file=sys.stderr)
+        raise CommandError(_outputs_failed(report))
     if report.source_error:
         raise SourceLostError(report.source_error)
     return ExitCode.OK
+
+
+def _outputs_failed(report) -> str:
+    """One line: which outputs failed and that the rest completed."""
+    return (f"{len(report.output_errors)} output(s) failed and were not written: "
+            + " | ".join(report.output_errors) + "; the run and the other outputs completed")
 
 
 def _backend_options(args: argparse.Namespace, spec) -> dict:

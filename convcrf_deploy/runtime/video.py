@@ -52,6 +52,9 @@ class RunReport:
     latency: LatencyStats = field(default_factory=LatencyStats)
     scores: dict[str, SegmentationScore] = field(default_factory=dict)
     frames_written: int = 0
+    #: outputs (the recording, sinks) that failed, each ``"<output>: <reason>"``; a failed
+    #: output is dropped and the run and the other outputs go on.
+    output_errors: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +70,7 @@ class RunReport:
                 "reconnects": self.reconnects, "interrupted": self.interrupted,
                 "signal": self.signal,
                 "source_error": self.source_error, "frames_written": self.frames_written,
+                "output_errors": list(self.output_errors),
                 "stages_ms": stages, "frame_age_ms": frame_age}
         if self.scores:
             data["accuracy"] = {name: score.to_dict() for name, score in self.scores.items()}
@@ -100,6 +104,7 @@ class RunReport:
             lines.append(MIOU_LEGEND["miou"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
+        lines.extend(f"output failed: {error}" for error in self.output_errors)
         return "\n".join(lines)
 
 
@@ -142,6 +147,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         on_frame: called with each frame and its result (e.g. to publish labels).
         sinks: :class:`FrameSink` objects fed every frame and closed when the run ends.
 
+    Outputs fail alone: when the recording or a sink raises (a writer that cannot open, a
+    full disk, a viewer that rejects a message), that output is dropped (a recording is
+    discarded, a previous file at ``save`` stays; a sink is closed with ``completed=False``),
+    the failure is logged and listed in ``RunReport.output_errors``, and the run and the other
+    outputs go on.
+
     Returns:
         the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
         terminal) when called from the main thread, end the run cleanly with
@@ -162,7 +173,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         meta.class_names, names)
         else:
             score_classes = meta.num_classes
-    writer = FrameWriter(save, fps or getattr(source, "fps", None) or 30.0) if save else None
+    writer = FrameWriter(save, fps or getattr(source, "fps", None)) if save else None
+    sinks = list(sinks)
     paused = False
     completed = False
     start = time.perf_counter()
@@ -195,8 +207,13 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         result.labels, frame.ground_truth)
             if on_frame is not None:
                 on_frame(frame, result)
-            for sink in sinks:
-                sink.write(frame, result)
+            for sink in list(sinks):
+                try:
+                    sink.write(frame, result)
+                except Exception as exc:
+                    _output_failed(report, _output_name(sink), exc)
+                    sinks.remove(sink)
+                    _close_sinks([sink], completed=False, report=None)
             report.frames += 1
             report.dropped_frames = source.dropped_frames
             if display or writer is not None:
@@ -205,7 +222,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 if hud:
                     draw_hud(image, _hud_lines(report, segmenter, renderer, source.live))
                 if writer is not None:
-                    writer.write(image)
+                    try:
+                        writer.write(image)
+                    except Exception as exc:
+                        _output_failed(report, f"recording {save}", exc)
+                        writer.abort()
+                        writer = None
                 if display:
                     try:
                         cv2.imshow(WINDOW_NAME, image)
@@ -230,8 +252,11 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         restore_signals()
         report.wall_time_s = time.perf_counter() - start
         if writer is not None:
-            writer.close()
-            report.frames_written = writer.frames_written
+            try:
+                writer.close()
+                report.frames_written = writer.frames_written
+            except Exception as exc:
+                _output_failed(report, f"recording {save}", exc)
         source.close()
         report.dropped_frames = source.dropped_frames
         report.corrupt_frames = source.corrupt_frames
@@ -239,7 +264,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         report.source_error = source.error
         if display:
             cv2.destroyAllWindows()
-        _close_sinks(sinks, completed)
+        _close_sinks(sinks, completed, report)
     return report
 
 
@@ -267,16 +292,29 @@ def _interrupt_on_termination(report: RunReport) -> Callable[[], None]:
     return restore
 
 
-def _close_sinks(sinks: Sequence[FrameSink], completed: bool) -> None:
-    """Close every sink even when one fails; then raise the first failure."""
-    failure: BaseException | None = None
+def _output_name(sink: FrameSink) -> str:
+    return str(getattr(sink, "description", "") or type(sink).__name__)
+
+
+def _output_failed(report: RunReport, name: str, exc: BaseException) -> None:
+    """Record that an output failed (the run goes on without it)."""
+    message = f"{name}: {describe_error(exc)}"
+    report.output_errors.append(message)
+    log.error("%s; going on without it", message)
+
+
+def _close_sinks(sinks: Sequence[FrameSink], completed: bool, report: RunReport | None) -> None:
+    """Close every sink even when one fails; a failure is an output error of ``report`` (or
+    only logged, without one: the sink had failed already)."""
     for sink in sinks:
         try:
             sink.close(completed=completed)
         except Exception as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
+            if report is not None:
+                _output_failed(report, _output_name(sink), exc)
+            else:
+                log.warning("%s: closing it failed too: %s", _output_name(sink),
+                            describe_error(exc))
 
 
 def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ...install import MissingDependencyError, install_hint
 from .base import (STAGES, Backend, BackendUnavailableError, INPUT_NAME, InferenceError,
-                   OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, StageUnavailableError)
+                   InputLimits, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, StageUnavailableError)
 from .registry import (ALIASES, BACKENDS, SUFFIXES, BackendSpec, backend_name_for, backend_spec,
                        backends_help)
 
@@ -66,6 +66,6 @@ def create_backend(model: Any, backend: str | None = None, **options: Any) -> Ba
 
 
 __all__ = ["ALIASES", "Backend", "BackendSpec", "BackendUnavailableError", "BACKENDS",
-           "INPUT_NAME", "InferenceError", "OUTPUT_NAMES", "SUFFIXES", "backend_spec", "backends_help",
+           "INPUT_NAME", "InferenceError", "InputLimits", "OUTPUT_NAMES", "SUFFIXES", "backend_spec", "backends_help",
            "OPTIONAL_OUTPUT_NAMES", "STAGES", "StageUnavailableError", "backend_class",
            "backend_name_for", "create_backend"]

@@ -3,8 +3,10 @@ image patterns out (:class:`FrameWriter`)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +17,9 @@ from ...files import atomic_write, discard, replace_atomically, temporary_path_f
 from .base import MAX_CONSECUTIVE_CORRUPT, Frame, FrameSource, SourceError, as_bgr
 
 log = logging.getLogger(__name__)
+
+#: video containers a recording is known to work in (the ``mp4v`` codec through FFmpeg).
+VIDEO_SUFFIXES = (".mp4", ".avi")
 
 
 class VideoFileSource(FrameSource):
@@ -84,11 +89,58 @@ class ImageSequenceSource(FrameSource):
         return None
 
 
+#: frame rate of a recording whose source has none (or an unusable one).
+DEFAULT_FPS = 30.0
+#: MPEG-4 Part 2 (``mp4v``, ISO/IEC 14496-2) stores the time base's denominator
+#: (``vop_time_increment_resolution``) in 16 bits; OpenCV makes it the numerator of the rate
+#: written as a decimal fraction (89.863 fps -> 89863/1000), so 89.863 fps cannot be encoded.
+MAX_TIME_BASE = 65535
+#: lowest and highest frame rates a recording is made at (0.01: one frame per 100 s).
+RATE_RANGE = (0.01, float(MAX_TIME_BASE))
+#: smallest and largest frame side (pixels) the MPEG-4 encoder accepts.
+VIDEO_SIDES = (2, 8191)
+
+
+def _opencv_rate_fraction(fps: float) -> Fraction:
+    """The fraction OpenCV's FFmpeg writer makes of ``fps``: the shortest decimal within
+    0.001 of it (``cap_ffmpeg_impl.hpp``), reduced as FFmpeg does."""
+    base, rate = 1, int(fps + 0.5)
+    while abs(rate / base - fps) > 0.001:
+        base *= 10
+        rate = int(fps * base + 0.5)
+    return Fraction(rate, base)
+
+
+def recordable_rate(fps: float | None) -> float:
+    """The frame rate closest to ``fps`` that an ``mp4v`` video (``.mp4``, ``.avi``, ...) can
+    hold: ``fps`` itself when it can, else ``fps`` rounded to 3, 2, 1 or 0 decimals (89.863 ->
+    89.86), clamped to :data:`RATE_RANGE`; :data:`DEFAULT_FPS` for ``None``, 0, negative or
+    non-finite rates."""
+    if fps is None or not math.isfinite(fps) or fps <= 0:
+        return DEFAULT_FPS
+    for candidate in (fps, *(round(fps, digits) for digits in (3, 2, 1, 0))):
+        if RATE_RANGE[0] <= candidate <= RATE_RANGE[1] and \
+                1 <= _opencv_rate_fraction(candidate).numerator <= MAX_TIME_BASE:
+            return float(candidate)
+    return float(min(max(fps, RATE_RANGE[0]), RATE_RANGE[1]))
+
+
+def recordable_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` scaled (keeping the aspect ratio as far as possible) into what the
+    MPEG-4 encoder accepts, :data:`VIDEO_SIDES` per side; unchanged when it fits."""
+    low, high = VIDEO_SIDES
+    scale = min(1.0, high / max(width, height))
+    width, height = (max(low, min(high, round(side * scale))) for side in (width, height))
+    return width, height
+
+
 class FrameWriter:
     """Records rendered frames to a video file (``mp4v``) or an image pattern (``%05d``).
 
     The output is opened on the first frame, at that frame's size; later frames of another
-    size (e.g. after switching to the side-by-side view) are resized to it. Nothing the user
+    size (e.g. after switching to the side-by-side view) are resized to it. A rate or size the
+    MPEG-4 codec cannot hold is replaced by the nearest one it can (:func:`recordable_rate`,
+    :func:`recordable_size`), with one warning. Nothing the user
     has is replaced until it is complete: a video is recorded into a temporary file beside
     ``target`` and renamed to it by :meth:`close` (a run that ends, is interrupted or loses its
     source leaves a playable file); :meth:`abort` discards it and keeps any previous file.
@@ -96,13 +148,23 @@ class FrameWriter:
 
     Args:
         target: ``out.mp4`` / ``out.avi`` or a pattern such as ``frames/img_%05d.png``.
-        fps: frame rate written into the video file.
+        fps: frame rate written into the video file (``None``: :data:`DEFAULT_FPS`).
+
+    Attributes:
+        fps: the rate actually written (see :func:`recordable_rate`).
+
+    Raises (from :meth:`write`):
+        OSError: the video cannot be opened or an image written (the message says why).
     """
 
-    def __init__(self, target: str | os.PathLike, fps: float = 30.0):
+    def __init__(self, target: str | os.PathLike, fps: float | None = DEFAULT_FPS):
         self.target = str(target)
-        self.fps = float(fps) if fps and fps > 0 else 30.0
         self.is_pattern = "%" in Path(self.target).name
+        self.fps = recordable_rate(fps)
+        if not self.is_pattern and fps and math.isfinite(fps) and fps > 0 and self.fps != fps:
+            log.warning("recording %s at %g fps: an MPEG-4 video cannot hold a rate of %g fps "
+                        "(its time base is limited to %d ticks per second)", self.target,
+                        self.fps, fps, MAX_TIME_BASE)
         parent = Path(self.target).parent
         if not parent.exists():
             raise FileNotFoundError(f"cannot save to {self.target}: folder {parent} does not exist")
@@ -121,8 +183,11 @@ class FrameWriter:
         """Append one BGR uint8 ``[H, W, 3]`` image."""
         size = (image.shape[1], image.shape[0])
         if self._size is None:
-            self._size = size
-        elif size != self._size:
+            self._size = size if self.is_pattern else recordable_size(*size)
+            if self._size != size:
+                log.warning("recording %s at %dx%d instead of %dx%d: MPEG-4 holds %d..%d pixels "
+                            "per side", self.target, *self._size, *size, *VIDEO_SIDES)
+        if size != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         if self.is_pattern:
             path = self.target % self.frames_written
@@ -137,10 +202,20 @@ class FrameWriter:
                                                self._size)
                 if not self._writer.isOpened():
                     self.abort()
-                    raise OSError(f"cannot open video writer for {self.target} (mp4v codec); "
-                                  "use .mp4 or .avi, or an image pattern like out_%05d.png")
+                    raise OSError(self._cannot_open_message())
             self._writer.write(image)
         self.frames_written += 1
+
+    def _cannot_open_message(self) -> str:
+        width, height = self._size
+        suffix = Path(self.target).suffix.lower()
+        fix = ("record an image pattern instead (out_%05d.png), or check that this OpenCV "
+               "writes video (convcrf-check-env)")
+        if suffix not in VIDEO_SUFFIXES:
+            fix = (f"OpenCV's FFmpeg has no writer for {suffix or 'files without a suffix'}: "
+                   f"use {' or '.join(VIDEO_SUFFIXES)}, or an image pattern (out_%05d.png)")
+        return (f"cannot record {self.target}: OpenCV (FFmpeg) refused an mp4v video of "
+                f"{width}x{height} at {self.fps:g} fps; {fix}")
 
     def close(self) -> None:
         """Finish the file (writes the container index, so the recording is playable) and

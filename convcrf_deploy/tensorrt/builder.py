@@ -27,8 +27,9 @@ here. On TensorRT 10 the network is created strongly typed for the same behaviou
 
 The pieces live beside this module: :mod:`.profiles` (shapes and optimisation profiles),
 :mod:`.cache` (the engine cache and the metadata sidecar), :mod:`.network` (what the parser
-is given, the ConvCRF-implementation check, profiles on the network); :func:`onnx_metadata`
-reads the file's metadata.
+is given, the ConvCRF-implementation check, profiles on the network); the ONNX file itself is
+read once by :class:`convcrf_deploy.exported_model.ExportedModel` (digest, metadata against
+graph).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..files import check_onnx_digest, write_bytes_atomic
-from ..metadata import ModelMetadata
+from ..exported_model import ExportedModel
+from ..files import write_bytes_atomic
 from ._modules import import_tensorrt, tensorrt_major
 from .cache import (CACHE_ENV, default_cache_dir, engine_cache_key, metadata_path_for,
                     read_metadata, sha256_file, write_metadata)
@@ -59,24 +60,8 @@ __all__ = ["build_engine", "gpu_identity", "DEFAULT_WORKSPACE_MB", "CACHE_ENV", 
            "CRFImplementation", "EngineBuildError", "ParserInput", "Profile", "Shape",
            "check_crf_implementation", "default_cache_dir", "engine_cache_key",
            "metadata_path_for", "parse_shape", "plugin_layer_counts", "prepare_for_parser",
-           "read_metadata", "sha256_file", "write_metadata", "onnx_metadata"]
+           "read_metadata", "sha256_file", "write_metadata"]
 
-
-def onnx_metadata(onnx_path: str | os.PathLike) -> ModelMetadata | None:
-    """``ModelMetadata`` from an exported file's metadata_props (``None`` for foreign files)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: {exc}); "
-                         "export the model with convcrf-export") from exc
-    check_onnx_digest(model, onnx_path)     # a damaged export is not built (DamagedFileError)
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        return ModelMetadata.from_onnx_props(props)
-    except ValueError:
-        return None
 
 def gpu_identity() -> str:
     """``"<GPU name> sm_<major><minor>"`` of device 0 (part of the cache key)."""
@@ -130,7 +115,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise ValueError(f"workspace_mb must be >= 1, got {workspace_mb}")
     trt = import_tensorrt()  # first: without TensorRT nothing else matters
     report = report or log.info
-    metadata = onnx_metadata(onnx_path)
+    # One read of the file (digest, metadata against graph) for the metadata and the parser.
+    exported = ExportedModel.open(onnx_path)
+    metadata = exported.metadata
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
                               metadata.input_size if metadata else None)
     library = find_plugin_library(plugin_library)
@@ -163,7 +150,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     override = getattr(getattr(trt, "OnnxParserFlag", None), "ENABLE_PLUGIN_OVERRIDE", None)
     if override is not None:
         parser.set_flag(override)
-    parsed = prepare_for_parser(onnx_path)
+    parsed = prepare_for_parser(exported)
     if not parser.parse(parsed.data, str(onnx_path)):
         errors = _parser_errors(parser)
         if any(is_plugin_not_found(e) for e in errors):

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from types import ModuleType
 
-import json
+from ..exported_model import ExportedModel
 from .plugin import PLUGIN_NAMES
 from .profiles import Profile
 
@@ -23,10 +23,6 @@ class EngineBuildError(RuntimeError):
 
 # ---- which ConvCRF implementation TensorRT builds ---------------------------------------------
 
-#: metadata_props key of exported models that run a CRF (convcrf_deploy.metadata.ONNX_KEYS).
-_CRF_CONFIG_KEY = "convcrf.crf_config"
-
-
 @dataclass
 class ParserInput:
     """The ONNX model as handed to TensorRT's parser, and what it must produce."""
@@ -37,23 +33,25 @@ class ParserInput:
     crf_in_model: bool              # the metadata says the graph runs a CRF
 
 
-def prepare_for_parser(onnx_path: str | os.PathLike) -> ParserInput:
-    """Read an ONNX file and strip the model-local functions named like our plugins.
+def prepare_for_parser(onnx_model: ExportedModel | str | os.PathLike) -> ParserInput:
+    """Copy an exported model and strip the model-local functions named like our plugins.
 
     Without the bodies TensorRT cannot fall back to the standard-op CRF: the nodes import as
     our plugin or the parser fails with "Plugin not found". External data stays where it is
     (the parser is given the file's path to find it).
 
+    Args:
+        onnx_model: the model as read by :meth:`ExportedModel.open` (a path is opened so).
+
     Raises:
-        ValueError: the file is not a valid ONNX model.
+        ValueError: the file is not a valid ONNX model, or is damaged (see ``open``).
     """
     import onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: "
-                         f"{exc}); export the model with convcrf-export") from exc
+    exported = (onnx_model if isinstance(onnx_model, ExportedModel)
+                else ExportedModel.open(onnx_model))
+    model = onnx.ModelProto()
+    model.CopyFrom(exported.proto)      # the functions are stripped from the copy
     crf_nodes: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type in PLUGIN_NAMES:    # TensorRT dispatches on op_type alone
@@ -63,13 +61,7 @@ def prepare_for_parser(onnx_path: str | os.PathLike) -> ParserInput:
     if stripped:
         del model.functions[:]
         model.functions.extend(kept)
-    props = {p.key: p.value for p in model.metadata_props}
-    crf_in_model = False
-    if _CRF_CONFIG_KEY in props:
-        try:
-            crf_in_model = int(json.loads(props[_CRF_CONFIG_KEY]).get("iterations", 1)) > 0
-        except (ValueError, TypeError, AttributeError):
-            crf_in_model = True
+    crf_in_model = exported.runs_crf
     return ParserInput(model.SerializeToString(), crf_nodes, stripped, crf_in_model)
 
 

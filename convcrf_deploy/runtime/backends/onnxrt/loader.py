@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ....exported_model import ExportedModel
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
@@ -18,9 +19,6 @@ from ..base import BackendUnavailableError
 #: short name -> ONNX Runtime execution provider.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-
-#: domain of the custom ConvCRF nodes (docs/ops.md).
-PLUGIN_DOMAIN = "trt.plugins"
 
 
 def import_onnxruntime():
@@ -33,16 +31,10 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def needs_tensorrt_plugin(model_proto) -> bool:
-    """True when the graph has ``trt.plugins`` nodes without a model-local function body
-    (the ``plugin`` flavour); the ``single-file`` flavour defines them as functions."""
-    local = {(f.domain, f.name) for f in model_proto.functions}
-    return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
-               for node in model_proto.graph.node)
-
-
 class SessionLoader:
-    """Builds an ``onnxruntime.InferenceSession``.
+    """Builds an ``onnxruntime.InferenceSession`` for an exported file, read and checked by
+    :meth:`convcrf_deploy.exported_model.ExportedModel.open` first; calling the loader returns
+    ``(session, ExportedModel)``.
 
     Args:
         path: the ``.onnx`` file.
@@ -77,7 +69,8 @@ class SessionLoader:
         ort = import_onnxruntime()
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model {str(self.path)!r} does not exist")
-        model_proto = read_onnx(self.path)
+        # The one reader of exported files: digest, metadata against graph, then ONNX Runtime.
+        model = ExportedModel.open(self.path)
         available = set(ort.get_available_providers())
         missing = [p for p in self.providers if PROVIDERS[p] not in available]
         if missing:
@@ -85,7 +78,7 @@ class SessionLoader:
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
                 f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
-        if needs_tensorrt_plugin(model_proto):
+        if model.needs_tensorrt_plugin:
             if "tensorrt" not in self.providers:
                 raise BackendUnavailableError(
                     f"{self.path.name} is a 'plugin'-flavour export: its ConvCRF nodes run only "
@@ -120,39 +113,4 @@ class SessionLoader:
                 raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
-        return session, model_proto
-
-
-def read_onnx(path: Path):
-    """The ``ModelProto`` of ``path`` without external data (only the graph is inspected),
-    its digest checked (:func:`convcrf_deploy.files.check_onnx_digest`).
-
-    Raises:
-        ValueError: the file is empty, truncated, corrupt or not ONNX; ``DamagedFileError``
-            (a ``ValueError``) when its graph does not match the digest written at export.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from ....files import check_onnx_digest
-
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes), not an ONNX model; export it again "
-                         "(convcrf-export)")
-    with open(path, "rb") as handle:
-        if handle.read(4) == b"PK\x03\x04":
-            raise ValueError(f"{path} is a zip archive (a PyTorch checkpoint?), not an ONNX "
-                             "model: run it with the torch backend, or export it first "
-                             "(convcrf-export MODEL -o MODEL.onnx)")
-    try:
-        model_proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
-                         f"kind of file: {first_line[:200]}); export it again "
-                         "(convcrf-export)") from None
-    if not model_proto.graph.node and not model_proto.graph.output:
-        raise ValueError(f"{path} is not an ONNX model (it holds no graph: truncated, corrupt "
-                         "or another kind of file); export it again (convcrf-export)")
-    check_onnx_digest(model_proto, path)
-    return model_proto
+        return session, model

@@ -430,6 +430,16 @@ def unary_logits_name(model_proto) -> str | None:
     return None
 
 
+def needs_custom_ops(model_proto) -> bool:
+    """True when the graph has ConvCRF nodes (``trt.plugins`` domain) without a model-local
+    function body (the ``plugin`` flavour): they run only where their kernels are registered
+    (TensorRT with our plugin, ONNX Runtime with ``libconvcrf_ort_ops``). The ``single-file``
+    flavour defines them as functions too."""
+    local = {(f.domain, f.name) for f in model_proto.functions}
+    return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
+               for node in model_proto.graph.node)
+
+
 def extract_part(model_proto, inputs: Iterable[str], outputs: Iterable[str]):
     """A copy of ``model_proto`` that computes ``outputs`` from ``inputs`` only: the nodes
     they need (in the original order), their initializers, the same functions and opsets.
@@ -758,12 +768,9 @@ class ExportedModel:
         return {f.name for f in self.proto.functions if f.domain == PLUGIN_DOMAIN}
 
     @property
-    def needs_tensorrt_plugin(self) -> bool:
-        """True when the graph has ``trt.plugins`` nodes without a model-local function body
-        (the ``plugin`` flavour): only TensorRT with our plugin library runs it."""
-        local = {(f.domain, f.name) for f in self.proto.functions}
-        return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
-                   for node in self.proto.graph.node)
+    def needs_custom_ops(self) -> bool:
+        """See :func:`needs_custom_ops` (the ``plugin`` flavour)."""
+        return needs_custom_ops(self.proto)
 
     @property
     def uses_external_data(self) -> bool:

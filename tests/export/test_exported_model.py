@@ -365,6 +365,6 @@ def test_consistent_files_pass(tmp_path, exports):
     for path in [write_toy_onnx(tmp_path / "toy.onnx"), *exports.values()]:
         model = ExportedModel.open(path)
         assert model.part == "full" and model.class_channels()[1] == model.metadata.num_classes
-    assert ExportedModel.open(exports["plugin"]).needs_tensorrt_plugin
+    assert ExportedModel.open(exports["plugin"]).needs_custom_ops
     assert ExportedModel.open(exports["single-file"]).crf_nodes == {
         "ConvCRFKernel": 2, "ConvCRFMessagePassing": CONFIG.iterations}

@@ -235,3 +235,27 @@ def test_onnxslim_output_is_resealed(tiny_exports, tmp_path, flavor, capsys):
         ExportedModel.open(slim)
     assert main([str(slim), "--original", str(original), "-o", str(tmp_path / "out.onnx")]) == 0
     np.testing.assert_array_equal(labels(tmp_path / "out.onnx"), labels(original))
+
+
+_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None                  # importing torch now fails, as where it is absent
+sys.path.insert(0, sys.argv[1])
+from convcrf_deploy.cli.seal import main
+sys.exit(main([sys.argv[2], "--original", sys.argv[3], "-o", sys.argv[4]]))
+"""
+
+
+def test_seal_runs_without_torch(tiny_exports, tmp_path):
+    # It runs where the model is deployed: onnx, onnxruntime and numpy only.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    changed = optimise(tiny_exports["single-file"], tmp_path / "opt.onnx")
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(root), str(changed),
+                           str(tiny_exports["single-file"]), str(tmp_path / "out.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ExportedModel.open(tmp_path / "out.onnx").digest == "content"

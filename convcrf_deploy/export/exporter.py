@@ -418,7 +418,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
-        previous file) with the graph's digest in its metadata (``convcrf.weights_sha256``).
+        previous file) with the content digest in its metadata (``convcrf.content_sha256``,
+        :mod:`convcrf_deploy.exported_model`), and read back with the runtime's reader before
+        it replaces anything.
         When verification fails, ``path`` is left as it was and the failing graph is written
         beside it as ``<name>.failed-verification.onnx`` (``report.path``; ``report.ok`` is
         False) so that it can be inspected.

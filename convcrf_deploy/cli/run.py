@@ -45,11 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convcrf-run", description=__doc__.split("\n\n")[0],
         formatter_class=PlainHelpFormatter,
         epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view\n"
-               "exit status: 0 done; 1 the run failed; 2 bad arguments or input; 3 a library "
-               "is missing;\n4 the camera/stream was lost or stalled and could not be "
-               "reconnected; 130/143/129 ended by\nCtrl-C/SIGTERM/SIGHUP (the recording and "
-               "--stats-json are written either way; outputs are written\natomically and never "
-               "replace an input)")
+               "exit status: 0 done; 1 the run failed, or an output (--save, --save-bag, "
+               "--foxglove) failed\nduring it (the others are still written); 2 bad arguments "
+               "or input; 3 a library is missing;\n4 the camera/stream was lost or stalled and "
+               "could not be reconnected; 130/143/129 ended by\nCtrl-C/SIGTERM/SIGHUP (the "
+               "recording and --stats-json are written either way; outputs are written\n"
+               "atomically and never replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
                              "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "

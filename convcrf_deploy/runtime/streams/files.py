@@ -95,10 +95,12 @@ DEFAULT_FPS = 30.0
 #: (``vop_time_increment_resolution``) in 16 bits; OpenCV makes it the numerator of the rate
 #: written as a decimal fraction (89.863 fps -> 89863/1000), so 89.863 fps cannot be encoded.
 MAX_TIME_BASE = 65535
-#: lowest and highest frame rates a recording is made at (0.01: one frame per 100 s).
-RATE_RANGE = (0.01, float(MAX_TIME_BASE))
-#: smallest and largest frame side (pixels) the MPEG-4 encoder accepts.
-VIDEO_SIDES = (2, 8191)
+#: lowest and highest frame rates a recording is made at (0.01: one frame per 100 s; above
+#: 1000 fps, FFmpeg's AVI reader reports another rate than the one written).
+RATE_RANGE = (0.01, 1000.0)
+#: smallest and largest frame side (pixels) of a recording: the MPEG-4 encoder takes 2..8191,
+#: and OpenCV's FFmpeg writer drops the last row and column of odd sizes, so sides are even.
+VIDEO_SIDES = (2, 8190)
 
 
 def _opencv_rate_fraction(fps: float) -> Fraction:
@@ -126,11 +128,12 @@ def recordable_rate(fps: float | None) -> float:
 
 
 def recordable_size(width: int, height: int) -> tuple[int, int]:
-    """``(width, height)`` scaled (keeping the aspect ratio as far as possible) into what the
-    MPEG-4 encoder accepts, :data:`VIDEO_SIDES` per side; unchanged when it fits."""
+    """``(width, height)`` scaled (keeping the aspect ratio as far as possible) into what a
+    recording holds: even sides in :data:`VIDEO_SIDES`; unchanged when it fits."""
     low, high = VIDEO_SIDES
     scale = min(1.0, high / max(width, height))
-    width, height = (max(low, min(high, round(side * scale))) for side in (width, height))
+    width, height = (max(low, min(high, round(side * scale)) // 2 * 2)
+                     for side in (width, height))
     return width, height
 
 
@@ -162,9 +165,9 @@ class FrameWriter:
         self.is_pattern = "%" in Path(self.target).name
         self.fps = recordable_rate(fps)
         if not self.is_pattern and fps and math.isfinite(fps) and fps > 0 and self.fps != fps:
-            log.warning("recording %s at %g fps: an MPEG-4 video cannot hold a rate of %g fps "
-                        "(its time base is limited to %d ticks per second)", self.target,
-                        self.fps, fps, MAX_TIME_BASE)
+            log.warning("recording %s at %g fps: the video cannot hold a rate of %g fps (MPEG-4 "
+                        "counts time in at most %d ticks per second; recordings are made at "
+                        "%g..%g fps)", self.target, self.fps, fps, MAX_TIME_BASE, *RATE_RANGE)
         parent = Path(self.target).parent
         if not parent.exists():
             raise FileNotFoundError(f"cannot save to {self.target}: folder {parent} does not exist")
@@ -185,8 +188,9 @@ class FrameWriter:
         if self._size is None:
             self._size = size if self.is_pattern else recordable_size(*size)
             if self._size != size:
-                log.warning("recording %s at %dx%d instead of %dx%d: MPEG-4 holds %d..%d pixels "
-                            "per side", self.target, *self._size, *size, *VIDEO_SIDES)
+                log.warning("recording %s at %dx%d instead of %dx%d: the video holds even "
+                            "sizes of %d..%d pixels per side", self.target, *self._size, *size,
+                            *VIDEO_SIDES)
         if size != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         if self.is_pattern:

@@ -66,7 +66,7 @@ class ModelInfo:
 
     def input_limits(self, where: str) -> InputLimits:
         """The frame sizes and batches this model config allows (``where`` names it)."""
-        dims = [*self.input_dims[-2:]] if len(self.input_dims) >= 2 else [-1, -1]
+        dims = [int(d) for d in self.input_dims[-2:]] if len(self.input_dims) >= 2 else [-1, -1]
         limits = InputLimits.from_shape(
             [None, 3, *dims], f"{where}'s config", "write its repository again (convcrf-triton: "
             "an engine built for larger frames, or a larger --max-frame-size)")

@@ -101,7 +101,9 @@ class Stamp(NamedTuple):
         return self
 
     def __str__(self) -> str:
-        return f"{self.sec}.{self.nanosec:09d}"
+        """Seconds with nine decimals, ``-4.999999750`` for ``Stamp(-5, 250)``."""
+        seconds, nanosec = divmod(abs(self.nanoseconds), 1_000_000_000)
+        return f"{'-' if self.nanoseconds < 0 else ''}{seconds}.{nanosec:09d}"
 
 
 def supported_message_types() -> str:

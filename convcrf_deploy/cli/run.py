@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default="320x240", metavar="WxH",
                         help="demo scene size (default 320x240)")
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
-    parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
-                        "the source's, else 30)")
+    parser.add_argument("--fps", type=positive_float, help="frame rate of the recording (default: "
+                        "the source's, else 30; a rate the video cannot hold, e.g. 89.863, is "
+                        "rounded to one it can, with a warning)")
     parser.add_argument("--reconnect", type=int_at_least(0), default=5, metavar="N",
                         help="reconnect attempts for cameras and streams (default 5)")
     parser.add_argument("--stall-timeout", type=positive_float, default=10.0, metavar="S",
@@ -271,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                        crf_executor_detail=described["crf_executor_detail"])
     print(report.summary_table())
     if args.stats_json:
-        write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as exc:       # an output like the others: fails alone, status 1
+            report.output_errors.append(f"--stats-json {args.stats_json}: "
+                                        f"{describe_error(exc)}")
     if report.interrupted:
         if report.output_errors:
             print(f"convcrf-run: {_outputs_failed(report)}", file=sys.stderr)

@@ -147,6 +147,21 @@ def test_an_inference_library_error_mid_run_is_status_1_in_one_line(tmp_path, to
     assert "onnxruntime::" not in errors[0] and not out.exists()
 
 
+def test_statistics_that_cannot_be_written_are_status_1_and_the_recording_is_kept(
+        tmp_path, toy, capsys, monkeypatch):
+    import convcrf_deploy.cli.run as run_module
+
+    def read_only(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(run_module, "write_text_atomic", read_only)
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    code = run("--model", toy, "--max-frames", 2, "--size", "64x48", "--save", out,
+               "--stats-json", stats)
+    errors = error_lines(capsys.readouterr().err)
+    assert code == 1 and len(errors) == 1 and f"--stats-json {stats}" in errors[0]
+    assert "Permission denied" in errors[0] and frames_in(out) == 2
+
+
 # -- status 2: refused before anything runs ------------------------------------------------------
 
 def test_a_fixed_size_model_with_resize_none_is_status_2_before_the_run(tmp_path, capsys):

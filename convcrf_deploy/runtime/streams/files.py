@@ -164,7 +164,7 @@ class FrameWriter:
         self.target = str(target)
         self.is_pattern = "%" in Path(self.target).name
         self.fps = recordable_rate(fps)
-        if not self.is_pattern and fps and math.isfinite(fps) and fps > 0 and self.fps != fps:
+        if not self.is_pattern and fps is not None and self.fps != fps:
             log.warning("recording %s at %g fps: the video cannot hold a rate of %g fps (MPEG-4 "
                         "counts time in at most %d ticks per second; recordings are made at "
                         "%g..%g fps)", self.target, self.fps, fps, MAX_TIME_BASE, *RATE_RANGE)

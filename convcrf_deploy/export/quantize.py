@@ -20,7 +20,8 @@ it and its probabilities should not be rounded. So only the unary is quantised:
    calibration frames by *label agreement* (unary labels and CRF labels; the float graph's
    own parity with PyTorch is checked by :func:`~convcrf_deploy.export.verify.verify_export`).
 
-What stays float, and why (:func:`float_nodes`): the *stem* (a convolution reading the image
+What stays float, and why (:func:`float_nodes`): the *head* before the first weighted layer
+(input normalisation), the *stem* (a convolution reading the image
 with <= 4 input channels: an int8 GEMM with K = 27 is slower than ONNX Runtime's fp32 NCHWc
 kernel, 2.1 vs 0.3 ms on the demo model, and quantising the image costs a full-resolution
 pass) and the *tail* (everything between the last weighted layer and the logits, e.g. the
@@ -261,27 +262,32 @@ def _weight_shape(node: onnx.NodeProto, initializers: dict) -> tuple[int, ...] |
 
 
 def float_nodes(unary: onnx.ModelProto, logits: str) -> dict[str, str]:
-    """Nodes of the unary subgraph that stay float, with the reason: the stem (convolutions
-    reading the image with <= :data:`STEM_MAX_CHANNELS` input channels) and the tail (nodes
-    from which the logits are reached without passing a weighted layer)."""
+    """Nodes of the unary subgraph that stay float, with the reason:
+
+    * the head: nodes before the first weighted layer (input normalisation, shape arithmetic);
+    * the stem: convolutions reading the image (no weighted layer before them) with <=
+      :data:`STEM_MAX_CHANNELS` input channels;
+    * the tail: nodes from which the logits are reached without passing a weighted layer
+      (e.g. the upsampling to the input size).
+    """
     graph = unary.graph
     initializers = {t.name: t for t in graph.initializer}
     producer = {o: node for node in graph.node for o in node.output}
     weighted = {id(n) for n in graph.node if _weight_shape(n, initializers) is not None}
-
-    def has_weighted_ancestor(name: str, seen: set) -> bool:
-        node = producer.get(name)
-        if node is None or name in seen:
-            return False
-        seen.add(name)
-        return id(node) in weighted or any(has_weighted_ancestor(i, seen) for i in node.input)
-
+    after_weighted: set[int] = set()       # nodes with a weighted layer upstream
+    for node in graph.node:                # graph order is topological
+        sources = [producer[name] for name in node.input if name in producer]
+        if any(id(p) in weighted or id(p) in after_weighted for p in sources):
+            after_weighted.add(id(node))
     kept: dict[str, str] = {}
     for node in graph.node:
+        if id(node) in after_weighted:
+            continue
         shape = _weight_shape(node, initializers)
-        if (node.op_type == "Conv" and shape is not None and len(shape) >= 2
-                and shape[1] * _group(node) <= STEM_MAX_CHANNELS
-                and not has_weighted_ancestor(node.input[0], set())):
+        if shape is None:
+            kept[node.name] = "head: before the first weighted layer"
+        elif (node.op_type == "Conv" and len(shape) >= 2
+              and shape[1] * _group(node) <= STEM_MAX_CHANNELS):
             kept[node.name] = (f"stem: reads the image ({shape[1] * _group(node)} input "
                                "channels; int8 is slower there)")
     # The tail: walk back from the logits, stopping at weighted layers.
@@ -334,11 +340,10 @@ class QuantizationReport:
 
     def summary(self) -> str:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(self.quantized_nodes.items()))
-        stem = sum(r.startswith("stem") for r in self.float_nodes.values())
-        tail = sum(r.startswith("tail") for r in self.float_nodes.values())
-        other = len(self.float_nodes) - stem - tail
-        kept = ", ".join(f"{n} {what}" for n, what in ((stem, "stem"), (tail, "tail"),
-                                                        (other, "asked")) if n)
+        reasons = [r.split(":")[0] for r in self.float_nodes.values()]
+        kept = ", ".join(f"{reasons.count(what)} {what}" for what in ("head", "stem", "tail",
+                                                                       "asked")
+                         if reasons.count(what))
         weights = self.weights if self.per_channel else "int8, symmetric, per tensor"
         return (f"INT8 unary (QDQ; activations {self.activations}; weights {weights}): "
                 f"{ops} in int8, calibrated ({self.calibration_method}) on "
@@ -480,15 +485,25 @@ def _check_opsets(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
 
 
 def _quantized_compute_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The nodes that run in int8: their data input comes from a DequantizeLinear and their
-    output goes to a QuantizeLinear (ONNX Runtime fuses such groups into QLinear* kernels,
-    TensorRT into int8 layers)."""
+    """The nodes that compute on int8 data: weighted layers whose data and weight come from
+    DequantizeLinear nodes, and other nodes between a DequantizeLinear and a QuantizeLinear
+    (ONNX Runtime fuses such groups into QLinear* kernels, TensorRT into int8 layers)."""
     graph = model.graph
+    initializers = {t.name for t in graph.initializer}
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-    return [n for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            and n.input and n.input[0] in dequantized
-            and any(o in quantized_inputs for o in n.output)]
+    chosen = []
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.input:
+            continue
+        if node.op_type in WEIGHTED_OPS:
+            if node.input[0] in dequantized and len(node.input) > 1 \
+                    and node.input[1] in dequantized:
+                chosen.append(node)
+        elif node.input[0] in dequantized and node.input[0] not in initializers \
+                and any(o in quantized_inputs for o in node.output):
+            chosen.append(node)
+    return chosen
 
 
 def _drop_logits_qdq(model: onnx.ModelProto, logits: str) -> None:

@@ -202,7 +202,7 @@ def _require_count(count: int, min_frames: int, source: str) -> None:
 def _read_folder(folder: Path, min_frames: int, max_frames: int):
     import cv2
 
-    from ..runtime.sources import IMAGE_SUFFIXES, as_bgr
+    from ..runtime.streams.base import IMAGE_SUFFIXES, as_bgr
 
     if not folder.exists():
         raise CalibrationError(f"calibration folder {str(folder)!r} does not exist: pass "

@@ -105,7 +105,7 @@ class ExportReport:
         out_text = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
         precision = "fp16" if self.fp16 else "fp32"
         if self.int8 is not None:
-            precision = f"int8 unary, {precision} CRF"
+            precision = "int8" if self.part == "unary" else f"int8 unary, {precision} CRF"
         lines = [f"wrote {self.path} ({self.flavor}, part={self.part}, {precision}, "
                  f"opset {self.opset})",
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
@@ -490,11 +490,12 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         refuse_output_overwriting_input({"output": path}, {"model": model})
     source = load_exportable(model)
     from ..model import ConvCRF
-    calibration_frames = _calibration_frames(source, part, int8, calibration, reduce_range)
     metadata = getattr(source, "metadata", None)
     if height is None and static:
         height, width = tuple(metadata.input_size) if metadata else TRACE_SIZE
     _check_size(height, width, static)
+    calibration_frames = _calibration_frames(source, part, int8, calibration, reduce_range,
+                                             (height, width) if static else None)
     # Dynamic graphs are traced at TRACE_SIZE whatever size was asked for (which is then the
     # size the parity check runs at): a size like 2x2 would merge H, W and the batch into one
     # symbol, and sizes below the blur factor specialise the pooled grid.
@@ -584,9 +585,11 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     return report
 
 
-def _calibration_frames(source, part: str, int8: bool, calibration, reduce_range: bool):
+def _calibration_frames(source, part: str, int8: bool, calibration, reduce_range: bool,
+                        static_size: tuple[int, int] | None):
     """The preprocessed calibration frames of an int8 export (``None`` without int8); read
-    before tracing, so that a bad folder fails in a second, not after a minute."""
+    before tracing, so that a bad folder fails in a second, not after a minute. A static
+    graph's size replaces the metadata's input size (what the graph accepts)."""
     if not int8:
         if calibration is not None:
             raise ExportError("calibration= is used by int8=True exports only")
@@ -603,7 +606,7 @@ def _calibration_frames(source, part: str, int8: bool, calibration, reduce_range
     from .quantize import CalibrationSet, calibration_set
     if isinstance(calibration, CalibrationSet):
         return calibration
-    return calibration_set(calibration, source.metadata)
+    return calibration_set(calibration, source.metadata, input_size=static_size)
 
 
 def _checked_opset(opset: int | None) -> int:

@@ -77,8 +77,6 @@ IMAGE_INPUT = "image"
 #: metadata_props key recording the quantisation (JSON, see :class:`QuantizationReport`).
 QUANTIZATION_KEY = ONNX_KEYS["quantization"]
 
-log = logging.getLogger(__name__)
-
 
 class CalibrationError(ValueError):
     """The calibration frames are missing, too few or unreadable (one line: problem and fix)."""
@@ -117,27 +115,24 @@ class CalibrationSet:
         return f"{len(self.inputs)} frames from {self.source}{extra}"
 
 
-class _PreprocessingOnly:
-    """Stands in for a backend so that :class:`~convcrf_deploy.runtime.Segmenter`'s own
-    ``preprocess`` (the code the runtime runs) prepares the calibration frames."""
+def _runtime_preprocessor(metadata: ModelMetadata, resize: str | None, input_size):
+    """A :class:`~convcrf_deploy.runtime.Segmenter` over a backend that only carries the
+    metadata: its ``preprocess`` (the code the runtime runs) prepares the calibration frames."""
+    from ..runtime.backends.base import Backend
+    from ..runtime.segmenter import Segmenter
 
-    @staticmethod
-    def segmenter(metadata: ModelMetadata, resize: str | None, input_size):
-        from ..runtime.backends.base import Backend
-        from ..runtime.segmenter import Segmenter
+    class _MetadataOnly(Backend):
+        name = "calibration"
+        has_crf = False
 
-        class _MetadataBackend(Backend):
-            name = "calibration"
-            has_crf = False
+        def _activate(self) -> None: ...
 
-            def _activate(self) -> None: ...
+        def _deactivate(self) -> None: ...
 
-            def _deactivate(self) -> None: ...
+        def _infer(self, image):  # pragma: no cover - never called
+            raise NotImplementedError
 
-            def _infer(self, image):  # pragma: no cover - never called
-                raise NotImplementedError
-
-        return Segmenter(_MetadataBackend(metadata), resize=resize, input_size=input_size)
+    return Segmenter(_MetadataOnly(metadata), resize=resize, input_size=input_size)
 
 
 def _evenly_spaced(count: int, limit: int) -> list[int]:
@@ -181,7 +176,7 @@ def calibration_set(frames: str | os.PathLike | Sequence[np.ndarray], metadata: 
         _require_count(len(frames), min_frames, source)
         chosen = _evenly_spaced(len(frames), max_frames)
         images, names = [frames[i] for i in chosen], [f"frame{i}" for i in chosen]
-    segmenter = _PreprocessingOnly.segmenter(metadata, resize, input_size)
+    segmenter = _runtime_preprocessor(metadata, resize, input_size)
     inputs = []
     for image, name in zip(images, names):
         try:
@@ -348,7 +343,8 @@ class QuantizationReport:
         return (f"INT8 unary (QDQ; activations {self.activations}; weights {weights}): "
                 f"{ops} in int8, calibrated ({self.calibration_method}) on "
                 f"{self.calibration_frames} frames from {self.calibration_source}; kept float: "
-                f"{kept or 'nothing'}; the CRF is unchanged")
+                f"{kept or 'nothing'}; everything after the logits ({self.logits}, the CRF) "
+                "is unchanged")
 
 
 @dataclass

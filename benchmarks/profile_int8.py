@@ -27,7 +27,7 @@ import onnxruntime as ort
 from convcrf_deploy.data.scenes import SyntheticScene
 from convcrf_deploy.export import export_onnx
 from convcrf_deploy.export.quantize import quantization_info
-from convcrf_deploy.runtime.backends.onnxrt.runner import extract_part, unary_logits_name
+from convcrf_deploy.exported_model import extract_part, unary_logits_name
 
 LEVELS = {"ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
           "EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
@@ -38,21 +38,25 @@ def unary_bytes(path: Path) -> bytes:
     return extract_part(model, ["image"], [unary_logits_name(model)]).SerializeToString()
 
 
-def session(data: bytes, threads: int, level: str, profile: bool = False):
+def session(data: bytes, threads: int, level: str, profile: str | None = None):
+    """A session as the runtime's unary session; ``profile``: a file prefix to profile to."""
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = LEVELS[level]
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_profiling, options.log_severity_level = profile, 3
+    options.log_severity_level = 3
+    if profile:
+        options.enable_profiling, options.profile_file_prefix = True, profile
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def kernel_times(data: bytes, image: np.ndarray, threads: int, runs: int = 60) -> dict[str, float]:
     """Milliseconds per run per operator type (ONNX Runtime's profiler, level ALL)."""
-    s = session(data, threads, "ALL", profile=True)
-    for _ in range(runs):
-        s.run(None, {"image": image})
-    events = json.load(open(s.end_profiling()))
+    with tempfile.TemporaryDirectory() as folder:
+        s = session(data, threads, "ALL", profile=str(Path(folder) / "ort"))
+        for _ in range(runs):
+            s.run(None, {"image": image})
+        events = json.loads(Path(s.end_profiling()).read_text())
     per_op: dict[str, float] = collections.defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

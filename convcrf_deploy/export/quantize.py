@@ -232,7 +232,7 @@ def unary_boundary(model: onnx.ModelProto, logits: str | None = None) -> str:
     Raises:
         QuantizationError: no such tensor, or no ``unary_labels`` output to find it by.
     """
-    from ..runtime.backends.onnxrt.runner import unary_logits_name
+    from ..exported_model import unary_logits_name
 
     if logits is None:
         logits = unary_logits_name(model)
@@ -376,8 +376,8 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
 
     Returns:
         :class:`QuantizedModel`: a new ``ModelProto`` whose metadata gains
-        :data:`QUANTIZATION_KEY` (the digest is the caller's: the exporter adds it), and the
-        report.
+        :data:`QUANTIZATION_KEY` (resealed when ``model`` carried a digest:
+        :func:`convcrf_deploy.exported_model.seal`), and the report.
 
     Raises:
         QuantizationError: no boundary, the unary contains custom-domain (ConvCRF) nodes, or
@@ -387,7 +387,7 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
-    from ..runtime.backends.onnxrt.runner import extract_part
+    from ..exported_model import extract_part
 
     if not len(calibration):
         raise CalibrationError("no calibration frames")
@@ -444,6 +444,9 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
     props[QUANTIZATION_KEY] = report.to_json()
     del spliced.metadata_props[:]
     onnx.helper.set_model_props(spliced, props)
+    from ..exported_model import DIGEST_KEY, LEGACY_DIGEST_KEY, seal
+    if DIGEST_KEY in props or LEGACY_DIGEST_KEY in props:
+        seal(spliced)           # a sealed input stays loadable: its digest covers the new graph
     return QuantizedModel(spliced, report)
 
 

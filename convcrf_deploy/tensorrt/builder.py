@@ -32,187 +32,48 @@ strongly typed network (TensorRT 10 as created here, TensorRT 11 always) the Q/D
 and no precision flag exists or is needed; a weakly typed network gets ``BuilderFlag.INT8``.
 TensorRT takes only symmetric int8 quantisation (zero point 0), while our export quantises
 activations as ONNX Runtime's CPU kernels prefer (uint8 with a zero point), so
-:func:`make_qdq_symmetric` rewrites each such scale for TensorRT before parsing: the same
+:func:`.network.make_qdq_symmetric` rewrites each such scale before parsing: the same
 calibrated range ``[(0 - z) s, (255 - z) s]`` symmetrically in int8 (scale
-``s * max(z, 255 - z) / 127``, zero point 0), exactly what symmetric calibration on the same
-frames gives; a range that starts at 0 (a ReLU's output whose ReLU ONNX Runtime's quantiser
-removed) gets its ReLU back, so the graph keeps its meaning.
+``s * max(z, 255 - z) / 127``, zero point 0), what symmetric calibration on the same frames
+gives; where a uint8 range starting at 0 was a tensor's only clamp to >= 0 a ReLU is put back,
+so the graph keeps its meaning.
+
+The pieces live beside this module: :mod:`.profiles` (shapes and optimisation profiles),
+:mod:`.cache` (the engine cache and the metadata sidecar), :mod:`.network` (what the parser
+is given, the ConvCRF-implementation check, profiles on the network); the ONNX file itself is
+read once by :class:`convcrf_deploy.exported_model.ExportedModel` (digest, metadata against
+graph).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Callable, Sequence
+from typing import Callable
 
-from ..files import check_onnx_digest, write_bytes_atomic, write_text_atomic
-from ..metadata import ModelMetadata
+from ..exported_model import ExportedModel
+from ..files import write_bytes_atomic
 from ._modules import import_tensorrt, tensorrt_major
-from .plugin import (PLUGIN_NAMES, PluginLibraryError, find_plugin_library,
-                     is_plugin_not_found, load_plugin_library, plugin_not_found_message)
+from .cache import (CACHE_ENV, default_cache_dir, engine_cache_key, metadata_path_for,
+                    read_metadata, sha256_file, write_metadata)
+from .network import (IMAGE_INPUT, CRFImplementation, EngineBuildError, ParserInput,
+                      _parser_errors, _set_profiles, check_crf_implementation,
+                      plugin_layer_counts, prepare_for_parser)
+from .plugin import (PluginLibraryError, find_plugin_library, is_plugin_not_found,
+                     load_plugin_library, plugin_not_found_message)
+from .profiles import Profile, Shape, _fmt, parse_shape
 
 log = logging.getLogger(__name__)
 
-Shape = tuple[int, int, int, int]
-
-#: name of the image input of exported models (convcrf_deploy.export).
-IMAGE_INPUT = "image"
-#: environment variable overriding the engine cache folder.
-CACHE_ENV = "CONVCRF_ENGINE_CACHE"
 #: default TensorRT workspace limit in MiB.
 DEFAULT_WORKSPACE_MB = 1024
 
-_SHAPE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX*,]\s*(\d+)\s*[xX*,]\s*(\d+)\s*[xX*,]\s*(\d+)\s*$")
-
-
-class EngineBuildError(RuntimeError):
-    """Parsing or building failed; the message carries TensorRT's errors and the fix."""
-
-
-def parse_shape(text: str | Sequence[int]) -> Shape:
-    """``"1x3x480x640"`` (or ``"1,3,480,640"``, or a 4-sequence) -> ``(1, 3, 480, 640)``.
-
-    Raises ``ValueError`` unless there are four positive integers with 3 channels.
-    """
-    if isinstance(text, str):
-        match = _SHAPE_PATTERN.match(text)
-        if not match:
-            raise ValueError(f"shape {text!r} must be NxCxHxW with four positive integers, "
-                             "e.g. 1x3x480x640")
-        dims = tuple(int(v) for v in match.groups())
-    else:
-        dims = tuple(int(v) for v in text)
-        if len(dims) != 4:
-            raise ValueError(f"shape {tuple(text)!r} must have four dimensions N, C, H, W")
-    if min(dims) < 1:
-        raise ValueError(f"shape {'x'.join(map(str, dims))}: every dimension must be >= 1")
-    if dims[1] != 3:
-        raise ValueError(f"shape {'x'.join(map(str, dims))}: the image input has 3 (RGB) channels, "
-                         f"got C={dims[1]}")
-    return dims  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Optimisation profile of the ``image`` input: ``min <= opt <= max`` per dimension."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    def __post_init__(self) -> None:
-        for lo, mid, hi in zip(self.min, self.opt, self.max):
-            if not lo <= mid <= hi:
-                raise ValueError(f"profile needs min <= opt <= max in every dimension, got "
-                                 f"min={_fmt(self.min)} opt={_fmt(self.opt)} max={_fmt(self.max)}")
-
-    @classmethod
-    def resolve(cls, min_shape=None, opt_shape=None, max_shape=None,
-                input_size: Sequence[int] | None = None) -> "Profile":
-        """Fill in missing shapes: ``opt`` defaults to ``1x3xHxW`` of the model's nominal
-        ``input_size`` (else the given min/max), missing ``min``/``max`` default to ``opt``
-        (a static engine is the fastest)."""
-        given = {k: parse_shape(v) for k, v in
-                 (("min", min_shape), ("opt", opt_shape), ("max", max_shape)) if v is not None}
-        opt = given.get("opt")
-        if opt is None and input_size is not None:
-            opt = (1, 3, int(input_size[0]), int(input_size[1]))
-            lo, hi = given.get("min"), given.get("max")
-            if lo is not None or hi is not None:
-                # Clamp the nominal size into the given range.
-                opt = tuple(max(lo[i] if lo else 0, min(hi[i] if hi else 1 << 30, opt[i]))
-                            for i in range(4))
-        if opt is None:
-            opt = given.get("min") or given.get("max")
-        if opt is None:
-            raise ValueError("no input shape: pass --opt NxCxHxW (and --min/--max for dynamic "
-                             "shapes), or use an ONNX file exported by convcrf-export")
-        return cls(given.get("min", opt), opt, given.get("max", opt))
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(v) for v in shape)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def engine_cache_key(model_sha256: str, gpu: str, trt_version: str, profile: Profile,
-                     version_compatible: bool = False, plugin_sha256: str = "",
-                     allow_standard_op_crf: bool = False) -> str:
-    """Hex key identifying an engine: same model bytes, GPU, TensorRT, profile and options
-    give the same key; any change gives another. ``plugin_sha256`` covers rebuilt plugins;
-    ``allow_standard_op_crf`` keeps engines built without the plugin check apart, so a cache
-    hit without it is an engine whose plugin use was checked."""
-    fields = {"model": model_sha256, "gpu": gpu, "tensorrt": trt_version,
-              "profile": profile.to_dict(), "version_compatible": bool(version_compatible),
-              "plugin": plugin_sha256}
-    if allow_standard_op_crf:
-        fields["allow_standard_op_crf"] = True
-    record = json.dumps(fields, sort_keys=True)
-    return hashlib.sha256(record.encode()).hexdigest()[:24]
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "convcrf-deploy" / "engines"
-
-
-def metadata_path_for(engine_path: str | os.PathLike) -> Path:
-    """The sidecar JSON next to an engine: ``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def write_metadata(engine_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
-    path = metadata_path_for(engine_path)
-    write_text_atomic(path, json.dumps(metadata.to_dict(), indent=2) + "\n")
-    return path
-
-
-def read_metadata(engine_path: str | os.PathLike) -> ModelMetadata | None:
-    """The sidecar metadata of an engine, or ``None`` when there is none.
-
-    Raises ``ValueError`` naming the file when it exists but is not valid.
-    """
-    path = metadata_path_for(engine_path)
-    if not path.is_file():
-        return None
-    try:
-        return ModelMetadata.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ValueError(f"engine metadata {str(path)!r} is invalid ({exc}); rebuild the engine "
-                         "with convcrf-build or delete the file") from exc
-
-
-def onnx_metadata(onnx_path: str | os.PathLike) -> ModelMetadata | None:
-    """``ModelMetadata`` from an exported file's metadata_props (``None`` for foreign files)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: {exc}); "
-                         "export the model with convcrf-export") from exc
-    check_onnx_digest(model, onnx_path)     # a damaged export is not built (DamagedFileError)
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        return ModelMetadata.from_onnx_props(props)
-    except ValueError:
-        return None
+# The names that lived here before the split, for callers that import them from this module.
+__all__ = ["build_engine", "gpu_identity", "DEFAULT_WORKSPACE_MB", "CACHE_ENV", "IMAGE_INPUT",
+           "CRFImplementation", "EngineBuildError", "ParserInput", "Profile", "Shape",
+           "check_crf_implementation", "default_cache_dir", "engine_cache_key",
+           "metadata_path_for", "parse_shape", "plugin_layer_counts", "prepare_for_parser",
+           "read_metadata", "sha256_file", "write_metadata"]
 
 
 def gpu_identity() -> str:
@@ -223,324 +84,6 @@ def gpu_identity() -> str:
     device = driver.Device(0)
     major, minor = device.compute_capability()
     return f"{device.name()} sm_{major}{minor}"
-
-
-# ---- which ConvCRF implementation TensorRT builds ---------------------------------------------
-
-#: metadata_props key of exported models that run a CRF (convcrf_deploy.metadata.ONNX_KEYS).
-_CRF_CONFIG_KEY = "convcrf.crf_config"
-
-
-@dataclass
-class QDQInfo:
-    """The explicit quantisation of a graph, as handed to TensorRT."""
-
-    quantize: int                   # QuantizeLinear nodes
-    dequantize: int                 # DequantizeLinear nodes
-    made_symmetric: int = 0         # (scale, zero point) pairs rewritten to symmetric int8
-    relus_added: int = 0            # ReLUs restored in front of [0, max] ranges
-
-    def describe(self, crf_precision: str | None = None) -> str:
-        text = (f"precision: INT8 explicit quantisation ({self.quantize} QuantizeLinear / "
-                f"{self.dequantize} DequantizeLinear nodes")
-        if self.made_symmetric:
-            text += (f"; {self.made_symmetric} uint8 scale(s) made symmetric int8 for TensorRT"
-                     + (f", {self.relus_added} ReLU(s) restored" if self.relus_added else ""))
-        text += ")"
-        if crf_precision:
-            text += f", ConvCRF plugin in {crf_precision}"
-        return text
-
-
-@dataclass
-class ParserInput:
-    """The ONNX model as handed to TensorRT's parser, and what it must produce."""
-
-    data: bytes                     # serialised model without our ConvCRF function bodies
-    crf_nodes: dict[str, int]       # ConvCRF nodes per op type in the file
-    stripped_functions: int         # model-local ConvCRF functions removed
-    crf_in_model: bool              # the metadata says the graph runs a CRF
-    qdq: QDQInfo | None = None      # explicit quantisation (Q/DQ nodes), made TensorRT-legal
-    crf_precision: str | None = None  # "fp32" / "fp16" (convcrf.precision) when known
-
-
-def prepare_for_parser(onnx_path: str | os.PathLike) -> ParserInput:
-    """Read an ONNX file, strip the model-local functions named like our plugins and make its
-    Q/DQ nodes (if any) TensorRT-legal (:func:`make_qdq_symmetric`).
-
-    Without the bodies TensorRT cannot fall back to the standard-op CRF: the nodes import as
-    our plugin or the parser fails with "Plugin not found". External data stays where it is
-    (the parser is given the file's path to find it).
-
-    Raises:
-        ValueError: the file is not a valid ONNX model.
-    """
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ValueError(f"{str(onnx_path)!r} is not a valid ONNX file ({type(exc).__name__}: "
-                         f"{exc}); export the model with convcrf-export") from exc
-    crf_nodes: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in PLUGIN_NAMES:    # TensorRT dispatches on op_type alone
-            crf_nodes[node.op_type] = crf_nodes.get(node.op_type, 0) + 1
-    kept = [f for f in model.functions if f.name not in PLUGIN_NAMES]
-    stripped = len(model.functions) - len(kept)
-    if stripped:
-        del model.functions[:]
-        model.functions.extend(kept)
-    props = {p.key: p.value for p in model.metadata_props}
-    crf_in_model = False
-    if _CRF_CONFIG_KEY in props:
-        try:
-            crf_in_model = int(json.loads(props[_CRF_CONFIG_KEY]).get("iterations", 1)) > 0
-        except (ValueError, TypeError, AttributeError):
-            crf_in_model = True
-    qdq = make_qdq_symmetric(model)
-    return ParserInput(model.SerializeToString(), crf_nodes, stripped, crf_in_model, qdq,
-                       props.get("convcrf.precision"))
-
-
-# ---- explicit quantisation (INT8) -----------------------------------------------------------
-
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-#: ops after which a tensor is already >= 0 (no ReLU needed in front of a [0, max] range).
-_NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "Abs")
-
-
-def make_qdq_symmetric(model) -> QDQInfo | None:
-    """Rewrite ``model``'s QuantizeLinear/DequantizeLinear nodes in place for TensorRT, which
-    takes only int8 with zero point 0; ``None`` when the graph has no Q/DQ node.
-
-    Each (scale, zero point) pair with a uint8 (or missing, i.e. uint8) or non-zero zero point
-    becomes a new int8 pair covering the same range symmetrically: scale
-    ``s * max(z, 255 - z) / 127`` (int8 zero point ``z`` uses ``max(z + 128, 127 - z)``),
-    zero point 0. Constant data behind a DequantizeLinear (weights) is requantised to the new
-    scale. A QuantizeLinear whose range starts at 0 (``z = 0`` in uint8) and whose input is
-    not already non-negative gets a ``Relu`` in front: the uint8 range clipped negatives to 0,
-    the symmetric one would not.
-
-    Raises:
-        ValueError: a scale or zero point is not a constant initialiser.
-    """
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    graph = model.graph
-    nodes = [n for n in graph.node if n.op_type in _QDQ_OPS and n.domain in ("", "ai.onnx")]
-    if not nodes:
-        return None
-    initializers = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-
-    def clamped_downstream(quantize) -> bool:
-        """Every path from this QuantizeLinear goes DequantizeLinear -> Relu already."""
-        users = consumers.get(quantize.output[0], [])
-        return bool(users) and all(
-            u.op_type == "DequantizeLinear" and consumers.get(u.output[0])
-            and all(c.op_type == "Relu" for c in consumers[u.output[0]]) for u in users)
-
-    info = QDQInfo(quantize=sum(n.op_type == "QuantizeLinear" for n in nodes),
-                   dequantize=sum(n.op_type == "DequantizeLinear" for n in nodes))
-    converted: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def constant(name: str, node) -> "np.ndarray":
-        if name not in initializers:
-            raise ValueError(f"{node.op_type} node {node.name!r}: {name!r} is not a constant "
-                             "initialiser; TensorRT needs constant quantisation scales")
-        return numpy_helper.to_array(initializers[name])
-
-    def fresh(name: str) -> str:
-        candidate, index = f"{name}_trt", 1
-        while candidate in initializers:
-            candidate, index = f"{name}_trt{index}", index + 1
-        return candidate
-
-    added_nodes, replaced = [], set()
-    for node in nodes:
-        scale_name = node.input[1]
-        zero_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        scale = constant(scale_name, node)
-        zero = (constant(zero_name, node) if zero_name
-                else np.zeros(scale.shape, np.uint8))    # ONNX: no zero point = uint8 0
-        if zero.dtype == np.int8 and not zero.any():
-            continue                                      # already what TensorRT takes
-        if zero.dtype not in (np.uint8, np.int8):
-            continue                                      # fp8/int4/int32: left to TensorRT
-        z = zero.astype(np.int64)
-        headroom = np.maximum(z, 255 - z) if zero.dtype == np.uint8 else np.maximum(z + 128,
-                                                                                    127 - z)
-        key = (scale_name, zero_name)
-        if key not in converted:
-            new_scale = (scale.astype(np.float64) * headroom / 127.0).astype(scale.dtype)
-            names = (fresh(scale_name), fresh(zero_name or f"{scale_name}_zero_point"))
-            for array, name in ((new_scale, names[0]), (np.zeros(scale.shape, np.int8),
-                                                        names[1])):
-                tensor = numpy_helper.from_array(array, name)
-                graph.initializer.append(tensor)
-                initializers[name] = tensor
-            converted[key] = names
-            info.made_symmetric += 1
-        new_scale_name, new_zero_name = converted[key]
-        data_name = node.input[0]
-        if node.op_type == "DequantizeLinear" and data_name in initializers:
-            # Constant data (weights): requantise to the symmetric scale.
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            data = numpy_helper.to_array(initializers[data_name]).astype(np.int64)
-            shape = [1] * data.ndim
-            if scale.ndim == 1 and scale.size > 1:
-                shape[axis % data.ndim] = scale.size
-            real = (data - z.reshape(shape)) * scale.reshape(shape).astype(np.float64)
-            new = numpy_helper.to_array(initializers[new_scale_name]).astype(np.float64)
-            requantised = np.clip(np.rint(real / new.reshape(shape)), -127, 127).astype(np.int8)
-            tensor = numpy_helper.from_array(requantised, fresh(data_name))
-            graph.initializer.append(tensor)
-            initializers[tensor.name] = tensor
-            replaced.add(data_name)
-            node.input[0] = tensor.name
-        if (node.op_type == "QuantizeLinear" and zero.dtype == np.uint8 and not z.any()
-                and getattr(producer.get(data_name), "op_type", None) not in _NON_NEGATIVE_OPS
-                and not clamped_downstream(node)):
-            relu_out = f"{data_name}_relu_for_trt"
-            added_nodes.append((node, onnx.helper.make_node(
-                "Relu", [data_name], [relu_out], name=f"{node.name}_relu_for_trt")))
-            node.input[0] = relu_out
-            info.relus_added += 1
-        replaced.update(node.input[1:])
-        del node.input[1:]
-        node.input.extend([new_scale_name, new_zero_name])
-    for before, relu in added_nodes:
-        position = list(graph.node).index(before)
-        graph.node.insert(position, relu)
-    used = {name for n in graph.node for name in n.input}
-    for tensor in [t for t in graph.initializer if t.name in replaced and t.name not in used]:
-        graph.initializer.remove(tensor)        # the replaced uint8 scales and weights
-    for value in list(graph.value_info):
-        if value.type.tensor_type.elem_type == TensorProto.UINT8:
-            graph.value_info.remove(value)      # Q outputs are int8 now; let TensorRT infer
-    return info
-
-
-def plugin_layer_counts(trt: ModuleType, network) -> dict[str, int]:
-    """Plugin layers of the parsed network per plugin name (``"?"``: a plugin layer whose
-    name TensorRT's Python API did not give)."""
-    counts: dict[str, int] = {}
-    plugin_types = {getattr(trt.LayerType, name) for name in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
-                    if hasattr(trt.LayerType, name)}
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type not in plugin_types:
-            continue
-        name = _plugin_name(trt, layer) or "?"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _plugin_name(trt: ModuleType, layer) -> str | None:
-    try:
-        if layer.type == getattr(trt.LayerType, "PLUGIN_V3", None):
-            # network.get_layer returns the ILayer base; the subclass gives the plugin.
-            layer.__class__ = trt.IPluginV3Layer
-            core = layer.get_plugin().get_capability_interface(trt.PluginCapabilityType.CORE)
-            return str(core.plugin_name)
-        layer.__class__ = trt.IPluginV2Layer
-        return str(layer.plugin.plugin_type)
-    except Exception:   # noqa: BLE001 - an API difference between releases: name unknown
-        return None
-
-
-@dataclass
-class CRFImplementation:
-    """Which ConvCRF implementation a parsed network contains."""
-
-    kind: str                       # "plugin", "standard-op" or "none"
-    crf_nodes: dict[str, int]
-    plugin_layers: dict[str, int] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        if self.kind == "plugin":
-            layers = " + ".join(f"{n} {name}" for name, n in sorted(self.plugin_layers.items())
-                                if name in PLUGIN_NAMES)
-            return f"ConvCRF implementation: TensorRT plugin ({layers} plugin layers)"
-        if self.kind == "standard-op":
-            return ("ConvCRF implementation: standard ONNX ops, NOT the plugin "
-                    "(allowed by --allow-standard-op-crf)")
-        return "ConvCRF implementation: none (this model has no ConvCRF)"
-
-
-def check_crf_implementation(parsed: ParserInput, layers: dict[str, int],
-                             allow_standard_op_crf: bool = False) -> CRFImplementation:
-    """Compare the network's plugin layers of our creators with the ConvCRF nodes of the file.
-
-    Raises:
-        EngineBuildError: TensorRT would build (part of) the CRF from standard ops, or the
-            plugin layers could not be identified; not raised with ``allow_standard_op_crf``.
-    """
-    ours = {name: n for name, n in layers.items() if name in PLUGIN_NAMES}
-    expected = parsed.crf_nodes
-    if not expected and not parsed.crf_in_model:
-        return CRFImplementation("none", expected, ours)
-    if expected and ours == expected:
-        return CRFImplementation("plugin", expected, ours)
-    if allow_standard_op_crf:
-        return CRFImplementation("standard-op", expected, ours)
-    fix = ("; pass --allow-standard-op-crf (allow_standard_op_crf=True) to build it anyway")
-    if not expected:
-        raise EngineBuildError(
-            "this ONNX file's ConvCRF is made of standard ONNX ops (the portable flavour), so "
-            "TensorRT would build the standard-op CRF instead of the ConvCRF plugin; export it "
-            "with convcrf-export --flavor single-file (or plugin)" + fix)
-    found = ", ".join(f"{n} {name}" for name, n in sorted(ours.items())) or "none"
-    wanted = ", ".join(f"{n} {name}" for name, n in sorted(expected.items()))
-    unknown = layers.get("?", 0)
-    why = (f" ({unknown} plugin layer(s) could not be identified through this TensorRT's "
-           "Python API)" if unknown else "")
-    raise EngineBuildError(
-        f"TensorRT would build the ConvCRF with standard ops: the file has {wanted} node(s) but "
-        f"the parsed network has {found} ConvCRF plugin layer(s){why}; make sure the plugin "
-        "library registers ConvCRFKernel/ConvCRFMessagePassing version 1 in namespace \"\"" + fix)
-
-
-def _parser_errors(parser) -> list[str]:
-    errors = []
-    for i in range(parser.num_errors):
-        error = parser.get_error(i)
-        desc = error.desc() if hasattr(error, "desc") else str(error)
-        node = error.node() if hasattr(error, "node") else -1
-        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else str(desc))
-    return errors
-
-
-def _set_profiles(trt: ModuleType, builder, network, config, profile: Profile) -> None:
-    """One optimisation profile: ``image`` gets ``profile``; other dynamic inputs (e.g. the
-    ``logits`` of a ``part="crf"`` export) take N, H, W from it and keep their static C."""
-    opt_profile = builder.create_optimization_profile()
-    names = []
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        names.append(tensor.name)
-        dims = tuple(tensor.shape)
-        if tensor.name == IMAGE_INPUT:
-            shapes = (profile.min, profile.opt, profile.max)
-        else:
-            if len(dims) != 4 or dims[1] < 0:
-                raise EngineBuildError(
-                    f"input {tensor.name!r} has shape {dims}; only NCHW inputs with a static "
-                    "channel count besides 'image' can be profiled automatically")
-            shapes = tuple((s[0], dims[1], s[2], s[3]) for s in (profile.min, profile.opt, profile.max))
-        opt_profile.set_shape(tensor.name, *shapes)
-    if IMAGE_INPUT not in names:
-        raise EngineBuildError(f"the network has inputs {names} but no {IMAGE_INPUT!r}: export the "
-                               "model with convcrf-export (part 'full' or 'crf')")
-    config.add_optimization_profile(opt_profile)
-
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None,
                  plugin_library: str | os.PathLike | None = None, min_shape=None, opt_shape=None,
@@ -585,7 +128,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise ValueError(f"workspace_mb must be >= 1, got {workspace_mb}")
     trt = import_tensorrt()  # first: without TensorRT nothing else matters
     report = report or log.info
-    metadata = onnx_metadata(onnx_path)
+    # One read of the file (digest, metadata against graph) for the metadata and the parser.
+    exported = ExportedModel.open(onnx_path)
+    metadata = exported.metadata
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
                               metadata.input_size if metadata else None)
     library = find_plugin_library(plugin_library)
@@ -619,7 +164,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     override = getattr(getattr(trt, "OnnxParserFlag", None), "ENABLE_PLUGIN_OVERRIDE", None)
     if override is not None:
         parser.set_flag(override)
-    parsed = prepare_for_parser(onnx_path)
+    parsed = prepare_for_parser(exported)
     if not parser.parse(parsed.data, str(onnx_path)):
         errors = _parser_errors(parser)
         if any(is_plugin_not_found(e) for e in errors):

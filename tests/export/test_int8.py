@@ -271,7 +271,7 @@ def demo_exports(tmp_path_factory, calibration_folder):
 @pytest.mark.parametrize("flavor", ["single-file", "plugin", "portable"])
 def test_int8_export_quantises_the_unary_and_keeps_the_crf_float(demo_exports, flavor,
                                                                  calibration_folder):
-    from convcrf_deploy.runtime.backends.onnxrt.runner import unary_logits_name
+    from convcrf_deploy.exported_model import ExportedModel, unary_logits_name
 
     float_path, int8_path, report = demo_exports[flavor]
     float_model, int8_model = onnx.load(str(float_path)), onnx.load(str(int8_path))
@@ -284,8 +284,7 @@ def test_int8_export_quantises_the_unary_and_keeps_the_crf_float(demo_exports, f
     assert "int8 unary" in report.summary() and f"on {CALIBRATION_FRAMES} frames" in report.summary()
     props = {p.key: p.value for p in int8_model.metadata_props}
     assert props["convcrf.precision"] == "fp32"
-    from convcrf_deploy.files import check_onnx_digest
-    assert check_onnx_digest(int8_model, int8_path)             # digest of the INT8 graph
+    assert ExportedModel.open(int8_path).check_digest() == "content"   # sealed after quantising
     if report.verification is None:
         frames = calibration_set(calibration_folder, ModelMetadata.from_onnx_props(props))
         result = verify_int8(float_model, int8_model, frames, flavor=flavor)

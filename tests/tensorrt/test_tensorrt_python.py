@@ -402,16 +402,24 @@ def fakes(monkeypatch, plugin_lib, tmp_path):
 
 @pytest.fixture
 def onnx_model(tmp_path) -> Path:
-    """A (graph-less) ONNX file carrying convcrf metadata_props, as convcrf-export writes."""
-    import onnx
-    from onnx import helper
+    """A sealed exported-like file without a CRF (the toy model's interface and metadata)."""
+    return _toy_onnx(tmp_path / "model.onnx")
 
-    model = helper.make_model(helper.make_graph([], "g", [], []))
-    metadata = ModelMetadata.for_classes(["road", "car", "person", "sky"], input_size=(16, 24))
-    for key, value in metadata.to_onnx_props().items():
-        model.metadata_props.add(key=key, value=value)
-    path = tmp_path / "model.onnx"
-    onnx.save(model, str(path))
+
+def _toy_onnx(path: Path, crf: bool = False) -> Path:
+    import onnx
+
+    from convcrf_deploy.exported_model import seal
+    from convcrf_deploy.runtime.testing import write_toy_onnx
+
+    write_toy_onnx(path, ["road", "car", "person", "sky"], input_size=(16, 24))
+    if not crf:     # the toy records a CRF configuration; this one is a unary-only graph
+        model = onnx.load(str(path))
+        kept = [p for p in model.metadata_props if p.key != "convcrf.crf_config"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        seal(model)
+        onnx.save(model, str(path))
     return path
 
 
@@ -580,7 +588,7 @@ def test_build_engine_failure_and_options(fakes, onnx_model, tmp_path):
 def test_build_engine_rejects_invalid_onnx(fakes, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf \xff\xff")
-    with pytest.raises(ValueError, match="not a valid ONNX file"):
+    with pytest.raises(ValueError, match="bad.onnx is not a readable ONNX model"):
         build_engine(bad, tmp_path / "bad.engine")
 
 
@@ -605,13 +613,14 @@ def test_cli_build(fakes, onnx_model, tmp_path, capsys):
 # ---- the ConvCRF must be built from the plugin ------------------------------------------------------
 
 def _crf_onnx(path: Path, *, nodes: bool = True, functions: bool = True) -> Path:
-    """An exported-like file: two ConvCRFKernel nodes and one ConvCRFMessagePassing (with their
-    standard-op function bodies for the single-file flavour), CRF metadata."""
+    """An exported-like file (sealed): two ConvCRFKernel nodes and one ConvCRFMessagePassing
+    (with their standard-op function bodies for the single-file flavour), CRF metadata."""
     import onnx
     from onnx import TensorProto, helper
 
     from convcrf_deploy import CRFConfig
     from convcrf_deploy.export import onnx_ops
+    from convcrf_deploy.exported_model import seal
 
     attrs = onnx_ops.plugin_attributes(3)
     if nodes:
@@ -623,17 +632,23 @@ def _crf_onnx(path: Path, *, nodes: bool = True, functions: bool = True) -> Path
                              domain="trt.plugins", **attrs)]
     else:   # portable: the CRF inlined as standard ops
         graph_nodes = [helper.make_node("Identity", ["image"], ["probabilities"])]
+    graph_nodes.append(helper.make_node("ArgMax", ["probabilities"], ["labels"], axis=1,
+                                        keepdims=0))
     graph = helper.make_graph(
         graph_nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)])
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
                                                     helper.make_opsetid("trt.plugins", 1)])
     if functions:
         model.functions.extend(onnx_ops.local_functions(3, 20))
     metadata = ModelMetadata.for_classes(["road", "car", "person", "sky"], input_size=(16, 24))
-    props = {**metadata.to_onnx_props(), "convcrf.crf_config": CRFConfig(num_classes=4).to_json()}
+    flavor = "portable" if not nodes else "single-file" if functions else "plugin"
+    props = {**metadata.to_onnx_props(), "convcrf.crf_config": CRFConfig(num_classes=4).to_json(),
+             "convcrf.flavor": flavor}
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
+    seal(model)
     onnx.save(model, str(path))
     return path
 
@@ -682,11 +697,9 @@ def test_network_with_standard_op_crf_is_an_error_unless_allowed(fakes, tmp_path
 def _unstripped(module):
     original = module.prepare_for_parser
 
-    def prepare(path):
-        import onnx
-
-        parsed = original(path)
-        parsed.data = onnx.load(str(path)).SerializeToString()
+    def prepare(exported):
+        parsed = original(exported)
+        parsed.data = exported.proto.SerializeToString()
         return parsed
     return prepare
 
@@ -861,6 +874,7 @@ def _int8_crf_onnx(path: Path, *, relu_after_conv: bool = True) -> Path:
     from convcrf_deploy.data.scenes import SyntheticScene
     from convcrf_deploy.export import onnx_ops
     from convcrf_deploy.export.quantize import calibration_set, quantize_unary
+    from convcrf_deploy.exported_model import seal
 
     rng = np.random.default_rng(0)
     shapes = {"c1": (8, 3, 3), "c2": (8, 8, 3), "c3": (NUM_CLASSES, 8, 1)}
@@ -897,6 +911,7 @@ def _int8_crf_onnx(path: Path, *, relu_after_conv: bool = True) -> Path:
         model.metadata_props.add(key=key, value=value)
     frames = [SyntheticScene(32, 40, seed=i).render(i)[0][:, :, ::-1].copy() for i in range(8)]
     quantized = quantize_unary(model, calibration_set(frames, metadata)).model
+    seal(quantized)
     onnx.save(quantized, str(path))
     return path
 
@@ -954,8 +969,8 @@ def test_symmetric_rewrite_keeps_the_graph_meaning(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from convcrf_deploy.runtime.backends.onnxrt.runner import extract_part
-    from convcrf_deploy.tensorrt.builder import make_qdq_symmetric
+    from convcrf_deploy.exported_model import extract_part
+    from convcrf_deploy.tensorrt.network import make_qdq_symmetric
 
     model = onnx.load(str(_int8_crf_onnx(tmp_path / "int8.onnx")))
     unary = extract_part(model, ["image"], ["logits"])

@@ -395,6 +395,7 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
     unary = extract_part(model, [IMAGE_INPUT], [logits])
     del unary.metadata_props[:]
     del unary.functions[:]
+    _name_nodes(unary)
     custom = sorted({n.op_type for n in unary.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
         raise QuantizationError(f"the unary part (image -> {logits}) contains {custom} nodes: "
@@ -448,6 +449,20 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
     if DIGEST_KEY in props or LEGACY_DIGEST_KEY in props:
         seal(spliced)           # a sealed input stays loadable: its digest covers the new graph
     return QuantizedModel(spliced, report)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (the quantiser selects nodes by name; other tools'
+    graphs often leave names empty or repeat them)."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            base = node.name or f"{node.op_type}_{index}"
+            name, suffix = base, 1
+            while name in seen:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            node.name = name
+        seen.add(node.name)
 
 
 @contextlib.contextmanager

@@ -237,6 +237,17 @@ def test_boundary_is_found_by_unary_labels_or_named():
     assert kept.report.quantized_nodes.get("Conv") == 1 and kept.report.float_nodes["c2"] == "asked"
 
 
+def test_graphs_with_unnamed_nodes_are_quantised_too():
+    """Other tools' graphs often have no node names; the quantiser selects nodes by name."""
+    model = small_segmenter()
+    for node in model.graph.node:
+        node.name = ""
+    quantized = quantize_unary(model, small_calibration())
+    assert quantized.report.quantized_nodes.get("Conv") == 2
+    assert any(reason.startswith("stem") for reason in quantized.report.float_nodes.values())
+    assert_crf_untouched(quantized.model, model, "logits")
+
+
 def test_int8_verification_names_the_failed_criterion():
     result = quantize.Int8VerificationResult(backend="x", frames=2, size=(8, 8),
                                              label_agreement=0.99, unary_label_agreement=0.95)

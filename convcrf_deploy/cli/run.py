@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _outputs_failed(report) -> str:
     """One line: which outputs failed and that the rest completed."""
-    return (f"{len(report.output_errors)} output(s) failed and were not written: "
+    return (f"{len(report.output_errors)} output(s) failed and were dropped: "
             + " | ".join(report.output_errors) + "; the run and the other outputs completed")
 
 

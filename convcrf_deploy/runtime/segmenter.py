@@ -180,21 +180,21 @@ class Segmenter:
                          "%dx%d)", name, size[1], size[0], self.input_size[1],
                          self.input_size[0])
                 self.input_size = size
-        if self.resize != "none":
-            refusal = limits.refusal(*self.input_size)
-            if refusal is not None:
-                raise InputSizeError(
-                    f"{name}: frames are resized to {refusal}{widen}")
+        if self.resize != "none" and limits.refusal(*self.input_size) is not None:
+            height, width = self.input_size
+            raise InputSizeError(
+                f"{name} takes {limits.describe()}, and frames are resized to its input_size "
+                f"{width}x{height} (resize '{self.resize}'){widen}")
 
     def _check_frame_size(self, shape: tuple[int, int]) -> None:
         """With resize 'none': refuse a frame size the model cannot take, in one line."""
-        refusal = self.input_limits.refusal(*shape)
-        if refusal is not None:
+        height, width = shape
+        if self.input_limits.refusal(height, width) is not None:
             widen = f", or {self.input_limits.widen}" if self.input_limits.widen else ""
             raise InputSizeError(
-                f"frame {refusal.split(' is outside')[0]}: {self._model_name()} cannot take it "
-                f"with resize 'none' ({self.input_limits.describe()}): fit frames to the model "
-                f"with --resize letterbox or stretch{widen}")
+                f"frame {width}x{height}: {self._model_name()} cannot take it with resize "
+                f"'none' ({self.input_limits.describe()}): fit frames to the model with "
+                f"--resize letterbox or stretch{widen}")
 
     # -- CRF switch --------------------------------------------------------------------------
     @property

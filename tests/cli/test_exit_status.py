@@ -77,7 +77,7 @@ def test_a_recording_that_fails_is_status_1_and_the_bag_and_stats_are_written(
                "--save-bag", bag, "--stats-json", stats)
     errors = error_lines(capsys.readouterr().err)
     assert code == ExitCode.FAILED == 1
-    assert len(errors) == 1 and f"recording {out}" in errors[0] and "not written" in errors[0]
+    assert len(errors) == 1 and f"recording {out}" in errors[0] and "dropped" in errors[0]
     assert not out.exists() and bag_labels(bag) == 3
     assert json.loads(stats.read_text())["output_errors"][0].startswith(f"recording {out}")
 

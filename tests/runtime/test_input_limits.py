@@ -133,7 +133,7 @@ def test_an_engine_whose_profile_excludes_the_models_size_is_refused_at_load():
     limits = engine_limits((1, 3, 8, 8), (1, 3, 32, 32))
     assert Segmenter(LimitedBackend(limits, (16, 24), "stretch"))(frame(480, 640)).labels.shape \
         == (480, 640)
-    with pytest.raises(InputSizeError, match=r"resized to 320x240 is outside.*8x8 to 32x32"):
+    with pytest.raises(InputSizeError, match=r"8x8 to 32x32.*resized to its input_size 320x240"):
         Segmenter(LimitedBackend(limits, (240, 320), "stretch"))
     with pytest.raises(InputSizeError, match="batches of 2"):
         Segmenter(LimitedBackend(engine_limits((2, 3, 8, 8), (4, 3, 32, 32))))

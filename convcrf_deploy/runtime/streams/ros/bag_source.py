@@ -156,6 +156,7 @@ class BagSource(FrameSource):
     Raises:
         SourceError: the bag does not exist or cannot be read, the topic is missing or not an
             image topic (the message lists the image topics), or ``rate`` is not positive.
+        ValueError: ``max_gap_s`` is negative.
     """
 
     def __init__(self, path: str | Path, topic: str | None = None, rate: float | None = None,

@@ -677,6 +677,11 @@ def format_sweep(result: dict[str, Any]) -> str:
     return "\n".join([title, _table(rows, 0)])
 
 
+#: Formats :func:`plot_benchmark` writes (matplotlib's, chosen by the suffix).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff",
+                 ".webp")
+
+
 def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Bar chart of the median latency per stage and backend, one panel per size (PNG).
 
@@ -718,5 +723,5 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 __all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
            "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
-           "format_benchmark", "format_sweep", "plot_benchmark",
+           "format_benchmark", "format_sweep", "plot_benchmark", "PLOT_SUFFIXES",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
-from .harness import ExitCode, PlainHelpFormatter, UsageError, command, positive_float, positive_int
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, positive_float,
+                      positive_int, report_stream)
 from ..metrics import MIOU_LEGEND
 
 
@@ -142,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(error)) from None
     from ..evaluation import format_table, json_safe
 
-    print(format_table(result))
-    print("\n".join(MIOU_LEGEND.values()))
+    out = report_stream(args.json)
+    print(format_table(result), file=out)
+    print("\n".join(MIOU_LEGEND.values()), file=out)
     if args.json is not None:
         result["data"] = str(args.data)
         try:
             write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))
         except OSError as error:
             raise UsageError(f"cannot write {args.json}: {error}") from None
-        print(f"results written to {args.json}")
+        print(f"results written to {args.json}", file=out)
     return ExitCode.OK
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT, MissingDependencyError
+from ..runtime.backends.registry import BACKENDS
 from .harness import CommandError, ExitCode, PlainHelpFormatter, UsageError, command, int_at_least
 
 
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or default_output(args.model, args.flavor)
     from ..files import OutputPathError, check_output_paths
     try:
-        check_output_paths({"-o": output}, {"model": args.model})
+        # convcrf-run, -bench and -triton tell an ONNX file by its suffix.
+        check_output_paths({"-o": output}, {"model": args.model},
+                           suffixes={"-o": BACKENDS["onnxruntime"].suffixes})
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
     try:

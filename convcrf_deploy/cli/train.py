@@ -14,6 +14,7 @@ trained CRF (``convcrf_deploy.load_model``) with ``--unary-model``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
-                      positive_float, positive_int)
+                      positive_float, positive_int, report_stream)
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -191,20 +192,22 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{TORCH_HINT}") from error
     try:
         check_output_paths({"--out": args.out, "--json": args.json},
-                                        {"--data": args.data, "--unary-model": args.unary_model})
+                           {"--data": args.data, "--unary-model": args.unary_model})
         report, (crf, model) = _run(args)
         if args.out is not None:
             _save(args.out, crf, model)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         raise UsageError(str(error)) from None
-    _print_report(report)
+    out = report_stream(args.json)
+    with contextlib.redirect_stdout(out):
+        _print_report(report)
     if args.out is not None:
         report["checkpoint"] = str(args.out)
-        print(f"checkpoint written to {args.out}")
+        print(f"checkpoint written to {args.out}", file=out)
     if args.json is not None:
         from ..evaluation import json_safe
         write_text_atomic(args.json, json.dumps(json_safe(report), indent=2))
-        print(f"report written to {args.json}")
+        print(f"report written to {args.json}", file=out)
     return ExitCode.OK
 
 

@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_repository_output(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, a repository path that is a file, and a model
+    folder (``REPO/NAME``, replaced with ``--force``) that holds one of the inputs."""
+    if args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"-o {args.output} is a file; the model repository is a folder")
+    target = (args.output / args.name).resolve()
+    for option, path in (("model", args.model), ("--engine", args.engine),
+                         ("--plugin", args.plugin)):
+        if path is not None and (path.resolve() == target or target in path.resolve().parents):
+            raise UsageError(f"{option} {path} lies inside {args.output / args.name}, the model "
+                             "folder convcrf-triton writes; copy it elsewhere first")
+
+
 @command("convcrf-triton")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("give both --min and --max (the engine's profile), or neither")
     if args.engine is not None and args.plugin is not None and not args.plugin.is_file():
         raise UsageError(f"--plugin {args.plugin} does not exist")
+    _check_repository_output(args)
     try:
         options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
         if args.engine is None:

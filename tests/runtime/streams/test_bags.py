@@ -358,3 +358,39 @@ def test_missing_rosbags_gives_the_install_command(tmp_path, toy_onnx, capsys, m
     with pytest.raises(MissingDependencyError, match=r"convcrf-deploy\[ros\]"):
         BagSink(tmp_path / "out", Segmenter(toy_onnx).metadata)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+# ---- issue 21: a bag to start from -------------------------------------------------------------
+
+def test_write_image_bag_makes_a_bag_convcrf_run_reads(tmp_path, toy_onnx):
+    from convcrf_deploy.runtime.streams.ros import write_image_bag
+
+    drive = tmp_path / "drive"
+    info = write_image_bag(drive, "demo", max_frames=5, demo_size=(48, 64))
+    assert info["frames"] == 5 and info["topic"] == "/camera/image_raw"
+    source = BagSource(drive, topic="/camera/image_raw")
+    frames = list(source)
+    demo = open_source("demo", demo_size=(48, 64))
+    for frame in frames:                                          # bgr8: lossless
+        np.testing.assert_array_equal(frame.image, demo.read().image)
+    stamps = [frame.stamp.nanoseconds for frame in frames]
+    assert np.allclose(np.diff(stamps), 1e9 / 30, atol=1)        # the demo's 30 fps
+    # The README's bag command works on it.
+    assert run(["--video", f"bag:{drive}", "--topic", "/camera/image_raw", "--save-bag",
+                str(tmp_path / "out")], toy_onnx) == 0
+    # From a video file at its own frame rate, as JPEG CompressedImage.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    info = write_image_bag(tmp_path / "from_clip", str(clip), encoding="jpeg", max_frames=None)
+    assert info["frames"] == 4 and info["topic"] == "/camera/image_raw/compressed"
+    stamps = [f.stamp.nanoseconds for f in BagSource(tmp_path / "from_clip")]
+    assert np.allclose(np.diff(stamps), 1e8, atol=1)
+    # Never over an existing path; nothing left behind when it fails.
+    with pytest.raises(FileExistsError):
+        write_image_bag(drive, "demo", max_frames=2)
+    with pytest.raises(ValueError, match="never ends"):
+        write_image_bag(tmp_path / "endless", "demo", max_frames=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "drive", "from_clip", "out"]

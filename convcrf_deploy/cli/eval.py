@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> dict:
                                   filter_sizes=args.filter_sizes, seeds=args.seeds,
                                   blur=args.blur, iterations=args.iterations,
                                   fullcrf=not args.no_fullcrf, crfs=crfs, scale=args.scale,
-                                  progress=not args.quiet and sys.stderr.isatty())
+                                  progress=False if args.quiet else None)
     from ..data.folder import DatasetError
     from ..model import load_model
 
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> dict:
                             max_images=args.max_images)
     try:
         result = evaluate_model(model, folder, scale=args.scale,
-                                progress=not args.quiet and sys.stderr.isatty())
+                                progress=False if args.quiet else None)
     except DatasetError as error:
         raise DatasetError(f"{error}; the model {args.model} has {model.num_classes} classes "
                            f"{model.metadata.class_names}: is this its data set?") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..files import STDOUT, OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
+from ..progress import Progress
 from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
 from ..runtime.streams.files import check_recording_target
 from ..runtime.visualize import VIEWS
@@ -219,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         raise UsageError(str(exc))
     try:
-        segmenter = Segmenter(args.model, args.backend, resize=args.resize,
-                              crf=not args.no_crf,
-                              return_confidence=bool(args.save_bag or args.foxglove), **options)
+        with Progress(f"convcrf-run: loading {args.model}"):
+            segmenter = Segmenter(args.model, args.backend, resize=args.resize,
+                                  crf=not args.no_crf,
+                                  return_confidence=bool(args.save_bag or args.foxglove),
+                                  **options)
     except BackendUnavailableError:
         source.close()
         raise                      # status 3, with the pip command
@@ -239,8 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         source.close()
         segmenter.close()
         raise UsageError(str(exc))
+    # Headless runs show how far they are on a terminal (a window has its HUD).
+    bar = Progress(f"convcrf-run: {source.description}", args.max_frames,
+                   enabled=False if display else None)
+
+    def advance(frame, result) -> None:
+        bar.advance(note="frames" if args.max_frames is None else "")
+
     def finish(report) -> None:
         """The summary and --stats-json, written while run_video defers further interrupts."""
+        bar.close()
         described = segmenter.describe()
         report.info.update(model=str(args.model), backend=segmenter.backend.name,
                            threads=args.threads or described.get("threads")
@@ -254,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
 
     try:
-        report = run_video(source, segmenter, display=display, save=args.save,
-                           max_frames=args.max_frames, view=args.view, alpha=args.alpha,
-                           fps=args.fps, hud=not args.no_hud, sinks=sinks, on_end=finish)
+        with bar:
+            report = run_video(source, segmenter, display=display, save=args.save,
+                               max_frames=args.max_frames, view=args.view, alpha=args.alpha,
+                               fps=args.fps, hud=not args.no_hud, sinks=sinks,
+                               on_frame=advance, on_end=finish)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CommandError(f"the run failed: {exc}") from exc
     finally:

@@ -23,6 +23,7 @@ from ..config import TRAINABLE_GROUPS
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
+from ..progress import Progress
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
                       positive_float, positive_int, report_stream)
 
@@ -135,14 +136,19 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
         held_out = training.model_examples(model, held_samples)
         train = training.model_examples(model, train_samples)
 
+    bar = Progress("training", args.epochs * len(train_samples),
+                   enabled=False if args.quiet else None)
+
     def on_step(epoch, step, loss):
-        if not args.quiet and step == len(train_samples) - 1:
+        bar.advance(note=f"epoch {epoch + 1}, loss {loss:.4f}")
+        if not args.quiet and step == len(train_samples) - 1 and not bar.shown:
             print(f"epoch {epoch + 1}/{args.epochs} done (last step loss {loss:.4f})",
                   file=sys.stderr)
 
-    crf, report = training.run_decoupled_training(train, held_out, config, epochs=args.epochs,
-                                                  lr=args.lr, seed=args.seed,
-                                                  initial_state=initial_state, on_step=on_step)
+    with bar:
+        crf, report = training.run_decoupled_training(
+            train, held_out, config, epochs=args.epochs, lr=args.lr, seed=args.seed,
+            initial_state=initial_state, on_step=on_step)
     report.update({"data": str(args.data), "scale": args.scale, "holdout": args.holdout,
                    "unary": "synthetic" if model is None else str(args.unary_model)})
     return report, (crf, model)

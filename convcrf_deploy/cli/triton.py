@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..progress import Progress
 from .harness import (CommandError, ExitCode, UsageError, command, frame_size, int_at_least,
                       positive_int)
 
@@ -105,19 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     _check_repository_output(args)
     try:
         options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
-        if args.engine is None:
-            path = write_python_model(args.model, args.output, options,
-                                      input_dtype=args.input_dtype, threads=args.threads,
-                                      max_frame_size=(args.max_frame_size.height,
-                                                      args.max_frame_size.width),
-                                      force=args.force)
-        else:
-            profile = EngineProfile(args.min, args.max) if args.min is not None else None
-            path = write_tensorrt_model(args.model, args.engine, args.output, options,
-                                        plugin=args.plugin, profile=profile,
-                                        frame_sizes=[(size.height, size.width)
-                                                     for size in args.frame_size or ()] or None,
-                                        force=args.force)
+        with Progress(f"convcrf-triton: writing {args.output / args.name}"):
+            if args.engine is None:
+                path = write_python_model(args.model, args.output, options,
+                                          input_dtype=args.input_dtype, threads=args.threads,
+                                          max_frame_size=(args.max_frame_size.height,
+                                                          args.max_frame_size.width),
+                                          force=args.force)
+            else:
+                profile = EngineProfile(args.min, args.max) if args.min is not None else None
+                path = write_tensorrt_model(
+                    args.model, args.engine, args.output, options, plugin=args.plugin,
+                    profile=profile, force=args.force,
+                    frame_sizes=[(size.height, size.width)
+                                 for size in args.frame_size or ()] or None)
     except RepositoryError as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:

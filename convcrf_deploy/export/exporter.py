@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..metadata import ONNX_KEYS
+from ..progress import Progress
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
 
@@ -478,14 +479,15 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     module, crf = _prepare(source, part, fp16)
     key = _trace_key(source, part, fp16, *trace_size, static)
     if key not in _TRACED:
-        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-        example = _example_inputs(part, num_classes, *trace_size, batch=2)
-        exported = _trace(module, example, _dynamic_shapes(part, static))
-        input_names, output_names = IO_NAMES[part]
-        # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
-        base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
-        _name_dynamic_axes(base, static)
-        _remember(key, base.SerializeToString())
+        with Progress("export: tracing the model and translating it to ONNX"):
+            # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+            example = _example_inputs(part, num_classes, *trace_size, batch=2)
+            exported = _trace(module, example, _dynamic_shapes(part, static))
+            input_names, output_names = IO_NAMES[part]
+            # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
+            base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
+            _name_dynamic_axes(base, static)
+            _remember(key, base.SerializeToString())
     onnx_model = _convert_opset(onnx.ModelProto.FromString(_TRACED[key]), opset)
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
@@ -527,16 +529,18 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
-            report.verification = verify_export(
-                onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
-                size=(height, width) if height is not None else None)
+            with Progress("export: verifying the graph against PyTorch"):
+                report.verification = verify_export(
+                    onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
+                    size=(height, width) if height is not None else None)
         except VerificationError:
             with atomic_write(failed_path) as temporary:
                 onnx.save(onnx_model, str(temporary))
             raise
     if not report.ok:
         report.path = failed_path
-    with atomic_write(report.path) as temporary:
+    with Progress(f"export: writing {report.path.name}"), \
+            atomic_write(report.path) as temporary:
         onnx.save(onnx_model, str(temporary))
     return report
 

@@ -429,9 +429,11 @@ def _time_size(model, runners, result, size, batch, iterations, warmup, device, 
                 entry[stage]["speedup_vs_torch"] = (base["p50_ms"] / entry[stage]["p50_ms"]
                                                     if base else None)
         if "crf" in entry:
-            for reference in references:
-                entry["crf"][f"speedup_vs_{reference}"] = (
-                    result["crf_references"][reference][key]["p50_ms"] / entry["crf"]["p50_ms"])
+            # Named apart from ``reference`` above (the torch backend's entry), which this
+            # loop used to overwrite with a string (issue 21).
+            for ref_name in references:
+                entry["crf"][f"speedup_vs_{ref_name}"] = (
+                    result["crf_references"][ref_name][key]["p50_ms"] / entry["crf"]["p50_ms"])
 
 
 # ---- the CRF-setting sweep --------------------------------------------------------------------

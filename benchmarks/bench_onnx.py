@@ -26,16 +26,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from convcrf_deploy.benchmarking import time_interleaved
+from convcrf_deploy.exported_model import ExportedModel
 from convcrf_deploy.export import FLAVORS, export_onnx, load_exportable
 
 
 def graph_size(path: Path) -> dict[str, int]:
     """Top-level nodes, and nodes once local functions are inlined (what a runtime executes)."""
-    model = onnx.load(str(path))
+    model = ExportedModel.open(path).proto      # the readers' own reader (digest checked)
     bodies = {(f.domain, f.name): len(f.node) for f in model.functions}
     inlined = sum(bodies.get((n.domain, n.op_type), 1) for n in model.graph.node)
     custom = sum(1 for n in model.graph.node if n.domain == "trt.plugins")
@@ -50,7 +50,9 @@ def ort_session(path: Path, threads: int):
     natively (benchmarks/bench_runtime.py, convcrf-bench)."""
     from convcrf_deploy.runtime.backends.onnxrt import SessionLoader
 
-    return SessionLoader(path, ("cpu",), threads=threads, spinning=False)()[0]
+    # custom_ops=False: the graphs as a plain ONNX Runtime runs them (the single-file flavour on
+    # its function bodies); benchmarks/bench_ort_ops.py times them with libconvcrf_ort_ops.
+    return SessionLoader(path, ("cpu",), threads=threads, spinning=False, custom_ops=False)()[0]
 
 
 def bench_part(model, part: str, sessions: dict, sizes, args, results: dict) -> None:

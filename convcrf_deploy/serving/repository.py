@@ -1,10 +1,16 @@
 """Write a Triton Inference Server model repository for an exported model (``convcrf-triton``).
 
-Two kinds of model, with the same interface as our ONNX graphs (docs/serving.md):
+Three kinds of model, with the same interface as our ONNX graphs (docs/serving.md):
 
 * **CPU / reference** (:func:`write_python_model`): Triton's Python backend runs the exported
   ``.onnx`` with our runtime (:mod:`convcrf_deploy.serving.python_model`); ``image`` is
   ``TYPE_UINT8`` (default) or ``TYPE_FP32`` ``[3, -1, -1]``;
+* **ONNX Runtime** (:func:`write_onnxruntime_model`): Triton's onnxruntime backend runs the
+  exported ``.onnx`` itself, its ConvCRF nodes on our custom-op library ``libconvcrf_ort_ops``
+  declared in the configuration (``model_operations { op_library_filename: ... }``;
+  docs/onnxruntime.md); ``image`` is ``TYPE_FP32`` ``[3, -1, -1]``. Written and validated
+  against Triton's ``ModelConfig`` schema, **not run on a server here** (the bundled
+  ``tritonserver`` has no onnxruntime backend);
 * **NVIDIA GPU** (:func:`write_tensorrt_model`): Triton's TensorRT backend runs the engine from
   ``convcrf-build`` (``platform: "tensorrt_plan"``); the ConvCRF plugin library must be loaded
   into the server (``--backend-config=tensorrt,plugins=LIB`` or ``LD_PRELOAD=LIB``: the
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..metadata import ModelMetadata
+from ..exported_model import ExportedModel, check_written
 
 #: file inside each written model folder listing what convcrf-triton wrote there.
 MANIFEST = "convcrf-triton.json"
@@ -90,40 +96,60 @@ class ModelOptions:
 
 
 # -- reading the exported model ----------------------------------------------------------------
-def _load_onnx(onnx_path: Path):
-    import onnx
-
+def _open_onnx(onnx_path: Path):
+    """The export as every reader sees it (digest, metadata against graph), and its
+    ``convcrf.*`` metadata entries."""
     if not onnx_path.is_file():
         raise RepositoryError(f"ONNX model {str(onnx_path)!r} does not exist")
     try:
-        model = onnx.load(str(onnx_path))
-    except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise RepositoryError(f"{str(onnx_path)!r} is not a readable ONNX file "
-                              f"({type(exc).__name__}: {exc}); export it with convcrf-export") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        ModelMetadata.from_onnx_props(props)
-    except ValueError as exc:
-        raise RepositoryError(f"{onnx_path.name}: {exc}") from None
-    return model, {k: v for k, v in props.items() if k.startswith("convcrf.")}
+        model = ExportedModel.open(onnx_path)
+        model.require_metadata()
+    except ValueError as exc:     # not ONNX, damaged, inconsistent, not ours
+        raise RepositoryError(str(exc)) from None
+    return model, {k: v for k, v in model.props.items() if k.startswith("convcrf.")}
 
 
-def _graph_io(model) -> tuple[str, dict[str, tuple[str, list[int]]]]:
+def _graph_io(model: ExportedModel) -> tuple[str, dict[str, tuple[str, list[int]]]]:
     """(input Triton type, {output name: (Triton type, dims without batch)}) of an export."""
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if [i.name for i in inputs] != ["image"]:
-        raise RepositoryError(f"the graph has inputs {[i.name for i in inputs]}; convcrf models take "
-                              "one 'image' input (export part 'full' with convcrf-export)")
-    input_type = _ONNX_TYPES.get(inputs[0].type.tensor_type.elem_type, "TYPE_FP32")
+    if model.part != "full":
+        raise RepositoryError(f"{model.name} has inputs {list(model.inputs)} and outputs "
+                              f"{list(model.outputs)}; Triton models take one 'image' and give "
+                              "'probabilities' and 'labels' (export part 'full' with convcrf-export)")
+    input_type = _ONNX_TYPES.get(model.inputs["image"].elem_type, "TYPE_FP32")
     outputs = {}
-    for out in model.graph.output:
-        dims = [d.dim_value if d.dim_value > 0 else -1 for d in out.type.tensor_type.shape.dim]
-        outputs[out.name] = (_ONNX_TYPES.get(out.type.tensor_type.elem_type, "TYPE_FP32"), dims[1:])
-    missing = [n for n in ("labels", "probabilities") if n not in outputs]
-    if missing:
-        raise RepositoryError(f"the graph lacks output(s) {missing}; export it with convcrf-export")
-    return input_type, {n: v for n, v in outputs.items()
-                        if n in ("labels", "probabilities", "unary_labels")}
+    for name, info in model.outputs.items():
+        if name in ("labels", "probabilities", "unary_labels"):
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in info.shape or ()]
+            outputs[name] = (_ONNX_TYPES.get(info.elem_type, "TYPE_FP32"), dims[1:])
+    return input_type, outputs
+
+
+def _write_served_onnx(model: ExportedModel, written: Path, final: Path, load) -> None:
+    """Write the export as one file (external data inlined; the content digest survives the
+    re-save) and read it back as the server will (:func:`check_written`, then ``load``) before
+    the folder is committed: a repository whose model the server refuses is never written."""
+    import onnx
+
+    onnx.save(model.load_proto_with_data(), str(written))
+    try:
+        check_written(written, final)
+        load(written)
+    except ValueError as exc:
+        raise RepositoryError(f"the server could not load the written model: {exc}") from None
+
+
+def _load_like_the_server(path: Path, ops_library) -> None:
+    """Open ``path`` in ONNX Runtime with the custom-op library registered, as Triton's ONNX
+    Runtime backend does; skipped when the library the server will use is not on this machine
+    (the file itself was checked by :func:`check_written`)."""
+    from ..runtime.backends.base import BackendUnavailableError
+    from ..runtime.backends.onnxrt.loader import SessionLoader
+
+    custom_ops = ops_library if ops_library is not None and Path(ops_library).is_file() else None
+    try:
+        SessionLoader(path, ("cpu",), threads=1, spinning=False, custom_ops=custom_ops)()
+    except BackendUnavailableError:
+        pass      # no onnxruntime or no custom-op library here: the server's to load
 
 
 # -- config.pbtxt -------------------------------------------------------------------------------
@@ -213,6 +239,87 @@ def _write_model(repository: Path, options: ModelOptions, force: bool, fill) -> 
     return target
 
 
+def _config_text(config: str, section: str) -> str:
+    """``config`` with one more top-level ``section`` before its ``parameters``."""
+    lines = config.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("parameters {")), len(lines))
+    return "\n".join([*lines[:at], section, *lines[at:]]) + "\n"
+
+
+def write_onnxruntime_model(onnx_path: str | os.PathLike, repository: str | os.PathLike,
+                            options: ModelOptions = ModelOptions(), *,
+                            ops_library: str | os.PathLike | None = None, threads: int = 1,
+                            gpu: bool = False, force: bool = False) -> Path:
+    """Write ``REPO/<name>/`` with an ``onnxruntime``-backend model of ``onnx_path``.
+
+    The server's ONNX Runtime runs the whole graph; its ConvCRF nodes run on our custom-op
+    library, which the configuration declares (``model_operations { op_library_filename }``):
+    required for the ``plugin`` flavour, and for the ``single-file`` flavour it replaces the
+    nodes' slower function bodies; a ``portable`` export needs none. Untested on a server here
+    (docs/serving.md).
+
+    Args:
+        onnx_path: an export of any flavour (the graph's input is float32 in every flavour).
+        repository: the model repository folder (created if needed).
+        options: name, batching and instances.
+        ops_library: ``libconvcrf_ort_ops`` as the *server* will find it (an absolute path; in
+            a container, the path inside it). Default: the library installed here
+            (:func:`convcrf_deploy.ort_ops_library`). Its ``libconvcrf_cpu`` must sit beside it,
+            and the server's ONNX Runtime must be >= 1.16.
+        threads: ONNX Runtime intra-op threads per instance (``intra_op_thread_count``).
+        gpu: ``KIND_GPU`` instances (the server's CUDA provider; declare the CUDA variant,
+            ``ort_ops_library(cuda=True)``, for the ConvCRF nodes to run on the GPU).
+        force: replace a model folder previously written by convcrf-triton.
+
+    Returns:
+        ``REPO/<name>``.
+
+    Raises:
+        RepositoryError: bad options, a non-convcrf ONNX file, a graph with ConvCRF nodes and
+            no library (not installed here and none named), a relative ``ops_library``, or an
+            existing folder that may not be replaced.
+    """
+    from .. import _native
+
+    if threads < 1:
+        raise RepositoryError("threads must be >= 1")
+    onnx_path = Path(onnx_path)
+    model, props = _open_onnx(onnx_path)
+    input_type, outputs = _graph_io(model)
+    section = None
+    if model.crf_nodes:
+        if ops_library is None:
+            try:
+                ops_library = _native.ort_ops_library(cuda=gpu)
+            except _native.NativeError as exc:
+                raise RepositoryError(f"{onnx_path.name} has ConvCRF nodes, which the server's "
+                                      f"ONNX Runtime runs on libconvcrf_ort_ops: {exc}; or name "
+                                      "the server's copy with --ops-library") from None
+        if not Path(ops_library).is_absolute():
+            raise RepositoryError(f"--ops-library {ops_library} must be an absolute path (Triton "
+                                  "loads it as given, not relative to the repository)")
+        section = f"model_operations {{ op_library_filename: {_quote(str(ops_library))} }}"
+    config = render_config(options=options, platform_line='backend: "onnxruntime"',
+                           input_type=input_type, input_dims=[3, -1, -1], outputs=outputs,
+                           instance_kind="KIND_GPU" if gpu else "KIND_CPU",
+                           parameters={"intra_op_thread_count": str(threads), **props})
+    if section is not None:
+        config = _config_text(config, section)
+
+    target = Path(repository) / options.name
+
+    def fill(folder: Path) -> list[str]:
+        (folder / "1").mkdir()
+        _write_served_onnx(model, folder / "1" / "model.onnx", target / "1" / "model.onnx",
+                           lambda path: _load_like_the_server(path, ops_library))
+        (folder / "config.pbtxt").write_text(config)
+        (folder / "README.md").write_text(_readme(options, "onnxruntime", "float32", outputs,
+                                                  ops_library))
+        return ["config.pbtxt", "README.md", "1/model.onnx"]
+
+    return _write_model(Path(repository), options, force, fill)
+
+
 def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLike,
                        options: ModelOptions = ModelOptions(), *, input_dtype: str = "uint8",
                        max_frame_size: tuple[int, int] = (2160, 3840), threads: int = 1,
@@ -220,8 +327,8 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
     """Write ``REPO/<name>/`` with a Python-backend model running ``onnx_path`` on the CPU.
 
     Args:
-        onnx_path: an export of the ``single-file`` or ``portable`` flavour (ONNX Runtime runs
-            it; the ``plugin`` flavour needs TensorRT: use :func:`write_tensorrt_model`).
+        onnx_path: an export of any flavour; the ``plugin`` flavour needs the custom-op library
+            ``libconvcrf_ort_ops`` in the server's convcrf-deploy (checked here, in this one).
         repository: the model repository folder (created if needed).
         options: name, batching and instances.
         input_dtype: ``"uint8"`` or ``"float32"``: the ``image`` type clients send.
@@ -234,23 +341,26 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
         ``REPO/<name>``.
 
     Raises:
-        RepositoryError: bad options, a non-convcrf or plugin-flavour ONNX file, or an existing
-            folder that may not be replaced.
+        RepositoryError: bad options, a non-convcrf ONNX file, a plugin-flavour file without
+            the custom-op library, or an existing folder that may not be replaced.
     """
-    from ..runtime.backends.onnxrt.loader import needs_tensorrt_plugin
+    from .. import _native
 
     if input_dtype not in INPUT_DTYPES:
         raise RepositoryError(f"input dtype must be one of {sorted(INPUT_DTYPES)}, got {input_dtype!r}")
     if threads < 1 or min(max_frame_size) < 1:
         raise RepositoryError("threads and the maximum frame size must be >= 1")
     onnx_path = Path(onnx_path)
-    model, props = _load_onnx(onnx_path)
-    if needs_tensorrt_plugin(model):
-        raise RepositoryError(f"{onnx_path.name} is a 'plugin'-flavour export, which only TensorRT "
-                              "runs: export --flavor single-file for the CPU repository, or build an "
-                              "engine (convcrf-build) and pass --engine")
+    model, props = _open_onnx(onnx_path)
+    if model.needs_custom_ops:
+        try:
+            _native.ort_ops_library()
+        except _native.NativeError as exc:
+            raise RepositoryError(f"{onnx_path.name} is a 'plugin'-flavour export, which ONNX "
+                                  f"Runtime runs only with libconvcrf_ort_ops: {exc}; or export "
+                                  "--flavor single-file for the CPU repository") from None
     _, outputs = _graph_io(model)
-    from .python_model import MAX_PIXELS_KEY, THREADS_KEY
+    from .python_model import MAX_PIXELS_KEY, THREADS_KEY, load_backend
 
     parameters = {**props, MAX_PIXELS_KEY: str(max_frame_size[0] * max_frame_size[1]),
                   THREADS_KEY: str(threads)}
@@ -258,11 +368,13 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
                            input_type=INPUT_DTYPES[input_dtype], input_dims=[3, -1, -1],
                            outputs=outputs, instance_kind="KIND_CPU", parameters=parameters)
 
-    def fill(folder: Path) -> list[str]:
-        import onnx
+    target = Path(repository) / options.name
 
+    def fill(folder: Path) -> list[str]:
         (folder / "1").mkdir()
-        onnx.save(model, str(folder / "1" / "model.onnx"))  # one file, external data inlined
+        # The server's own reader: the Python model's initialize.
+        _write_served_onnx(model, folder / "1" / "model.onnx", target / "1" / "model.onnx",
+                           lambda path: load_backend(path, threads=1).deactivate())
         (folder / "1" / "model.py").write_text(MODEL_SHIM)
         (folder / "config.pbtxt").write_text(config)
         (folder / "README.md").write_text(_readme(options, "python", input_dtype, outputs))
@@ -331,7 +443,7 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not engine_path.is_file():
         raise RepositoryError(f"engine {str(engine_path)!r} does not exist; build it with convcrf-build")
-    model, props = _load_onnx(onnx_path)
+    model, props = _open_onnx(onnx_path)
     input_type, outputs = _graph_io(model)
     types = {}
     if profile is None:
@@ -342,7 +454,7 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
                 f"cannot read the engine's shape profile here ({type(exc).__name__}: {exc}); "
                 "convcrf-build does not record it, so pass the shapes you built it with: "
                 "--min NxCxHxW --max NxCxHxW") from None
-    metadata = ModelMetadata.from_onnx_props(props)
+    metadata = model.require_metadata()
     sizes = list(frame_sizes or [tuple(metadata.input_size)])
     check_profile(profile, options.max_batch, sizes)
     input_type = types.get("image", input_type)
@@ -376,7 +488,22 @@ def _readme(options: ModelOptions, kind: str, input_dtype: str | None,
             outputs: dict[str, tuple[str, list[int]]], plugin: str | os.PathLike | None = None) -> str:
     name = options.name
     outs = ", ".join(f"`{n}` {t[5:].lower()}" for n, (t, _) in outputs.items())
-    if kind == "python":
+    if kind == "onnxruntime":
+        library = ("Its ConvCRF nodes run on the custom-op library declared in `model_operations`,\n"
+                   f"`{plugin}`: the server must find it at that path, with\n"
+                   "`libconvcrf_cpu.so` beside it (in a container, write the repository with\n"
+                   "`--ops-library` naming the path inside the container).\n") if plugin else ""
+        start = (
+            "This is an **onnxruntime-backend** model: the server's ONNX Runtime runs\n"
+            "`1/model.onnx`; it must be ONNX Runtime >= 1.16 (the Triton release notes list the\n"
+            "version a server bundles). " + library +
+            "convcrf-triton validates this configuration against Triton's model configuration\n"
+            "schema, but convcrf-deploy's tests do not run it on a server (docs/serving.md).\n\n"
+            "```bash\n"
+            "tritonserver --model-repository=$PWD/..\n"
+            "```\n")
+        image = "`image` float32 [N, 3, H, W] RGB 0..255"
+    elif kind == "python":
         start = (
             "This is a **Python-backend** model (CPU): the server runs the exported ONNX graph with\n"
             "convcrf-deploy's runtime (ONNX Runtime, no torch). In the server's Python environment:\n\n"

@@ -1,9 +1,13 @@
 """How to obtain an ONNX Runtime session for an exported model.
 
-Short provider names map to ONNX Runtime's: ``"cpu"``, ``"cuda"``, ``"tensorrt"``. Graphs of
-the ``plugin`` export flavour contain ``trt.plugins`` nodes that only TensorRT (with our
-plugin library) can run; :class:`SessionLoader` refuses them up front on other providers with
-a message saying what to do, instead of ONNX Runtime's opaque "could not find a kernel".
+Short provider names map to ONNX Runtime's: ``"cpu"``, ``"cuda"``, ``"tensorrt"``. The
+ConvCRF nodes of an export (``trt.plugins::ConvCRFKernel`` / ``ConvCRFMessagePassing``) run
+in ONNX Runtime on our custom-op library ``libconvcrf_ort_ops`` (docs/onnxruntime.md), which
+:class:`SessionLoader` registers with every session when it is installed: the ``plugin``
+flavour needs it, and the ``single-file`` flavour's nodes then run on it instead of their
+standard-op function bodies. A ``plugin``-flavour file without the library is refused up front
+with a message saying how to get it, instead of ONNX Runtime's opaque "could not find a
+kernel". With the TensorRT provider the nodes are TensorRT's (our TensorRT plugin) instead.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .... import _native
+from ....exported_model import ExportedModel
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
@@ -18,10 +24,6 @@ from ..base import BackendUnavailableError
 #: short name -> ONNX Runtime execution provider.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-
-#: domain of the custom ConvCRF nodes (docs/ops.md).
-PLUGIN_DOMAIN = "trt.plugins"
-
 
 def import_onnxruntime():
     try:
@@ -33,16 +35,10 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def needs_tensorrt_plugin(model_proto) -> bool:
-    """True when the graph has ``trt.plugins`` nodes without a model-local function body
-    (the ``plugin`` flavour); the ``single-file`` flavour defines them as functions."""
-    local = {(f.domain, f.name) for f in model_proto.functions}
-    return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
-               for node in model_proto.graph.node)
-
-
 class SessionLoader:
-    """Builds an ``onnxruntime.InferenceSession``.
+    """Builds an ``onnxruntime.InferenceSession`` for an exported file, read and checked by
+    :meth:`convcrf_deploy.exported_model.ExportedModel.open` first; calling the loader returns
+    ``(session, ExportedModel)``.
 
     Args:
         path: the ``.onnx`` file.
@@ -51,15 +47,29 @@ class SessionLoader:
         plugin_library: the ConvCRF TensorRT plugin (``libconvcrf_trt_plugin.so``), handed to
             the TensorRT provider as ``trt_extra_plugin_lib_paths``; defaults to
             ``$CONVCRF_TRT_PLUGIN``.
-        threads: intra-op threads (``None``: ONNX Runtime's default, all cores).
+        threads: intra-op threads (``None``: ONNX Runtime's default, all cores), also the
+            worker threads of the custom ops' native kernels (session config entry
+            ``convcrf.num_threads``; ``None``: every CPU the process may use).
         spinning: idle intra-op threads busy-wait for the next run (ONNX Runtime's default:
             lowest latency, but they hold the cores for a while after each run, which slows
             PyTorch or other work interleaved with the session 10-30x on a small CPU).
+        custom_ops: the ONNX Runtime custom-op library of the ConvCRF nodes: ``None`` (default)
+            registers the installed ``libconvcrf_ort_ops`` (its CUDA variant when the providers
+            include ``"cuda"`` and it is installed) when there is one; a path registers that
+            file; ``False`` registers none. Not used with the ``"tensorrt"`` provider, whose
+            ConvCRF nodes are the TensorRT plugin's.
+
+    Attributes:
+        custom_ops_library: the library registered with the sessions (``Path``), or ``None``.
+        custom_ops_missing: why none is registered (``""`` when one is).
+
+    Raises:
+        ValueError: invalid providers or threads, or ``custom_ops`` names no file.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, custom_ops: str | os.PathLike | bool | None = None):
         self.path = Path(path)
         unknown = [p for p in providers if p not in PROVIDERS]
         if not providers or unknown:
@@ -72,12 +82,64 @@ class SessionLoader:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.spinning = spinning
+        self.custom_ops_library, self.custom_ops_missing = self._custom_ops(custom_ops)
+
+    def _custom_ops(self, wanted) -> tuple[Path | None, str]:
+        if wanted is False:
+            return None, "custom_ops=False was given"
+        if "tensorrt" in self.providers:
+            return None, "the TensorRT provider runs them with the TensorRT plugin"
+        if wanted is not None and wanted is not True:
+            path = Path(wanted).expanduser()
+            if not path.is_file():
+                raise ValueError(f"custom_ops={str(wanted)!r} is not a file; pass the path of "
+                                 "libconvcrf_ort_ops (convcrf_deploy.ort_ops_library())")
+            return path, ""
+        if "cuda" in self.providers:
+            try:
+                return Path(_native.ort_ops_library(cuda=True)), ""
+            except _native.NativeError:
+                pass  # the CPU variant below: ONNX Runtime copies the tensors to it
+        try:
+            return Path(_native.ort_ops_library()), ""
+        except _native.NativeError as exc:
+            return None, str(exc)
+
+    def session_options(self, spinning: bool | None = None):
+        """``onnxruntime.SessionOptions`` with the threads, spinning policy and custom-op
+        library of this loader (also used for sessions of parts of the graph).
+
+        Raises:
+            BackendUnavailableError: ONNX Runtime refuses the custom-op library (too old an
+                ONNX Runtime, a damaged file).
+        """
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if not (self.spinning if spinning is None else spinning):
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.custom_ops_library is not None:
+            if self.threads is not None:  # read when the library registers: set it first
+                options.add_session_config_entry(_native.ORT_OPS_THREADS_KEY, str(self.threads))
+            try:
+                options.register_custom_ops_library(str(self.custom_ops_library))
+            except Exception as exc:  # onnxruntime's pybind errors share no useful base class
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BackendUnavailableError(
+                    f"ONNX Runtime {ort.__version__} cannot register the ConvCRF custom-op "
+                    f"library {self.custom_ops_library}: {first_line[:300]}; it needs ONNX "
+                    "Runtime >= 1.16 and libconvcrf_cpu beside it (reinstall with `pip "
+                    "install --force-reinstall .`)") from None
+        return options
 
     def __call__(self):
         ort = import_onnxruntime()
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model {str(self.path)!r} does not exist")
-        model_proto = read_onnx(self.path)
+        # The one reader of exported files: digest, metadata against graph, then ONNX Runtime.
+        model = ExportedModel.open(self.path)
         available = set(ort.get_available_providers())
         missing = [p for p in self.providers if PROVIDERS[p] not in available]
         if missing:
@@ -85,25 +147,9 @@ class SessionLoader:
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
                 f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
-        if needs_tensorrt_plugin(model_proto):
-            if "tensorrt" not in self.providers:
-                raise BackendUnavailableError(
-                    f"{self.path.name} is a 'plugin'-flavour export: its ConvCRF nodes run only "
-                    "in TensorRT with the ConvCRF plugin. Export the 'single-file' or "
-                    "'portable' flavour for ONNX Runtime on CPU/CUDA (convcrf-export --flavor "
-                    "single-file), or run it with providers=('tensorrt', 'cuda', 'cpu') and "
-                    "--plugin LIB")
-            if self.plugin_library is None or not self.plugin_library.exists():
-                raise BackendUnavailableError(
-                    f"{self.path.name} needs the ConvCRF TensorRT plugin library: pass "
-                    "plugin_library= (--plugin) or set CONVCRF_TRT_PLUGIN; "
-                    f"got {str(self.plugin_library) if self.plugin_library else 'none'}")
-        options = ort.SessionOptions()
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        if not self.spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if model.needs_custom_ops:
+            self._check_plugin_flavour_can_run()
+        options = self.session_options()
         provider_list = []
         for name in self.providers:
             if name == "tensorrt" and self.plugin_library is not None:
@@ -116,43 +162,28 @@ class SessionLoader:
                                            providers=provider_list)
         except Exception as exc:    # onnxruntime's pybind errors share no useful base class
             if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
-                                          "NoSuchFile", "InvalidArgument"):
+                                          "NoSuchFile", "InvalidArgument", "RuntimeException"):
                 raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
-        return session, model_proto
+        return session, model
 
+    def _check_plugin_flavour_can_run(self) -> None:
+        """A ``plugin``-flavour graph: its ConvCRF nodes need our kernels registered."""
+        if "tensorrt" in self.providers:
+            if self.plugin_library is None or not self.plugin_library.exists():
+                raise BackendUnavailableError(
+                    f"{self.path.name} needs the ConvCRF TensorRT plugin library: pass "
+                    "plugin_library= (--plugin) or set CONVCRF_TRT_PLUGIN; "
+                    f"got {str(self.plugin_library) if self.plugin_library else 'none'}")
+            return
+        if self.custom_ops_library is None:
+            raise BackendUnavailableError(
+                f"{self.path.name} is a 'plugin'-flavour export: ONNX Runtime runs its ConvCRF "
+                "nodes (domain trt.plugins) only with our custom-op library libconvcrf_ort_ops "
+                f"registered, and it is not available: {self.custom_ops_missing}. This runtime "
+                "registers it by itself once it is installed; in your own code: "
+                "options.register_custom_ops_library(convcrf_deploy.ort_ops_library()). Or "
+                "export the 'single-file' flavour (convcrf-export --flavor single-file), which "
+                "runs in any ONNX Runtime")
 
-def read_onnx(path: Path):
-    """The ``ModelProto`` of ``path`` without external data (only the graph is inspected),
-    its digest checked (:func:`convcrf_deploy.files.check_onnx_digest`).
-
-    Raises:
-        ValueError: the file is empty, truncated, corrupt or not ONNX; ``DamagedFileError``
-            (a ``ValueError``) when its graph does not match the digest written at export.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from ....files import check_onnx_digest
-
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes), not an ONNX model; export it again "
-                         "(convcrf-export)")
-    with open(path, "rb") as handle:
-        if handle.read(4) == b"PK\x03\x04":
-            raise ValueError(f"{path} is a zip archive (a PyTorch checkpoint?), not an ONNX "
-                             "model: run it with the torch backend, or export it first "
-                             "(convcrf-export MODEL -o MODEL.onnx)")
-    try:
-        model_proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
-                         f"kind of file: {first_line[:200]}); export it again "
-                         "(convcrf-export)") from None
-    if not model_proto.graph.node and not model_proto.graph.output:
-        raise ValueError(f"{path} is not an ONNX model (it holds no graph: truncated, corrupt "
-                         "or another kind of file); export it again (convcrf-export)")
-    check_onnx_digest(model_proto, path)
-    return model_proto

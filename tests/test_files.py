@@ -123,10 +123,15 @@ def test_fifos_devices_and_stdout_are_streamed_to_not_renamed_over(tmp_path, cap
     fifo = tmp_path / "stats.fifo"
     os.mkfifo(fifo)
     chunks: list[bytes] = []
-    reader = threading.Thread(target=_read_fifo, args=(fifo, chunks))
+    reader = threading.Thread(target=_read_fifo, args=(fifo, chunks), daemon=True)
     reader.start()
-    write_text_atomic(fifo, '{"frames": 3}')
-    reader.join(timeout=10)
+    try:
+        write_text_atomic(fifo, '{"frames": 3}')
+        reader.join(timeout=10)
+    finally:
+        if reader.is_alive():                   # nothing was streamed: release the reader
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(timeout=10)
     assert chunks == [b'{"frames": 3}']
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["stats.fifo"]
     write_text_atomic("/dev/null", "discarded")     # a character device: not replaced

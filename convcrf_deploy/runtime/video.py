@@ -296,8 +296,8 @@ def _defer_interrupts(report: RunReport) -> Callable[[], None]:
         report.signal = report.signal or signal.Signals(signum).name
         if not said:
             said.append(True)
-            print("convcrf-run: finishing the recording and statistics (a few seconds at "
-                  "most)...", file=sys.stderr, flush=True)
+            print(f"{signal.Signals(signum).name} again: finishing the recording and "
+                  "statistics first (a few seconds at most)...", file=sys.stderr, flush=True)
 
     signals = (signal.SIGINT, *TERMINATION_SIGNALS)
     previous = {signum: signal.signal(signum, handler) for signum in signals}

@@ -70,3 +70,22 @@ def test_no_warning_in_the_package_uses_a_fixed_stacklevel():
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if "warnings.warn(" in line]
     assert offenders == []
+
+
+def test_exported_file_without_digest_warning_names_the_callers_line(tmp_path):
+    import onnx
+
+    from convcrf_deploy.exported_model import DIGEST_KEY, ExportedModel
+    from convcrf_deploy.runtime import Segmenter
+    from convcrf_deploy.runtime.testing import write_toy_onnx
+
+    path = write_toy_onnx(tmp_path / "toy.onnx", input_size=(24, 32), resize="stretch")
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != DIGEST_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))                              # as from another tool
+    copy = tmp_path / "copy.onnx"                            # said once per file
+    copy.write_bytes(path.read_bytes())
+    warns_here(lambda: ExportedModel.open(path), "no convcrf digest")
+    warns_here(lambda: Segmenter(str(copy)), "no convcrf digest")      # through the runtime

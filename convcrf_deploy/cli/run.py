@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                "replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
-                             "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "
-                             "bag, with --topic) (default: demo)")
+                             "http://... | file.mp4 | folder | 'glob/*.png' | frames_%%04d.png "
+                             "| bag:PATH (ROS bag, with --topic) (default: demo). Folders and "
+                             "globs are read in natural order (2 before 10) and skip label maps "
+                             "(*_5labels.png, VOC's SegmentationClass/)")
     parser.add_argument("--model", default="demo",
                         help="'demo', a checkpoint (.pt), a unary saved as a torch.export "
                              "program (.pt2) or TorchScript, an ONNX file or a TensorRT engine")

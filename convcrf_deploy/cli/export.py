@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT, MissingDependencyError
+from ..runtime.backends.registry import BACKENDS
 from .harness import (CommandError, ExitCode, PlainHelpFormatter, UsageError,
                       add_model_loading_arguments, command, int_at_least, load_model_argument)
 
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                            args.flavor + (".int8" if args.int8 else ""))
     from ..files import OutputPathError, check_output_paths
     try:
-        check_output_paths({"-o": output}, {"model": args.model})
+        # convcrf-run, -bench and -triton tell an ONNX file by its suffix.
+        check_output_paths({"-o": output}, {"model": args.model},
+                           suffixes={"-o": BACKENDS["onnxruntime"].suffixes})
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
     model = load_model_argument(args, args.model, crf_only=True, traceable=True)

@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..exported_model import GRAPH_IO
+from ..progress import Progress
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
 
@@ -497,14 +498,15 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     module, crf = _prepare(source, part, unary_fp16)
     key = _trace_key(source, part, unary_fp16, *trace_size, static)
     if key not in _TRACED:
-        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-        example = _example_inputs(part, num_classes, *trace_size, batch=2)
-        exported = _trace(module, example, _dynamic_shapes(part, static))
-        input_names, output_names = IO_NAMES[part]
-        # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
-        base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
-        _name_dynamic_axes(base, static)
-        _remember(key, base.SerializeToString())
+        with Progress("export: tracing the model and translating it to ONNX"):
+            # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+            example = _example_inputs(part, num_classes, *trace_size, batch=2)
+            exported = _trace(module, example, _dynamic_shapes(part, static))
+            input_names, output_names = IO_NAMES[part]
+            # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
+            base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
+            _name_dynamic_axes(base, static)
+            _remember(key, base.SerializeToString())
     onnx_model = _convert_opset(onnx.ModelProto.FromString(_TRACED[key]), opset)
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
@@ -552,13 +554,14 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
-            report.verification = verify_export(
-                float_model, reference, flavor=flavor, part=part, fp16=fp16,
-                size=(height, width) if height is not None else None)
-            if int8:
-                from .quantize import verify_int8
-                report.int8_verification = verify_int8(float_model, onnx_model,
-                                                       calibration_frames, flavor=flavor)
+            with Progress("export: verifying the graph against PyTorch"):
+                report.verification = verify_export(
+                    float_model, reference, flavor=flavor, part=part, fp16=fp16,
+                    size=(height, width) if height is not None else None)
+                if int8:
+                    from .quantize import verify_int8
+                    report.int8_verification = verify_int8(float_model, onnx_model,
+                                                           calibration_frames, flavor=flavor)
         except VerificationError:
             from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
@@ -568,7 +571,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         report.path = failed_path
     # Read back with the runtime's reader (digest, metadata against graph) before it
     # replaces anything.
-    write(onnx_model, report.path, seal_it=False)
+    with Progress(f"export: writing {report.path.name}"):
+        write(onnx_model, report.path, seal_it=False)
     return report
 
 

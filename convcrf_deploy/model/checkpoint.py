@@ -31,7 +31,6 @@ import os
 import pickle
 import re
 import struct
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._warnings import warn
 from ..config import CRFConfig
 from ..files import MISSING_DIGEST_POLICY, DamagedFileError, atomic_write, tensor_digest
 from ..metadata import ModelMetadata
@@ -258,8 +258,8 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
 def _check_digest(data: dict[str, Any], path: Path) -> None:
     stored = data.get(DIGEST_KEY)
     if stored is None:
-        warnings.warn(f"{path} has no weights digest, so damage to it cannot be detected; "
-                      f"{MISSING_DIGEST_POLICY}", stacklevel=4)
+        warn(f"{path} has no weights digest, so damage to it cannot be detected; "
+             f"{MISSING_DIGEST_POLICY}")
         return
     try:
         actual = checkpoint_digest(data)

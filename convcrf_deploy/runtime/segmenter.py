@@ -35,6 +35,10 @@ class SegmentationResult:
             else int32), after the CRF when it ran.
         unary_labels: ``[H, W]`` labels of the unary alone, when the backend provides them.
         probabilities: ``[C, H, W]`` float32, only with ``return_probabilities=True``.
+        confidence: ``[H, W]`` uint8, only with ``return_confidence=True`` (and a backend that
+            returns probabilities): the largest class probability per pixel of the backend's
+            ``probabilities`` output (the CRF's where the model has one) scaled to 0..255,
+            ``round(255 * max_c p_c)``: 255 is certain, ``255 / C`` a uniform guess.
         timings: milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``.
         timestamp: whatever was passed as ``timestamp=`` (e.g. a ROS header stamp).
         crf: whether ``labels`` include the CRF.
@@ -43,6 +47,7 @@ class SegmentationResult:
     labels: np.ndarray
     unary_labels: np.ndarray | None = None
     probabilities: np.ndarray | None = None
+    confidence: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     timestamp: Any = None
     crf: bool = True
@@ -81,6 +86,9 @@ class Segmenter:
         resize: override the model's resize policy (``"none"``, ``"stretch"``, ``"letterbox"``).
         input_size: override the model's nominal ``(height, width)``.
         return_probabilities: also return ``[C, H, W]`` probabilities at the frame size.
+        return_confidence: also return the per-pixel confidence (``result.confidence``, see
+            :class:`SegmentationResult`), computed at the model's resolution and resized to
+            the frame (cheaper than the probabilities).
         crf: use the CRF's labels (``False``: the unary's). The torch backend then skips the
             CRF; exported graphs always run it and the unary labels are reported instead.
         **backend_options: passed to the backend (``device=``, ``providers=``, ...).
@@ -94,7 +102,7 @@ class Segmenter:
 
     def __init__(self, model: Any, backend: str | None = None, *, resize: str | None = None,
                  input_size: tuple[int, int] | None = None, return_probabilities: bool = False,
-                 crf: bool = True, **backend_options: Any):
+                 return_confidence: bool = False, crf: bool = True, **backend_options: Any):
         if isinstance(model, Backend):
             if backend_options:
                 raise ValueError("backend options cannot be applied to an existing Backend")
@@ -107,6 +115,7 @@ class Segmenter:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
         self.return_probabilities = return_probabilities
+        self.return_confidence = return_confidence
         self.label_dtype = np.uint8 if meta.num_classes <= 256 else np.int32
         # Per thread: the last frame geometry and the input buffer reused for it.
         self._local = threading.local()
@@ -203,6 +212,12 @@ class Segmenter:
                 hwc = cv2.resize(hwc, (fw, fh), interpolation=cv2.INTER_LINEAR)
                 hwc = hwc.reshape(fh, fw, -1)
             result["probabilities"] = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        if self.return_confidence and outputs.get("probabilities") is not None:
+            best = outputs["probabilities"][0, :, top:top + h, left:left + w].max(axis=0)
+            confidence = np.rint(np.clip(best, 0.0, 1.0) * 255.0).astype(np.uint8)
+            if (h, w) != (fh, fw):
+                confidence = cv2.resize(confidence, (fw, fh), interpolation=cv2.INTER_LINEAR)
+            result["confidence"] = confidence
         return result
 
     def __call__(self, frame: np.ndarray, timestamp: Any = None) -> SegmentationResult:
@@ -225,7 +240,7 @@ class Segmenter:
             crf_applied = has_crf
         return SegmentationResult(
             labels=labels, unary_labels=mapped.get("unary_labels"),
-            probabilities=mapped.get("probabilities"),
+            probabilities=mapped.get("probabilities"), confidence=mapped.get("confidence"),
             timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                      "postprocess": (t3 - t2) * 1e3},
             timestamp=timestamp, crf=crf_applied)

@@ -194,7 +194,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    serialized = builder.build_serialized_network(network, config)
+    from ..progress import Progress
+    with Progress(f"TensorRT: building the engine for {onnx_path.name}"):   # minutes
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine for {onnx_path.name} with "
                                f"profile min={_fmt(profile.min)} opt={_fmt(profile.opt)} "

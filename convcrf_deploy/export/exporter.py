@@ -19,11 +19,18 @@ Graph I/O (``part="full"``): ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (norm
 the graph) -> ``probabilities`` ``[N, C, H, W]`` float32, ``labels`` and ``unary_labels``
 ``[N, H, W]`` int64. ``part="unary"``: ``image`` -> ``logits``; ``part="crf"``: ``logits``,
 ``image`` -> ``probabilities``, ``labels``. N, H and W are dynamic unless ``static=True``.
+
+The unary may return its logits in any convention of :mod:`convcrf_deploy.model.outputs`
+(tensor, tuple, dict, ``.logits``) at any resolution: the graph selects and resizes them.
+H and W must meet the unary's input constraints (:mod:`.constraints`: probed unless given,
+recorded in the metadata); the graph is traced and verified at sizes that do, and the
+runtime pads frames to them.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import logging
@@ -42,6 +49,8 @@ from .. import __version__
 from ..metadata import ONNX_KEYS
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
+from . import constraints
+from .constraints import TRACE_SIZE
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
@@ -54,10 +63,11 @@ IO_NAMES = {
 }
 
 
-#: Size at which graphs with dynamic H and W are traced: distinct, odd, not multiples of any
-#: blur factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal
-#: size, e.g. H == W or H == the example batch of 2, into one symbol).
-TRACE_SIZE = (61, 83)
+# TRACE_SIZE (61 x 83, from .constraints): the size at which graphs with dynamic H and W
+# are traced when the unary has no input constraints: distinct, odd, not multiples of any blur
+# factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal size,
+# e.g. H == W or H == the example batch of 2, into one symbol). With constraints,
+# constraints.trace_size picks the nearest size that meets them.
 #: Largest image side and area the export traces (static) or verifies at: the parity run
 #: holds a few [2, C, H, W] float32 tensors in PyTorch and ONNX Runtime at once.
 MAX_SIDE, MAX_PIXELS = 4096, 4096 * 4096
@@ -91,6 +101,12 @@ class ExportReport:
     custom_nodes: dict[str, int] = field(default_factory=dict)
     local_functions: int = 0
     verification: object | None = None     # verify.VerificationResult
+    #: the unary's input constraints written to the file (1: none), and where they came from:
+    #: "probed", "given" (arguments), "checkpoint" (the model's metadata) or "" (part="crf").
+    pad_multiple: int = 1
+    min_size: int = 1
+    constraints_source: str = ""
+    trace_size: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,6 +121,13 @@ class ExportReport:
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
                  f"  {self.node_count} nodes; custom nodes: "
                  f"{self.custom_nodes or 'none'}; local functions: {self.local_functions}"]
+        if self.constraints_source:
+            from ..metadata import ModelMetadata
+            words = ModelMetadata(["_"], pad_multiple=self.pad_multiple,
+                                  min_size=self.min_size).describe_constraints()
+            traced = (f"; traced at {self.trace_size[0]}x{self.trace_size[1]}"
+                      if self.trace_size else "")
+            lines.append(f"  input constraints: {words} ({self.constraints_source}){traced}")
         if self.verification is not None:
             lines.append("  " + self.verification.summary())
         return "\n".join(lines)
@@ -113,14 +136,17 @@ class ExportReport:
 # ---- the traced modules ------------------------------------------------------------------------
 
 class _HalfPrecision(nn.Module):
-    """Runs a module in fp16: input cast to fp16, output back to fp32."""
+    """Runs a unary in fp16: input cast to fp16, its logits (selected from its output
+    convention by ``output_key``) back to fp32."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, output_key: str | None):
         super().__init__()
         self.module = module.half()
+        self.output_key = output_key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.half()).float()
+        from ..model.outputs import select_logits
+        return select_logits(self.module(x.half()), self.output_key).float()
 
 
 def _crf_probabilities(crf, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -142,7 +168,9 @@ class _FullGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        logits = self.model.forward_unary(image)
+        # unary_logits, not forward_unary: the graph's sizes meet the input constraints (the
+        # runtime pads frames), so there is no padding to trace.
+        logits = self.model.unary_logits(image)
         crf = self.model.crf
         if crf is None or not self.model.crf_enabled:
             probabilities = torch.softmax(logits.float(), dim=1)
@@ -159,7 +187,7 @@ class _UnaryGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        return self.model.forward_unary(image).float()
+        return self.model.unary_logits(image).float()
 
 
 class _CRFGraph(nn.Module):
@@ -217,7 +245,8 @@ def _prepare(model, part: str, fp16: bool):
     else:
         crf = model.crf if model.crf_enabled else None
         if fp16:
-            model.unary = _HalfPrecision(model.unary)
+            model.unary = _HalfPrecision(model.unary, model.output_key)
+            model.output_key = None     # selected inside _HalfPrecision
     if crf is not None and crf.implementation == "reference":
         # The custom ops, not the F.unfold reference, become the ConvCRF nodes.
         crf.implementation = "auto"
@@ -405,7 +434,9 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
 
 def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = False,
                 opset: int | None = None, height: int | None = None, width: int | None = None,
-                static: bool = False, part: Part = "full", verify: bool = True) -> ExportReport:
+                static: bool = False, part: Part = "full", verify: bool = True,
+                pad_multiple: int | None = None, min_size: int | None = None,
+                output_key: str | None = None) -> ExportReport:
     """Export a segmentation model (or its unary or CRF part) to ONNX and verify it.
 
     Args:
@@ -419,15 +450,23 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         opset: standard ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET` (18..28; default
             :data:`DEFAULT_OPSET` = 20); the file declares the IR version of the first ONNX
             release with that opset.
-        height, width: with ``static=True`` the fixed size (default ``metadata.input_size``);
-            otherwise the size the parity check runs at (the graph accepts any size; it is
-            traced at :data:`TRACE_SIZE`). At most :data:`MAX_SIDE` per side and
-            :data:`MAX_PIXELS` in all.
+        height, width: with ``static=True`` the fixed size (default ``metadata.input_size``,
+            padded to the input constraints); otherwise the size the parity check runs at (the
+            graph accepts any size that meets the constraints; it is traced at
+            :func:`.constraints.trace_size`, 61 x 83 without constraints). Both must meet the
+            input constraints. At most :data:`MAX_SIDE` per side and :data:`MAX_PIXELS` in all.
         static: fix H and W (N stays dynamic).
         part: ``"full"``, ``"unary"`` (``image -> logits``) or ``"crf"``
             (``logits, image -> probabilities, labels``).
         verify: run :func:`convcrf_deploy.export.verify.verify_export` (checker, strict shape
             inference, parity against PyTorch on a random image).
+        pad_multiple, min_size: the unary's input constraints (height and width multiples of
+            ``pad_multiple`` and at least ``min_size``; 1 = none), written to the file's
+            metadata. When not given they come from the model's metadata if it records any,
+            else they are detected by :func:`.constraints.probe_constraints`.
+        output_key: the dict key or attribute of the unary's output that holds the logits
+            (default: the model's ``output_key``, else ``"out"``, ``"logits"``, ``.logits``,
+            the first element of a tuple, or the tensor itself).
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
@@ -438,8 +477,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
 
     Raises:
         ExportError: onnxscript is missing, invalid arguments (an unsupported opset, a size
-            out of range), or the exporter failed (the message names the layer); no file is
-            written.
+            out of range or not meeting the input constraints), the unary's output is not
+            logits, the unary runs at no probed size, or the exporter failed (the message
+            names the layer); no file is written.
         convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
         convcrf_deploy.model.CheckpointError: the checkpoint cannot be loaded.
     """
@@ -465,21 +505,34 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         refuse_output_overwriting_input({"output": path}, {"model": model})
     source = load_exportable(model)
     from ..model import ConvCRF
+    source, constraints_source = _with_input_conventions(source, part, pad_multiple, min_size,
+                                                         output_key)
     metadata = getattr(source, "metadata", None)
     if height is None and static:
-        height, width = tuple(metadata.input_size) if metadata else TRACE_SIZE
+        height, width = (metadata.padded_size(*metadata.input_size) if metadata
+                         else TRACE_SIZE)
     _check_size(height, width, static)
-    # Dynamic graphs are traced at TRACE_SIZE whatever size was asked for (which is then the
-    # size the parity check runs at): a size like 2x2 would merge H, W and the batch into one
-    # symbol, and sizes below the blur factor specialise the pooled grid.
-    trace_size = (height, width) if static else TRACE_SIZE
+    verify_size = (height, width) if height is not None else None
+    if metadata is not None and part != "crf":
+        _check_constraints(metadata, height, width, static)
+        if verify_size is None and metadata.constrained:
+            from .verify import FP16_PARITY_SIZE, PARITY_SIZE
+            verify_size = metadata.padded_size(*(FP16_PARITY_SIZE if fp16 else PARITY_SIZE))
+    crf_config = (source.config if isinstance(source, ConvCRF)
+                  else source.crf.config if source.crf is not None else None)
+    # Dynamic graphs are traced at a size of their own whatever size was asked for (which is
+    # then the size the parity check runs at): a size like 2x2 would merge H, W and the batch
+    # into one symbol, and sizes below the blur factor specialise the pooled grid.
+    traced_at = (height, width) if static else (
+        constraints.trace_size(metadata, crf_config.blur if crf_config else 1)
+        if metadata is not None and part != "crf" else TRACE_SIZE)
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
     module, crf = _prepare(source, part, fp16)
-    key = _trace_key(source, part, fp16, *trace_size, static)
+    key = _trace_key(source, part, fp16, *traced_at, static)
     if key not in _TRACED:
         # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-        example = _example_inputs(part, num_classes, *trace_size, batch=2)
+        example = _example_inputs(part, num_classes, *traced_at, batch=2)
         exported = _trace(module, example, _dynamic_shapes(part, static))
         input_names, output_names = IO_NAMES[part]
         # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
@@ -521,15 +574,18 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                           inputs=_io_shapes(onnx_model.graph.input),
                           outputs=_io_shapes(onnx_model.graph.output),
                           node_count=len(onnx_model.graph.node), custom_nodes=custom,
-                          local_functions=len(onnx_model.functions))
+                          local_functions=len(onnx_model.functions),
+                          pad_multiple=metadata.pad_multiple if metadata else 1,
+                          min_size=metadata.min_size if metadata else 1,
+                          constraints_source=constraints_source,
+                          trace_size=None if static else traced_at)
     failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
     if verify:
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
             report.verification = verify_export(
-                onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
-                size=(height, width) if height is not None else None)
+                onnx_model, reference, flavor=flavor, part=part, fp16=fp16, size=verify_size)
         except VerificationError:
             with atomic_write(failed_path) as temporary:
                 onnx.save(onnx_model, str(temporary))
@@ -553,6 +609,60 @@ def _checked_opset(opset: int | None) -> int:
         raise ExportError(f"opset {opset} needs a newer onnx (onnx {onnx.__version__} knows opsets "
                           f"up to {newest}): pip install -U onnx, or export with --opset {newest}")
     return opset
+
+
+def _with_input_conventions(source, part: str, pad_multiple: int | None,
+                            min_size: int | None, output_key: str | None):
+    """``(model, constraints_source)``: a shallow copy of the SegmentationModel ``source``
+    with ``output_key`` and the input constraints set in its metadata (given, recorded in the
+    model, or probed), and where the constraints came from (see :class:`ExportReport`).
+    A ConvCRF, and ``part="crf"`` (no unary runs), are returned as they are."""
+    from ..model import SegmentationModel
+    if not isinstance(source, SegmentationModel):
+        return source, ""
+    source = copy.copy(source)      # shares the modules; attributes set below are its own
+    if output_key is not None:
+        if not isinstance(output_key, str) or not output_key:
+            raise ExportError(f"output_key must be a non-empty string, got {output_key!r}")
+        source.output_key = output_key
+    if part == "crf":
+        return source, ""
+    from ..metadata import MAX_CONSTRAINT
+    for name, value in (("pad_multiple", pad_multiple), ("min_size", min_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= MAX_CONSTRAINT):
+            raise ExportError(f"{name} must be an int in 1..{MAX_CONSTRAINT}, got {value!r}")
+    recorded = source.metadata
+    if pad_multiple is not None and min_size is not None:
+        where = "given"
+    elif recorded.constrained:
+        pad_multiple = recorded.pad_multiple if pad_multiple is None else pad_multiple
+        min_size = recorded.min_size if min_size is None else min_size
+        where = "recorded in the model"
+    else:
+        from ..model.outputs import UnaryOutputError
+        try:
+            probe = constraints.probe_constraints(source, pad_multiple, min_size)
+        except (constraints.ConstraintError, UnaryOutputError) as exc:
+            raise ExportError(str(exc)) from None
+        pad_multiple, min_size = probe.pad_multiple, probe.min_size
+        where = f"probed at {probe.probes} sizes"
+    source.metadata = dataclasses.replace(recorded, pad_multiple=pad_multiple,
+                                          min_size=min_size)
+    return source, where
+
+
+def _check_constraints(metadata, height: int | None, width: int | None, static: bool) -> None:
+    """Refuse a size that does not meet the input constraints, naming them and a size that
+    does."""
+    if height is None or metadata.satisfied_by(height, width):
+        return
+    good = metadata.padded_size(height, width)
+    what = "the fixed size" if static else "the size the parity check runs at"
+    raise ExportError(
+        f"{height}x{width} ({what}) does not meet the unary's input constraints "
+        f"({metadata.describe_constraints()}): use --height {good[0]} --width {good[1]}, or "
+        "change the constraints with --pad-multiple / --min-size if they are wrong")
 
 
 def _check_size(height: int | None, width: int | None, static: bool) -> None:
@@ -597,22 +707,47 @@ def _trace_key(source: nn.Module, part, fp16, height, width, static) -> tuple:
 
 
 def _trace(module: nn.Module, example, dynamic_shapes):
-    """``torch.export`` the module; a failure names the layer that was running."""
+    """``torch.export`` the module. A failure is reported by its real cause: a unary output
+    that is not logits, a model that fails at the example size even without tracing (e.g. an
+    input-size constraint), or a layer the tracer cannot follow (named)."""
+    from ..model.outputs import UnaryOutputError
     tracker = _ModuleTracker(module)
     try:
         with _quiet():
             return torch.export.export(module, example, dynamic_shapes=dynamic_shapes,
                                        strict=False)
-    except Exception as exc:    # noqa: BLE001 - re-raised with the layer's name
+    except Exception as exc:    # noqa: BLE001 - re-raised with its cause named
         layer = tracker.stack[-1] if tracker.stack else None
-        where = (f"{_layer_description(module, layer)} cannot be exported" if layer
-                 else "the model cannot be traced")
-        raise ExportError(
-            f"{where}: {_root_cause(exc)}. Replace it with standard PyTorch operations "
-            "(no custom autograd Functions, NumPy calls or data-dependent Python control "
-            "flow), or register an ONNX translation for it.") from exc
+        failure = exc
     finally:
         tracker.remove()
+    cause = failure
+    while cause.__cause__ is not None and not isinstance(cause, UnaryOutputError):
+        cause = cause.__cause__
+    if isinstance(cause, UnaryOutputError):
+        raise ExportError(str(cause)) from failure
+    size = "x".join(str(d) for d in example[-1].shape[-2:])
+    eager = _ModuleTracker(module)
+    try:
+        with torch.no_grad(), _quiet():
+            module(*example)
+    except UnaryOutputError as exc:
+        raise ExportError(str(exc)) from failure
+    except Exception as exc:    # noqa: BLE001 - the model itself fails: not a tracing problem
+        where = f" in {_layer_description(module, eager.stack[-1])}" if eager.stack else ""
+        raise ExportError(
+            f"the model fails on a {size} input{where} even without tracing: "
+            f"{_root_cause(exc)}. If the network needs other input sizes, give its input "
+            "constraints: --pad-multiple N (height and width multiples of N) and --min-size "
+            "N (at least N px)") from failure
+    finally:
+        eager.remove()
+    where = (f"{_layer_description(module, layer)} cannot be exported" if layer
+             else "the model cannot be traced")
+    raise ExportError(
+        f"{where}: {_root_cause(failure)}. Replace it with standard PyTorch operations "
+        "(no custom autograd Functions, NumPy calls or data-dependent Python control "
+        "flow), or register an ONNX translation for it.") from failure
 
 
 def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -22,7 +22,7 @@ the graph) -> ``probabilities`` ``[N, C, H, W]`` float32, ``labels`` and ``unary
 
 The unary may return its logits in any convention of :mod:`convcrf_deploy.model.outputs`
 (tensor, tuple, dict, ``.logits``) at any resolution: the graph selects and resizes them.
-H and W must meet the unary's input constraints (:mod:`.constraints`: probed unless given,
+H and W must meet the unary's input constraints (:mod:`convcrf_deploy.model.constraints`: probed unless given,
 recorded in the metadata); the graph is traced and verified at sizes that do, and the
 runtime pads frames to them.
 """
@@ -46,11 +46,10 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..metadata import ONNX_KEYS
+from ..metadata import ONNX_KEYS, ModelMetadata
+from ..model.constraints import odd_multiple
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
-from . import constraints
-from .constraints import TRACE_SIZE
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
@@ -63,11 +62,12 @@ IO_NAMES = {
 }
 
 
-# TRACE_SIZE (61 x 83, from .constraints): the size at which graphs with dynamic H and W
-# are traced when the unary has no input constraints: distinct, odd, not multiples of any blur
-# factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal size,
-# e.g. H == W or H == the example batch of 2, into one symbol). With constraints,
-# constraints.trace_size picks the nearest size that meets them.
+#: Size at which graphs with dynamic H and W are traced when the unary has no input
+#: constraints: distinct, odd, not multiples of any blur factor and not 1 or 2 (PyTorch
+#: specialises sizes 0 and 1, and merges axes of equal size, e.g. H == W or H == the example
+#: batch of 2, into one symbol). With constraints, :func:`trace_size` picks the nearest size
+#: that meets them.
+TRACE_SIZE = (61, 83)
 #: Largest image side and area the export traces (static) or verifies at: the parity run
 #: holds a few [2, C, H, W] float32 tensors in PyTorch and ONNX Runtime at once.
 MAX_SIDE, MAX_PIXELS = 4096, 4096 * 4096
@@ -200,6 +200,33 @@ class _CRFGraph(nn.Module):
     def forward(self, logits: torch.Tensor, image: torch.Tensor):
         probabilities = _crf_probabilities(self.crf, logits, image)
         return probabilities, probabilities.argmax(dim=1)
+
+
+# ---- trace size ---------------------------------------------------------------------------------
+
+def _side(metadata: ModelMetadata, target: int, blur: int, avoid: tuple[int, ...]) -> int:
+    """The smallest valid side >= ``target``: an odd multiple of ``pad_multiple``, >= 3 (not
+    1 or 2, which PyTorch specialises or merges with the example batch of 2), not in
+    ``avoid``, and not a multiple of the CRF's ``blur`` unless every valid side is one."""
+    multiple = metadata.pad_multiple
+    side = odd_multiple(multiple, max(target, metadata.min_size, 3), avoid)
+    while side % blur == 0 and multiple % blur != 0 or side in avoid:
+        side = odd_multiple(multiple, side + 1, avoid)
+    return side
+
+
+def trace_size(metadata: ModelMetadata, blur: int = 1) -> tuple[int, int]:
+    """``(H, W)`` at which a graph with dynamic H and W is traced.
+
+    Distinct sides (PyTorch merges axes of equal size into one symbol), none 1 or 2
+    (specialised), none a multiple of the CRF's blur factor (its pooling branches on that),
+    unless the input constraints make every valid size one; and meeting the constraints:
+    :data:`TRACE_SIZE` (61 x 83) without constraints, e.g. 96 x 160 for multiples of 32.
+    """
+    if not metadata.constrained:
+        return TRACE_SIZE
+    height = _side(metadata, TRACE_SIZE[0], blur, ())
+    return height, _side(metadata, TRACE_SIZE[1], blur, (height,))
 
 
 # ---- model handling ----------------------------------------------------------------------------
@@ -453,7 +480,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         height, width: with ``static=True`` the fixed size (default ``metadata.input_size``,
             padded to the input constraints); otherwise the size the parity check runs at (the
             graph accepts any size that meets the constraints; it is traced at
-            :func:`.constraints.trace_size`, 61 x 83 without constraints). Both must meet the
+            :func:`trace_size`, 61 x 83 without constraints). Both must meet the
             input constraints. At most :data:`MAX_SIDE` per side and :data:`MAX_PIXELS` in all.
         static: fix H and W (N stays dynamic).
         part: ``"full"``, ``"unary"`` (``image -> logits``) or ``"crf"``
@@ -463,7 +490,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         pad_multiple, min_size: the unary's input constraints (height and width multiples of
             ``pad_multiple`` and at least ``min_size``; 1 = none), written to the file's
             metadata. When not given they come from the model's metadata if it records any,
-            else they are detected by :func:`.constraints.probe_constraints`.
+            else they are detected by :func:`convcrf_deploy.model.constraints.probe_constraints`.
         output_key: the dict key or attribute of the unary's output that holds the logits
             (default: the model's ``output_key``, else ``"out"``, ``"logits"``, ``.logits``,
             the first element of a tuple, or the tensor itself).
@@ -524,7 +551,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
     # then the size the parity check runs at): a size like 2x2 would merge H, W and the batch
     # into one symbol, and sizes below the blur factor specialise the pooled grid.
     traced_at = (height, width) if static else (
-        constraints.trace_size(metadata, crf_config.blur if crf_config else 1)
+        trace_size(metadata, crf_config.blur if crf_config else 1)
         if metadata is not None and part != "crf" else TRACE_SIZE)
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
@@ -640,10 +667,11 @@ def _with_input_conventions(source, part: str, pad_multiple: int | None,
         min_size = recorded.min_size if min_size is None else min_size
         where = "recorded in the model"
     else:
+        from ..model.constraints import ConstraintError, probe_constraints
         from ..model.outputs import UnaryOutputError
         try:
-            probe = constraints.probe_constraints(source, pad_multiple, min_size)
-        except (constraints.ConstraintError, UnaryOutputError) as exc:
+            probe = probe_constraints(source, pad_multiple, min_size)
+        except (ConstraintError, UnaryOutputError) as exc:
             raise ExportError(str(exc)) from None
         pad_multiple, min_size = probe.pad_multiple, probe.min_size
         where = f"probed at {probe.probes} sizes"

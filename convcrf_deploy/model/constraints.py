@@ -1,5 +1,5 @@
-"""Input constraints of a unary network (``pad_multiple``, ``min_size``): detected by probing
-sizes, and the sizes an export traces and verifies at.
+"""Input constraints of a unary network (``pad_multiple``, ``min_size``), detected by probing
+sizes.
 
 Many segmentation networks run only at some input sizes: an encoder-decoder with skip
 connections and output stride 32 (U-Net) needs multiples of 32, a DeepLabV3+ decoder
@@ -13,6 +13,8 @@ sizes and finds the smallest multiple and the smallest side at which it runs *an
 are an exact integer fraction of the input (``H / h == W / w``, an integer). The result is
 recorded in the model's :class:`~convcrf_deploy.metadata.ModelMetadata` (and so in the
 exported file); everything that runs the model pads to it (see ``ModelMetadata``).
+``convcrf-export`` probes a model whose metadata records no constraints, and so does the
+runtime's torch backend, so that it pads like the exported file.
 """
 from __future__ import annotations
 
@@ -20,15 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..metadata import ModelMetadata
 
 #: Multiples tried, in this order; the first at which the unary runs exactly wins.
 PROBE_MULTIPLES = (1, 2, 4, 8, 16, 32, 64, 128)
 #: Sides probed for the multiple: the smallest odd multiples of it at least this large (odd,
 #: so that a multiple of 2m does not pass as a multiple of m).
 PROBE_SIZE = (97, 129)
-#: Size at which graphs without constraints are traced (see :func:`trace_size`).
-TRACE_SIZE = (61, 83)
 
 
 class ConstraintError(ValueError):
@@ -57,7 +56,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def _odd_multiple(multiple: int, at_least: int, avoid: tuple[int, ...] = ()) -> int:
+def odd_multiple(multiple: int, at_least: int, avoid: tuple[int, ...] = ()) -> int:
     """The smallest ``multiple * k`` with ``k`` odd, ``>= at_least`` and not in ``avoid``."""
     k = max(1, -(-at_least // multiple))
     k += 1 - k % 2
@@ -77,9 +76,10 @@ class _Prober:
     def failure(self, height: int, width: int) -> str | None:
         """``None`` when the unary runs at ``height x width`` and its logits are an exact
         integer fraction of it; else the reason (recorded)."""
-        from ..model.outputs import UnaryOutputError, select_logits
+        from .outputs import UnaryOutputError, select_logits
         self.result.probes += 1
-        image = torch.rand(1, 3, height, width, generator=self._generator) * 255
+        image = (torch.rand(1, 3, height, width, generator=self._generator) * 255).to(
+            self.model.mean.device)
         try:
             with torch.no_grad():
                 output = self.model.unary(self.model.normalize(image))
@@ -119,8 +119,8 @@ def probe_constraints(model, pad_multiple: int | None = None,
     floor = min_size or 1
     if pad_multiple is None:
         for multiple in PROBE_MULTIPLES:
-            height = _odd_multiple(multiple, max(PROBE_SIZE[0], floor))
-            width = _odd_multiple(multiple, max(PROBE_SIZE[1], floor), avoid=(height,))
+            height = odd_multiple(multiple, max(PROBE_SIZE[0], floor))
+            width = odd_multiple(multiple, max(PROBE_SIZE[1], floor), avoid=(height,))
             # A second size guards against a size that works by coincidence.
             if prober.failure(height, width) is None and prober.failure(
                     height + 2 * multiple, width + 2 * multiple) is None:
@@ -137,7 +137,7 @@ def probe_constraints(model, pad_multiple: int | None = None,
     if min_size is None:
         # The smallest multiple k * pad_multiple (square) at which the unary runs; sizes
         # below the multiple itself are never fed (they are padded up to it).
-        low, high = 1, _odd_multiple(pad_multiple, PROBE_SIZE[0]) // pad_multiple
+        low, high = 1, odd_multiple(pad_multiple, PROBE_SIZE[0]) // pad_multiple
         if prober.failure(pad_multiple, pad_multiple) is None:
             high = 1
         elif prober.failure(high * pad_multiple, high * pad_multiple) is not None:
@@ -153,24 +153,27 @@ def probe_constraints(model, pad_multiple: int | None = None,
     return prober.result
 
 
-def _side(metadata: ModelMetadata, target: int, blur: int, avoid: tuple[int, ...]) -> int:
-    """The smallest valid side >= ``target``: an odd multiple of ``pad_multiple``, >= 3 (not
-    1 or 2, which PyTorch specialises or merges with the example batch of 2), not in
-    ``avoid``, and not a multiple of the CRF's ``blur`` unless every valid side is one."""
-    multiple = metadata.pad_multiple
-    side = _odd_multiple(multiple, max(target, metadata.min_size, 3), avoid)
-    while side % blur == 0 and multiple % blur != 0 or side in avoid:
-        side = _odd_multiple(multiple, side + 1, avoid)
-    return side
+def with_probed_constraints(model):
+    """``model`` (a SegmentationModel) when its metadata records input constraints, else a
+    shallow copy (sharing its modules) whose metadata has the probed ones. A unary that runs
+    at no probed size keeps none (a warning says so; it fails on the sizes it cannot take).
 
-
-def trace_size(metadata: ModelMetadata, blur: int = 1) -> tuple[int, int]:
-    """``(H, W)`` at which a graph with dynamic H and W is traced.
-
-    Distinct sides (PyTorch merges axes of equal size into one symbol), none 1 or 2
-    (specialised), none a multiple of the CRF's blur factor (its pooling branches on that),
-    unless the input constraints make every valid size one; and meeting the constraints:
-    :data:`TRACE_SIZE` (61 x 83) without constraints, e.g. 96 x 160 for multiples of 32.
+    Raises:
+        convcrf_deploy.model.outputs.UnaryOutputError: the unary's output is not logits.
     """
-    height = _side(metadata, TRACE_SIZE[0], blur, ())
-    return height, _side(metadata, TRACE_SIZE[1], blur, (height,))
+    import copy
+    import dataclasses
+    import warnings
+    if model.metadata.constrained:
+        return model
+    try:
+        probe = probe_constraints(model)
+    except ConstraintError as exc:
+        warnings.warn(f"input constraints not found: {exc}", stacklevel=2)
+        return model
+    if probe.pad_multiple == 1 and probe.min_size == 1:
+        return model
+    model = copy.copy(model)
+    model.metadata = dataclasses.replace(model.metadata, pad_multiple=probe.pad_multiple,
+                                         min_size=probe.min_size)
+    return model

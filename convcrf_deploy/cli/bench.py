@@ -24,8 +24,9 @@ from pathlib import Path
 from ..benchmarking import MAX_BENCH_SIDE
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
-from .harness import (ExitCode, PlainHelpFormatter, UsageError, command,
-                      frame_size, frame_sizes, int_at_least, int_list, positive_int)
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
+                      command, frame_size, frame_sizes, int_at_least, int_list,
+                      load_model_argument, positive_int)
 
 PROG = "convcrf-bench"
 
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
-    parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
+    parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model), 'demo', or a "
+                                      "unary saved as a torch.export program (.pt2) or "
+                                      "TorchScript")
     parser.add_argument("--backends", default="torch,onnxruntime",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
                              "torch,onnxruntime)")
@@ -62,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time CPU reference CRFs on the same inputs, interleaved with "
                              "the CRF stage: unfold (pure-PyTorch F.unfold ConvCRF), fullcrf "
                              "(FullCRF, pydensecrf2: the [fullcrf] extra); e.g. unfold,fullcrf")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load checkpoints with a pickled unary (runs code from the file)")
+    add_model_loading_arguments(parser)
     sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
@@ -109,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    model = load_model_argument(args, args.model)
     try:
         if args.sweep:
             result = bench.sweep_crf(
-                args.model, filter_sizes=args.filter_sizes, blurs=args.blurs,
+                model, filter_sizes=args.filter_sizes, blurs=args.blurs,
                 crf_iterations=args.crf_iterations, frames=args.frames,
                 size=tuple(args.size), num_frames=args.num_frames,
                 iterations=args.iterations, warmup=args.warmup, threads=args.threads,
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot is not None:
                 _check_matplotlib()
             result = bench.benchmark_model(
-                args.model, backends=backends, sizes=sizes, batch=args.batch,
+                model, backends=backends, sizes=sizes, batch=args.batch,
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
                 allow_pickle=args.allow_pickle, crf_references=args.crf_references, log=log)
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except (CheckpointError, ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    result["model"] = str(args.model)
     print(table)
     if args.json is not None:
         from ..evaluation import json_safe

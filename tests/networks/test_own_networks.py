@@ -7,8 +7,8 @@ downloaded: a checkpoint whose unary lives in the user's module; ``convcrf-expor
 three flavours (constraints probed, verified against PyTorch); ``convcrf-run`` on frames of
 77 x 101 with the labels of the PyTorch and ONNX Runtime backends agreeing; ``convcrf-bench``.
 
-The user's module is registered by importing it in this process, as ``--import
-user_networks.py`` does for the CLIs.
+The checkpoints are written by a training script in its own process; the commands find the
+architectures through ``--import user_networks.py``.
 
 segmentation-models-pytorch 0.6 cannot be used here: it needs torchvision (through timm), and
 PyPI's torchvision 0.28 for Linux is the CUDA build, which does not import beside the CPU build
@@ -19,6 +19,7 @@ extra).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,15 +32,13 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel  # noqa: E402
-from convcrf_deploy.metadata import ONNX_KEYS, ModelMetadata  # noqa: E402
-from convcrf_deploy.model import build_unary, save_model  # noqa: E402
+from convcrf_deploy.metadata import ONNX_KEYS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: the user's module (what ``--import`` names on the command line).
+#: the user's module, which the commands load with ``--import`` (this process never imports
+#: it itself, so the commands' ``--import`` is what registers the architectures).
 USER_MODULE = HERE / "user_networks.py"
-sys.path.insert(0, str(HERE))
-import user_networks  # noqa: E402,F401  - registers the architectures
+IMPORT = ["--import", str(USER_MODULE)]
 
 CLASSES = ["background", "road", "car", "person"]
 FRAME_SIZE = (77, 101)        # odd: no network here runs at it without padding
@@ -51,39 +50,68 @@ NETWORKS = {
     "segformer": ("test_segformer", (4, 32)),
 }
 
+#: The user's training script, cut short: the network from their module, a ConvCRF, saved
+#: with save_model (no input constraints recorded: the tools find them). Random weights with
+#: He initialisation, whose activations keep their variance through the layers, so that the
+#: logits vary over the image as a trained network's do (with the default initialisation the
+#: deep networks give one class everywhere, and label agreement would prove nothing).
+TRAINING_SCRIPT = """
+import sys
+import torch
+from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel, save_model
+from convcrf_deploy.metadata import ModelMetadata
+from convcrf_deploy.model import build_unary
+import user_networks  # noqa: F401  (registers the architectures)
 
-def _needs(name: str) -> None:
-    if name == "segformer":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")    # nothing may be downloaded
-        pytest.importorskip("transformers", reason="transformers (the test extra) is needed "
-                                                   "for the Segformer network")
-
-
-def _spread(network: torch.nn.Module) -> None:
-    """Random weights whose activations keep their variance through the layers (He
-    initialisation), so that the logits vary over the image as a trained network's do; with
-    the default initialisation deep networks give one class everywhere, and label agreement
-    between backends would prove nothing."""
-    for module in network.modules():
+classes = sys.argv[1].split(",")
+for architecture, path in zip(sys.argv[2::2], sys.argv[3::2]):
+    torch.manual_seed(0)
+    unary = build_unary({"name": architecture, "kwargs": {"num_classes": len(classes)}})
+    for module in unary.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    crf = ConvCRF(CRFConfig(num_classes=len(classes), filter_size=5, blur=4, iterations=3))
+    model = SegmentationModel(unary, crf, ModelMetadata(classes, resize="none"))
+    save_model(model.eval(), path)
+"""
+
+
+def _has_transformers() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("transformers") is not None
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """``name -> checkpoint`` written by the user's training script in its own process."""
+    folder = tmp_path_factory.mktemp("own-networks")
+    wanted = [name for name in NETWORKS if name != "segformer" or _has_transformers()]
+    argv = [",".join(CLASSES)]
+    for name in wanted:
+        (folder / name).mkdir()
+        argv += [NETWORKS[name][0], str(folder / name / "model.pt")]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [
+                       str(HERE), _package_root(), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", TRAINING_SCRIPT, *argv], env=environment,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {name: folder / name / "model.pt" for name in wanted}
+
+
+def _package_root() -> str:
+    import convcrf_deploy
+    return str(Path(convcrf_deploy.__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope="module", params=sorted(NETWORKS))
-def network(request, tmp_path_factory):
-    """``(name, folder, checkpoint)``: the user's network with a ConvCRF, saved as a user
-    would (no constraints recorded: the tools find them)."""
+def network(request, checkpoints):
+    """``(name, folder, checkpoint)`` of one network."""
     name = request.param
-    _needs(name)
-    architecture, _ = NETWORKS[name]
-    torch.manual_seed(0)
-    unary = build_unary({"name": architecture, "kwargs": {"num_classes": len(CLASSES)}})
-    _spread(unary)
-    crf = ConvCRF(CRFConfig(num_classes=len(CLASSES), filter_size=5, blur=4, iterations=3))
-    model = SegmentationModel(unary, crf, ModelMetadata(CLASSES, resize="none")).eval()
-    folder = tmp_path_factory.mktemp(name)
-    save_model(model, folder / "model.pt")
-    return name, folder, folder / "model.pt"
+    if name not in checkpoints:
+        pytest.skip("transformers (the test extra) is needed for the Segformer network")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")    # nothing may be downloaded
+    return name, checkpoints[name].parent, checkpoints[name]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +129,7 @@ def _export(checkpoint: Path, flavor: str, capsys) -> Path:
     from convcrf_deploy.cli.export import main as export
     out = checkpoint.with_name(f"model.{flavor}.onnx")
     if not out.exists():
-        assert export([str(checkpoint), "-o", str(out), "--flavor", flavor]) == 0, \
+        assert export([str(checkpoint), "-o", str(out), "--flavor", flavor, *IMPORT]) == 0, \
             capsys.readouterr().err
         printed = capsys.readouterr().out
         assert "parity PASSED" in printed, printed
@@ -122,8 +150,8 @@ def _run(model: Path, frames: Path, out: Path, capsys) -> list[np.ndarray]:
     from convcrf_deploy.cli.run import main as run
     out.mkdir()
     assert run(["--video", str(frames), "--model", str(model), "--headless", "--no-hud",
-                "--view", "mask", "--resize", "none",
-                "--save", str(out / "mask_%05d.png")]) == 0, capsys.readouterr().err
+                "--view", "mask", "--resize", "none", "--save", str(out / "mask_%05d.png"),
+                *IMPORT]) == 0, capsys.readouterr().err
     masks = [cv2.imread(str(path)) for path in sorted(out.glob("mask_*.png"))]
     assert len(masks) == 2 and all(m.shape[:2] == FRAME_SIZE for m in masks)
     return masks
@@ -146,7 +174,7 @@ def test_convcrf_bench_runs(network, capsys):
     _, _, checkpoint = network
     size = f"{FRAME_SIZE[1]}x{FRAME_SIZE[0]}"
     assert bench([str(checkpoint), "--backends", "torch,onnxruntime", "--sizes", size,
-                  "--iterations", "2", "--warmup", "1", "--threads", "1"]) == 0, \
+                  "--iterations", "2", "--warmup", "1", "--threads", "1", *IMPORT]) == 0, \
         capsys.readouterr().err
     table = capsys.readouterr().out
     assert "torch" in table and "onnxruntime" in table
@@ -173,6 +201,9 @@ def export_onnx_unary(architecture: str, path: Path, size: tuple[int, int],
         def forward(self, x):
             return select_logits(self.network(x))
 
+    from convcrf_deploy.model import build_unary
+    from convcrf_deploy.user_code import import_user_code
+    import_user_code([str(USER_MODULE)])      # as --import does (once per process)
     torch.manual_seed(0)
     network = build_unary({"name": architecture, "kwargs": {"num_classes": num_classes}}).eval()
     example = (torch.randn(2, 3, *size),)

@@ -422,8 +422,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     trt = import_tensorrt()  # first: without TensorRT nothing else matters
     report = report or log.info
     metadata = onnx_metadata(onnx_path)
+    # The nominal size padded to the unary's input constraints: what the runtime feeds.
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
-                              metadata.input_size if metadata else None)
+                              metadata.padded_size(*metadata.input_size) if metadata else None)
     library = find_plugin_library(plugin_library)
     load_plugin_library(trt, library)
 

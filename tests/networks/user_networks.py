@@ -175,15 +175,18 @@ class DeepLabV3Plus(nn.Module):
         return {"out": self.head(fused), "aux": self.aux_head(features[-1])}
 
 
-def segformer(num_classes: int, hidden_sizes=(8, 16, 32, 64), decoder_hidden_size: int = 32):
+def segformer(num_classes: int, hidden_sizes=(8, 16, 32, 64), decoder_hidden_size: int = 32,
+              depths=(1, 1, 1, 1), num_attention_heads=(1, 1, 2, 4)):
     """Hugging Face's SegformerForSemanticSegmentation (MiT encoder, all-MLP decoder) from a
-    tiny config, random weights: returns ``SemanticSegmenterOutput`` whose ``.logits`` are
-    ``(N, C, ceil(H/4), ceil(W/4))``; needs H, W >= 29 (its first stage reduces 8x8 blocks
-    of the 1/4 map for attention)."""
+    tiny config (MiT-b0: hidden_sizes (32, 64, 160, 256), decoder_hidden_size 256, depths
+    (2, 2, 2, 2), num_attention_heads (1, 2, 5, 8)), random weights: returns
+    ``SemanticSegmenterOutput`` whose ``.logits`` are ``(N, C, ceil(H/4), ceil(W/4))``; needs
+    H, W >= 29 (its first stage reduces 8x8 blocks of the 1/4 map for attention)."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    config = SegformerConfig(num_labels=num_classes, depths=[1, 1, 1, 1],
-                             hidden_sizes=list(hidden_sizes), num_attention_heads=[1, 1, 2, 4],
+    config = SegformerConfig(num_labels=num_classes, depths=list(depths),
+                             hidden_sizes=list(hidden_sizes),
+                             num_attention_heads=list(num_attention_heads),
                              sr_ratios=[8, 4, 2, 1], decoder_hidden_size=decoder_hidden_size)
     return SegformerForSemanticSegmentation(config)
 

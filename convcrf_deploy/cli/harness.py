@@ -374,8 +374,13 @@ def load_model_argument(args: argparse.Namespace, model, *, crf_only: bool = Fal
     """The model named on the command line (``"demo"``, a checkpoint, a unary file without
     class code; with ``crf_only`` also a CRF-only checkpoint), after running ``--import``.
     A model that cannot be loaded is a :class:`UsageError` (status 2) with one line."""
+    try:
+        from ..model.unary_files import load_any_model
+    except ImportError as exc:
+        from ..install import TORCH_HINT
+        raise MissingDependencyError(f"loading {model} needs PyTorch ({exc}): {TORCH_HINT}") \
+            from None
     import_user_modules(args)
-    from ..model.unary_files import load_any_model
     try:
         return load_any_model(model, allow_pickle=getattr(args, "allow_pickle", False),
                               settings=unary_settings(args), crf_only=crf_only,

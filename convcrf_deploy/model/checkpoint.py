@@ -135,13 +135,17 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` as a checkpoint (see the module docstring for the format).
 
     The unary is stored by its spec when it has one (built-in or registered architecture);
-    otherwise it is pickled, and loading then needs ``allow_pickle=True``.
+    otherwise it is pickled, and loading then needs ``allow_pickle=True``. A unary loaded from a
+    ``torch.export`` program or TorchScript is refused (``ValueError``): it stays in its file,
+    and its CRF is saved with ``save_crf``.
     """
     if not isinstance(model, SegmentationModel):
         raise ValueError(f"save_model expects a SegmentationModel, got {type(model).__name__}")
-    if getattr(model, "unary_file", None) or isinstance(model.unary, torch.jit.ScriptModule):
-        raise ValueError(f"this model's unary was loaded from {getattr(model, 'unary_file', None) or 'TorchScript'}"
-                         " (a torch.export program or TorchScript) and stays in that file: save "
+    source = getattr(model, "unary_file", None) or (
+        "TorchScript" if isinstance(model.unary, torch.jit.ScriptModule) else None)
+    if source:
+        raise ValueError(f"this model's unary was loaded from {source} (a torch.export "
+                         "program or TorchScript) and stays in that file: save "
                          "its CRF with convcrf_deploy.training.save_crf and load the two "
                          "together (load_unary_file(path, UnarySettings(crf=...)))")
     checkpoint: dict[str, Any] = {

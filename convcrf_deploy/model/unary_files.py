@@ -151,8 +151,9 @@ _SHAPE_FUNCTIONS = {
     # sympy's srepr form: Symbol('s0', positive=True, integer=True), Integer(-1)
     "Symbol", "Add", "Mul", "Pow", "Equality", "Unequality", "LessThan", "StrictLessThan",
     "GreaterThan", "StrictGreaterThan", "BooleanTrue", "BooleanFalse", "true", "false",
-    "Infinity", "NegativeInfinity", "IntInfinity", "NegativeIntInfinity", "positive", "negative", "nonnegative", "nonpositive", "integer", "real",
-    "finite", "zero", "even", "odd"}
+    "Infinity", "NegativeInfinity", "IntInfinity", "NegativeIntInfinity", "positive",
+    "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero", "even",
+    "odd"}
 
 
 def _safe_expression(text: Any) -> bool:
@@ -268,7 +269,19 @@ class ProgramUnary(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor):
-        return self.program(x)
+        try:
+            return self.program(x)
+        except RuntimeError as exc:   # the program's input check: name the fix, not a trace
+            text = " ".join(str(exc).split())
+            if not text.startswith("Expected input"):
+                raise
+            raise ValueError(
+                f"the unary program {self.source} does not accept an input of shape "
+                f"{tuple(x.shape)}: {text.split(' If you meant')[0].rstrip('.')}; it was "
+                "exported for other sizes: run or export it at a size it accepts "
+                "(convcrf-export --static --height H --width W), or export it again with "
+                "dynamic shapes "
+                "(torch.export.Dim for batch, height and width)") from None
 
 
 def _load_program(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -327,7 +340,16 @@ def _probe_classes(unary: nn.Module, shape: tuple[int, ...], path: Path) -> int:
     return int(logits.shape[1])
 
 
-def _crf_from(settings: UnarySettings, num_classes: int, path: Path) -> ConvCRF | None:
+def crf_for_unary(settings: UnarySettings, num_classes: int, path: str | Path
+                  ) -> ConvCRF | None:
+    """The CRF of ``settings`` for a unary (named ``path`` in errors) with ``num_classes``
+    outputs: ``None`` for ``crf="none"``, the CRF checkpoint with ``crf_config`` applied, or
+    ``CRFConfig`` defaults with it. Shared with unaries of other formats (an ONNX unary).
+
+    Raises:
+        CheckpointError: the class counts disagree, the settings are invalid, or the CRF
+            checkpoint cannot be loaded.
+    """
     overrides = dict(settings.crf_config)
     if overrides.get("num_classes", num_classes) != num_classes:
         raise CheckpointError(f"{path}: the unary outputs {num_classes} classes but the CRF "
@@ -356,8 +378,15 @@ def _crf_from(settings: UnarySettings, num_classes: int, path: Path) -> ConvCRF 
                               f"{' '.join(str(exc).split())[:200]}") from None
 
 
-def _metadata_from(settings: UnarySettings, num_classes: int, path: Path,
-                   program_size: tuple[int, int] | None) -> ModelMetadata:
+def metadata_for_unary(settings: UnarySettings, num_classes: int, path: str | Path,
+                       program_size: tuple[int, int] | None = None) -> ModelMetadata:
+    """The :class:`ModelMetadata` of ``settings`` for a unary with ``num_classes`` outputs;
+    ``program_size`` ``(H, W)``: the unary accepts only that size (the default
+    ``input_size``, resize ``"stretch"``).
+
+    Raises:
+        CheckpointError: the class names do not match ``num_classes``, or invalid fields.
+    """
     fields = dict(settings.metadata)
     names = fields.pop("class_names", None) or [f"class{i}" for i in range(num_classes)]
     if len(names) != num_classes:
@@ -419,8 +448,8 @@ def load_unary_file(path: str | Path, settings: UnarySettings | None = None, *,
     num_classes = _probe_classes(unary, probe, path)
     if kind == TORCHSCRIPT and traceable:
         unary = _torchscript_to_program(unary, probe, path)
-    crf = _crf_from(settings, num_classes, path)
-    metadata = _metadata_from(settings, num_classes, path, program_size)
+    crf = crf_for_unary(settings, num_classes, path)
+    metadata = metadata_for_unary(settings, num_classes, path, program_size)
     try:
         model = SegmentationModel(unary, crf, metadata).eval()
     except ValueError as exc:

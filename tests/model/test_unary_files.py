@@ -97,6 +97,9 @@ def test_a_program_of_fixed_size_sets_the_input_size(tmp_path):
                       str(tmp_path / "fixed.pt2"))
     model = load_unary_file(tmp_path / "fixed.pt2")
     assert model.metadata.input_size == (40, 56) and model.metadata.resize == "stretch"
+    with pytest.raises(ValueError, match=r"does not accept an input of shape \(1, 3, 41, 56\)"
+                                         r".*--static --height H --width W"):
+        model(torch.zeros(1, 3, 41, 56))
 
 
 # ---- archives that loading would run code from --------------------------------------------

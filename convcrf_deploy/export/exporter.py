@@ -532,8 +532,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         refuse_output_overwriting_input({"output": path}, {"model": model})
     source = load_exportable(model)
     from ..model import ConvCRF
-    source, constraints_source = _with_input_conventions(source, part, pad_multiple, min_size,
-                                                         output_key)
+    source, constraints_source = _with_input_conventions(
+        source, part, pad_multiple, min_size, output_key,
+        fixed_size=(height, width) if static and height is not None else None)
     metadata = getattr(source, "metadata", None)
     if height is None and static:
         height, width = (metadata.padded_size(*metadata.input_size) if metadata
@@ -639,11 +640,14 @@ def _checked_opset(opset: int | None) -> int:
 
 
 def _with_input_conventions(source, part: str, pad_multiple: int | None,
-                            min_size: int | None, output_key: str | None):
+                            min_size: int | None, output_key: str | None,
+                            fixed_size: tuple[int, int] | None = None):
     """``(model, constraints_source)``: a shallow copy of the SegmentationModel ``source``
     with ``output_key`` and the input constraints set in its metadata (given, recorded in the
     model, or probed), and where the constraints came from (see :class:`ExportReport`).
-    A ConvCRF, and ``part="crf"`` (no unary runs), are returned as they are."""
+    A ConvCRF, and ``part="crf"`` (no unary runs), are returned as they are. A unary that
+    runs at no probed size is accepted without constraints for a static graph of
+    ``fixed_size`` when it runs at that size (e.g. a fixed-size ``.pt2`` program)."""
     from ..model import SegmentationModel
     if not isinstance(source, SegmentationModel):
         return source, ""
@@ -671,13 +675,32 @@ def _with_input_conventions(source, part: str, pad_multiple: int | None,
         from ..model.outputs import UnaryOutputError
         try:
             probe = probe_constraints(source, pad_multiple, min_size)
-        except (ConstraintError, UnaryOutputError) as exc:
+        except UnaryOutputError as exc:
             raise ExportError(str(exc)) from None
-        pad_multiple, min_size = probe.pad_multiple, probe.min_size
-        where = f"probed at {probe.probes} sizes"
+        except ConstraintError as exc:
+            if fixed_size is None or not _runs_at(source, fixed_size):
+                raise ExportError(str(exc)) from None
+            probe = None
+        if probe is None:
+            pad_multiple, min_size = pad_multiple or 1, min_size or 1
+            where = (f"none found by probing: the unary runs at the fixed "
+                     f"{fixed_size[0]}x{fixed_size[1]} only")
+        else:
+            pad_multiple, min_size = probe.pad_multiple, probe.min_size
+            where = f"probed at {probe.probes} sizes"
     source.metadata = dataclasses.replace(recorded, pad_multiple=pad_multiple,
                                           min_size=min_size)
     return source, where
+
+
+def _runs_at(model, size: tuple[int, int]) -> bool:
+    """Whether ``model``'s unary runs on one image of ``size``."""
+    try:
+        with torch.no_grad():
+            model.unary(model.normalize(torch.zeros(1, 3, *size, device=model.mean.device)))
+    except Exception:   # noqa: BLE001 - the user's network failed at this size
+        return False
+    return True
 
 
 def _check_constraints(metadata, height: int | None, width: int | None, static: bool) -> None:

@@ -183,3 +183,27 @@ def test_a_network_that_needs_32_px_loads_in_onnx_runtime(tmp_path):
     for height, width in ((77, 101), (9, 13)):
         frame = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
         assert segmenter(frame).labels.shape == (height, width)
+
+
+class FixedSize(nn.Module):
+    """Runs at 64 x 80 only (like a .pt2 program exported with static shapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling() and tuple(x.shape[-2:]) != (64, 80):
+            raise RuntimeError(f"expected 64x80, got {tuple(x.shape[-2:])}")
+        return self.conv(x)
+
+
+def test_a_network_of_one_size_exports_static_at_it_and_is_refused_dynamic(tmp_path):
+    model = _model(FixedSize(), crf=False)
+    report = export_onnx(model, tmp_path / "fixed.onnx", static=True, height=64, width=80,
+                         flavor="portable")
+    assert report.ok and report.inputs["image"] == ["batch", 3, 64, 80]
+    assert (report.pad_multiple, report.min_size) == (1, 1)
+    assert "runs at the fixed 64x80 only" in report.summary()
+    with pytest.raises(ExportError, match="failed at every size probed.*--static --height H"):
+        export_onnx(model, tmp_path / "dynamic.onnx")

@@ -22,9 +22,9 @@ the graph) -> ``probabilities`` ``[N, C, H, W]`` float32, ``labels`` and ``unary
 
 The unary may return its logits in any convention of :mod:`convcrf_deploy.model.outputs`
 (tensor, tuple, dict, ``.logits``) at any resolution: the graph selects and resizes them.
-H and W must meet the unary's input constraints (:mod:`convcrf_deploy.model.constraints`: probed unless given,
-recorded in the metadata); the graph is traced and verified at sizes that do, and the
-runtime pads frames to them.
+H and W must meet the unary's input constraints (:mod:`convcrf_deploy.model.constraints`:
+probed unless given, recorded in the metadata); the graph is traced and verified at sizes
+that do, and the runtime pads frames to them.
 """
 from __future__ import annotations
 
@@ -101,8 +101,8 @@ class ExportReport:
     custom_nodes: dict[str, int] = field(default_factory=dict)
     local_functions: int = 0
     verification: object | None = None     # verify.VerificationResult
-    #: the unary's input constraints written to the file (1: none), and where they came from:
-    #: "probed", "given" (arguments), "checkpoint" (the model's metadata) or "" (part="crf").
+    #: the unary's input constraints written to the file (1: none), and where they came from
+    #: in words ("given", "recorded in the model", "probed at 7 sizes", ...; "" for a CRF).
     pad_multiple: int = 1
     min_size: int = 1
     constraints_source: str = ""
@@ -122,7 +122,6 @@ class ExportReport:
                  f"  {self.node_count} nodes; custom nodes: "
                  f"{self.custom_nodes or 'none'}; local functions: {self.local_functions}"]
         if self.constraints_source:
-            from ..metadata import ModelMetadata
             words = ModelMetadata(["_"], pad_multiple=self.pad_multiple,
                                   min_size=self.min_size).describe_constraints()
             traced = (f"; traced at {self.trace_size[0]}x{self.trace_size[1]}"

@@ -134,12 +134,10 @@ def test_segmenter_pads_in_its_buffer(resize, input_size):
     resized = (77, 101) if resize == "none" else (50, 70)
     assert image.shape[-2:] == backend.metadata.padded_size(*resized) == \
         ((96, 128) if resize == "none" else (64, 96))
-    np.testing.assert_array_equal(image[..., resized[0]:, :resized[1]],
-                                  np.broadcast_to(image[..., resized[0] - 1:resized[0], :resized[1]],
-                                                  image[..., resized[0]:, :resized[1]].shape))
-    np.testing.assert_array_equal(image[..., resized[1]:],
-                                  np.broadcast_to(image[..., resized[1] - 1:resized[1]],
-                                                  image[..., resized[1]:].shape))
+    h, w = resized
+    below, right = image[..., h:, :w], image[..., w:]
+    np.testing.assert_array_equal(below, np.broadcast_to(image[..., h - 1:h, :w], below.shape))
+    np.testing.assert_array_equal(right, np.broadcast_to(image[..., w - 1:w], right.shape))
     result = segmenter(frame)
     assert result.labels.shape == (77, 101)
     assert backend.shapes[-1] == image.shape[-2:]

@@ -117,7 +117,7 @@ def test_non_convcrf_onnx_is_refused(tmp_path):
     with pytest.raises(RepositoryError, match="convcrf-export"):
         write_python_model(tmp_path / "foreign.onnx", tmp_path / "repo")
     (tmp_path / "garbage.onnx").write_bytes(b"\x00not onnx")
-    with pytest.raises(RepositoryError, match="not a readable ONNX file"):
+    with pytest.raises(RepositoryError, match="not a readable ONNX model"):
         write_python_model(tmp_path / "garbage.onnx", tmp_path / "repo")
     assert not (tmp_path / "repo" / "convcrf").exists()
 
@@ -214,15 +214,13 @@ def test_engine_profile_is_checked_at_the_sizes_sent_after_padding(toy, tmp_path
     240x320 frames of a stride-32 model arrive as 256x320."""
     import onnx
 
-    from convcrf_deploy.files import ONNX_DIGEST_KEY, onnx_graph_digest
+    from convcrf_deploy import exported_model
     model = onnx.load(str(toy))
     props = {p.key: p.value for p in model.metadata_props}
     props["convcrf.pad_multiple"] = "32"
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
-    props[ONNX_DIGEST_KEY] = onnx_graph_digest(model)
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(toy))
+    exported_model.write(model, toy)        # sealed: a deliberate edit
     engine = tmp_path / "toy.engine"
     engine.write_bytes(b"x")
     with pytest.raises(RepositoryError, match="320x256 is outside"):

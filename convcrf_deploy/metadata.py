@@ -23,6 +23,7 @@ ONNX_KEYS = {
     "flavor": "convcrf.flavor",              # export flavour
     "pad_multiple": "convcrf.pad_multiple",  # int: H and W must be multiples of it (absent: 1)
     "min_size": "convcrf.min_size",          # int: H and W must be at least this (absent: 1)
+    "quantization": "convcrf.quantization",  # JSON: how the unary was quantised (INT8 only)
 }
 
 ResizePolicy = Literal["none", "stretch", "letterbox"]

@@ -3,8 +3,10 @@
 Pre-processing follows the model's :class:`ModelMetadata`: the frame is fed as is
 (``resize="none"``), stretched to ``input_size`` (``"stretch"``) or fitted inside it keeping
 the aspect ratio and padded (``"letterbox"``), then converted BGR -> RGB float32 ``[1, 3, h,
-w]`` in 0..255 (normalisation is inside the model). Post-processing removes the letterbox
-padding and maps labels back to the frame with nearest-neighbour sampling.
+w]`` in 0..255 (normalisation is inside the model). When the model has input constraints
+(``pad_multiple``, ``min_size``), that input is padded at the bottom and right by repeating its
+edge pixels (:mod:`convcrf_deploy.runtime.padding`). Post-processing removes the letterbox
+and constraint padding and maps labels back to the frame with nearest-neighbour sampling.
 
 Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
 Each thread has its own input buffer and frame geometry, and each call's result is its own;
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..metadata import RESIZE_POLICIES
 from .backends import Backend, create_backend
+from .padding import replicate_edges
 
 
 @dataclass
@@ -56,24 +59,30 @@ class SegmentationResult:
 @dataclass(frozen=True)
 class _Geometry:
     """How one frame size maps to the model input: ``(top, left, height, width)`` of the
-    resized frame inside the ``input_shape`` model input."""
+    resized frame inside the ``input_shape`` model input, whose first ``resized_shape`` rows
+    and columns are the resized (letterboxed) frame and the rest padding to the model's
+    input constraints."""
 
     frame_shape: tuple[int, int]
     input_shape: tuple[int, int]
     content: tuple[int, int, int, int]
+    resized_shape: tuple[int, int]
 
 
-def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, int]) -> _Geometry:
+def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, int],
+              metadata) -> _Geometry:
     fh, fw = frame_shape
     if policy == "none":
-        return _Geometry(frame_shape, frame_shape, (0, 0, fh, fw))
-    ih, iw = input_size
-    if policy == "stretch":
-        return _Geometry(frame_shape, (ih, iw), (0, 0, ih, iw))
-    scale = min(ih / fh, iw / fw)
-    h, w = max(1, min(ih, round(fh * scale))), max(1, min(iw, round(fw * scale)))
-    top, left = (ih - h) // 2, (iw - w) // 2
-    return _Geometry(frame_shape, (ih, iw), (top, left, h, w))
+        resized, content = frame_shape, (0, 0, fh, fw)
+    else:
+        ih, iw = resized = input_size
+        if policy == "stretch":
+            content = (0, 0, ih, iw)
+        else:
+            scale = min(ih / fh, iw / fw)
+            h, w = max(1, min(ih, round(fh * scale))), max(1, min(iw, round(fw * scale)))
+            content = ((ih - h) // 2, (iw - w) // 2, h, w)
+    return _Geometry(frame_shape, metadata.padded_size(*resized), content, tuple(resized))
 
 
 class Segmenter:
@@ -158,7 +167,8 @@ class Segmenter:
 
     # -- processing --------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255.
+        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255: the model input,
+        resized by the policy and padded to the model's input constraints.
 
         The array is this thread's buffer, reused (overwritten) by the thread's next call."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 \
@@ -170,7 +180,7 @@ class Segmenter:
         local = self._local
         geo = getattr(local, "geometry", None)
         if geo is None or geo.frame_shape != shape:
-            geo = _geometry(shape, self.resize, self.input_size)
+            geo = _geometry(shape, self.resize, self.input_size, self.backend.metadata)
             local.input = np.zeros((1, 3, *geo.input_shape), np.float32)
             local.geometry = geo
         buffer = local.input
@@ -180,6 +190,8 @@ class Segmenter:
         # BGR -> RGB by writing channel planes in reverse order, straight into the buffer.
         for channel in range(3):
             buffer[0, 2 - channel, top:top + h, left:left + w] = frame[:, :, channel]
+        if geo.resized_shape != geo.input_shape:
+            replicate_edges(buffer, *geo.resized_shape)
         return buffer
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -131,8 +131,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     # One read of the file (digest, metadata against graph) for the metadata and the parser.
     exported = ExportedModel.open(onnx_path)
     metadata = exported.metadata
+    # The nominal size padded to the unary's input constraints: what the runtime feeds.
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
-                              metadata.input_size if metadata else None)
+                              metadata.padded_size(*metadata.input_size) if metadata else None)
     library = find_plugin_library(plugin_library)
     load_plugin_library(trt, library)
 

@@ -102,6 +102,8 @@ class RunReport:
                          f"  mIoU VOC {score.mean_iou:.2%}")
         if self.scores:
             lines.append(MIOU_LEGEND["miou"])
+        for sink in self.info.get("sinks", ()):
+            lines.append(sink["message"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
         lines.extend(f"output failed: {error}" for error in self.output_errors)
@@ -131,7 +133,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
               save: str | None = None, max_frames: int | None = None, view: str = "overlay",
               alpha: float = 0.5, fps: float | None = None, hud: bool = True,
               on_frame: Callable[[Frame, SegmentationResult], None] | None = None,
-              sinks: Sequence[FrameSink] = ()) -> RunReport:
+              sinks: Sequence[FrameSink] = (),
+              on_end: Callable[[RunReport], None] | None = None) -> RunReport:
     """Segment every frame of ``source`` (live sources: the newest one) until it ends,
     ``max_frames`` frames were processed, the user quits (``q``/Esc) or Ctrl-C.
 
@@ -146,6 +149,9 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         hud: draw FPS, latency and scores onto displayed and recorded frames.
         on_frame: called with each frame and its result (e.g. to publish labels).
         sinks: :class:`FrameSink` objects fed every frame and closed when the run ends.
+        on_end: called with the report once the run has ended (also when interrupted) and the
+            recording, source and sinks are closed, before this returns: write statistics
+            here, so that an interrupt during the shutdown cannot lose them (see below).
 
     Outputs fail alone: when the recording or a sink raises (a writer that cannot open, a
     full disk, a viewer that rejects a message), that output is dropped (a recording is
@@ -157,8 +163,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
         terminal) when called from the main thread, end the run cleanly with
         ``interrupted=True`` and ``signal`` naming the signal: the recording is finalised
-        and playable. Any other exception discards the recording (a previous file at
-        ``save`` stays as it was) and propagates.
+        and playable. From the end of the loop until ``on_end`` has returned, further
+        interrupts (a second Ctrl-C) are noted, not raised (main thread only), so the
+        recording, the sinks' outputs and ``on_end`` always complete; the shutdown itself is
+        bounded (live sources and the Foxglove server get about a second each). Any other
+        exception discards the recording (a previous file at ``save`` stays as it was) and
+        propagates without calling ``on_end``.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -211,9 +221,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 try:
                     sink.write(frame, result)
                 except Exception as exc:
-                    _output_failed(report, _output_name(sink), exc)
                     sinks.remove(sink)
-                    _close_sinks([sink], completed=False, report=None)
+                    _drop_sink(report, sink, exc)
             report.frames += 1
             report.dropped_frames = source.dropped_frames
             if display or writer is not None:
@@ -250,21 +259,27 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         raise
     finally:
         restore_signals()
-        report.wall_time_s = time.perf_counter() - start
-        if writer is not None:
-            try:
-                writer.close()
-                report.frames_written = writer.frames_written
-            except Exception as exc:
-                _output_failed(report, f"recording {save}", exc)
-        source.close()
-        report.dropped_frames = source.dropped_frames
-        report.corrupt_frames = source.corrupt_frames
-        report.reconnects = source.reconnects
-        report.source_error = source.error
-        if display:
-            cv2.destroyAllWindows()
-        _close_sinks(sinks, completed, report)
+        restore_signals = _defer_interrupts(report)  # a second Ctrl-C must not lose outputs
+        try:
+            report.wall_time_s = time.perf_counter() - start
+            if writer is not None:
+                try:
+                    writer.close()
+                    report.frames_written = writer.frames_written
+                except Exception as exc:
+                    _output_failed(report, f"recording {save}", exc)
+            source.close()
+            report.dropped_frames = source.dropped_frames
+            report.corrupt_frames = source.corrupt_frames
+            report.reconnects = source.reconnects
+            report.source_error = source.error
+            if display:
+                cv2.destroyAllWindows()
+            _close_sinks(sinks, completed, report)
+            if completed and on_end is not None:
+                on_end(report)
+        finally:
+            restore_signals()
     return report
 
 
@@ -292,6 +307,32 @@ def _interrupt_on_termination(report: RunReport) -> Callable[[], None]:
     return restore
 
 
+def _defer_interrupts(report: RunReport) -> Callable[[], None]:
+    """While a run shuts down: SIGINT, SIGTERM and SIGHUP are noted in ``report`` (and said
+    once on stderr) instead of raising, so that the recording and statistics are completed;
+    returns the function restoring the previous handlers. Main thread only (elsewhere it does
+    nothing: signals are delivered to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    said = []
+
+    def handler(signum, _frame):
+        report.interrupted = True
+        report.signal = report.signal or signal.Signals(signum).name
+        if not said:
+            said.append(True)
+            print(f"{signal.Signals(signum).name} again: finishing the recording and "
+                  "statistics first (a few seconds at most)...", file=sys.stderr, flush=True)
+
+    signals = (signal.SIGINT, *TERMINATION_SIGNALS)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    return restore
+
+
 def _output_name(sink: FrameSink) -> str:
     return str(getattr(sink, "description", "") or type(sink).__name__)
 
@@ -303,18 +344,34 @@ def _output_failed(report: RunReport, name: str, exc: BaseException) -> None:
     log.error("%s; going on without it", message)
 
 
-def _close_sinks(sinks: Sequence[FrameSink], completed: bool, report: RunReport | None) -> None:
-    """Close every sink even when one fails; a failure is an output error of ``report`` (or
-    only logged, without one: the sink had failed already)."""
+def _drop_sink(report: RunReport, sink: FrameSink, exc: BaseException) -> None:
+    """A sink failed during the run: report it and close it as failed (discarding a partial
+    output); the run goes on without it."""
+    _output_failed(report, _output_name(sink), exc)
+    try:
+        sink.close(completed=False)
+    except Exception as close_exc:
+        log.warning("%s: closing it failed too: %s", _output_name(sink),
+                    describe_error(close_exc))
+
+
+def _close_sinks(sinks: Sequence[FrameSink], completed: bool, report: RunReport) -> None:
+    """Close every sink even when one fails (a failure is an output error of ``report``, as is
+    an ``error`` a sink recorded on its own thread, e.g. Foxglove publishing); their
+    ``summary()`` lines go into ``report.info["sinks"]``."""
     for sink in sinks:
         try:
             sink.close(completed=completed)
         except Exception as exc:
-            if report is not None:
-                _output_failed(report, _output_name(sink), exc)
-            else:
-                log.warning("%s: closing it failed too: %s", _output_name(sink),
-                            describe_error(exc))
+            _output_failed(report, _output_name(sink), exc)
+            continue
+        if getattr(sink, "error", None):
+            report.output_errors.append(f"{_output_name(sink)}: {sink.error}")
+        describe = getattr(sink, "summary", None)
+        if callable(describe):
+            summary = describe()
+            if summary:
+                report.info.setdefault("sinks", []).append(summary)
 
 
 def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:

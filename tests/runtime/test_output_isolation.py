@@ -95,6 +95,15 @@ def test_a_recording_that_cannot_be_written_leaves_the_sinks_and_the_previous_fi
     assert report.output_errors[0].startswith(f"recording {out}: cannot record")
 
 
+def test_a_sink_that_failed_on_its_own_thread_is_reported_when_it_closes(segmenter):
+    sink = RecordingSink("viewer")
+    sink.error = "OverflowError: number too small to fit in target type"   # set by its thread
+    report = run_video(demo(2), segmenter, sinks=[sink])
+    assert report.frames == 2 and sink.frames == [0, 1] and sink.closed == [True]
+    assert report.output_errors == ["viewer: OverflowError: number too small to fit in target "
+                                    "type"]
+
+
 def test_the_run_itself_failing_still_fails(tmp_path, segmenter):
     sink = RecordingSink("bag")
 

@@ -43,7 +43,8 @@ RATES = [
 
 @pytest.mark.parametrize("suffix, fps, written", [
     *((".mp4", *case) for case in RATES),
-    *((".avi", *case) for case in RATES if case[0] in (89.863, 100.001, 1e6, 1e-9))])
+    *((suffix, *case) for suffix in (".avi", ".mkv", ".mov") for case in RATES
+      if case[0] in (89.863, 100.001, 1e6, 1e-9))])
 def test_any_rate_gives_a_playable_video_at_the_nearest_rate_it_holds(tmp_path, caplog, suffix,
                                                                       fps, written):
     out = tmp_path / f"out{suffix}"
@@ -106,12 +107,9 @@ class RefusingVideoWriter:
         pass
 
 
-@pytest.mark.parametrize("name, expected, unexpected", [
-    ("out.mp4", "image pattern", "use .mp4 or .avi"),
-    ("out.avi", "image pattern", "use .mp4 or .avi"),
-    ("out.webm", "use .mp4 or .avi", None)])
+@pytest.mark.parametrize("name", ["out.mp4", "out.avi", "out.mkv"])
 def test_a_writer_that_cannot_open_says_why_and_keeps_the_previous_file(
-        tmp_path, monkeypatch, name, expected, unexpected):
+        tmp_path, monkeypatch, name):
     monkeypatch.setattr(cv2, "VideoWriter", RefusingVideoWriter)
     out = tmp_path / name
     out.write_bytes(b"previous")
@@ -119,8 +117,7 @@ def test_a_writer_that_cannot_open_says_why_and_keeps_the_previous_file(
     with pytest.raises(OSError) as caught:
         writer.write(frames(1)[0])
     text = str(caught.value)
-    assert str(out) in text and "64x48" in text and "89.86 fps" in text and expected in text
-    if unexpected:
-        assert unexpected not in text
+    assert str(out) in text and "64x48" in text and "89.86 fps" in text
+    assert "image pattern" in text and "use .mp4 or .avi" not in text   # the file is one
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]

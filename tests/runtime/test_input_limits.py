@@ -164,6 +164,21 @@ def test_a_triton_models_pixel_bound_and_dims_are_known_before_the_first_request
     assert Segmenter(LimitedBackend(fixed, (60, 80), "stretch")).input_size == (240, 320)
 
 
+def test_a_fixed_size_torch_export_program_is_a_fixed_size_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convcrf_deploy.model.unary_files import load_unary_file
+    from user_model_fixtures import ProgramNet
+    torch.export.save(torch.export.export(ProgramNet.build(3), (torch.rand(1, 3, 40, 56),)),
+                      str(tmp_path / "fixed.pt2"))
+    model = load_unary_file(tmp_path / "fixed.pt2")
+    with pytest.raises(InputSizeError, match=r"56x40 frames only.*torch.export program.*"
+                                             r"--resize letterbox or stretch"):
+        Segmenter(model, "torch", resize="none")
+    segmenter = Segmenter(model, "torch")
+    assert segmenter.input_limits.fixed_size == (40, 56)
+    assert segmenter(frame(60, 90)).labels.shape == (60, 90)
+
+
 def test_limits_from_shapes_and_their_descriptions():
     assert InputLimits.from_shape(["N", 3, "H", "W"], "x").fixed_size == (None, None)
     limits = InputLimits.from_shape([1, 3, 240, 320], "its graph")

@@ -163,13 +163,14 @@ def with_probed_constraints(model):
     """
     import copy
     import dataclasses
-    import warnings
+
+    from .._warnings import warn
     if model.metadata.constrained:
         return model
     try:
         probe = probe_constraints(model)
     except ConstraintError as exc:
-        warnings.warn(f"input constraints not found: {exc}", stacklevel=2)
+        warn(f"input constraints not found: {exc}")
         return model
     if probe.pad_multiple == 1 and probe.min_size == 1:
         return model

@@ -62,6 +62,22 @@ def normalized(command: str) -> str:
     return " ".join(shlex.split(command, comments=True))
 
 
+#: README sections another test runs exactly as written (their commands and Python blocks are
+#: left to it): "Your own model" -> tests/test_readme_own_model.py.
+RUN_ELSEWHERE = {"## Your own model": "test_readme_own_model.py"}
+
+
+def readme_text() -> str:
+    """README.md without the sections of :data:`RUN_ELSEWHERE`."""
+    text = README.read_text()
+    for heading in RUN_ELSEWHERE:
+        start = text.find(heading + "\n")
+        if start >= 0:
+            end = text.find("\n## ", start + len(heading))
+            text = text[:start] + (text[end + 1:] if end >= 0 else "")
+    return text
+
+
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
     """``[(language, body)]`` of the fenced code blocks in ``text``."""
     return [(m.group(1), m.group(2))
@@ -70,7 +86,7 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 def readme_commands(text: str | None = None) -> list[str]:
     """Every command of the README, normalized (see the module docstring), in README order."""
-    text = README.read_text() if text is None else text
+    text = readme_text() if text is None else text
     commands: list[str] = []
     for language, body in _fenced_blocks(text):
         if language not in ("bash", "sh", "shell", "console"):
@@ -98,7 +114,7 @@ def readme_commands(text: str | None = None) -> list[str]:
 
 
 def python_blocks(text: str | None = None) -> list[str]:
-    text = README.read_text() if text is None else text
+    text = readme_text() if text is None else text
     return [body for language, body in _fenced_blocks(text) if language == "python"]
 
 
@@ -487,6 +503,13 @@ def test_readme_command_exits_0(command, workdir, context):
                 assert status == part.expect, (words, status)
                 pytest.skip(f"{' '.join(words)}: {missing}; exit status {status} as expected")
             assert status == 0, (words, part.why)
+
+
+def test_sections_run_elsewhere_are_run_there():
+    text = README.read_text()
+    for heading, test in RUN_ELSEWHERE.items():
+        assert heading + "\n" in text, f"README lost its section {heading!r}: update RUN_ELSEWHERE"
+        assert heading in (Path(__file__).parent / test).read_text(), test
 
 
 def test_readme_python_snippets_run(workdir, context):

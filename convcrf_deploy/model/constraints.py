@@ -163,7 +163,8 @@ def with_probed_constraints(model):
     """
     import copy
     import dataclasses
-    import warnings
+
+    from .._warnings import warn
     if model.metadata.constrained:
         return model
     from .unary_files import ProgramUnary, _static_size
@@ -172,7 +173,7 @@ def with_probed_constraints(model):
     try:
         probe = probe_constraints(model)
     except ConstraintError as exc:
-        warnings.warn(f"input constraints not found: {exc}", stacklevel=2)
+        warn(f"input constraints not found: {exc}")
         return model
     if probe.pad_multiple == 1 and probe.min_size == 1:
         return model

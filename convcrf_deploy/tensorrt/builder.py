@@ -126,10 +126,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise FileNotFoundError(f"ONNX model {str(onnx_path)!r} does not exist")
     if workspace_mb < 1:
         raise ValueError(f"workspace_mb must be >= 1, got {workspace_mb}")
-    trt = import_tensorrt()  # first: without TensorRT nothing else matters
-    report = report or log.info
-    # One read of the file (digest, metadata against graph) for the metadata and the parser.
+    # One read of the file (digest, metadata against graph) for the metadata and the parser,
+    # before TensorRT: a damaged or inconsistent file is named as such on any machine.
     exported = ExportedModel.open(onnx_path)
+    trt = import_tensorrt()
+    report = report or log.info
     metadata = exported.metadata
     # The nominal size padded to the unary's input constraints: what the runtime feeds.
     profile = Profile.resolve(min_shape, opt_shape, max_shape,

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ._warnings import warn
+from .errors import describe_error
 
 API_VERSION = 4
 
@@ -163,8 +164,9 @@ def cpu_library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
-        raise NativeError(f"cannot load the ConvCRF CPU library {path}: {exc}. Rebuild it with "
-                          "`pip install --force-reinstall .`") from exc
+        raise NativeError(describe_error(exc, f"cannot load the ConvCRF CPU library {path}",
+                                         "rebuild it with `pip install --force-reinstall .`")
+                          ) from exc
     version = lib.convcrf_cpu_api_version()
     if version != API_VERSION:
         raise NativeError(f"{path} has C API version {version}, this package expects "

@@ -49,6 +49,7 @@ from .runtime.backends import STAGES as BACKEND_STAGES  # noqa: E402
 from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError,  # noqa: E402
                                 backend_class, backend_name_for, backend_spec)
 from .data.folder import rgb_to_tensor  # noqa: E402
+from .errors import describe_error  # noqa: E402
 from .files import atomic_write  # noqa: E402
 from .install import MissingDependencyError, install_hint  # noqa: E402
 from .metrics import MIOU_LEGEND  # noqa: E402
@@ -155,7 +156,8 @@ def backend_unavailable_reason(name: str) -> str | None:
     except MissingDependencyError as exc:
         return f"{exc} (install: `{hint}`)" if hint not in str(exc) else str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. pycuda without a GPU raises its own errors
-        return f"{name} failed to initialise: {type(exc).__name__}: {exc} (install: `{hint}`)"
+        return describe_error(exc, f"{name} failed to initialise ({type(exc).__name__})",
+                              f"install: `{hint}`")
     return None
 
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from ._warnings import warn
 from .config import CRFConfig
+from .errors import describe_error
 from .files import (MISSING_DIGEST_POLICY, DamagedFileError, atomic_write,
                     refuse_output_overwriting_input)
 from .metadata import ONNX_KEYS, ModelMetadata
@@ -520,10 +521,9 @@ def _read_proto(path: Path):
     try:
         model_proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
-                         f"kind of file: {first_line[:200]}); export it again "
-                         "(convcrf-export)") from None
+        raise ValueError(describe_error(
+            exc, f"{path} is not a readable ONNX model (truncated, corrupt or another kind of "
+            "file)", "export it again (convcrf-export)")) from None
     if not model_proto.graph.node and not model_proto.graph.output:
         raise ValueError(f"{path} is not an ONNX model (it holds no graph: truncated, corrupt "
                          "or another kind of file); export it again (convcrf-export)")
@@ -609,8 +609,9 @@ class ExportedModel:
             try:
                 load_external_data_for_model(copy, str(self.base_dir))
             except (OSError, ValueError) as exc:
-                raise ValueError(f"{self.name}: cannot read its external data ({exc}); keep "
-                                 "the data files beside the .onnx file") from None
+                raise ValueError(describe_error(
+                    exc, f"{self.name}: cannot read its external data",
+                    "keep the data files beside the .onnx file")) from None
         return copy
 
     # -- the digest ----------------------------------------------------------------------------

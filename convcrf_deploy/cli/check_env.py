@@ -23,6 +23,8 @@ import sys
 import warnings
 from typing import Any
 
+from ..errors import describe_error
+
 def _version(module_name: str) -> dict[str, Any]:
     try:
         module = importlib.import_module(module_name)
@@ -97,9 +99,9 @@ def _plugin(explicit: str | None) -> dict[str, Any]:
     try:
         ctypes.CDLL(str(path), mode=getattr(os, "RTLD_LOCAL", 0))
     except OSError as exc:
-        return {"ok": False, "detail": f"{path} was found but cannot be loaded ({exc}); it needs "
-                                       "TensorRT's libraries (libnvinfer) on the library path "
-                                       "and must be built for this TensorRT"}
+        return {"ok": False, "detail": describe_error(
+            exc, f"{path} was found but cannot be loaded", "it needs TensorRT's libraries "
+            "(libnvinfer) on the library path and must be built for this TensorRT")}
     return {"ok": True, "detail": f"{path} (loads)"}
 
 
@@ -114,7 +116,7 @@ def _ort_ops() -> dict[str, Any]:
 
         onnxruntime.SessionOptions().register_custom_ops_library(path)
     except Exception as exc:
-        return {"ok": False, "detail": str(exc).strip().splitlines()[0]}
+        return {"ok": False, "detail": describe_error(exc)}
     return {"ok": True, "detail": f"{path} (registers)"}
 
 
@@ -139,7 +141,7 @@ def _display() -> dict[str, dict[str, Any]]:
         report["OpenCV GUI"] = {"ok": bool(gui) and gui[0] not in ("NONE", ""),
                                 "detail": gui[0] if gui else "unknown (headless build?)"}
     except Exception as exc:
-        report["OpenCV GUI"] = {"ok": False, "detail": str(exc)}
+        report["OpenCV GUI"] = {"ok": False, "detail": describe_error(exc)}
     report["display"] = {"ok": display_available(),
                          "detail": "available" if display_available() else
                          "none (convcrf-run runs headless)"}

@@ -6,12 +6,15 @@ Exit statuses (the table in the README; every command uses these and no others):
 ====  =======================================================================================
 0     done
 1     the work failed: export verification, an engine build, a benchmark, a run that ended
-      with an error (the message says what failed)
-2     usage: bad arguments, or an input that cannot be used (missing, damaged, not ours), or an
-      output that is refused (it is an input, its folder is missing, its type cannot be written)
+      with an error (the message says what failed), or an output of ``convcrf-run`` that
+      failed during the run (dropped alone: the run and the other outputs complete)
+2     usage: bad arguments, or an input that cannot be used (missing, damaged, not ours, a
+      model this onnxruntime cannot read), a model that cannot take the frames as asked (a
+      fixed-size model with ``--resize none``), or an output that is refused (it is an input,
+      its folder is missing, its type cannot be written); nothing has run
 3     a library the command needs is not installed (the message gives the ``pip install``)
 4     ``convcrf-run``: the video source was lost (a camera or stream stopped and could not be
-      reconnected); what was recorded so far is kept
+      reconnected); what was recorded so far is kept (1 when an output failed too)
 128+N ended by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP
 ====  =======================================================================================
 

@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import describe_error
 from ..files import STDOUT, OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
 from ..progress import Progress
@@ -45,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convcrf-run", description=__doc__.split("\n\n")[0],
         formatter_class=PlainHelpFormatter,
         epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view\n"
-               "exit status: 0 done; 1 the run failed; 2 bad arguments or input; 3 a library "
-               "is missing;\n4 the camera/stream was lost or stalled and could not be "
-               "reconnected; 130/143/129 ended by\nCtrl-C/SIGTERM/SIGHUP (the recording and "
-               "--stats-json are written either way; outputs are written\natomically and never "
-               "replace an input)")
+               "exit status: 0 done; 1 the run failed, or an output (--save, --save-bag, "
+               "--foxglove) failed\nduring it (the others are still written); 2 bad arguments "
+               "or input; 3 a library is missing;\n4 the camera/stream was lost or stalled and "
+               "could not be reconnected; 130/143/129 ended by\nCtrl-C/SIGTERM/SIGHUP (the "
+               "recording and --stats-json are written either way; outputs are written\n"
+               "atomically and never replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
                              "http://... | file.mp4 | folder | 'glob/*.png' | frames_%%04d.png "
@@ -101,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default="320x240", metavar="WxH",
                         help="demo scene size (default 320x240)")
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
-    parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
-                        "the source's, else 30)")
+    parser.add_argument("--fps", type=positive_float, help="frame rate of the recording (default: "
+                        "the source's, else 30; a rate the video cannot hold, e.g. 89.863, is "
+                        "rounded to one it can, with a warning)")
     parser.add_argument("--reconnect", type=int_at_least(0), default=5, metavar="N",
                         help="reconnect attempts for cameras and streams (default 5)")
     parser.add_argument("--stall-timeout", type=positive_float, default=10.0, metavar="S",
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ..runtime import BackendUnavailableError, Segmenter
+    from ..runtime import BackendUnavailableError, InputSizeError, Segmenter
     from ..runtime.backends import backend_name_for, backend_spec
     from ..runtime.streams import SourceError, open_source
     from ..runtime.video import display_available, run_video
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailableError:
         source.close()
         raise                      # status 3, with the pip command
+    except InputSizeError as exc:  # e.g. a fixed-size model with --resize none: before the run
+        source.close()
+        raise UsageError(str(exc))
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         source.close()
         raise UsageError(f"cannot load model {args.model!r}: {exc}")
@@ -274,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                            crf_executor_detail=described["crf_executor_detail"])
         print(report.summary_table(), file=terminal, flush=True)
         if args.stats_json:
-            write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
+            try:
+                write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
+            except OSError as exc:       # an output like the others: fails alone, status 1
+                report.output_errors.append(f"--stats-json {args.stats_json}: "
+                                            f"{describe_error(exc)}")
 
     try:
         with bar:
@@ -282,15 +292,28 @@ def main(argv: list[str] | None = None) -> int:
                                max_frames=args.max_frames, view=args.view, alpha=args.alpha,
                                fps=args.fps, hud=not args.no_hud, sinks=sinks,
                                on_frame=advance, on_end=finish)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CommandError(f"the run failed: {exc}") from exc
+    except Exception as exc:   # any library's error: one line (the traceback with --verbose)
+        logging.getLogger(__name__).debug("the run failed", exc_info=True)
+        raise CommandError(describe_error(exc, "the run failed")) from exc
     finally:
         segmenter.close()
     if report.interrupted:
+        if report.output_errors:
+            print(f"convcrf-run: {_outputs_failed(report)}", file=sys.stderr)
         return signal_exit_code(report.signal)
+    if report.output_errors:   # a lost output outweighs a lost source: status 1
+        if report.source_error:
+            print(f"convcrf-run: source ended: {report.source_error}", file=sys.stderr)
+        raise CommandError(_outputs_failed(report))
     if report.source_error:
         raise SourceLostError(report.source_error)
     return ExitCode.OK
+
+
+def _outputs_failed(report) -> str:
+    """One line: which outputs failed and that the rest completed."""
+    return (f"{len(report.output_errors)} output(s) failed and were dropped: "
+            + " | ".join(report.output_errors) + "; the run and the other outputs completed")
 
 
 def _backend_options(args: argparse.Namespace, spec) -> dict:

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..errors import describe_error
 from ..exported_model import GRAPH_IO
 from ..metadata import ModelMetadata
 from ..model.constraints import odd_multiple
@@ -406,8 +407,7 @@ def _failing_node_module(exported, message: str) -> str | None:
 def _root_cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0].rstrip('.') if text else ''}"
+    return f"{type(exc).__name__}: {describe_error(exc).rstrip('.')}"
 
 
 # ---- graph post-processing ---------------------------------------------------------------------

@@ -55,6 +55,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
+from ..errors import describe_error
 from ..metadata import ONNX_KEYS, ModelMetadata
 
 #: Fewest frames a calibration may use: MinMax ranges from a handful of frames miss the
@@ -428,8 +429,9 @@ def quantize_unary(model: onnx.ModelProto, calibration: CalibrationSet, *,
                 extra_options={"QuantizeBias": False, "QDQKeepRemovableActivations": True,
                                "WeightSymmetric": True})
         except Exception as exc:  # noqa: BLE001 - the quantiser raises many kinds
-            raise QuantizationError(f"ONNX Runtime's quantize_static failed on the unary: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(describe_error(
+                exc, f"ONNX Runtime's quantize_static failed on the unary "
+                     f"({type(exc).__name__})")) from exc
         quantized = onnx.load(str(target))
     _check_opsets(unary, quantized)
     _drop_logits_qdq(quantized, logits)

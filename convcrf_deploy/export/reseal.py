@@ -34,6 +34,7 @@ import numpy as np
 
 from ..exported_model import (DIGEST_KEY, KEY_PREFIX, LEGACY_DIGEST_KEY, PLUGIN_DOMAIN,
                               ExportedModel, extract_part, seal, write)
+from ..errors import describe_error
 from ..files import check_output_paths
 from .verify import ERROR_STATISTIC, MIN_LABEL_AGREEMENT, TOLERANCE
 
@@ -248,9 +249,9 @@ def _session(model: ExportedModel, proto):
         return ort.InferenceSession(_runnable(model, proto).SerializeToString(), options,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise ResealError(f"ONNX Runtime cannot run {model.name}: {first[:300]}; check it with "
-                          "onnx.checker and the optimiser's log") from None
+        raise ResealError(describe_error(exc, f"ONNX Runtime cannot run {model.name}",
+                                         "check it with onnx.checker and the optimiser's log")
+                          ) from None
 
 
 def _test_images(size: tuple[int, int], dtype) -> np.ndarray:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..errors import describe_error
 from . import onnx_ops
 
 #: Parity thresholds, keyed by fp16: an error bound on |p_onnx - p_torch| (probabilities;
@@ -101,12 +102,12 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise VerificationError(f"ONNX checker rejected the graph: {exc}") from exc
+        raise VerificationError(describe_error(exc, "ONNX checker rejected the graph")) from exc
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
                                                  data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        raise VerificationError(f"strict shape inference failed: {exc}") from exc
+        raise VerificationError(describe_error(exc, "strict shape inference failed")) from exc
 
 
 # ---- evaluation ---------------------------------------------------------------------------------

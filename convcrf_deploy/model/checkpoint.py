@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from .._warnings import warn
 from ..config import CRFConfig
+from ..errors import describe_error
 from ..files import MISSING_DIGEST_POLICY, DamagedFileError, atomic_write, tensor_digest
 from ..metadata import ModelMetadata
 from .convcrf import ConvCRF
@@ -229,9 +230,9 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
                               f"{_pickle_reason(text)})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
             AttributeError, IndexError, TypeError, UnicodeDecodeError, struct.error) as exc:
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} could not be read as a checkpoint: the file is "
-                              f"truncated, corrupt or not a PyTorch file ({first_line})") from exc
+                              f"truncated, corrupt or not a PyTorch file ({describe_error(exc)})"
+                              ) from exc
     newest, required, loader = _FORMATS[expected]
     found = data.get("format") if isinstance(data, dict) else None
     if found != expected:
@@ -267,8 +268,9 @@ def _check_digest(data: dict[str, Any], path: Path) -> None:
     try:
         actual = checkpoint_digest(data)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise DamagedCheckpointError(f"{path} is damaged: its tensors cannot be read ({exc}); "
-                               "restore it from a backup or save it again") from None
+        raise DamagedCheckpointError(describe_error(
+            exc, f"{path} is damaged: its tensors cannot be read",
+            "restore it from a backup or save it again")) from None
     if actual != stored:
         raise DamagedCheckpointError(f"{path} is damaged: its weights do not match the digest "
                                "written with them (weights_sha256); restore it from a backup "
@@ -332,9 +334,10 @@ def _load_unary(data: dict[str, Any], path: Path, allow_pickle: bool) -> tuple[n
         try:
             unary = torch.load(io.BytesIO(blob.cpu().numpy().tobytes()), weights_only=False)
         except Exception as exc:   # any failure of foreign code being unpickled
-            raise CheckpointError(f"{path}: could not unpickle the unary network: {exc} "
-                                  "(is the module defining its class importable? On the command line, "
-                                  "load it with --import MODULE_OR_FILE.py)") from exc
+            raise CheckpointError(describe_error(
+                exc, f"{path}: could not unpickle the unary network", "is the module defining "
+                "its class importable? On the command line, load it with --import "
+                "MODULE_OR_FILE.py")) from exc
         if not isinstance(unary, nn.Module):
             raise CheckpointError(f"{path}: pickled unary is a {type(unary).__name__}, "
                                   "not an nn.Module")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import describe_error
 
 #: Multiples tried, in this order; the first at which the unary runs exactly wins.
 PROBE_MULTIPLES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -52,8 +53,7 @@ class ProbeResult:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:200]}"
+    return f"{type(exc).__name__}: {describe_error(exc)}"
 
 
 def odd_multiple(multiple: int, at_least: int, avoid: tuple[int, ...] = ()) -> int:
@@ -167,6 +167,9 @@ def with_probed_constraints(model):
     from .._warnings import warn
     if model.metadata.constrained:
         return model
+    from .unary_files import ProgramUnary, _static_size
+    if isinstance(getattr(model, "unary", None), ProgramUnary) and _static_size(model.unary):
+        return model   # a program of one fixed size: frames are fitted to it, nothing to probe
     try:
         probe = probe_constraints(model)
     except ConstraintError as exc:

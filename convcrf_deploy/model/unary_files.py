@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from ..config import CRFConfig
+from ..errors import describe_error
 from ..files import DamagedFileError
 from ..metadata import ModelMetadata
 from .checkpoint import CheckpointError, load_crf
@@ -291,7 +292,7 @@ def _load_program(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
         program = torch.export.load(str(path))
     except Exception as exc:
         raise CheckpointError(f"{path} could not be read as a torch.export program: "
-                              f"{' '.join(str(exc).split())[:300]}") from None
+                              f"{describe_error(exc)}") from None
     program._guards_code = []     # never exec'd: _unlift would compile it into Python
     example = None
     inputs = getattr(program, "example_inputs", None)
@@ -306,7 +307,7 @@ def _load_torchscript(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise CheckpointError(f"{path} could not be read as TorchScript: "
-                              f"{' '.join(str(exc).split())[:300]}") from None
+                              f"{describe_error(exc)}") from None
 
 
 def _probe_classes(unary: nn.Module, shape: tuple[int, ...], path: Path) -> int:
@@ -315,7 +316,7 @@ def _probe_classes(unary: nn.Module, shape: tuple[int, ...], path: Path) -> int:
             logits = select_logits(unary(torch.zeros(shape)))
     except Exception as exc:
         raise CheckpointError(f"{path}: running the unary on a {shape[-1]}x{shape[-2]} "
-                              f"(WxH) probe image failed ({' '.join(str(exc).split())[:200]}); "
+                              f"(WxH) probe image failed ({describe_error(exc)}); "
                               "give the size it runs at with --metadata (input_size) ") from None
     if logits.dim() != 4:
         raise CheckpointError(f"{path}: the unary returned shape {tuple(logits.shape)}; "
@@ -358,7 +359,7 @@ def crf_for_unary(settings: UnarySettings, num_classes: int, path: str | Path
         raise
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"invalid CRF settings {overrides}: "
-                              f"{' '.join(str(exc).split())[:200]}") from None
+                              f"{describe_error(exc)}") from None
 
 
 def metadata_for_unary(settings: UnarySettings, num_classes: int, path: str | Path,
@@ -466,7 +467,7 @@ def _torchscript_to_program(unary: nn.Module, probe: tuple[int, ...], path: Path
     except Exception as exc:
         raise CheckpointError(
             f"{path}: this TorchScript unary cannot be converted for export "
-            f"({' '.join(str(exc).split())[:200]}); save it with torch.jit.trace, or as a "
+            f"({describe_error(exc)}); save it with torch.jit.trace, or as a "
             "torch.export program (torch.export.save, .pt2)") from None
     return ProgramUnary(module, str(path))
 

@@ -18,11 +18,12 @@ Example (embedding, e.g. in a ROS node)::
     publish(result.labels, stamp=result.timestamp)      # labels: [H, W] uint8
 """
 from .backends import Backend, BackendUnavailableError, create_backend
-from .segmenter import SegmentationResult, Segmenter
+from .segmenter import InputSizeError, SegmentationResult, Segmenter
 from .streams import Frame, FrameSink, FrameSource, SourceError, open_source
 from .video import RunReport, run_video
 from .visualize import Renderer, colorize, overlay, palette_lut
 
-__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSink", "FrameSource", "Renderer", "RunReport",
+__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSink", "FrameSource", "InputSizeError",
+           "Renderer", "RunReport",
            "SegmentationResult", "Segmenter", "SourceError", "colorize", "create_backend",
            "open_source", "overlay", "palette_lut", "run_video"]

@@ -8,6 +8,19 @@ w]`` in 0..255 (normalisation is inside the model). When the model has input con
 edge pixels (:mod:`convcrf_deploy.runtime.padding`). Post-processing removes the letterbox
 and constraint padding and maps labels back to the frame with nearest-neighbour sampling.
 
+Sizes the model cannot take are known when it is loaded (the backend's
+:class:`~.backends.InputLimits`: a graph exported with a fixed size, a TensorRT engine's
+profile, a Triton model's dims and pixel bound, a fixed batch) and are settled then, not on
+the first frame:
+
+* a fixed-size model is fed at its own size: ``input_size`` becomes the graph's, and when its
+  metadata says ``resize="none"`` frames are letterboxed to it (one warning); an explicit
+  ``resize="none"`` (``convcrf-run --resize none``) or an ``input_size`` it cannot take is
+  refused with :class:`InputSizeError`, as is a model that cannot take a batch of one frame;
+* with ``resize="none"`` and a range of sizes (an engine's profile, a pixel bound), each new
+  frame size is checked and one outside the range raises :class:`InputSizeError` naming the
+  range and the fix, instead of the inference library's error.
+
 Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
 Each thread has its own input buffer and frame geometry, and each call's result is its own;
 the backend runs calls concurrently when it is thread-safe (PyTorch, ONNX Runtime, the native
@@ -16,6 +29,7 @@ see :attr:`Backend.thread_safe`. The CRF switch (:attr:`Segmenter.crf`) applies 
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,8 +39,15 @@ import cv2
 import numpy as np
 
 from ..metadata import RESIZE_POLICIES
-from .backends import Backend, create_backend
+from .backends import Backend, InputLimits, create_backend
 from .padding import replicate_edges
+
+log = logging.getLogger(__name__)
+
+
+class InputSizeError(ValueError):
+    """The model cannot take these frames at this size or batch (:class:`InputLimits`); the
+    message names the model's sizes and the options that fix it."""
 
 
 @dataclass
@@ -102,6 +123,10 @@ class Segmenter:
             CRF; exported graphs always run it and the unary labels are reported instead.
         **backend_options: passed to the backend (``device=``, ``providers=``, ...).
 
+    Raises:
+        InputSizeError: the model cannot take frames this way (see the module docstring); also
+            from a call, for a frame size outside the model's range with ``resize="none"``.
+
     Example:
         >>> segmenter = Segmenter("model.onnx")
         >>> result = segmenter(frame_bgr, timestamp=stamp)
@@ -123,12 +148,73 @@ class Segmenter:
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
+        #: the sizes and batches the model takes (checked here and per new frame size).
+        self.input_limits: InputLimits = self.backend.input_limits
+        self._settle_input_size(resize_given=resize is not None,
+                                size_given=input_size is not None)
         self.return_probabilities = return_probabilities
         self.return_confidence = return_confidence
         self.label_dtype = np.uint8 if meta.num_classes <= 256 else np.int32
         # Per thread: the last frame geometry and the input buffer reused for it.
         self._local = threading.local()
         self.crf = crf
+
+    def _model_name(self) -> str:
+        described = self.backend.describe()
+        where = described.get("model") or described.get("engine")
+        return f"the model {where}" if where else f"the {self.backend.name} model"
+
+    def _settle_input_size(self, resize_given: bool, size_given: bool) -> None:
+        """Fit the resize policy and input size to :attr:`input_limits`, or refuse."""
+        limits, name = self.input_limits, self._model_name()
+        widen = f"; or {limits.widen}" if limits.widen else ""
+        if not limits.takes_one_frame():
+            low, high = limits.batch
+            batches = f"{low}" if low == high else f"{low}..{high or 'any'}"
+            raise InputSizeError(
+                f"{name} takes batches of {batches} frames ({limits.origin}), and frames are "
+                "segmented one at a time: export it with a dynamic batch or batch 1 "
+                "(convcrf-export keeps the batch dynamic; TensorRT: convcrf-build --min "
+                "1x3xHxW)")
+        fixed = limits.fixed_size
+        if any(side is not None for side in fixed):
+            if self.resize == "none":
+                if resize_given:
+                    raise InputSizeError(
+                        f"{name} takes {limits.describe()}, and resize 'none' (--resize none) "
+                        "feeds frames at their own size: let frames be fitted to it (--resize "
+                        f"letterbox or stretch, or leave --resize out){widen}")
+                log.warning("%s takes %s; its metadata says resize 'none': frames are "
+                            "letterboxed to it (--resize stretch fills it instead)", name,
+                            limits.describe())
+                self.resize = "letterbox"
+            size = tuple(f if f is not None else s for f, s in zip(fixed, self.input_size))
+            if size != self.input_size:
+                if size_given:
+                    raise InputSizeError(
+                        f"{name} takes {limits.describe()}, not input_size "
+                        f"{self.input_size[1]}x{self.input_size[0]}{widen}")
+                log.info("%s: frames are fitted to its fixed input %dx%d (its metadata names "
+                         "%dx%d)", name, size[1], size[0], self.input_size[1],
+                         self.input_size[0])
+                self.input_size = size
+        padded = self.backend.metadata.padded_size(*self.input_size)   # pad_multiple, min_size
+        if self.resize != "none" and limits.refusal(*padded) is not None:
+            height, width = padded
+            raise InputSizeError(
+                f"{name} takes {limits.describe()}, and frames are resized to its input_size "
+                f"{width}x{height} (resize '{self.resize}'){widen}")
+
+    def _check_frame_size(self, shape: tuple[int, int], input_shape: tuple[int, int]) -> None:
+        """With resize 'none': refuse a frame size (``input_shape`` once padded to the model's
+        input constraints) the model cannot take, in one line."""
+        height, width = shape
+        if self.input_limits.refusal(*input_shape) is not None:
+            widen = f", or {self.input_limits.widen}" if self.input_limits.widen else ""
+            raise InputSizeError(
+                f"frame {width}x{height}: {self._model_name()} cannot take it with resize "
+                f"'none' ({self.input_limits.describe()}): fit frames to the model with "
+                f"--resize letterbox or stretch{widen}")
 
     # -- CRF switch --------------------------------------------------------------------------
     @property
@@ -181,6 +267,8 @@ class Segmenter:
         geo = getattr(local, "geometry", None)
         if geo is None or geo.frame_shape != shape:
             geo = _geometry(shape, self.resize, self.input_size, self.backend.metadata)
+            if self.resize == "none":
+                self._check_frame_size(shape, geo.input_shape)
             local.input = np.zeros((1, 3, *geo.input_shape), np.float32)
             local.geometry = geo
         buffer = local.input

@@ -26,10 +26,14 @@ _TOY_PROTOTYPES = [(110, 110, 110), (200, 70, 60), (60, 150, 210), (90, 190, 80)
 def write_toy_onnx(path: str | os.PathLike,
                    class_names: Sequence[str] = ("background", "disc", "box", "triangle", "star"),
                    input_size: tuple[int, int] = (240, 320), resize: str = "none",
-                   flavor: str = "portable") -> Path:
+                   flavor: str = "portable",
+                   fixed_size: tuple[int | None, int | None] | None = None,
+                   batch: int | None = None) -> Path:
     """Write a tiny ONNX model with the exported models' interface.
 
-    Input ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (dynamic N, H, W); outputs
+    Input ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (dynamic N, H, W; ``fixed_size=(H, W)``
+    fixes H and W as ``convcrf-export --static`` does (``None`` leaves one free), ``batch``
+    fixes N); outputs
     ``probabilities`` (softmax of 3x3-averaged logits, a stand-in for the CRF's smoothing),
     ``labels`` (their argmax) and ``unary_labels`` (argmax of the raw 1x1-convolution logits);
     ``convcrf.*`` metadata_props from :class:`ModelMetadata` (``flavor`` is only recorded) and
@@ -55,13 +59,16 @@ def write_toy_onnx(path: str | os.PathLike,
     initializers = [numpy_helper.from_array(np.array(1 / 255.0, np.float32), "inv255"),
                     numpy_helper.from_array(weight.astype(np.float32), "weight"),
                     numpy_helper.from_array(bias.astype(np.float32), "bias")]
+    n = batch or "N"
+    h, w = fixed_size or (None, None)
+    h, w = h or "H", w or "W"
     graph = helper.make_graph(
         nodes, "toy_segmenter",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [n, 3, h, w])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                       ["N", num_classes, "H", "W"]),
-         helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "H", "W"]),
-         helper.make_tensor_value_info("unary_labels", TensorProto.INT64, ["N", "H", "W"])],
+                                       [n, num_classes, h, w]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, [n, h, w]),
+         helper.make_tensor_value_info("unary_labels", TensorProto.INT64, [n, h, w])],
         initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

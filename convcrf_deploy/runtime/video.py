@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import cv2
 
+from ..errors import describe_error
 from ..metrics import MIOU_LEGEND
 from .segmenter import SegmentationResult, Segmenter
 from .streams import Frame, FrameSink, FrameSource, FrameWriter
@@ -51,6 +52,9 @@ class RunReport:
     latency: LatencyStats = field(default_factory=LatencyStats)
     scores: dict[str, SegmentationScore] = field(default_factory=dict)
     frames_written: int = 0
+    #: outputs (the recording, sinks) that failed, each ``"<output>: <reason>"``; a failed
+    #: output is dropped and the run and the other outputs go on.
+    output_errors: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,6 +70,7 @@ class RunReport:
                 "reconnects": self.reconnects, "interrupted": self.interrupted,
                 "signal": self.signal,
                 "source_error": self.source_error, "frames_written": self.frames_written,
+                "output_errors": list(self.output_errors),
                 "stages_ms": stages, "frame_age_ms": frame_age}
         if self.scores:
             data["accuracy"] = {name: score.to_dict() for name, score in self.scores.items()}
@@ -101,6 +106,7 @@ class RunReport:
             lines.append(sink["message"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
+        lines.extend(f"output failed: {error}" for error in self.output_errors)
         return "\n".join(lines)
 
 
@@ -147,6 +153,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
             recording, source and sinks are closed, before this returns: write statistics
             here, so that an interrupt during the shutdown cannot lose them (see below).
 
+    Outputs fail alone: when the recording or a sink raises (a writer that cannot open, a
+    full disk, a viewer that rejects a message), that output is dropped (a recording is
+    discarded, a previous file at ``save`` stays; a sink is closed with ``completed=False``),
+    the failure is logged and listed in ``RunReport.output_errors``, and the run and the other
+    outputs go on.
+
     Returns:
         the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
         terminal) when called from the main thread, end the run cleanly with
@@ -171,7 +183,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         meta.class_names, names)
         else:
             score_classes = meta.num_classes
-    writer = FrameWriter(save, fps or getattr(source, "fps", None) or 30.0) if save else None
+    writer = FrameWriter(save, fps or getattr(source, "fps", None)) if save else None
+    sinks = list(sinks)
     paused = False
     completed = False
     start = time.perf_counter()
@@ -204,8 +217,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                         result.labels, frame.ground_truth)
             if on_frame is not None:
                 on_frame(frame, result)
-            for sink in sinks:
-                sink.write(frame, result)
+            for sink in list(sinks):
+                try:
+                    sink.write(frame, result)
+                except Exception as exc:
+                    sinks.remove(sink)
+                    _drop_sink(report, sink, exc)
             report.frames += 1
             report.dropped_frames = source.dropped_frames
             if display or writer is not None:
@@ -214,13 +231,18 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
                 if hud:
                     draw_hud(image, _hud_lines(report, segmenter, renderer, source.live))
                 if writer is not None:
-                    writer.write(image)
+                    try:
+                        writer.write(image)
+                    except Exception as exc:
+                        _output_failed(report, f"recording {save}", exc)
+                        writer.abort()
+                        writer = None
                 if display:
                     try:
                         cv2.imshow(WINDOW_NAME, image)
                     except cv2.error as exc:  # e.g. opencv-python-headless: no GUI backend
-                        print(f"convcrf-run: cannot open a window ({str(exc).strip()[:80]}): "
-                              "continuing headless", file=sys.stderr)
+                        print("convcrf-run: " + describe_error(
+                            exc, "cannot open a window", "continuing headless"), file=sys.stderr)
                         display = False
                     else:
                         paused = _handle_key(cv2.waitKey(1) & 0xFF, segmenter, renderer, paused)
@@ -241,8 +263,11 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         try:
             report.wall_time_s = time.perf_counter() - start
             if writer is not None:
-                writer.close()
-                report.frames_written = writer.frames_written
+                try:
+                    writer.close()
+                    report.frames_written = writer.frames_written
+                except Exception as exc:
+                    _output_failed(report, f"recording {save}", exc)
             source.close()
             report.dropped_frames = source.dropped_frames
             report.corrupt_frames = source.corrupt_frames
@@ -308,22 +333,45 @@ def _defer_interrupts(report: RunReport) -> Callable[[], None]:
     return restore
 
 
+def _output_name(sink: FrameSink) -> str:
+    return str(getattr(sink, "description", "") or type(sink).__name__)
+
+
+def _output_failed(report: RunReport, name: str, exc: BaseException) -> None:
+    """Record that an output failed (the run goes on without it)."""
+    message = f"{name}: {describe_error(exc)}"
+    report.output_errors.append(message)
+    log.error("%s; going on without it", message)
+
+
+def _drop_sink(report: RunReport, sink: FrameSink, exc: BaseException) -> None:
+    """A sink failed during the run: report it and close it as failed (discarding a partial
+    output); the run goes on without it."""
+    _output_failed(report, _output_name(sink), exc)
+    try:
+        sink.close(completed=False)
+    except Exception as close_exc:
+        log.warning("%s: closing it failed too: %s", _output_name(sink),
+                    describe_error(close_exc))
+
+
 def _close_sinks(sinks: Sequence[FrameSink], completed: bool, report: RunReport) -> None:
-    """Close every sink even when one fails (their ``summary()`` lines go into
-    ``report.info["sinks"]``); then raise the first failure."""
-    failure: BaseException | None = None
+    """Close every sink even when one fails (a failure is an output error of ``report``, as is
+    an ``error`` a sink recorded on its own thread, e.g. Foxglove publishing); their
+    ``summary()`` lines go into ``report.info["sinks"]``."""
     for sink in sinks:
         try:
             sink.close(completed=completed)
         except Exception as exc:
-            failure = failure or exc
+            _output_failed(report, _output_name(sink), exc)
+            continue
+        if getattr(sink, "error", None):
+            report.output_errors.append(f"{_output_name(sink)}: {sink.error}")
         describe = getattr(sink, "summary", None)
         if callable(describe):
             summary = describe()
             if summary:
                 report.info.setdefault("sinks", []).append(summary)
-    if failure is not None:
-        raise failure
 
 
 def _handle_key(key: int, segmenter: Segmenter, renderer: Renderer, paused: bool) -> bool | None:

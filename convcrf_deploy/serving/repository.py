@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import describe_error
 from ..exported_model import ExportedModel, check_written
 
 #: file inside each written model folder listing what convcrf-triton wrote there.
@@ -450,10 +451,10 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
         try:
             profile, types = read_engine_io(engine_path, plugin)
         except Exception as exc:  # no tensorrt/pycuda/GPU, or a foreign engine
-            raise RepositoryError(
-                f"cannot read the engine's shape profile here ({type(exc).__name__}: {exc}); "
+            raise RepositoryError(describe_error(
+                exc, f"cannot read the engine's shape profile here ({type(exc).__name__})",
                 "convcrf-build does not record it, so pass the shapes you built it with: "
-                "--min NxCxHxW --max NxCxHxW") from None
+                "--min NxCxHxW --max NxCxHxW")) from None
     metadata = model.require_metadata()
     # as sent: the client backend pads frames to the unary's input constraints
     sizes = [metadata.padded_size(*size) for size in (frame_sizes or [metadata.input_size])]

@@ -171,7 +171,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         errors = _parser_errors(parser)
         if any(is_plugin_not_found(e) for e in errors):
             raise PluginLibraryError(plugin_not_found_message(errors, library))
-        raise EngineBuildError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors))
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} could not parse {onnx_path.name}: " + " | ".join(errors)
+            + "; export the model again (convcrf-export --flavor plugin), at a lower --opset if "
+            "this TensorRT predates it")
     implementation = check_crf_implementation(parsed, plugin_layer_counts(trt, network),
                                               allow_standard_op_crf)
     report(implementation.describe())

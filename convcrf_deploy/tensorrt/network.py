@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from ..errors import describe_error
 from ..exported_model import ExportedModel
 from .plugin import PLUGIN_NAMES
 from .profiles import Profile
@@ -301,9 +302,9 @@ def _parser_errors(parser) -> list[str]:
     errors = []
     for i in range(parser.num_errors):
         error = parser.get_error(i)
-        desc = error.desc() if hasattr(error, "desc") else str(error)
+        desc = describe_error(error.desc() if hasattr(error, "desc") else str(error))
         node = error.node() if hasattr(error, "node") else -1
-        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else str(desc))
+        errors.append(f"{desc} (node {node})" if node is not None and node >= 0 else desc)
     return errors
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .._native import LIB_DIR, find_library, library_filename
+from ..errors import describe_error
 
 #: environment variable naming the plugin library.
 PLUGIN_ENV = "CONVCRF_TRT_PLUGIN"
@@ -87,9 +88,10 @@ def load_plugin_library(trt: ModuleType, path: str | os.PathLike) -> object:
         try:
             handle = registry.load_library(key)
         except Exception as exc:  # TensorRT raises RuntimeError/TypeError depending on version
-            raise PluginLibraryError(f"TensorRT could not load the plugin library {key!r}: {exc}. "
-                                     "Check that it was built for this TensorRT major version and "
-                                     "that libcudart is on the library path") from exc
+            raise PluginLibraryError(describe_error(
+                exc, f"TensorRT could not load the plugin library {key!r}", "check that it was "
+                "built for this TensorRT major version and that libcudart is on the library "
+                "path")) from exc
         if handle is None:
             raise PluginLibraryError(f"TensorRT could not load the plugin library {key!r} (see the "
                                      "TensorRT log above); it must export getCreators")

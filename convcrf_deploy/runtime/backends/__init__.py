@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ...install import MissingDependencyError, install_hint
-from .base import (STAGES, Backend, BackendUnavailableError, INPUT_NAME, OPTIONAL_OUTPUT_NAMES,
-                   OUTPUT_NAMES, StageUnavailableError)
+from .base import (STAGES, Backend, BackendUnavailableError, INPUT_NAME, InferenceError,
+                   InputLimits, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, StageUnavailableError)
 from .registry import (ALIASES, BACKENDS, SUFFIXES, BackendSpec, backend_name_for, backend_spec,
                        backends_help)
 
@@ -66,6 +66,6 @@ def create_backend(model: Any, backend: str | None = None, **options: Any) -> Ba
 
 
 __all__ = ["ALIASES", "Backend", "BackendSpec", "BackendUnavailableError", "BACKENDS",
-           "INPUT_NAME", "OUTPUT_NAMES", "SUFFIXES", "backend_spec", "backends_help",
+           "INPUT_NAME", "InferenceError", "InputLimits", "OUTPUT_NAMES", "SUFFIXES", "backend_spec", "backends_help",
            "OPTIONAL_OUTPUT_NAMES", "STAGES", "StageUnavailableError", "backend_class",
            "backend_name_for", "create_backend"]

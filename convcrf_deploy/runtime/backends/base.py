@@ -39,10 +39,12 @@ import contextlib
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ...errors import describe_error
 from ...install import MissingDependencyError
 from ...metadata import ModelMetadata
 from ..padding import crop_outputs, pad_image
@@ -56,6 +58,29 @@ class BackendUnavailableError(MissingDependencyError, RuntimeError):
     """The library a backend needs is not installed or cannot be loaded."""
 
 
+class InferenceError(RuntimeError):
+    """The inference library (ONNX Runtime, TensorRT, pycuda, ...) failed on an input; the
+    message is its reason without the noise, and what to do (:func:`describe_error`)."""
+
+
+def _from_inference_library(exc: BaseException) -> bool:
+    """Whether ``exc`` is another library's own exception type (ONNX Runtime's pybind errors,
+    pycuda's, ...), not Python's or ours, which already say what went wrong."""
+    return type(exc).__module__.split(".")[0] not in ("builtins", "convcrf_deploy")
+
+
+@contextlib.contextmanager
+def _inference_errors(backend: "Backend", image: np.ndarray):
+    try:
+        yield
+    except Exception as exc:
+        if not _from_inference_library(exc):
+            raise
+        raise InferenceError(describe_error(
+            exc, f"the {backend.name} backend failed on an input of shape "
+                 f"{list(image.shape)}")) from exc
+
+
 #: stages of a model that backends may run on their own (``"full"`` is ``infer``).
 STAGES = ("unary", "crf", "full")
 
@@ -67,6 +92,74 @@ CRF_EXECUTORS = {
     "engine": "the TensorRT engine's ConvCRF plugin",
     "none": "no CRF in this model",
 }
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The ``image`` sizes a loaded model accepts, known when it is loaded: a graph exported
+    with a fixed size (``convcrf-export --static``), a TensorRT engine's optimisation profile,
+    a Triton model's configured dimensions and ``convcrf.max_pixels``. ``Segmenter`` checks
+    them when it is created and per new frame size, instead of letting the inference library
+    fail on the first frame.
+
+    Attributes:
+        min_size, max_size: smallest and largest ``(height, width)``; ``None`` in ``max_size``
+            where a side is unbounded. A side with ``min == max`` is fixed.
+        max_pixels: most ``height * width`` per frame (``None``: no limit).
+        batch: smallest and largest batch (``None``: unbounded); ``Segmenter`` sends 1.
+        origin: where the limits come from, for messages (``"its graph's input shape"``).
+        widen: what lifts them (``"export it again without --static"``), for messages.
+    """
+
+    min_size: tuple[int, int] = (1, 1)
+    max_size: tuple[int | None, int | None] = (None, None)
+    max_pixels: int | None = None
+    batch: tuple[int, int | None] = (1, None)
+    origin: str = ""
+    widen: str = ""
+
+    @classmethod
+    def from_shape(cls, shape: Any, origin: str, widen: str = "") -> "InputLimits":
+        """From an ``[N, 3, H, W]`` input shape whose dimensions are ints where fixed
+        (others: ``None``, ``-1``, a symbol name)."""
+        def fixed(value: Any) -> int | None:
+            return int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
+        dims = list(shape) + [None] * (4 - len(shape))
+        height, width, batch = fixed(dims[2]), fixed(dims[3]), fixed(dims[0])
+        return cls((height or 1, width or 1), (height, width),
+                   batch=(batch, batch) if batch else (1, None), origin=origin, widen=widen)
+
+    @property
+    def fixed_size(self) -> tuple[int | None, int | None]:
+        """``(height, width)`` with each fixed side's size, ``None`` for a free one."""
+        return tuple(low if low == high else None
+                     for low, high in zip(self.min_size, self.max_size))  # type: ignore[return-value]
+
+
+    def describe(self) -> str:
+        """``"320x240 only"``, ``"8x8 .. 32x32"``, ``"at most 8294400 pixels"`` (WxH)."""
+        (h0, w0), (h1, w1) = self.min_size, self.max_size
+        if self.fixed_size == (h0, w0):
+            text = f"{w0}x{h0} frames only"
+        elif (h1, w1) != (None, None) or (h0, w0) != (1, 1):
+            text = f"frames from {w0}x{h0} to {w1 or 'any'}x{h1 or 'any'}"
+        else:
+            text = "frames of any size"
+        if self.max_pixels is not None:
+            text += f" of at most {self.max_pixels} pixels"
+        return text + (f" ({self.origin})" if self.origin else "")
+
+    def takes_one_frame(self) -> bool:
+        """Whether a batch of one frame (what ``Segmenter`` sends) is accepted."""
+        return self.batch[0] <= 1 and (self.batch[1] is None or self.batch[1] >= 1)
+
+    def refusal(self, height: int, width: int) -> str | None:
+        """Why a ``height x width`` model input is outside these limits, or ``None``."""
+        fits = all(low <= side and (high is None or side <= high) for side, low, high in
+                   zip((height, width), self.min_size, self.max_size))
+        if fits and (self.max_pixels is None or height * width <= self.max_pixels):
+            return None
+        return f"{width}x{height} is outside what it takes: {self.describe()}"
 
 
 class StageUnavailableError(NotImplementedError):
@@ -129,7 +222,7 @@ class Backend(abc.ABC):
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
         image, crop = pad_image(self._checked_image(feed[INPUT_NAME]), self.metadata)
         start = time.perf_counter()
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
         return crop_outputs(outputs, crop)
@@ -144,6 +237,11 @@ class Backend(abc.ABC):
         return image
 
     @property
+    def input_limits(self) -> InputLimits:
+        """The ``image`` sizes this model accepts (:class:`InputLimits`; default: any)."""
+        return InputLimits()
+
+    @property
     def stages(self) -> tuple[str, ...]:
         """The stages this backend runs on its own, from :data:`STAGES` (always ``"full"``)."""
         return ("full",)
@@ -156,7 +254,7 @@ class Backend(abc.ABC):
         if "unary" not in self.stages:
             raise StageUnavailableError(f"the {self.name} backend does not run the unary alone")
         image, crop = pad_image(self._checked_image(image), self.metadata)
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             logits = self._infer_unary(image)
         return crop_outputs({"logits": logits}, crop)["logits"]
 
@@ -173,7 +271,7 @@ class Backend(abc.ABC):
                 or logits.shape[2:] != image.shape[2:]:
             raise ValueError(f"logits must be float32 [N, C, H, W] matching image "
                              f"{list(image.shape)} in N, H and W, got {list(logits.shape)}")
-        with self._serialised():
+        with self._serialised(), _inference_errors(self, image):
             return self._infer_crf(logits, image)
 
     def describe(self) -> dict[str, Any]:

@@ -3,8 +3,10 @@ image patterns out (:class:`FrameWriter`)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -140,6 +142,54 @@ def check_recording_target(target: str | os.PathLike) -> None:
                      f"{', '.join(VIDEO_SUFFIXES)}, or an image pattern such as frames_%05d.png")
 
 
+#: frame rate of a recording whose source has none (or an unusable one).
+DEFAULT_FPS = 30.0
+#: MPEG-4 Part 2 (``mp4v``, ISO/IEC 14496-2) stores the time base's denominator
+#: (``vop_time_increment_resolution``) in 16 bits; OpenCV makes it the numerator of the rate
+#: written as a decimal fraction (89.863 fps -> 89863/1000), so 89.863 fps cannot be encoded.
+MAX_TIME_BASE = 65535
+#: lowest and highest frame rates a recording is made at (0.01: one frame per 100 s; above
+#: 1000 fps, FFmpeg's AVI reader reports another rate than the one written).
+RATE_RANGE = (0.01, 1000.0)
+#: smallest and largest frame side (pixels) of a recording: the MPEG-4 encoder takes 2..8191,
+#: and OpenCV's FFmpeg writer drops the last row and column of odd sizes, so sides are even.
+VIDEO_SIDES = (2, 8190)
+
+
+def _opencv_rate_fraction(fps: float) -> Fraction:
+    """The fraction OpenCV's FFmpeg writer makes of ``fps``: the shortest decimal within
+    0.001 of it (``cap_ffmpeg_impl.hpp``), reduced as FFmpeg does."""
+    base, rate = 1, int(fps + 0.5)
+    while abs(rate / base - fps) > 0.001:
+        base *= 10
+        rate = int(fps * base + 0.5)
+    return Fraction(rate, base)
+
+
+def recordable_rate(fps: float | None) -> float:
+    """The frame rate closest to ``fps`` that an ``mp4v`` video (:data:`VIDEO_SUFFIXES`) can
+    hold: ``fps`` itself when it can, else ``fps`` rounded to 3, 2, 1 or 0 decimals (89.863 ->
+    89.86), clamped to :data:`RATE_RANGE`; :data:`DEFAULT_FPS` for ``None``, 0, negative or
+    non-finite rates (OpenCV's writer loops forever on an infinite one)."""
+    if fps is None or not math.isfinite(fps) or fps <= 0:
+        return DEFAULT_FPS
+    for candidate in (fps, *(round(fps, digits) for digits in (3, 2, 1, 0))):
+        if RATE_RANGE[0] <= candidate <= RATE_RANGE[1] and \
+                1 <= _opencv_rate_fraction(candidate).numerator <= MAX_TIME_BASE:
+            return float(candidate)
+    return float(min(max(fps, RATE_RANGE[0]), RATE_RANGE[1]))
+
+
+def recordable_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` scaled (keeping the aspect ratio as far as possible) into what a
+    video holds: even sides in :data:`VIDEO_SIDES`; unchanged when it fits."""
+    low, high = VIDEO_SIDES
+    scale = min(1.0, high / max(width, height))
+    width, height = (max(low, min(high, round(side * scale)) // 2 * 2)
+                     for side in (width, height))
+    return width, height
+
+
 class FrameWriter:
     """Records rendered frames to a video file (``mp4v``) or an image pattern (``%05d``).
 
@@ -151,28 +201,39 @@ class FrameWriter:
     (:class:`~convcrf_deploy.files.AtomicOutput`: renamed, or streamed into a FIFO or device;
     a run that ends, is interrupted or loses its source leaves a playable file); :meth:`abort`
     discards it and keeps any previous file. Each image of a pattern is written the same way.
+    A rate or size a video cannot hold is replaced by the nearest one it can
+    (:func:`recordable_rate`, :func:`recordable_size`), with one warning.
 
     Args:
         target: a video file (:data:`VIDEO_SUFFIXES`) or an image pattern such as
             ``frames/img_%05d.png`` (:func:`pattern_suffixes`).
-        fps: frame rate written into the video file.
+        fps: frame rate written into the video file (``None``: :data:`DEFAULT_FPS`).
+
+    Attributes:
+        fps: the rate actually written (see :func:`recordable_rate`).
 
     Raises:
         ValueError: a target that cannot be written in full (:func:`check_recording_target`).
         FileNotFoundError: its folder does not exist.
+        OSError: from :meth:`write`, the video cannot be opened or an image written.
     """
 
-    def __init__(self, target: str | os.PathLike, fps: float = 30.0):
+    def __init__(self, target: str | os.PathLike, fps: float | None = DEFAULT_FPS):
         self.target = str(target)
-        self.fps = float(fps) if fps and fps > 0 else 30.0
         self.is_pattern = is_image_pattern(self.target)
         check_recording_target(self.target)
+        self.fps = recordable_rate(fps)
+        if not self.is_pattern and fps is not None and self.fps != fps:
+            log.warning("recording %s at %g fps: the video cannot hold a rate of %g fps (MPEG-4 "
+                        "counts time in at most %d ticks per second; recordings are made at "
+                        "%g..%g fps)", self.target, self.fps, fps, MAX_TIME_BASE, *RATE_RANGE)
         parent = Path(self.target).parent
         if not parent.exists():
             raise FileNotFoundError(f"cannot save to {self.target}: folder {parent} does not exist")
         self._writer: cv2.VideoWriter | None = None
         self._output: AtomicOutput | None = None
         self._size: tuple[int, int] | None = None
+        self._first_size: tuple[int, int] | None = None
         self._warned_size = False
         self.frames_written = 0
         #: frames fitted into the video's frame size (another size than the first frame's).
@@ -189,11 +250,18 @@ class FrameWriter:
             return
         size = (image.shape[1], image.shape[0])
         if self._size is None:
-            self._size = size
-        elif size != self._size:
+            self._first_size, self._size = size, recordable_size(*size)
+            if self._size != size:
+                log.warning("recording %s at %dx%d instead of %dx%d: a video holds even sizes "
+                            "of %d..%d pixels per side", self.target, *self._size, *size,
+                            *VIDEO_SIDES)
+        if size == self._first_size:
+            if size != self._size:
+                image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        else:
             if not self._warned_size:
                 self._warned_size = True
-                log.warning("recording %s: frame %d is %dx%d, the video is %dx%d (its first "
+                log.warning("recording %s: frame %d is %dx%d, the video is %dx%d (from its first "
                             "frame's size): frames of another size are fitted inside it, "
                             "keeping their aspect ratio (black borders); record to an image "
                             "pattern to keep every frame's size", self.target,
@@ -208,9 +276,10 @@ class FrameWriter:
                                            cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
             if not self._writer.isOpened():
                 self.abort()
-                raise OSError(f"cannot open a video writer for {self.target} (OpenCV with "
-                              "FFmpeg, mp4v codec); record to an image pattern like "
-                              "out_%05d.png instead")
+                raise OSError(f"cannot record {self.target}: OpenCV (FFmpeg) refused an mp4v "
+                              f"video of {self._size[0]}x{self._size[1]} at {self.fps:g} fps; "
+                              "record to an image pattern like out_%05d.png instead, or check "
+                              "that this OpenCV writes video (convcrf-check-env)")
         self._writer.write(image)
         self.frames_written += 1
 

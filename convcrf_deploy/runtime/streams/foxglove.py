@@ -14,9 +14,11 @@ WebSocket protocol (``foxglove-sdk``; open ``ws://HOST:PORT`` in Foxglove deskto
                             ``age_ms`` (read to result), ``fps`` (over the last second), ``crf``
 ==========================  ===================================================================
 
-Images keep the input's header stamp and ``frame_id``. Encoding is skipped for channels nobody
-subscribed to. The server binds 127.0.0.1 unless told otherwise. Needs the ``[foxglove]``
-extra.
+Images keep the input's header stamp and ``frame_id``; a stamp Foxglove cannot show (its
+seconds are unsigned 32-bit: negative simulated time, or past 2106) is shown as the nearest it
+can, with one warning, and ``stamp_ns`` in the stats keeps the true one. Encoding is skipped
+for channels nobody subscribed to. The server binds 127.0.0.1 unless told otherwise. Needs the
+``[foxglove]`` extra.
 
 Slow consumers never hold the run. ``write`` only queues the frame (at most ``queue_frames``
 waiting: when the publishing thread falls behind, the oldest waiting frame is dropped and
@@ -39,8 +41,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ...errors import describe_error
 from .ros._deps import require
-from .ros.bag_sink import classes_json, frame_header
+from .ros.bag_sink import classes_json, fit_stamp, frame_header
+from .ros.conversions import FOXGLOVE_TIME_SECONDS
 from ..visualize import colorize, overlay, palette_lut
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
@@ -112,9 +116,11 @@ class FoxgloveSink:
                 name="convcrf-run", host=host, port=port, context=self._context,
                 message_backlog_size=queue_frames * CHANNELS_PER_FRAME)
         except RuntimeError as exc:  # the SDK reports bind failures as RuntimeError
-            raise OSError(f"--foxglove {host}:{port}: cannot listen ({exc}); choose another "
-                          "port") from None
+            raise OSError(describe_error(exc, f"--foxglove {host}:{port}: cannot listen",
+                                         "choose another port")) from None
         self.host, self.port = host, self.server.port
+        self.description = f"Foxglove {self.url}"
+        self._notices: set[str] = set()
         self.overlay = channels.CompressedImageChannel(f"{prefix}/overlay", context=self._context)
         self.labels = channels.RawImageChannel(f"{prefix}/labels", context=self._context,
                                                metadata={"classes": classes_json(metadata)})
@@ -182,13 +188,17 @@ class FoxgloveSink:
                 self.frames_published += 1
             except Exception as exc:  # the run goes on; said once, reported in summary()
                 if self.error is None:
-                    self.error = f"{type(exc).__name__}: {exc}"
+                    self.error = describe_error(exc, type(exc).__name__)
                     log.warning("Foxglove: cannot publish a frame (%s); the run goes on",
                                 self.error)
 
     def _publish(self, frame: Any, result: Any, stats: dict[str, Any]) -> None:
-        stamp, frame_id, _ = frame_header(frame)
-        timestamp = self._messages.Timestamp(stamp.sec, stamp.nanosec)
+        stamp, frame_id, _ = frame_header(frame, self._notices)
+        # Foxglove times are unsigned 32-bit seconds: simulated (negative) or far-future stamps
+        # are shown clamped; the stats' stamp_ns keeps the true one.
+        shown = fit_stamp(stamp, FOXGLOVE_TIME_SECONDS, self._notices,
+                          f"{self.description} (Foxglove time)")
+        timestamp = self._messages.Timestamp(shown.sec, shown.nanosec)
         if self.overlay.has_sinks():
             self._colors = colorize(result.labels, self._lut, self._colors)
             ok, jpeg = cv2.imencode(".jpg", overlay(frame.image, self._colors, self.alpha),

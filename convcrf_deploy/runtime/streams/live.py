@@ -10,6 +10,7 @@ from typing import Callable
 
 import cv2
 
+from ...errors import describe_error
 from .base import Frame, FrameSource, SourceError, as_bgr
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class LiveSource(FrameSource):
                     self._condition.notify()
         except Exception as exc:  # the consumer must learn why frames stopped, not hang
             if current():
-                self.error = f"{self.description}: capture failed: {exc}"
+                self.error = describe_error(exc, f"{self.description}: capture failed")
         finally:
             if generation != self._generation:
                 capture.release()             # abandoned after a stall: nobody else will

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .... import _native
+from ....errors import describe_error
 from ....exported_model import ExportedModel
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
@@ -126,12 +127,11 @@ class SessionLoader:
             try:
                 options.register_custom_ops_library(str(self.custom_ops_library))
             except Exception as exc:  # onnxruntime's pybind errors share no useful base class
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise BackendUnavailableError(
-                    f"ONNX Runtime {ort.__version__} cannot register the ConvCRF custom-op "
-                    f"library {self.custom_ops_library}: {first_line[:300]}; it needs ONNX "
-                    "Runtime >= 1.16 and libconvcrf_cpu beside it (reinstall with `pip "
-                    "install --force-reinstall .`)") from None
+                raise BackendUnavailableError(describe_error(
+                    exc, f"ONNX Runtime {ort.__version__} cannot register the ConvCRF custom-op "
+                    f"library {self.custom_ops_library}", "it needs ONNX Runtime >= 1.16 and "
+                    "libconvcrf_cpu beside it (reinstall with `pip install --force-reinstall "
+                    ".`)")) from None
         return options
 
     def __call__(self):
@@ -164,8 +164,8 @@ class SessionLoader:
             if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
                                           "NoSuchFile", "InvalidArgument", "RuntimeException"):
                 raise
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
+            raise ValueError(describe_error(exc, f"ONNX Runtime {ort.__version__} cannot load "
+                                            f"{self.path}")) from None
         return session, model
 
     def _check_plugin_flavour_can_run(self) -> None:

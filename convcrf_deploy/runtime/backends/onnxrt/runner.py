@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ....exported_model import extract_part, unary_logits_name
-from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend, BackendUnavailableError
+from ..base import (INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend,
+                    BackendUnavailableError, InputLimits)
 from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
 from .loader import SessionLoader, import_onnxruntime
 
@@ -190,6 +191,16 @@ class OnnxRuntimeBackend(Backend):
     @property
     def crf_executor(self) -> str:
         return self._crf_executor
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """Sides (and the batch) the graph's ``image`` input fixes, e.g. a ``--static``
+        export's ``[N, 3, 240, 320]``."""
+        shape = self.session.get_inputs()[0].shape
+        return InputLimits.from_shape(
+            shape, f"the input shape of {self.loader.path.name}: "
+                   f"{[d if isinstance(d, int) else '?' for d in shape]}",
+            "export the model again with dynamic sizes (convcrf-export without --static)")
 
     @property
     def providers(self) -> list[str]:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import Backend
+from ..base import Backend, InputLimits
 from .loader import import_torch, load_segmentation_model
 
 
@@ -51,6 +51,19 @@ class TorchBackend(Backend):
     @property
     def has_crf(self) -> bool:
         return self.model.crf is not None
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """A unary saved as a ``torch.export`` program of one fixed size takes only that size
+        (a checkpoint's network, or a program with dynamic shapes: any size)."""
+        from ....model.unary_files import ProgramUnary, _static_size
+        unary = getattr(self.model, "unary", None)
+        size = _static_size(unary) if isinstance(unary, ProgramUnary) else None
+        if size is None:
+            return InputLimits()
+        return InputLimits(size, size, origin=f"the torch.export program {unary.source}",
+                           widen="export the unary again with dynamic shapes "
+                                 "(torch.export.Dim for height and width)")
 
     @property
     def thread_safe(self) -> bool:

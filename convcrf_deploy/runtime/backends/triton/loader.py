@@ -6,12 +6,15 @@ unreachable server raises :class:`TritonRequestError` instead of hanging a camer
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from ....errors import describe_error
 from ....install import install_hint
-from ..base import BackendUnavailableError
+from ....serving.python_model import MAX_PIXELS_KEY  # the bound convcrf-triton writes
+from ..base import BackendUnavailableError, InputLimits
 
 #: protocol -> default port of tritonserver.
 PROTOCOLS = {"http": 8000, "grpc": 8001}
@@ -59,6 +62,18 @@ class ModelInfo:
     output_names: list[str]
     max_batch_size: int
     parameters: dict[str, str]       # the convcrf.* metadata and serving options
+    input_dims: tuple[int, ...] = (3, -1, -1)   # 'image' dims without the batch (-1: any)
+
+    def input_limits(self, where: str) -> InputLimits:
+        """The frame sizes and batches this model config allows (``where`` names it)."""
+        dims = [int(d) for d in self.input_dims[-2:]] if len(self.input_dims) >= 2 else [-1, -1]
+        limits = InputLimits.from_shape(
+            [None, 3, *dims], f"{where}'s config", "write its repository again (convcrf-triton: "
+            "an engine built for larger frames, or a larger --max-frame-size)")
+        pixels = self.parameters.get(MAX_PIXELS_KEY)
+        max_pixels = int(pixels) if pixels and pixels.isdigit() else None
+        batch = (1, self.max_batch_size) if self.max_batch_size > 0 else (1, None)
+        return dataclasses.replace(limits, max_pixels=max_pixels, batch=batch)
 
 
 class ClientLoader:
@@ -104,7 +119,7 @@ class ClientLoader:
         try:
             return getattr(client, method)(*args, **kwargs)
         except Exception as exc:  # InferenceServerException, socket/gevent timeouts, gRPC errors
-            text = str(exc).strip() or type(exc).__name__
+            text = describe_error(exc)
             if "deadline" in text.lower() or "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
                 text = f"no answer within {self.timeout:g} s ({text})"
             raise TritonRequestError(f"{self.describe()}: {text}") from exc
@@ -141,4 +156,9 @@ class ClientLoader:
         if datatype not in ("UINT8", "FP32", "FP16"):
             raise ValueError(f"{self.describe()}: 'image' has type {datatype}; expected UINT8, FP32 or FP16")
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        return ModelInfo(datatype, outputs, int(config.get("max_batch_size", 0)), parameters)
+        try:   # ints over HTTP, strings in the protobuf JSON of gRPC
+            dims = tuple(int(d) for d in inputs["image"].get("dims", (3, -1, -1)))
+        except (TypeError, ValueError):
+            dims = (3, -1, -1)
+        return ModelInfo(datatype, outputs, int(config.get("max_batch_size", 0)), parameters,
+                         dims)

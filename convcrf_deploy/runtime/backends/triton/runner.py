@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from ....metadata import ONNX_KEYS, ModelMetadata
-from ..base import Backend
+from ..base import Backend, InputLimits
 from .loader import ClientLoader
 
 _NUMPY = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
@@ -62,6 +62,12 @@ class TritonBackend(Backend):
             self.client.close()
             raise ValueError(f"{self.loader.describe()} has no 'probabilities' output")
         self.input_dtype = _NUMPY[self.info.input_datatype]
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The server model's ``image`` dims (fixed for a fixed-size engine), its
+        ``max_batch_size`` and ``convcrf.max_pixels`` (Python-backend repositories)."""
+        return self.info.input_limits(self.loader.describe())
 
     def _activate(self) -> None:
         if self.client is None:

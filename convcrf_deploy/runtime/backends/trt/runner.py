@@ -11,7 +11,7 @@ from ....metadata import ModelMetadata
 from ....tensorrt import import_tensorrt
 from ....tensorrt._modules import import_pycuda_driver
 from ....tensorrt import PluginLibraryError
-from ..base import INPUT_NAME, Backend, BackendUnavailableError
+from ..base import INPUT_NAME, Backend, BackendUnavailableError, InputLimits
 from .loader import BufferPool, EngineLoader
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,15 @@ class TensorRTBackend(Backend):
         """``(min, opt, max)`` shapes of ``image`` in the engine's first profile."""
         return tuple(tuple(int(v) for v in s)
                      for s in self.info.engine.get_tensor_profile_shape(INPUT_NAME, 0))
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The sizes and batches of the engine's optimisation profile."""
+        (n0, _, h0, w0), _, (n1, _, h1, w1) = self.profile_range()
+        return InputLimits((h0, w0), (h1, w1), batch=(n0, n1),
+                           origin=f"the optimisation profile of {self.info.path.name}",
+                           widen="rebuild the engine with convcrf-build --min/--max covering "
+                                 "the frame sizes (and batch 1)")
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         driver, context, stream, buffers = self._driver, self._context, self._stream, self._buffers

@@ -42,7 +42,8 @@ import numpy as np
 
 from ...visualize import colorize, overlay, palette_lut
 from ._deps import require
-from .conversions import Stamp, bgr_image_fields, jpeg_fields, labels_fields
+from .conversions import (LOG_TIME_NS, ROS2_TIME_SECONDS, Stamp, bgr_image_fields, jpeg_fields,
+                          labels_fields)
 
 STORAGES = ("mcap", "sqlite3")
 OVERLAY_FORMATS = ("jpeg", "bgr8")
@@ -79,11 +80,43 @@ def wall_stamp(capture_time: float) -> Stamp:
     return Stamp.from_ns(time.time_ns() - int((time.monotonic() - capture_time) * 1e9))
 
 
-def frame_header(frame: Any) -> tuple[Stamp, str, int]:
-    """``(stamp, frame_id, bag time ns)`` of a frame: a bag frame's own, else the wall clock."""
-    stamp = Stamp.of(frame.stamp) if frame.stamp is not None else wall_stamp(frame.capture_time)
+def frame_header(frame: Any, notices: set[str] | None = None) -> tuple[Stamp, str, int]:
+    """``(stamp, frame_id, bag time ns)`` of a frame: a bag frame's own, else the wall clock.
+
+    A frame whose ``stamp`` is not a time (no ``sec``/``nanosec``) gets the wall clock too,
+    with one warning per ``notices`` set (a sink's own: each sink says it once)."""
+    stamp = None
+    if frame.stamp is not None:
+        try:
+            stamp = Stamp.of(frame.stamp)
+        except ValueError as exc:
+            notice(notices, "stamp", "frame %d: %s; using the wall clock for such frames",
+                   frame.index, exc)
+    if stamp is None:
+        stamp = wall_stamp(frame.capture_time)
     return (stamp, str(getattr(frame, "frame_id", "")),
             int(getattr(frame, "log_time_ns", 0) or stamp.nanoseconds))
+
+
+def notice(notices: set[str] | None, key: str, message: str, *args: Any) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in ``notices`` (a sink's
+    set of what it has said; ``None``: always)."""
+    if notices is None or key not in notices:
+        if notices is not None:
+            notices.add(key)
+        log.warning(message, *args)
+
+
+def fit_stamp(stamp: Stamp, seconds: tuple[int, int], notices: set[str] | None,
+              where: str) -> Stamp:
+    """``stamp`` clamped to a format's ``seconds`` range, saying once per ``notices`` when a
+    stamp does not fit (``where`` names the output and its range)."""
+    fitted = stamp.clamped(seconds)
+    if fitted != stamp:
+        notice(notices, f"clamped {where}", "%s: stamp %s is outside what it can store "
+               "(seconds %d..%d); such stamps are written as the nearest it can hold (%s)",
+               where, stamp, *seconds, fitted)
+    return fitted
 
 
 def classes_json(metadata: Any) -> str:
@@ -134,6 +167,8 @@ class BagSink:
         typesys = require("rosbags.typesys", "rosbags", "ros")
         interfaces = require("rosbags.interfaces", "rosbags", "ros")
         self.path = check_output_bag(path, inputs)
+        self.description = f"bag {self.path}"
+        self._notices: set[str] = set()
         self.prefix = "/" + topic_prefix.strip("/")
         self.overlay_format, self.alpha, self.jpeg_quality = overlay_format, alpha, jpeg_quality
         self.metadata = metadata
@@ -211,7 +246,14 @@ class BagSink:
     def write(self, frame: Any, result: Any) -> None:
         """Add one frame's labels, overlay and latency (stamped like the input message)."""
         types = self._ts.types
-        stamp, frame_id, log_time_ns = frame_header(frame)
+        stamp, frame_id, log_time_ns = frame_header(frame, self._notices)
+        stamp = fit_stamp(stamp, ROS2_TIME_SECONDS, self._notices,
+                          f"{self.description} (ROS 2 time)")
+        if not LOG_TIME_NS[0] <= log_time_ns <= LOG_TIME_NS[1]:
+            notice(self._notices, "log time", "%s: bag time %d ns of frame %d cannot be "
+                   "stored (%d..%d); such frames are recorded at the nearest time it can hold",
+                   self.description, log_time_ns, frame.index, *LOG_TIME_NS)
+            log_time_ns = min(max(log_time_ns, LOG_TIME_NS[0]), LOG_TIME_NS[1])
         header = types["std_msgs/msg/Header"](
             stamp=types["builtin_interfaces/msg/Time"](sec=stamp.sec, nanosec=stamp.nanosec),
             frame_id=frame_id)

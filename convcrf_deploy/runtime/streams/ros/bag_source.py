@@ -9,11 +9,13 @@ Frames carry the message's header ``stamp`` (:class:`Frame.stamp`, passed on to
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
+from ....errors import describe_error
 from ..base import MAX_CONSECUTIVE_CORRUPT, Frame, FrameSource, SourceError
 from ._deps import MissingDependencyError, require
 from .conversions import IMAGE_TYPES, ImageConversionError, Stamp, UnsupportedImageError, \
@@ -22,6 +24,24 @@ from .conversions import IMAGE_TYPES, ImageConversionError, Stamp, UnsupportedIm
 log = logging.getLogger(__name__)
 
 BAG_KINDS = ("a rosbag2 folder (with metadata.yaml)", "a .mcap or .db3 file", "a ROS 1 .bag file")
+
+#: longest pause (seconds of wall time, after ``rate``) a real-time replay waits between two
+#: messages. A longer gap in bag time (a message logged at time 0, a common "unset" value, or a
+#: recording paused for hours) or a step backwards is replayed without a pause, with a warning.
+MAX_REPLAY_GAP_S = 5.0
+#: recording rates outside this range (frames/s) come from odd bag times, not from a camera:
+#: such a bag's ``fps`` is unknown (``None``).
+PLAUSIBLE_FPS = (0.1, 1000.0)
+
+
+class _Message(NamedTuple):
+    """A message read from the bag, with when a real-time replay delivers it."""
+
+    connection: Any
+    log_time_ns: int
+    raw: bytes
+    due: float | None = None     # time.monotonic() it is due at (``rate`` given), else None
+    jumped: bool = False         # its bag time was irregular: due without the recorded pause
 
 
 @dataclass
@@ -80,14 +100,9 @@ def _open_reader(path: Path) -> Any:
     except Exception as exc:  # rosbags raises many kinds (ReaderError, sqlite, mcap, yaml, ...)
         hint = (" (an MCAP recording cut short can be repaired with the mcap CLI: mcap recover)"
                 if path.suffix == ".mcap" or any(path.glob("*.mcap")) else "")
-        raise SourceError(f"cannot read bag {str(path)!r} ({_one_line(exc)}): the file is "
-                          f"damaged or truncated, or not a bag{hint}") from None
+        raise SourceError(describe_error(exc, f"cannot read bag {str(path)!r}", "the file is "
+                                         f"damaged or truncated, or not a bag{hint}")) from None
     return reader
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def _topics(reader: Any) -> list[TopicSummary]:
@@ -122,9 +137,16 @@ class BagSource(FrameSource):
         topic: image topic; may be omitted when the bag has exactly one.
         rate: ``None``: as fast as the consumer reads; ``r > 0``: in real time at ``r`` x the
             recorded rate (by bag time), like a live camera: a frame whose successor is already
-            due when the consumer asks is skipped and counted in ``dropped_frames``.
+            due when the consumer asks is skipped and counted in ``dropped_frames``. Bag times
+            that step backwards or leap by more than ``max_gap_s`` (after ``rate``) are
+            replayed without waiting (one warning; counted in ``time_jumps``), so the replay
+            never waits longer than ``max_gap_s`` for a message.
+        max_gap_s: the longest wait between two messages at ``rate`` (default
+            :data:`MAX_REPLAY_GAP_S`).
 
-    Frames are :class:`BagFrame`; ``stamp`` is the header stamp as a :class:`Stamp`,
+    Frames are :class:`BagFrame`; ``stamp`` is the header stamp as a :class:`Stamp` (a
+    ``nanosec`` past 999999999 carried into ``sec``; a message without a usable header stamp
+    gets its bag time, with one warning),
     ``capture_time`` the ``time.monotonic()`` when the frame was (due to be) delivered. A
     message that cannot be decoded (size disagreeing with ``step``, damaged JPEG) is skipped with
     a warning and counted in ``corrupt_frames``; an unsupported encoding, a damaged bag or
@@ -134,14 +156,18 @@ class BagSource(FrameSource):
     Raises:
         SourceError: the bag does not exist or cannot be read, the topic is missing or not an
             image topic (the message lists the image topics), or ``rate`` is not positive.
+        ValueError: ``max_gap_s`` is negative.
     """
 
-    def __init__(self, path: str | Path, topic: str | None = None, rate: float | None = None):
+    def __init__(self, path: str | Path, topic: str | None = None, rate: float | None = None,
+                 max_gap_s: float = MAX_REPLAY_GAP_S):
         path = Path(path).expanduser()
         super().__init__(f"bag {path}")
-        if rate is not None and not rate > 0:
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise SourceError(f"--rate must be > 0 (1.0: recorded rate), got {rate}")
-        self.path, self.rate = path, rate
+        if not max_gap_s >= 0:
+            raise ValueError(f"max_gap_s must be >= 0, got {max_gap_s}")
+        self.path, self.rate, self.max_gap_s = path, rate, float(max_gap_s)
         self.live = rate is not None
         self._reader = _open_reader(path)
         try:
@@ -157,12 +183,18 @@ class BagSource(FrameSource):
             self._reader.close()
             raise
         self.description = f"bag {path} {self.topic}"
-        # For recordings (--save): approximate, the bag's duration spans all its topics.
-        self.fps = (self.message_count - 1) / duration_s if duration_s > 0 and \
+        # For recordings (--save): approximate, the bag's duration spans all its topics; a
+        # rate no camera has (a bag time of 0 among real ones spans 54 years) is unknown.
+        fps = (self.message_count - 1) / duration_s if duration_s > 0 and \
             self.message_count > 1 else None
+        self.fps = fps if fps is not None and PLAUSIBLE_FPS[0] <= fps <= PLAUSIBLE_FPS[1] \
+            else None
+        #: bag-time steps replayed without their recorded pause (backwards, or > max_gap_s).
+        self.time_jumps = 0
+        self._notices: set[str] = set()
         self._index = 0
-        self._pending: tuple[Any, int, bytes] | None = None
-        self._clock: tuple[float, int] | None = None  # (monotonic, bag time) of the first frame
+        self._pending: _Message | None = None
+        self._clock: tuple[float, int] | None = None  # (due, bag time) of the last message
         self._closed = False
 
     def _choose_topic(self, topics: list[TopicSummary], topic: str | None) -> str:
@@ -180,52 +212,93 @@ class BagSource(FrameSource):
                               f"{supported_message_types()}; {_describe_images(topics)}")
         return topic
 
-    def _next_message(self) -> tuple[Any, int, bytes] | None:
+    def _next_message(self) -> _Message | None:
         if self._pending is not None:
             item, self._pending = self._pending, None
             return item
-        return next(self._messages, None)
+        item = next(self._messages, None)
+        if item is None:
+            return None
+        message = _Message(*item)
+        return message if self.rate is None else self._timed(message)
 
-    def _due(self, log_time_ns: int) -> float:
-        start_wall, start_bag = self._clock
-        return start_wall + (log_time_ns - start_bag) / 1e9 / self.rate
+    def _timed(self, message: _Message) -> _Message:
+        """``message`` with when it is due: the previous message's due plus the bag-time step
+        at ``rate``; a step backwards or longer than ``max_gap_s`` is replayed as no pause."""
+        log_time = message.log_time_ns
+        if self._clock is None:
+            self._clock = (time.monotonic(), log_time)
+            return message._replace(due=self._clock[0])
+        last_due, last_log = self._clock
+        step = (log_time - last_log) / 1e9 / self.rate
+        jumped = not 0 <= step <= self.max_gap_s
+        if jumped:
+            self.time_jumps += 1
+            kind = "steps back" if step < 0 else "leaps"
+            self._notice(kind, "%s: the bag time %s by %s between two messages (%d -> %d ns; "
+                         "a time of 0 is a common 'unset' value): replayed without that pause, "
+                         "as every such step; a replay never waits more than %g s for a "
+                         "message", self.description, kind, _duration_text(step * self.rate),
+                         last_log, log_time, self.max_gap_s)
+            step = 0.0
+        due = last_due + step
+        self._clock = (due, log_time)
+        return message._replace(due=due, jumped=jumped)
 
-    def _next_in_time(self) -> tuple[tuple[Any, int, bytes] | None, float]:
-        """The next message to deliver at ``rate`` and when it is due (skipping late ones)."""
+    def _next_in_time(self) -> _Message | None:
+        """The next message to deliver at ``rate``, once it is due (skipping late ones)."""
         item = self._next_message()
         if item is None:
-            return None, 0.0
-        if self._clock is None:
-            self._clock = (time.monotonic(), item[1])
+            return None
         while True:
             following = self._next_message()
-            if following is None or self._due(following[1]) > time.monotonic():
+            # A successor that is due only because the bag time jumped does not make this one
+            # late: a live reader would have seen it.
+            if following is None or following.jumped or following.due > time.monotonic():
                 self._pending = following
                 break
             self.dropped_frames += 1  # its successor is already due: a live reader misses it
             self._index += 1
             item = following
-        due = self._due(item[1])
-        delay = due - time.monotonic()
+        delay = item.due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
-        return item, due
+            time.sleep(min(delay, self.max_gap_s))
+        return item
+
+    def _notice(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._notices:
+            self._notices.add(key)
+            log.warning(message, *args)
+
+    def _stamp(self, msg: Any, index: int, log_time_ns: int) -> Stamp:
+        """The header stamp of ``msg`` (normalised), else its bag time (with one warning)."""
+        raw = getattr(getattr(msg, "header", None), "stamp", None)
+        try:
+            stamp = Stamp.of(raw)
+        except ValueError:
+            self._notice("no stamp", "%s message %d has no header stamp: using its bag time "
+                         "(as for every such message)", self.description, index)
+            return Stamp.from_ns(log_time_ns)
+        nanosec = getattr(raw, "nanosec", getattr(raw, "nsecs", 0))
+        if not 0 <= int(nanosec) < 1_000_000_000:
+            self._notice("nanosec", "%s message %d: header stamp nanosec %d is not in "
+                         "0..999999999; carried into the seconds (%s), as for every such "
+                         "message", self.description, index, int(nanosec), stamp)
+        return stamp
 
     def read(self) -> BagFrame | None:
         failures = 0
         while not self._closed:
             try:
-                if self.rate is None:
-                    item, due = self._next_message(), None
-                else:
-                    item, due = self._next_in_time()
+                item = self._next_message() if self.rate is None else self._next_in_time()
                 if item is None:
                     return None
-                connection, log_time_ns, raw = item
+                connection, log_time_ns, raw, due, _ = item
                 msg = self._reader.deserialize(raw, connection.msgtype)
             except Exception as exc:  # damaged chunk, truncated file, undecodable message
-                self.error = (f"{self.description}: cannot read message {self._index} "
-                              f"({_one_line(exc)}); the bag is damaged or truncated")
+                self.error = describe_error(
+                    exc, f"{self.description}: cannot read message {self._index}",
+                    "the bag is damaged or truncated")
                 return None
             index = self._index
             self._index += 1
@@ -244,10 +317,10 @@ class BagSource(FrameSource):
                     self.error = f"{failures} bad messages in a row, the last: {where}"
                     return None
                 continue
-            header = msg.header
             return BagFrame(image, index, due if due is not None else time.monotonic(),
-                            stamp=Stamp.of(header.stamp), topic=self.topic,
-                            frame_id=str(header.frame_id), log_time_ns=int(log_time_ns))
+                            stamp=self._stamp(msg, index, log_time_ns), topic=self.topic,
+                            frame_id=str(getattr(getattr(msg, "header", None), "frame_id", "")),
+                            log_time_ns=int(log_time_ns))
         return None
 
     def close(self) -> None:
@@ -258,7 +331,15 @@ class BagSource(FrameSource):
 
 def _stamp_text(msg: Any) -> str:
     try:
-        stamp = Stamp.of(msg.header.stamp)
-        return f"{stamp.sec}.{stamp.nanosec:09d}"
-    except Exception:
+        return str(Stamp.of(msg.header.stamp))
+    except (AttributeError, ValueError):
         return "?"
+
+
+def _duration_text(seconds: float) -> str:
+    """``seconds`` (may be negative) in the unit a person reads: s, hours, days or years."""
+    size = abs(seconds)
+    for unit, length in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600)):
+        if size >= 2 * length:
+            return f"{size / length:.3g} {unit}"
+    return f"{size:.3g} s"

@@ -47,21 +47,40 @@ class UnsupportedImageError(ImageConversionError):
     what is supported."""
 
 
+#: seconds a time can have in each format written (the nanoseconds are always 0..999999999):
+#: ROS 2 ``builtin_interfaces/msg/Time.sec`` is an int32 (negative: simulated time before its
+#: epoch); Foxglove's ``Timestamp.sec`` a uint32.
+ROS2_TIME_SECONDS = (-2**31, 2**31 - 1)
+FOXGLOVE_TIME_SECONDS = (0, 2**32 - 1)
+#: bag (log) times, ns since the epoch: MCAP stores a uint64, rosbag2's SQLite an int64.
+LOG_TIME_NS = (0, 2**63 - 1)
+
+
 class Stamp(NamedTuple):
     """A ROS time (``builtin_interfaces/msg/Time``): ``sec`` and ``nanosec`` (0..999999999).
 
     Field names match ROS messages, so code reading ``stamp.sec``/``stamp.nanosec`` works on
-    either."""
+    either. Any integer ``sec`` is held (ROS 1 stamps reach 2^32 - 1, simulated time may be
+    negative); :meth:`clamped` limits it to what a format can store."""
 
     sec: int
     nanosec: int
 
     @classmethod
     def of(cls, stamp: Any) -> "Stamp":
-        """From any object with ``sec`` and ``nanosec`` (ROS 1 ``nsecs``/``secs`` too)."""
+        """From any object with ``sec`` and ``nanosec`` (ROS 1 ``secs``/``nsecs`` too), or a
+        :class:`Stamp`. A ``nanosec`` outside 0..999999999 (a writer that did not normalise)
+        is carried into ``sec``.
+
+        Raises:
+            ValueError: ``stamp`` has no such fields (e.g. ``None``, a message without header).
+        """
         sec = getattr(stamp, "sec", getattr(stamp, "secs", None))
         nanosec = getattr(stamp, "nanosec", getattr(stamp, "nsecs", None))
-        return cls(int(sec), int(nanosec))
+        try:
+            return cls.from_ns(int(sec) * 1_000_000_000 + int(nanosec))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"not a ROS time (sec/nanosec): {stamp!r}") from None
 
     @classmethod
     def from_ns(cls, nanoseconds: int) -> "Stamp":
@@ -70,6 +89,21 @@ class Stamp(NamedTuple):
     @property
     def nanoseconds(self) -> int:
         return self.sec * 1_000_000_000 + self.nanosec
+
+    def clamped(self, seconds: tuple[int, int]) -> "Stamp":
+        """This time limited to ``seconds = (lowest, highest)`` whole seconds (the highest
+        keeps its nanoseconds up to 999999999): what a format with that range can store."""
+        low, high = seconds
+        if self.sec < low:
+            return Stamp(low, 0)
+        if self.sec > high:
+            return Stamp(high, 999_999_999)
+        return self
+
+    def __str__(self) -> str:
+        """Seconds with nine decimals, ``-4.999999750`` for ``Stamp(-5, 250)``."""
+        seconds, nanosec = divmod(abs(self.nanoseconds), 1_000_000_000)
+        return f"{'-' if self.nanoseconds < 0 else ''}{seconds}.{nanosec:09d}"
 
 
 def supported_message_types() -> str:

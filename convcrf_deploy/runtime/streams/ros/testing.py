@@ -54,12 +54,15 @@ def image_fields(bgr: np.ndarray, encoding: str, pad: int = 0) -> dict:
 def write_bag(path: Path, frames: Sequence[np.ndarray], kind: str = "mcap",
               encoding: str = "bgr8", pad: int = 0, topic: str = TOPIC,
               spacing_ns: int = 50_000_000, extra_string_topic: bool = True,
-              mutate=None) -> list[np.ndarray]:
+              mutate=None, log_times: Sequence[int] | None = None,
+              stamps: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
     """Write ``frames`` to a bag and return the BGR images a reader must produce.
 
     kind: ``mcap`` / ``sqlite3`` (rosbag2 folders) or ``ros1`` (``path`` ends in .bag);
     encoding: an Image encoding, or ``jpeg``/``png`` for CompressedImage;
-    mutate(i, fields): may change message fields (bad-input tests).
+    mutate(i, fields): may change message fields (bad-input tests);
+    log_times: bag time (ns) of each message instead of ``LOG0 + i * spacing_ns``;
+    stamps: header ``(sec, nanosec)`` of each message, written as given (odd-stamp tests).
     """
     from rosbags.typesys import Stores, get_typestore
 
@@ -70,7 +73,8 @@ def write_bag(path: Path, frames: Sequence[np.ndarray], kind: str = "mcap",
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     messages, expected = [], []
     for i, bgr in enumerate(frames):
-        sec, nanosec = divmod(STAMP0 + i * spacing_ns, 10**9)
+        sec, nanosec = stamps[i] if stamps is not None else divmod(STAMP0 + i * spacing_ns,
+                                                                     10**9)
         stamp = T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
         header = (T["std_msgs/msg/Header"](seq=i, stamp=stamp, frame_id=FRAME_ID) if ros1
                   else T["std_msgs/msg/Header"](stamp=stamp, frame_id=FRAME_ID))
@@ -97,10 +101,10 @@ def write_bag(path: Path, frames: Sequence[np.ndarray], kind: str = "mcap",
         other = (writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
                  if extra_string_topic else None)
         for i, msg in enumerate(messages):
-            writer.write(connection, LOG0 + i * spacing_ns, serialize(msg, msgtype))
+            log_time = log_times[i] if log_times is not None else LOG0 + i * spacing_ns
+            writer.write(connection, log_time, serialize(msg, msgtype))
             if other is not None:
-                writer.write(other, LOG0 + i * spacing_ns + 1, serialize(string,
-                                                                         "std_msgs/msg/String"))
+                writer.write(other, log_time + 1, serialize(string, "std_msgs/msg/String"))
     return expected
 
 

@@ -79,7 +79,7 @@ class OnnxRuntimeBackend(Backend):
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
     then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard
     ONNX ops, several times slower on the CPU). :meth:`describe` says which one and why. Both
-    compute the same probabilities (within 1e-4; tests/test_runtime_native_crf.py). With
+    compute the same probabilities (within 1e-4; tests/runtime/backends/test_native_crf.py). With
     ``crf_enabled = False`` (``Segmenter(crf=False)``) only the unary part runs.
 
     The session is created on construction (so a bad file or provider fails early); the
@@ -132,11 +132,10 @@ class OnnxRuntimeBackend(Backend):
         self._part_sessions: dict[str, Any] = {}
         self.native_crf: NativeCRF | None = None
         self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
-        if self._logits_name is not None:
-            #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph
-            #: runs. Absent when the unary cannot be run alone (then Segmenter reports the
-            #: graph's unary_labels, or the CRF's labels flagged as such).
-            self.crf_enabled = True
+        #: with ``crf_enabled = False`` (Segmenter(crf=False)) only the unary part of the graph
+        #: runs; without the unary logits' name the whole graph always runs (then Segmenter
+        #: reports the graph's unary_labels, or the CRF's labels flagged as such).
+        self.crf_switchable = self._logits_name is not None
         if self._crf_executor == "native":
             # The unary session only: ONNX Runtime's idle threads would otherwise spin while
             # the native CRF runs and take the cores from it.
@@ -286,7 +285,7 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if not getattr(self, "crf_enabled", True):
+        if self.crf_switchable and not self.crf_enabled:
             logits = self._infer_unary(image)
             shifted = logits - logits.max(axis=1, keepdims=True)
             probabilities = np.exp(shifted, out=shifted)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SOAK_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "soak_runtime.py"
+SOAK_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "soak_runtime.py"
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from convcrf_deploy.model import FastFCN, SegmentationModel, save_model
 
 pytest.importorskip("onnxruntime")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = CRFConfig(num_classes=3, filter_size=3, blur=4, iterations=1)
 
 
@@ -152,7 +152,11 @@ def test_onnx_without_digest_still_loads(exported, tmp_path):
     model.metadata_props.extend(kept)
     old = tmp_path / "old.onnx"
     onnx.save(model, str(old))
-    Segmenter(str(old)).close()
+    segmenter = Segmenter(str(old))
+    import numpy as np
+    result = segmenter(np.full((30, 40, 3), 128, np.uint8))
+    segmenter.close()
+    assert result.labels.shape == (30, 40)
 
 
 def test_flipped_weights_are_detected_by_the_digest(exported, tmp_path):

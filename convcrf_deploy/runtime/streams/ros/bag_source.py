@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..sources import MAX_CONSECUTIVE_CORRUPT, Frame, FrameSource, SourceError
+from ..base import MAX_CONSECUTIVE_CORRUPT, Frame, FrameSource, SourceError
 from ._deps import MissingDependencyError, require
 from .conversions import IMAGE_TYPES, ImageConversionError, Stamp, UnsupportedImageError, \
     message_to_bgr, supported_message_types

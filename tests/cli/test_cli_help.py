@@ -24,5 +24,5 @@ def test_help_is_plain_text(module, sub, capsys):
 
 
 def test_percent_and_examples_render():
-    from convcrf_deploy.cli._args import plain_text
+    from convcrf_deploy.cli.harness import plain_text
     assert plain_text("``x`` and :func:`a.b` 20%%\nExamples::\n") == "x and a.b 20%\nExamples:\n"

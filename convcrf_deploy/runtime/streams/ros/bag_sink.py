@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..visualize import colorize, overlay, palette_lut
+from ...visualize import colorize, overlay, palette_lut
 from ._deps import require
 from .conversions import Stamp, bgr_image_fields, jpeg_fields, labels_fields
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.ros.testing import image_fields, scene_frames
+from convcrf_deploy.runtime.streams.ros.testing import image_fields, scene_frames
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
-NODE = Path(__file__).resolve().parents[1] / "examples" / "ros2_segmenter_node.py"
+NODE = Path(__file__).resolve().parents[3] / "examples" / "ros2_segmenter_node.py"
 
 
 class FakeMessage:

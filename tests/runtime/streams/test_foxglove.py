@@ -16,9 +16,9 @@ websockets_sync = pytest.importorskip("websockets.sync.client")
 
 from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime import Segmenter, run_video
-from convcrf_deploy.runtime.foxglove import FoxgloveSink, parse_address
-from convcrf_deploy.runtime.ros import Stamp
-from convcrf_deploy.runtime.sources import DemoSource, Frame, FrameSource
+from convcrf_deploy.runtime.streams.foxglove import FoxgloveSink, parse_address
+from convcrf_deploy.runtime.streams.ros import Stamp
+from convcrf_deploy.runtime.streams import DemoSource, Frame, FrameSource
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
 # foxglove-sdk 0.30 speaks "foxglove.sdk.v1"; older servers "foxglove.websocket.v1".

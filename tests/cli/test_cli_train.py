@@ -147,7 +147,7 @@ def test_tools_without_torch_say_how_to_install_it(tmp_path):
     import sys
     from pathlib import Path
     done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH,
-                           str(Path(__file__).resolve().parents[1])],
+                           str(Path(__file__).resolve().parents[2])],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "CODES" in done.stdout, done.stderr
     assert "Traceback" not in done.stderr and "ModuleNotFoundError" not in done.stderr.split(

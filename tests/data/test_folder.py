@@ -167,7 +167,7 @@ def test_orientation_transforms_match_pillow():
 
 def test_convcrf_run_image_sources_apply_the_same_orientation(tmp_path):
     # Field report: convcrf-run did not rotate.
-    from convcrf_deploy.runtime.sources import open_source
+    from convcrf_deploy.runtime.streams import open_source
     write_oriented_pair(tmp_path, 6)
     frame = open_source(str(tmp_path / "photo_0img.jpg")).read()
     from convcrf_deploy.data.folder import read_image

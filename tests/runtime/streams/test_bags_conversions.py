@@ -1,5 +1,5 @@
 """Message conversions shared by the bag path and the ROS 2 node: layouts built independently
-(runtime.ros.testing.image_fields), rclpy-like messages (plain objects, bytes/array data)."""
+(runtime.streams.ros.testing.image_fields), rclpy-like messages (plain objects, bytes/array data)."""
 from __future__ import annotations
 
 import array
@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from convcrf_deploy.runtime.ros.conversions import (
+from convcrf_deploy.runtime.streams.ros.conversions import (
     IMAGE_ENCODINGS, ImageConversionError, Stamp, UnsupportedImageError, bgr_image_fields,
     compressed_to_bgr, image_to_bgr, jpeg_fields, labels_fields, message_to_bgr)
-from convcrf_deploy.runtime.ros.testing import image_fields, scene_frames
+from convcrf_deploy.runtime.streams.ros.testing import image_fields, scene_frames
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import numpy as np
 
 from .ros._deps import require
 from .ros.bag_sink import classes_json, frame_header
-from .visualize import colorize, overlay, palette_lut
+from ..visualize import colorize, overlay, palette_lut
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 

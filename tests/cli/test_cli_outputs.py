@@ -92,9 +92,9 @@ def test_ctrl_c_ends_every_command_with_one_line(command, capsys, monkeypatch):
     assert one_line_error(capsys) == f"convcrf-{command}: interrupted; no partial output was written"
 
 
-def test_bench_refuses_sizes_it_cannot_allocate():
-    from convcrf_deploy.benchmarking import BenchmarkError, parse_size
+def test_bench_refuses_sizes_it_cannot_allocate(capsys):
+    from convcrf_deploy.cli import bench
 
-    with pytest.raises(BenchmarkError, match="8..8192"):
-        parse_size("100000x100000")
-    assert parse_size("640x480") == (640, 480)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["demo", "--sizes", "640x480,100000x100000"])
+    assert exit_info.value.code == 2 and "8..8192" in capsys.readouterr().err

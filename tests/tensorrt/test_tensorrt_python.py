@@ -503,7 +503,7 @@ def test_build_without_tensorrt_names_the_extra(monkeypatch, onnx_model, capsys)
         build_engine(onnx_model)
     from convcrf_deploy.cli.build import main
 
-    assert main([str(onnx_model)]) == 1
+    assert main([str(onnx_model)]) == 3  # a library is missing (cli/harness.py's table)
     err = capsys.readouterr().err
     assert install_hint("tensorrt") in err and "Traceback" not in err
 
@@ -845,5 +845,5 @@ def test_modules_import_without_tensorrt_or_torch():
             "bad = [m for m in ('tensorrt', 'pycuda', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,10 @@ import pytest
 
 from convcrf_deploy import save_model
 from convcrf_deploy.benchmarking import STAGES, STAT_KEYS
-from convcrf_deploy.cli.bench import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from convcrf_deploy.cli.bench import main
+from convcrf_deploy.cli.harness import ExitCode
+
+EXIT_OK, EXIT_USAGE = ExitCode.OK, ExitCode.USAGE
 from convcrf_deploy.install import install_hint
 
 from test_benchmarking import check_stats, tiny_model
@@ -52,7 +55,7 @@ def test_unknown_backend_exits_2(checkpoint, capsys):
 def test_tensorrt_alone_without_tensorrt_exits_nonzero_naming_the_extra(checkpoint, capsys,
                                                                         monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    assert main([checkpoint, "--backends", "tensorrt"] + FAST) == EXIT_FAILED
+    assert main([checkpoint, "--backends", "tensorrt"] + FAST) == ExitCode.MISSING_DEPENDENCY
     assert install_hint("tensorrt") in capsys.readouterr().err
 
 
@@ -88,7 +91,11 @@ def test_sweep_prints_a_table_and_writes_json(checkpoint, tmp_path, capsys):
     (["--sweep", "--filter-sizes", "4"], "filter_size"),
 ])
 def test_bad_arguments_exit_2(checkpoint, capsys, args, message):
-    assert main([checkpoint] + args) == EXIT_USAGE
+    try:
+        code = main([checkpoint] + args)
+    except SystemExit as exit_info:  # argparse's own usage errors
+        code = exit_info.code
+    assert code == EXIT_USAGE
     assert message in capsys.readouterr().err
 
 

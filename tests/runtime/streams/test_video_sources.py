@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convcrf_deploy.runtime.sources import (DemoSource, ImageSequenceSource, LiveSource,
+from convcrf_deploy.runtime.streams import (DemoSource, ImageSequenceSource, LiveSource,
                                             SourceError, VideoFileSource, open_source)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ...data.scenes import SyntheticScene
+from ....data.scenes import SyntheticScene
 
 TOPIC = "/camera/image_raw"
 FRAME_ID = "camera_optical"

@@ -4,11 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ...install import install_hint
-
-
-class MissingDependencyError(ImportError):
-    """An optional library is not installed; the message says which extra installs it."""
+from ....install import MissingDependencyError, install_hint
 
 
 def require(module: str, package: str, extra: str) -> ModuleType:

@@ -9,7 +9,7 @@ import pytest
 
 from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.sources import Frame, FrameSource, open_source
+from convcrf_deploy.runtime.streams import Frame, FrameSource, open_source
 from convcrf_deploy.runtime.testing import write_toy_onnx
 from convcrf_deploy.runtime.video import run_video
 
@@ -92,7 +92,7 @@ def test_video_file_and_folder_sources_run_to_their_end(tmp_path, toy_onnx):
     (["--video", "cam97"], "Cameras present"),
     (["--video", "/no/such/clip.mp4"], "does not exist"),
     (["--model", "/no/such/model.onnx"], "does not exist"),
-    (["--warm-start", "--backend", "onnxruntime"], "--warm-start needs the torch backend"),
+    (["--warm-start", "--backend", "tensorrt"], "--warm-start is not available on the tensorrt backend"),
     (["--max-frames", "0"], "--max-frames must be >= 1"),
 ])
 def test_failures_exit_2_with_a_message_and_no_traceback(args, message, toy_onnx, capsys):
@@ -269,7 +269,7 @@ class StalledCapture:
 def test_stalled_stream_ends_the_run_with_an_error(monkeypatch, toy_onnx, capsys):
     import threading
     import time
-    from convcrf_deploy.runtime import sources
+    from convcrf_deploy.runtime.streams import live as sources
     StalledCapture.unblock = threading.Event()
     monkeypatch.setattr(sources.cv2, "VideoCapture", StalledCapture)
     started = time.monotonic()
@@ -279,7 +279,7 @@ def test_stalled_stream_ends_the_run_with_an_error(monkeypatch, toy_onnx, capsys
     finally:
         StalledCapture.unblock.set()
     err = capsys.readouterr().err
-    assert code == 1 and "stalled" in err and "Traceback" not in err
+    assert code == 4 and "stalled" in err and "Traceback" not in err
     assert time.monotonic() - started < 10
 
 
@@ -328,7 +328,7 @@ def test_termination_signals_finalise_the_recording(tmp_path, toy_onnx, signame,
     out = tmp_path / "out.mp4"
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     process = subprocess.Popen([sys.executable, "-c", _RECORD_UNTIL_SIGNAL,
-                                str(Path(__file__).resolve().parents[1]), toy_onnx, str(out)],
+                                str(Path(__file__).resolve().parents[2]), toy_onnx, str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -502,7 +503,8 @@ void instruction_sets_are_reported()
     EXPECT_EQ(convcrf_cpu_set_isa(-1), 0);
     EXPECT_EQ(convcrf_cpu_isa(), best);
     EXPECT(convcrf_cpu_available_cpus() >= 1);
-    EXPECT_EQ(convcrf_cpu_api_version(), 3);
+    EXPECT_EQ(convcrf_cpu_api_version(), 4);
+    EXPECT(std::strstr(convcrf_status_message(10), "instruction set") != nullptr);
 }
 
 const convcrf::test::Case kCases[] = {

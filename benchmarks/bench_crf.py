@@ -269,8 +269,9 @@ def print_stages(rows: list[dict], args, floors: FloorPrograms) -> None:
           f"each of {args.floor_rounds} alternating rounds, ms; ratios < 1: faster than the "
           f"floor)")
 
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else "-".rjust(len(format(1.0, spec)))
+    def fmt(value, spec, suffix=""):
+        width = len(format(1.0, spec)) + len(suffix)
+        return format(value, spec) + suffix if value is not None else "-".rjust(width)
 
     print(f"  {'stage':<46} {'ours':>8} {'indep.':>8} {'own':>8}   {'ours/indep.':>11} "
           f"{'ours/own':>8} {'own/indep.':>10}")
@@ -280,8 +281,8 @@ def print_stages(rows: list[dict], args, floors: FloorPrograms) -> None:
             flag = f"  own floor slower than {HONEST_FLOOR}x the independent one"
         print(f"  {row['stage']:<46} {fmt(row['ours_ms'], '8.3f')} "
               f"{fmt(row['independent_floor_ms'], '8.3f')} {fmt(row['own_floor_ms'], '8.3f')}   "
-              f"{fmt(row['ours/independent'], '10.2f')}x {fmt(row['ours/own'], '7.2f')}x "
-              f"{fmt(row['own/independent'], '9.2f')}x{flag}")
+              f"{fmt(row['ours/independent'], '10.2f', 'x')} {fmt(row['ours/own'], '7.2f', 'x')} "
+              f"{fmt(row['own/independent'], '9.2f', 'x')}{flag}")
     print("  (indep.: ../shared/limits message_passing.cpp for the windowed passes, the same "
           "multiply-adds; fused_pass.cpp at width 504 for the full-resolution pass. own: "
           "benchmarks/floor_kernels.cpp, the same pass as ours)")

@@ -242,7 +242,6 @@ double fusedPass(int Cin, int H, int Win, int reps)
                 j1[x] = std::min(WL - 1, a + 1);
                 lx[x] = j1[x] == j0[x] ? 0.f : std::max(0.f, fx - a);
             }
-            __m256 l[CT > 0 ? CT : 64];
 #pragma omp for schedule(static)
             for (int i = 0; i < HL; ++i) {  // one low row = B full rows
                 std::fill(acc.begin(), acc.end(), 0.f);
@@ -263,6 +262,7 @@ double fusedPass(int Cin, int H, int Win, int reps)
                     int s0 = std::max(0, i0 - (i - 1)), s1 = std::min(2, i1 - (i - 1));
                     const __m256 vly = _mm256_set1_ps(ly);
                     for (int x = 0; x < W; x += 8) {
+                        __m256 l[CT > 0 ? CT : 64];  // local to the group: registers for CT > 0
                         __m256 mx = _mm256_set1_ps(-1e30f);
                         for (int c = 0; c < C; ++c) {
                             __m256 a = _mm256_loadu_ps(&hup[(static_cast<size_t>(s0) * C + c) * W + x]);

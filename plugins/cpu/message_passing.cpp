@@ -26,6 +26,10 @@
 #include <type_traits>
 #include <vector>
 
+#if CONVCRF_X86_CLONES
+#include <immintrin.h>
+#endif
+
 namespace convcrf {
 namespace {
 
@@ -442,20 +446,23 @@ void referenceKernelGradRow(const T* g, const T* q, int64_t c, int64_t h, int64_
 // lines (16 floats at a shift of dx), and such loads, not the FMAs, bounded it: in a
 // micro-benchmark the regrouped core ran at 2x the rate; with the stores and shifted reads of
 // the sums, the passes gain up to 1.6x for k <= 7 (figures at columnRowsFor).
-// The last vector of each row reads a clipped copy of its kernel columns (`edge`). Before it,
-// the forward's kernel reads at u - dx may leave the row into a neighbouring row (never the
-// tensor: plane o >= dx + r), and only reach sums S_dx[u] whose output u - dx is outside the
-// image; the transposed reads stay inside the row. Inputs outside the image are the ring's
-// zeros, so every sum an output uses is the contract's.
+// The last vector of each row reads its kernel columns through lane masks (zero outside the
+// row, nothing read there). Before it, the forward's kernel reads at u - dx may leave the row
+// into a neighbouring row (never the tensor: plane o >= dx + r), and only reach sums S_dx[u]
+// whose output u - dx is outside the image; the transposed reads stay inside the row. Inputs
+// outside the image are the ring's zeros, so every sum an output uses is the contract's.
 
 // S[t][cb] = sum over window rows dy of kernel(dy, t) * input row (dy, class cb) at vector u,
 // t = dx + r. The kernel vector of (dy, t) is read at
 //   kBase + o(dy, -r) * kPlane + (dy - dyBegin) * kRowStep + t * kStep
-// (the callers set the four so that this is column u - dx of row y, or column u of row y - dy).
-template <int K, int CB>
-CONVCRF_INLINE void columnSums(FloatVec16 (&S)[K][CB], const float* const* rows, int32_t dyBegin,
-                               int32_t dyEnd, int64_t channelStride, int64_t u, const float* kBase,
-                               int64_t kPlane, int64_t kRowStep, int64_t kStep)
+// (the callers set the four so that this is column u - dx of row y, or column u of row y - dy),
+// with kMasked only the lanes of masks[t] (the columns inside the row; the others read as 0
+// and, AVX-512 masked loads suppressing faults, never touch memory).
+template <int K, int CB, bool kMasked>
+CONVCRF_TARGET_AVX512 CONVCRF_INLINE void columnSums(
+    FloatVec16 (&S)[K][CB], const float* const* rows, int32_t dyBegin, int32_t dyEnd,
+    int64_t channelStride, int64_t u, const float* kBase, int64_t kPlane, int64_t kRowStep,
+    int64_t kStep, const __mmask16* masks)
 {
     constexpr int r = K / 2;
 #pragma GCC unroll 16
@@ -472,7 +479,11 @@ CONVCRF_INLINE void columnSums(FloatVec16 (&S)[K][CB], const float* const* rows,
         const float* kp = kBase + offsetChannel(dy, -r, r, K) * kPlane + (dy - dyBegin) * kRowStep;
 #pragma GCC unroll 16
         for (int t = 0; t < K; ++t) {
-            FloatVec16 kv = loadAs<FloatVec16>(kp + t * kStep);
+            FloatVec16 kv;
+            if constexpr (kMasked)
+                kv = _mm512_maskz_loadu_ps(masks[t], kp + t * kStep);
+            else
+                kv = loadAs<FloatVec16>(kp + t * kStep);
             asm("" : "+v"(kv));  // one load serves CB classes (GCC would fold it into each FMA)
 #pragma GCC unroll 8
             for (int cb = 0; cb < CB; ++cb)
@@ -481,47 +492,153 @@ CONVCRF_INLINE void columnSums(FloatVec16 (&S)[K][CB], const float* const* rows,
     }
 }
 
-// The per-thread scratch of the column sums: S_dx rows ([CB][K][sums.stride], zero padding of
-// `pad` on both sides) and the kernel columns of a row's last vector.
+// Lanes [lo, hi) of a 16-lane mask (clamped to 0..16).
+inline __mmask16 laneMask(int64_t lo, int64_t hi)
+{
+    lo = std::max<int64_t>(0, lo);
+    hi = std::min<int64_t>(16, hi);
+    if (hi <= lo)
+        return 0;
+    return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+// The per-thread scratch of the column sums: S_dx rows ([CB][K][sumStride], zero padding of
+// `pad` on both sides), 64-byte aligned.
 struct ColumnScratch {
-    std::vector<float> sums, edge;
+    std::vector<float> storage;
+    float* sums = nullptr;
+    void reset(int64_t count)
+    {
+        storage.assign(static_cast<size_t>(count + 16), 0.0f);
+        const uintptr_t address = reinterpret_cast<uintptr_t>(storage.data());
+        sums = storage.data() + (((address + 63) & ~uintptr_t(63)) - address) / sizeof(float);
+    }
 };
 
 thread_local ColumnScratch tColumns;
 
+// What the register blocks of one output row share (columnBlock).
+struct ColumnRow {
+    const float* rows[kMaxFilterSize];  // padded input rows by dy + r, at column 0
+    int32_t dyBegin, dyEnd;
+    const float* kBase;  // kernel vector (dy, t) of vector u: kBase + u + o(dy,-r) * plane
+    int64_t kRowStep, kStep;  //   + (dy - dyBegin) * kRowStep + t * kStep
+    int64_t plane, w, channelStride, vw, tail, pad, sumStride;
+    const __mmask16* masks;  // kernel lanes inside the row, vector `tail`
+    __mmask16 outMask;       // output lanes inside the row, vector `tail`
+    float* sums;
+    float* out;  // output row, class 0
+};
+
+// Classes [c0, c0 + R) of one output row: the column sums of every vector, then the outputs.
+template <int K, int R, bool kTransposed>
+CONVCRF_TARGET_AVX512 CONVCRF_INLINE void columnBlock(const ColumnRow& row, int64_t c0)
+{
+    constexpr int64_t L = 16;
+    constexpr int r = K / 2;
+    const float* blockRows[kMaxFilterSize];
+    for (int32_t dy = row.dyBegin; dy <= row.dyEnd; ++dy)
+        blockRows[dy + r] = row.rows[dy + r] + c0 * row.channelStride;
+    for (int64_t u = 0; u < row.vw; u += L) {
+        FloatVec16 S[K][R];
+        if (u == row.tail)
+            columnSums<K, R, true>(S, blockRows, row.dyBegin, row.dyEnd, row.channelStride, u,
+                                   row.kBase + u, row.plane, row.kRowStep, row.kStep, row.masks);
+        else
+            columnSums<K, R, false>(S, blockRows, row.dyBegin, row.dyEnd, row.channelStride, u,
+                                    row.kBase + u, row.plane, row.kRowStep, row.kStep, row.masks);
+        float* sums = row.sums + row.pad + u;
+#pragma GCC unroll 8
+        for (int cb = 0; cb < R; ++cb)
+#pragma GCC unroll 16
+            for (int t = 0; t < K; ++t)
+                storeAs<FloatVec16>(sums + (cb * K + t) * row.sumStride, S[t][cb]);
+    }
+    // Outputs: the k shifted sums (x + dx forward, x - dx transposed).
+    for (int cb = 0; cb < R; ++cb) {
+        const float* sum = row.sums + cb * K * row.sumStride + row.pad;
+        float* dst = row.out + (c0 + cb) * row.plane;
+        for (int64_t x = 0; x < row.w; x += L) {
+            FloatVec16 total{};
+#pragma GCC unroll 16
+            for (int t = 0; t < K; ++t)
+                total += loadAs<FloatVec16>(sum + t * row.sumStride + x +
+                                            (kTransposed ? r - t : t - r));
+            if (x + L <= row.w)
+                storeAs<FloatVec16>(dst + x, total);
+            else
+                _mm512_mask_storeu_ps(dst + x, row.outMask, total);
+        }
+    }
+}
+
+// columnBlock for a run-time number of classes `rows` (1 <= rows <= CB).
+template <int K, int CB, bool kTransposed>
+CONVCRF_TARGET_AVX512 CONVCRF_INLINE void columnBlockFor(int64_t rows, const ColumnRow& row,
+                                                         int64_t c0)
+{
+    if constexpr (CB > 1) {
+        if (rows < CB) {
+            columnBlockFor<K, CB - 1, kTransposed>(rows, row, c0);
+            return;
+        }
+    }
+    columnBlock<K, CB, kTransposed>(row, c0);
+}
+
 // Output rows [begin, end) of the forward (kTransposed false) or transposed pass, AVX-512.
 template <int K, int CB, bool kTransposed>
-CONVCRF_INLINE void columnRows(const float* input, const float* kernel, int64_t c, int64_t h,
-                               int64_t w, float* out, int64_t begin, int64_t end)
+CONVCRF_TARGET_AVX512 CONVCRF_INLINE void columnRows(const float* input, const float* kernel,
+                                                     int64_t c, int64_t h, int64_t w, float* out,
+                                                     int64_t begin, int64_t end)
 {
     constexpr int64_t L = 16;
     constexpr int r = K / 2, kk = K * K;
     const int64_t plane = h * w;
     const int64_t pad = roundUp(r, L);
     const RowGeometry geo = makeRowGeometry(c, h, w, pad, L);  // paddedStride: multiple of 16
-    const int64_t vw = geo.vectorWidth, sumStride = vw + 2 * pad;
-    const int64_t tail = (w - 1) / L * L;  // the last vector of a row reads `edge`
+    ColumnRow row;
+    row.plane = plane;
+    row.w = w;
+    row.channelStride = geo.paddedStride;
+    row.vw = geo.vectorWidth;
+    row.pad = pad;
+    row.sumStride = row.vw + 2 * pad;
+    // The last vector of a row reads the kernel through lane masks: columns u - dx (forward)
+    // or u (transposed) inside [0, w).
+    row.tail = (w - 1) / L * L;
+    __mmask16 masks[K];
+    for (int t = 0; t < K; ++t) {
+        const int64_t dx = t - r;
+        masks[t] = kTransposed ? laneMask(0, w - row.tail)
+                               : laneMask(dx - row.tail, w - row.tail + dx);
+    }
+    row.masks = masks;
+    row.outMask = laneMask(0, w - row.tail);
+    row.kRowStep = kTransposed ? -w : 0;
+    row.kStep = kTransposed ? plane : plane - 1;
     const Blocks classes(c, CB);
     Scratch& s = tScratch;
     ColumnScratch& cs = tColumns;
     s.ring.reset(geo, K);
-    cs.sums.assign(static_cast<size_t>(CB * K * sumStride), 0.0f);
-    cs.edge.resize(static_cast<size_t>(kk * L));
-    const float* rows[kMaxFilterSize];
+    cs.reset(CB * K * row.sumStride);
+    row.sums = cs.sums;
     for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / h, y = task % h;
         const float* kn = kernel + n * kk * plane;
-        float* on = out + (n * c * h + y) * w;
-        int32_t dyBegin, dyEnd;
+        row.out = out + (n * c * h + y) * w;
         if (kTransposed) {  // window row dy reads input row y - dy
-            dyBegin = static_cast<int32_t>(std::max<int64_t>(-r, y - (h - 1)));
-            dyEnd = static_cast<int32_t>(std::min<int64_t>(r, y));
+            row.dyBegin = static_cast<int32_t>(std::max<int64_t>(-r, y - (h - 1)));
+            row.dyEnd = static_cast<int32_t>(std::min<int64_t>(r, y));
         } else {
-            dyBegin = static_cast<int32_t>(std::max<int64_t>(-r, -y));
-            dyEnd = static_cast<int32_t>(std::min<int64_t>(r, h - 1 - y));
+            row.dyBegin = static_cast<int32_t>(std::max<int64_t>(-r, -y));
+            row.dyEnd = static_cast<int32_t>(std::min<int64_t>(r, h - 1 - y));
         }
-        for (int32_t dy = dyBegin; dy <= dyEnd; ++dy)
-            rows[dy + r] = s.ring.row(input, n, kTransposed ? y - dy : y + dy) + pad;
+        for (int32_t dy = row.dyBegin; dy <= row.dyEnd; ++dy)
+            row.rows[dy + r] = s.ring.row(input, n, kTransposed ? y - dy : y + dy) + pad;
+        // Kernel vector (dy, t): the forward reads column u - dx = u + r - t of row y, the
+        // transposed column u of row y - dy.
+        row.kBase = kTransposed ? kn + (y - row.dyBegin) * w : kn + y * w + r;
         if (task + 1 < end && y + 1 < h) {  // the next row's kernel and new input row
             if (kTransposed) {
                 for (int32_t dy = -r; dy <= r; ++dy)
@@ -535,70 +652,11 @@ CONVCRF_INLINE void columnRows(const float* input, const float* kernel, int64_t 
                 prefetchPlanes(input, n, c, h, w, y + 1 + r);
             }
         }
-        // The last vector's kernel columns, zero outside the row: edge[o][i] is what
-        // columnSums reads at kp + t * kPlane (+ r - t) for vector `tail`.
-        for (int32_t dy = dyBegin; dy <= dyEnd; ++dy)
-            for (int32_t dx = -r; dx <= r; ++dx) {
-                const int64_t o = offsetChannel(dy, dx, r, K);
-                const int64_t srcRow = kTransposed ? y - dy : y;
-                copyClipped(kn + o * plane + srcRow * w, w, kTransposed ? tail : tail - dx, L,
-                            cs.edge.data() + o * L);
-            }
-        for (int64_t b = 0; b < classes.blocks; ++b) {
-            const int64_t c0 = classes.begin(b);
-            withRows<CB>(classes.size(b), [&](auto rowsTag) CONVCRF_LAMBDA_INLINE {
-                constexpr int R = decltype(rowsTag)::value;
-                const float* blockRows[kMaxFilterSize];
-                for (int32_t dy = dyBegin; dy <= dyEnd; ++dy)
-                    blockRows[dy + r] = rows[dy + r] + c0 * geo.paddedStride;
-                for (int64_t u = 0; u < vw; u += L) {
-                    // Where columnSums reads kernel vector (dy, t): `edge` holds the last
-                    // vector's columns (plane stride L); in place, the forward reads column
-                    // u - dx = u + r - t of row y, the transposed column u of row y - dy.
-                    const float* kBase;
-                    int64_t kPlane, kRowStep = 0, kStep;
-                    if (u == tail) {
-                        kBase = cs.edge.data();
-                        kPlane = kStep = L;
-                    } else if (kTransposed) {
-                        kBase = kn + (y - dyBegin) * w + u;
-                        kPlane = kStep = plane;
-                        kRowStep = -w;
-                    } else {
-                        kBase = kn + y * w + u + r;
-                        kPlane = plane;
-                        kStep = plane - 1;
-                    }
-                    FloatVec16 S[K][R];
-                    columnSums<K, R>(S, blockRows, dyBegin, dyEnd, geo.paddedStride, u, kBase,
-                                     kPlane, kRowStep, kStep);
-                    for (int cb = 0; cb < R; ++cb)
-                        for (int t = 0; t < K; ++t)
-                            storeAs<FloatVec16>(
-                                cs.sums.data() + (cb * K + t) * sumStride + pad + u, S[t][cb]);
-                }
-                // Outputs: the k shifted sums (x + dx forward, x - dx transposed).
-                for (int cb = 0; cb < R; ++cb) {
-                    const float* sum = cs.sums.data() + cb * K * sumStride + pad;
-                    float* dst = on + (c0 + cb) * plane;
-                    for (int64_t x = 0; x < w; x += L) {
-                        FloatVec16 total{};
-                        for (int t = 0; t < K; ++t)
-                            total += loadAs<FloatVec16>(sum + t * sumStride + x +
-                                                        (kTransposed ? r - t : t - r));
-                        if (x + L <= w) {
-                            storeAs<FloatVec16>(dst + x, total);
-                        } else {
-                            float spill[L];
-                            storeAs<FloatVec16>(spill, total);
-                            std::memcpy(dst + x, spill, static_cast<size_t>(w - x) * sizeof(float));
-                        }
-                    }
-                }
-            });
-        }
+        for (int64_t b = 0; b < classes.blocks; ++b)
+            columnBlockFor<K, CB, kTransposed>(classes.size(b), row, classes.begin(b));
     }
 }
+
 #endif  // CONVCRF_X86_CLONES
 
 // ---- instruction-set clones ------------------------------------------------------------------
@@ -664,8 +722,9 @@ CONVCRF_MP_AVX2(Kind::kTransposed, transposedRowsF32)
 // classes fit beside the k sums, so each kernel vector serves 2 FMAs and the k shifted reads
 // of the sums no longer pay off.
 template <bool kTransposed>
-CONVCRF_INLINE bool columnRowsFor(int32_t k, const float* a, const float* b, int64_t c,
-                                  int64_t h, int64_t w, float* o, int64_t s, int64_t e)
+CONVCRF_TARGET_AVX512 CONVCRF_INLINE bool columnRowsFor(int32_t k, const float* a,
+                                                        const float* b, int64_t c, int64_t h,
+                                                        int64_t w, float* o, int64_t s, int64_t e)
 {
     switch (k) {
     case 3: columnRows<3, 7, kTransposed>(a, b, c, h, w, o, s, e); return true;

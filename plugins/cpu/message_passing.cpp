@@ -718,9 +718,10 @@ CONVCRF_MP_AVX2(Kind::kTransposed, transposedRowsF32)
 // 3 x 7, 5 x 4, 7 x 3), the register block above for larger k. Measured at 2 threads on the
 // 21 x 94 x 125 grid (fastest of 5 runs, ms, column sums / register block): forward k=3
 // 0.114 / 0.184, k=5 0.179 / 0.192, k=7 0.340 / 0.355, k=9 0.641 / 0.560, k=11 1.03 / 0.82;
-// transposed k=5 0.189 / 0.241, k=7 0.350 / 0.416, k=11 1.01 / 0.99. From k=9 on only 2
-// classes fit beside the k sums, so each kernel vector serves 2 FMAs and the k shifted reads
-// of the sums no longer pay off.
+// transposed k=5 0.189 / 0.241, k=7 0.350 / 0.416, k=11 1.01 / 0.99; with the masked last
+// vector, 1 thread on 12 rows (in cache): k=9 0.120 / 0.107, k=11 0.177 / 0.152, k=13 0.242 /
+// 0.197. From k=9 on only 2 classes fit beside the k sums, so each kernel vector serves 2 FMAs
+// and the k shifted reads of the sums no longer pay off.
 template <bool kTransposed>
 CONVCRF_TARGET_AVX512 CONVCRF_INLINE bool columnRowsFor(int32_t k, const float* a,
                                                         const float* b, int64_t c, int64_t h,

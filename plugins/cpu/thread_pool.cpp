@@ -22,10 +22,11 @@ namespace {
 
 // How long a worker (after its last chunk) and the caller (for the workers' last chunks) poll
 // before they block: $CONVCRF_CPU_SPIN_US, default 200 microseconds, 0 to block at once.
-// Waking a blocked thread took 80-180 us on our 2-vCPU virtual machines (a halted vCPU is
-// woken by the hypervisor): paid twice per call, it cost a 2-thread message passing a third
-// of its time, where OpenMP, which spins, paid nothing. Bounded, the poll costs at most this
-// long per burst of calls; calls that follow each other within it never block.
+// Waking a blocked thread took 80-180 us on average on our 2-vCPU virtual machines (measured
+// from posting a call to a worker's first chunk): paid twice per call, it cost a 2-thread
+// message passing about a third of its time, where OpenMP, which spins, paid nothing.
+// Bounded, the poll costs at most this long per burst of calls; calls that follow each other
+// within it never block.
 std::chrono::nanoseconds spinBudget()
 {
     static const std::chrono::nanoseconds budget = [] {

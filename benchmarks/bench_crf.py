@@ -28,7 +28,7 @@ Goals (issues 9 and 22): unfold/native >= 12x at k=7 and >= 20x at k=11; trainin
 each windowed pass within 1.1x of the independent floor (k=7 and k=11).
 
 Usage:  python benchmarks/bench_crf.py [--filter-sizes 7,11] [--threads 2] [--repeats 10]
-        [--floor-rounds 3] [--train-all] [--json out.json]
+        [--floor-rounds 5] [--train-all] [--json out.json]
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10,
                         help="interleaved rounds of the end-to-end timings")
-    parser.add_argument("--floor-rounds", type=int, default=3,
+    parser.add_argument("--floor-rounds", type=int, default=5,
                         help="alternating rounds of ours and the floor programs")
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--width", type=int, default=500)

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# ci_native.sh: CI step for the CUDA kernels and the TensorRT plugin (called by .ci/run).
+# ci_native.sh: CI step for the native code (called by .ci/run).
 #
-# - nvcc present: configure + build libconvcrf_cuda for one architecture and run the CUDA host
-#   tests (ctest -L cuda: the tiled kernels' indexing emulated on the CPU, the default
-#   architecture list, static cudart; no GPU needed).
-# - For EACH set of TensorRT headers found: build libconvcrf_trt_plugin.so against it, check its
-#   exports and that it needs neither libcudart nor libnvinfer (readelf), and run
-#   ctest -L tensorrt (host tests; no GPU, no TensorRT runtime).
-#   Header sets: $TensorRT_INCLUDE_DIR (one folder, or several separated by ':'), else every
-#   ../shared/third_party/tensorrt-*/include beside the checkout (TensorRT 11.1 and 10.3, the
-#   one of JetPack 6). They are never copied into the repository.
-# - ONNX Runtime custom ops: the CUDA build also builds libconvcrf_ort_ops(_cuda).so when the
-#   ONNX Runtime headers are found ($ONNXRUNTIME_INCLUDE_DIR, else ../shared/third_party beside
-#   the checkout); checks that they export only RegisterCustomOps and need neither
-#   libonnxruntime nor libcudart. (Their tests run with the Python suite: tests/ops/test_ort_ops*.py.)
-# Otherwise prints what was skipped; with CONVCRF_CI_STRICT=1 (set by .ci/run) a missing nvcc
-# or missing TensorRT headers is an error. Exits non-zero on any failure.
+# 1. CPU library on this machine: build it with its C++ tests and run them (ctest -L cpu: the C
+#    API against brute-force loops of the op contract, on every instruction-set clone the CPU
+#    has).
+# 2. CPU library for aarch64 (Jetson, Raspberry Pi, Graviton): cross-build it with Debian's
+#    g++-aarch64-linux-gnu (cmake/toolchains/aarch64-linux-gnu.cmake), check that it is
+#    vectorised for Advanced SIMD (NEON) and holds no x86 clone, and run the same C++ tests
+#    under qemu-aarch64 (qemu-user). When the toolchain or QEMU is missing, they are installed
+#    with apt-get where that is possible (root, or sudo without a password).
+# 3. nvcc present: configure + build libconvcrf_cuda for one architecture and run the CUDA host
+#    tests (ctest -L cuda: the tiled kernels' indexing emulated on the CPU, the default
+#    architecture list, static cudart; no GPU needed).
+# 4. For EACH set of TensorRT headers found: build libconvcrf_trt_plugin.so against it, check its
+#    exports and that it needs neither libcudart nor libnvinfer (readelf), and run
+#    ctest -L tensorrt (host tests; no GPU, no TensorRT runtime).
+#    Header sets: $TensorRT_INCLUDE_DIR (one folder, or several separated by ':'), else every
+#    ../shared/third_party/tensorrt-*/include beside the checkout (TensorRT 11.1 and 10.3, the
+#    one of JetPack 6). They are never copied into the repository.
+# 5. ONNX Runtime custom ops: the CUDA build also builds libconvcrf_ort_ops(_cuda).so when the
+#    ONNX Runtime headers are found ($ONNXRUNTIME_INCLUDE_DIR, else ../shared/third_party beside
+#    the checkout); checks that they export only RegisterCustomOps and need neither
+#    libonnxruntime nor libcudart. (Their tests run with the Python suite: tests/ops/test_ort_ops*.py.)
+# Otherwise prints what was skipped; with CONVCRF_CI_STRICT=1 (set by .ci/run) a missing aarch64
+# toolchain or QEMU, nvcc or TensorRT headers is an error. Exits non-zero on any failure.
 #
 # Env: CONVCRF_CI_BUILD_DIR (default build-ci-native, gitignored as build-*/),
 #      CONVCRF_CI_CUDA_ARCH (default 75: ONE architecture keeps nvcc time modest on 2 cores;
-#      users' builds get the full default list of plugins/cuda/CudaArchitectures.cmake).
+#      users' builds get the full default list of plugins/cuda/CudaArchitectures.cmake),
+#      CONVCRF_CI_SKIP_AARCH64=1 skips step 2 (never in CI).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +44,75 @@ skip() {
     echo "skipped: $1"
     exit 0
 }
+
+generator=()
+if command -v ninja >/dev/null 2>&1; then
+    generator=(-G Ninja)
+fi
+
+echo "== CPU library ($(uname -m)) and its C++ tests"
+cmake -S "$repo" -B "$build/cpu" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCONVCRF_WITH_CUDA=OFF -DCONVCRF_WITH_TENSORRT=OFF -DCONVCRF_BUILD_TESTS=ON
+cmake --build "$build/cpu" --parallel 2 --target convcrf_cpu convcrf_cpu_tests
+ctest --test-dir "$build/cpu" -L cpu --output-on-failure
+
+# Installs the aarch64 cross compiler and QEMU with apt-get when they are missing and apt-get
+# may run (root or password-less sudo). True when both are there afterwards.
+aarch64_tools() {
+    if command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 &&
+        { command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1; }; then
+        return 0
+    fi
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            return 1
+        fi
+    fi
+    command -v apt-get >/dev/null 2>&1 || return 1
+    echo "installing g++-aarch64-linux-gnu and qemu-user with apt-get"
+    "${sudo[@]}" apt-get update -qq >/dev/null || return 1
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        g++-aarch64-linux-gnu qemu-user >/dev/null || return 1
+    command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1
+}
+
+if [[ "${CONVCRF_CI_SKIP_AARCH64:-0}" == 1 && "$strict" != 1 ]]; then
+    echo "skipped: aarch64 cross-build (CONVCRF_CI_SKIP_AARCH64=1)"
+elif ! aarch64_tools; then
+    if [[ "$strict" == 1 ]]; then
+        echo "error: no aarch64 cross compiler or qemu-aarch64, and apt-get could not install" \
+             "them (apt-get install g++-aarch64-linux-gnu qemu-user)" >&2
+        exit 1
+    fi
+    echo "skipped: aarch64 cross-build (apt-get install g++-aarch64-linux-gnu qemu-user)"
+else
+    echo "== CPU library cross-built for aarch64, its C++ tests under QEMU"
+    cmake -S "$repo" -B "$build/aarch64" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_TOOLCHAIN_FILE="$repo/cmake/toolchains/aarch64-linux-gnu.cmake" \
+        -DCONVCRF_WITH_CUDA=OFF -DCONVCRF_WITH_TENSORRT=OFF -DCONVCRF_BUILD_TESTS=ON
+    cmake --build "$build/aarch64" --parallel 2 --target convcrf_cpu convcrf_cpu_tests
+    lib="$build/aarch64/libconvcrf_cpu.so"
+    if ! readelf -h "$lib" | grep -q 'AArch64'; then
+        echo "$lib is not an AArch64 library" >&2
+        exit 1
+    fi
+    # Vectorised for Advanced SIMD: four-lane fused multiply-adds (the message passing alone
+    # has hundreds); no x86 clone compiled in.
+    fmla="$(aarch64-linux-gnu-objdump -d "$lib" | grep -cE 'fmla[[:space:]]+v[0-9]+\.4s' || true)"
+    if (( fmla < 100 )); then
+        echo "$lib has $fmla four-lane NEON FMAs: the kernels are not vectorised" >&2
+        exit 1
+    fi
+    if aarch64-linux-gnu-nm -C "$lib" | grep -qE 'Avx(2|512)'; then
+        echo "$lib contains x86 instruction-set clones" >&2
+        exit 1
+    fi
+    echo "aarch64 library: $fmla NEON FMAs (fmla .4s), no x86 clone"
+    ctest --test-dir "$build/aarch64" -L cpu --output-on-failure
+fi
 
 if ! command -v nvcc >/dev/null 2>&1; then
     skip "no nvcc (CUDA kernels and TensorRT plugin not built)"
@@ -54,11 +132,6 @@ for dir in "${trt_dirs[@]}"; do
         exit 1
     fi
 done
-
-generator=()
-if command -v ninja >/dev/null 2>&1; then
-    generator=(-G Ninja)
-fi
 
 # needs_none LIBRARY REGEX: fail when readelf -d lists a NEEDED entry matching REGEX.
 needs_none() {

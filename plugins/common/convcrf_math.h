@@ -132,6 +132,21 @@ inline FloatVec floatFromBits(IntVec bits)
     return (FloatVec)bits;  // a vector cast reinterprets the bits
 }
 
+// Four floats: one Advanced SIMD (NEON) register, the vector of the CPU library's aarch64 build
+// (GCC keeps wider generic vectors in memory there).
+typedef float FloatVec4 __attribute__((vector_size(16)));
+typedef int32_t IntVec4 __attribute__((vector_size(16)));
+
+inline IntVec4 truncateToInt(FloatVec4 x)
+{
+    return __builtin_convertvector(x, IntVec4);
+}
+
+inline FloatVec4 floatFromBits(IntVec4 bits)
+{
+    return (FloatVec4)bits;
+}
+
 // Sixteen floats: one register in the CPU library's AVX-512 clone (plugins/cpu/cpu_common.h).
 typedef float FloatVec16 __attribute__((vector_size(64)));
 typedef int32_t IntVec16 __attribute__((vector_size(64)));

@@ -7,7 +7,8 @@
 //
 // Threads: `numThreads` <= 0 means "every CPU this process may run on" (its affinity mask, see
 // convcrf_cpu_available_cpus); requests above 256 run on 256. Work is split over rows of the
-// output and runs on one persistent pool whose idle workers sleep (never spin); a call made
+// output and runs on one persistent pool whose idle workers sleep (after polling for the next
+// call for at most $CONVCRF_CPU_SPIN_US microseconds, default 200, 0: never); a call made
 // while another thread's call holds the pool runs on its calling thread alone. When workers
 // cannot be started (memory or process limits) a call returns kErrorThreadStart (9) without
 // touching its outputs; no failure aborts the process or throws across this API.

@@ -204,6 +204,7 @@ CONVCRF_INLINE void gaussianKernelBackwardRows(const T* f, const T* kernel, cons
 
 // ---- instruction-set clones ------------------------------------------------------------------
 
+#if CONVCRF_X86_CLONES
 CONVCRF_TARGET_AVX512 void forwardRowsF32Avx512(const float* f, int64_t d, int64_t h, int64_t w,
                                                 int32_t k, float* out, int64_t b, int64_t e)
 {
@@ -216,12 +217,16 @@ CONVCRF_TARGET_AVX2 void forwardRowsF32Avx2(const float* f, int64_t d, int64_t h
     forwardRows<FloatVec, 2, false>(f, d, h, w, k, out, b, e, KernelPair{});
 }
 
+#endif
+
 void forwardRowsF32Baseline(const float* f, int64_t d, int64_t h, int64_t w, int32_t k,
                             float* out, int64_t b, int64_t e)
 {
-    forwardRows<FloatVec, 1, false>(f, d, h, w, k, out, b, e, KernelPair{});
+    forwardRows<BaselineVec, 8 / lanesOf<BaselineVec>(), false>(f, d, h, w, k, out, b, e,
+                                                               KernelPair{});
 }
 
+#if CONVCRF_X86_CLONES
 CONVCRF_TARGET_AVX512 void pairRowsF32Avx512(const float* f, int64_t d, int64_t h, int64_t w,
                                              int32_t k, float* out, int64_t b, int64_t e,
                                              KernelPair pair)
@@ -236,15 +241,18 @@ CONVCRF_TARGET_AVX2 void pairRowsF32Avx2(const float* f, int64_t d, int64_t h, i
     forwardRows<FloatVec, 2, true>(f, d, h, w, k, out, b, e, pair);
 }
 
+#endif
+
 void pairRowsF32Baseline(const float* f, int64_t d, int64_t h, int64_t w, int32_t k, float* out,
                          int64_t b, int64_t e, KernelPair pair)
 {
-    forwardRows<FloatVec, 1, true>(f, d, h, w, k, out, b, e, pair);
+    forwardRows<BaselineVec, 8 / lanesOf<BaselineVec>(), true>(f, d, h, w, k, out, b, e, pair);
 }
 
 using BackwardF32 = void (*)(const float*, const float*, const float*, int64_t, int64_t, int64_t,
                              int32_t, float*, int64_t, int64_t);
 
+#if CONVCRF_X86_CLONES
 CONVCRF_TARGET_AVX512 void backwardRowsF32Avx512(const float* f, const float* kernel,
                                                  const float* gk, int64_t d, int64_t h, int64_t w,
                                                  int32_t k, float* grad, int64_t b, int64_t e)
@@ -258,6 +266,8 @@ CONVCRF_TARGET_AVX2 void backwardRowsF32Avx2(const float* f, const float* kernel
 {
     gaussianKernelBackwardRows<float>(f, kernel, gk, d, h, w, k, grad, b, e);
 }
+
+#endif
 
 void backwardRowsF32Baseline(const float* f, const float* kernel, const float* gk, int64_t d,
                              int64_t h, int64_t w, int32_t k, float* grad, int64_t b, int64_t e)
@@ -275,7 +285,7 @@ int32_t gaussianKernelImpl(const T* f, int64_t n, int64_t d, int64_t h, int64_t 
         return kSuccess;
     if ((d > 0 && !f) || !out)
         return kErrorNullPointer;
-    auto rows = pickClone(forwardRowsF32Avx512, forwardRowsF32Avx2, forwardRowsF32Baseline);
+    auto rows = CONVCRF_CLONE(forwardRowsF32);
     return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
         if constexpr (std::is_same<T, float>::value) {
             rows(f, d, h, w, k, out, b, e);
@@ -297,8 +307,7 @@ int32_t gaussianKernelBackwardImpl(const T* f, const T* kernel, const T* gk, int
         return kSuccess;
     if (!f || !kernel || !gk || !grad)
         return kErrorNullPointer;
-    auto rows = pickClone<BackwardF32>(backwardRowsF32Avx512, backwardRowsF32Avx2,
-                                       backwardRowsF32Baseline);
+    BackwardF32 rows = CONVCRF_CLONE(backwardRowsF32);
     return parallelFor(n * h, threads, [&](int64_t b, int64_t e) {
         if constexpr (std::is_same<T, float>::value)
             rows(f, kernel, gk, d, h, w, k, grad, b, e);
@@ -338,7 +347,7 @@ int32_t convcrf_pairwise_kernel_f32(const float* f, int64_t n, int64_t d, int64_
         return kSuccess;
     if ((d > 0 && !f) || !out)
         return kErrorNullPointer;
-    auto rows = pickClone(pairRowsF32Avx512, pairRowsF32Avx2, pairRowsF32Baseline);
+    auto rows = CONVCRF_CLONE(pairRowsF32);
     const KernelPair pair{split, weightA, weightB};
     return parallelFor(n * h, threads,
                        [&](int64_t b, int64_t e) { rows(f, d, h, w, k, out, b, e, pair); });

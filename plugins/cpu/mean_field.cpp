@@ -3,7 +3,7 @@
 // unary term, softmax over classes, pool back, in one pass over the full-resolution pixels.
 //
 // The pass is bound by the exponentials (one per class and pixel), not by memory: each group
-// of pixels (one vector: 16 lanes in the AVX-512 clone, 8 in the others) keeps its logits of
+// of pixels (one vector: 16 lanes in the AVX-512 clone, 4 on aarch64, 8 in the others) keeps its logits of
 // every class in a small scratch and runs the branch-free polynomial exp of convcrf_math.h.
 #include "convcrf_cpu.h"
 
@@ -354,6 +354,7 @@ CONVCRF_INLINE void meanFieldLowRow(const MeanFieldGeometry& geo, const MeanFiel
 
 // ---- instruction-set clones ------------------------------------------------------------------
 
+#if CONVCRF_X86_CLONES
 CONVCRF_TARGET_AVX512 void lowRowsAvx512(const MeanFieldGeometry& geo,
                                          const MeanFieldStepArgs& args, int64_t b, int64_t e,
                                          MeanFieldScratch& s)
@@ -369,11 +370,13 @@ CONVCRF_TARGET_AVX2 void lowRowsAvx2(const MeanFieldGeometry& geo, const MeanFie
         meanFieldLowRow<FloatVec>(geo, args, task / geo.hLow, task % geo.hLow, s);
 }
 
+#endif
+
 void lowRowsBaseline(const MeanFieldGeometry& geo, const MeanFieldStepArgs& args, int64_t b,
                      int64_t e, MeanFieldScratch& s)
 {
     for (int64_t task = b; task < e; ++task)
-        meanFieldLowRow<FloatVec>(geo, args, task / geo.hLow, task % geo.hLow, s);
+        meanFieldLowRow<BaselineVec>(geo, args, task / geo.hLow, task % geo.hLow, s);
 }
 
 using LowRows = void (*)(const MeanFieldGeometry&, const MeanFieldStepArgs&, int64_t, int64_t,
@@ -429,7 +432,7 @@ int32_t convcrf_mean_field_step_f32(const float* unary, const float* messagesLow
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, geo.wLow, geo.x0[x], geo.x1[x], geo.lambdaX[x]);
     std::atomic<bool> nonFinite{false};
-    const LowRows lowRows = pickClone<LowRows>(lowRowsAvx512, lowRowsAvx2, lowRowsBaseline);
+    const LowRows lowRows = CONVCRF_CLONE(lowRows);
     const Status status = parallelFor(n * geo.hLow, threads, [&](int64_t b, int64_t e) {
         MeanFieldScratch& scratch = tScratch;
         scratch.begin(c, w);  // may throw bad_alloc: the pool turns it into a status

@@ -144,8 +144,10 @@ CONVCRF_INLINE void upsampleAdjointRow(const BackwardArgs& a, const std::vector<
             upsampleAdjointRow(a, x0, x1, lx, t / a.hLow, t % a.hLow, tScratch);                  \
     }
 
+#if CONVCRF_X86_CLONES
 CONVCRF_BACKWARD_CLONE(CONVCRF_TARGET_AVX512, Avx512)
 CONVCRF_BACKWARD_CLONE(CONVCRF_TARGET_AVX2, Avx2)
+#endif
 CONVCRF_BACKWARD_CLONE(, Baseline)
 
 }  // namespace
@@ -185,10 +187,8 @@ int32_t convcrf_mean_field_step_backward_f32(const float* qFull, const float* gr
     }
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, args.wLow, x0[x], x1[x], lambdaX[x]);
-    const auto softmaxPass =
-        pickClone(&softmaxPassAvx512, &softmaxPassAvx2, &softmaxPassBaseline);
-    const auto adjointPass =
-        pickClone(&adjointPassAvx512, &adjointPassAvx2, &adjointPassBaseline);
+    const auto softmaxPass = CONVCRF_CLONE(softmaxPass);
+    const auto adjointPass = CONVCRF_CLONE(adjointPass);
     const int64_t tasks = n * args.hLow;
     Status status = parallelFor(tasks, threads, [&](int64_t b, int64_t e) { softmaxPass(args, b, e); });
     if (status != kSuccess)

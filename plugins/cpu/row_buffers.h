@@ -11,6 +11,7 @@
 #include "cpu_common.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -38,15 +39,26 @@ inline RowGeometry makeRowGeometry(int64_t channels, int64_t h, int64_t w, int64
     return g;
 }
 
-// Ring of padded rows of one tensor ([N, channels, h, w]), keyed by (image, row).
+// Ring of padded rows of one tensor ([N, channels, h, w]), keyed by (image, row). The slots
+// start 64-byte aligned: with `pad` and `paddedStride` multiples of 16 floats, element x of a
+// row is 64-byte aligned whenever x is a multiple of 16.
 class PaddedRowRing {
 public:
     void reset(const RowGeometry& geo, int64_t slots)
     {
-        geo_ = geo;
-        slotSize_ = geo.channels * geo.paddedStride;
-        data_.assign(static_cast<size_t>(slots * slotSize_), 0.0f);
         tags_.assign(static_cast<size_t>(slots), -1);
+        if (geo.channels == geo_.channels && geo.w == geo_.w && geo.pad == geo_.pad &&
+            geo.paddedStride == geo_.paddedStride && slots == slots_) {
+            geo_ = geo;  // same layout: the padding is still zero (rows only write [pad, pad+w))
+            return;
+        }
+        geo_ = geo;
+        slots_ = slots;
+        slotSize_ = geo.channels * geo.paddedStride;
+        storage_.assign(static_cast<size_t>(slots * slotSize_ + kAlignFloats), 0.0f);
+        const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+        const uintptr_t aligned = (address + 63) & ~uintptr_t(63);
+        base_ = storage_.data() + (aligned - address) / sizeof(float);
     }
 
     // Channel 0 of row `row` of image `image`, padded: element x of channel c is at
@@ -55,7 +67,7 @@ public:
     {
         const int64_t tag = image * geo_.h + row;
         const int64_t slot = row % static_cast<int64_t>(tags_.size());
-        float* out = data_.data() + slot * slotSize_;
+        float* out = base_ + slot * slotSize_;
         if (tags_[static_cast<size_t>(slot)] == tag)
             return out;
         const float* src = tensor + (image * geo_.channels * geo_.h + row) * geo_.w;
@@ -68,9 +80,11 @@ public:
     }
 
 private:
+    static constexpr int64_t kAlignFloats = 16;
     RowGeometry geo_;
-    int64_t slotSize_ = 0;
-    std::vector<float> data_;
+    int64_t slots_ = 0, slotSize_ = 0;
+    std::vector<float> storage_;
+    float* base_ = nullptr;
     std::vector<int64_t> tags_;
 };
 

@@ -19,7 +19,8 @@ lib = _native.cpu_library()
 pytestmark = pytest.mark.skipif(lib is None, reason="native CPU library not built")
 
 # (n, channels, h, w, k): borders, odd sizes, h or w below the window, batch 2, 1 and 21+
-# channels, w not a multiple of any vector width.
+# channels, w not a multiple of any vector width; rows of several register blocks (w >= 100)
+# so that the blocks that read the kernel in place, not only the edge blocks, are checked.
 SHAPES = [
     (1, 1, 5, 7, 3),
     (2, 21, 9, 13, 7),
@@ -29,6 +30,9 @@ SHAPES = [
     (1, 3, 6, 40, 9),
     (1, 21, 12, 17, 13),
     (3, 2, 8, 19, 1),
+    (1, 21, 5, 150, 7),
+    (2, 9, 4, 203, 11),
+    (1, 5, 3, 100, 3),
 ]
 
 

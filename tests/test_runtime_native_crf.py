@@ -1,4 +1,4 @@
-"""The torch-free native CRF executor (runtime/backends/native_crf.py) and the ONNX Runtime
+"""The torch-free native CRF executor (crf/native.py) and the ONNX Runtime
 backend that runs it: it equals ConvCRF's fused path, and on exported files the graph's own
 CRF (demo model; +C/+T with trained-looking parameters in the blurred mode), and falls back
 to the graph's CRF, saying why, when it cannot run."""
@@ -10,8 +10,8 @@ import pytest
 from convcrf_deploy import CRFConfig
 from convcrf_deploy._native import cpu_library
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.backends import native_crf
-from convcrf_deploy.runtime.backends.native_crf import NativeCRF, NativeCRFUnavailable
+from convcrf_deploy.crf import native as native_crf
+from convcrf_deploy.crf.native import NativeCRF, NativeCRFUnavailable
 from convcrf_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
@@ -55,6 +55,54 @@ def test_native_crf_equals_convcrf(mode, extras, blur, size):
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_array_equal(native_crf.argmax_classes(got), expected.argmax(1))
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["full", "blurred"])
+@pytest.mark.parametrize("weight, iterations", [(0.5, 2), (1.0, 1), (0.8, 3)])
+def test_native_crf_warm_start_equals_convcrf(mode, weight, iterations):
+    """The warm start is the schedule's, so NativeCRF (runtime) and ConvCRF (its native and
+    its differentiable executor) give the same warm-started result."""
+    config = CRFConfig(num_classes=4, filter_size=5, blur=3, iterations=5,
+                       intermediate_resolution=mode, compatibility="learned")
+    crf = perturbed_crf(config, seed=3)
+    logits, image = random_inputs(2, 4, 29, 34, seed=3)
+    previous = torch.softmax(4 * torch.randn(2, 4, 29, 34), dim=1)
+    options = {"initial_q_weight": weight, "iterations": iterations}
+    with torch.inference_mode():
+        fused = crf(logits, image, initial_q=previous, **options).numpy()
+    differentiable = crf(logits.clone().requires_grad_(True), image, initial_q=previous,
+                         **options).detach().numpy()
+    got = NativeCRF(config, crf.state_dict(), threads=2)(
+        logits.numpy(), image.numpy(), initial_q=previous.numpy(), **options)
+    np.testing.assert_allclose(got, fused, atol=1e-5)
+    np.testing.assert_allclose(got, differentiable, atol=1e-4)
+    cold = NativeCRF(config, crf.state_dict())(logits.numpy(), image.numpy(),
+                                               iterations=iterations)
+    assert np.abs(got - cold).max() > 1e-3  # the start mattered
+
+
+@needs_native
+def test_native_crf_warm_start_arguments_are_checked():
+    config = CRFConfig(num_classes=3, filter_size=3)
+    crf = NativeCRF(config, perturbed_crf(config).state_dict())
+    logits, image = (t.numpy() for t in random_inputs(1, 3, 6, 7))
+    with pytest.raises(ValueError, match="initial_q must have the shape"):
+        crf(logits, image, initial_q=np.ones((1, 3, 6, 6), np.float32))
+    with pytest.raises(ValueError, match="initial_q_weight must be in 0..1"):
+        crf(logits, image, initial_q=np.ones_like(logits) / 3, initial_q_weight=2.0)
+    with pytest.raises(ValueError, match="initial_q contains NaN"):
+        crf(logits, image, initial_q=np.full_like(logits, np.nan))
+    with pytest.raises(ValueError, match="iterations must be an int >= 0"):
+        crf(logits, image, iterations=-1)
+
+
+def test_the_old_import_path_is_an_alias():
+    from convcrf_deploy.runtime.backends import native_crf as alias
+
+    assert alias.NativeCRF is NativeCRF and alias.NativeCRFUnavailable is NativeCRFUnavailable
+    assert alias.argmax_classes is native_crf.argmax_classes
+    assert alias.STATE_KEY == native_crf.STATE_KEY
 
 
 @needs_native

@@ -10,7 +10,7 @@ import numpy as np
 
 from ....metadata import ONNX_KEYS, ModelMetadata
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend, BackendUnavailableError
-from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
+from ....crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
 from .loader import SessionLoader, import_onnxruntime
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
     """Runs a graph exported by ``convcrf-export`` (input ``image`` float32 ``[N, 3, H, W]``
     RGB 0..255; outputs ``probabilities``, ``labels`` and, when exported, ``unary_labels``).
 
-    The CRF runs natively (:class:`~convcrf_deploy.runtime.backends.native_crf.NativeCRF`, the
+    The CRF runs natively (:class:`~convcrf_deploy.crf.native.NativeCRF`, the
     fused C library the PyTorch path uses) whenever the native library is present, the file
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
     then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard

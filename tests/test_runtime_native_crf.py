@@ -205,6 +205,54 @@ def test_onnxruntime_crf_off_runs_the_unary_only(demo_onnx):
     assert not result.crf and not segmenter.describe()["crf"]
 
 
+# ---- warm start on the ONNX Runtime backend (issue 19) ------------------------------------------
+
+def demo_clip(count, size=(48, 64)):
+    from convcrf_deploy.runtime.sources import open_source
+
+    return [frame.image for frame in open_source("demo", demo_size=size, demo_frames=count)]
+
+
+@needs_native
+def test_onnxruntime_warm_start_agrees_with_torch_over_a_demo_clip(demo_onnx):
+    """The warm start is the schedule's on both backends: over 100 consecutive demo frames the
+    ONNX Runtime (unary in ONNX Runtime, native CRF) and PyTorch labels agree."""
+    frames = demo_clip(100)
+    options = {"resize": "none", "warm_start": True, "warm_start_iterations": 2, "threads": 1}
+    torch_path = Segmenter("demo", "torch", **options)
+    onnx_path = Segmenter(str(demo_onnx), **options, return_probabilities=True)
+    assert onnx_path.describe()["warm_start"] and onnx_path.describe()["crf_executor"] == "native"
+    agree = total = 0
+    for frame in frames:
+        a, b = torch_path(frame).labels, onnx_path(frame)
+        agree += int((a == b.labels).sum())
+        total += a.size
+    assert agree / total >= 0.999, f"labels agree on {agree / total:.4%} of pixels"
+    # It was a warm start (2 iterations from the previous frame), not the full CRF.
+    cold = Segmenter(str(demo_onnx), resize="none", threads=1, return_probabilities=True)
+    assert np.abs(cold(frames[-1]).probabilities - b.probabilities).max() > 1e-3
+    assert onnx_path.backend.warm_start.previous is not None
+    onnx_path.reset()
+    assert onnx_path.backend.warm_start.previous is None
+    assert not onnx_path.backend.thread_safe  # one stream's state: calls are serialised
+
+
+@needs_native
+def test_convcrf_run_warm_starts_an_onnx_model(demo_onnx, tmp_path, capsys):
+    import json
+
+    from convcrf_deploy.cli.run import main
+
+    stats = tmp_path / "stats.json"
+    assert main(["--model", str(demo_onnx), "--warm-start", "--video", "demo", "--headless",
+                 "--max-frames", "4", "--size", "64x48", "--threads", "1",
+                 "--stats-json", str(stats)]) == 0
+    data = json.loads(stats.read_text())
+    assert data["backend"] == "onnxruntime" and data["warm_start"] is True
+    assert data["crf_executor"] == "native" and data["frames"] == 4
+    assert set(data["accuracy"]) == {"unary", "crf"}
+
+
 def test_fallback_to_the_graph_when_the_library_is_missing(demo_onnx, monkeypatch):
     monkeypatch.setattr(native_crf, "library_available", lambda: False)
     backend = OnnxRuntimeBackend(demo_onnx, threads=1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..files import OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
+from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
 from ..runtime.sources import IMAGE_SUFFIXES
 from ..runtime.visualize import VIEWS
 from ._args import (PlainHelpFormatter, frame_size, int_at_least, interruptible,
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
     parser.add_argument("--threads", type=positive_int,
                         help="CPU threads for inference (default: the backend's, all cores)")
+    parser.add_argument("--crf-executor", choices=CRF_EXECUTOR_CHOICES,
+                        help="onnxruntime: who runs the CRF: native (the native library, the "
+                             "unary in ONNX Runtime; an error saying why when it cannot) or "
+                             "graph (the exported graph's own CRF nodes); default: native when "
+                             "possible. --stats-json and the HUD split the frame time into "
+                             "pre-processing, unary, CRF and post-processing")
     parser.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT",
                         help="triton backend: the server (--model is the model's name there; "
                              "docs/serving.md); default 127.0.0.1:8000")
@@ -84,12 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity (0..1)")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD")
     parser.add_argument("--warm-start", action="store_true",
-                        help="torch backend, video: start mean-field from the previous frame's "
-                             "result (mixed 50/50 with the current unary) and run "
-                             "--warm-start-iterations instead of the model's iterations. On the "
-                             "demo scene at 320x240 (benchmarks/bench_runtime.py) 2 warm "
-                             "iterations halve the CRF's CPU time (6 vs 12 ms/frame) for 0.2 "
-                             "points of mIoU, and score better than 2 cold iterations")
+                        help="video: start mean-field from the previous frame's result (mixed "
+                             "50/50 with the current unary) and run --warm-start-iterations "
+                             "instead of the model's iterations; torch backend, and onnxruntime "
+                             "with the native CRF executor. On the demo scene at 320x240 "
+                             "(benchmarks/bench_runtime.py) 2 warm iterations halve the CRF's "
+                             "CPU time (6 vs 12 ms/frame) for 0.2 points of mIoU, and score "
+                             "better than 2 cold iterations")
     parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K",
                         help="mean-field iterations per warm-started frame (default 2)")
     parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default=(240, 320), metavar="WxH",
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from ..runtime import BackendUnavailableError, Segmenter
-    from ..runtime.backends import backend_name_for
+    from ..runtime.backends import backend_class, backend_name_for
     from ..runtime.sources import SourceError, open_source
     from ..runtime.video import display_available, run_video
 
@@ -183,17 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     mismatch = _model_backend_mismatch(args.model, backend)
     if mismatch:
         return fail(mismatch)
+    try:
+        backend_type = backend_class(backend)
+    except BackendUnavailableError as exc:
+        return fail(f"cannot load model {args.model!r}: {exc}")
+    if args.warm_start and not backend_type.warm_start_supported:
+        return fail(f"--warm-start needs a backend whose CRF iterations are ours to choose "
+                    f"(torch, or onnxruntime with the native CRF executor); the {backend} "
+                    "backend runs the exported iterations")
+    if args.crf_executor and args.crf_executor not in backend_type.crf_executor_choices:
+        return fail(f"--crf-executor applies to the onnxruntime backend; the {backend} backend "
+                    "chooses its own (the run summary says which)")
     options: dict = {}
+    if args.warm_start:
+        options.update(warm_start=True, warm_start_iterations=args.warm_start_iterations)
     if backend == "torch":
-        options = {"device": args.device, "threads": args.threads}
-        if args.warm_start:
-            options.update(warm_start=True, warm_start_iterations=args.warm_start_iterations)
-    elif args.warm_start:
-        return fail("--warm-start needs the torch backend (it changes the CRF's iterations "
-                    "per frame; exported graphs have them fixed)")
+        options.update(device=args.device, threads=args.threads)
     elif backend == "onnxruntime":
-        options = {"providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
-                   "plugin_library": args.plugin, "threads": args.threads}
+        options.update(providers=tuple(p.strip() for p in args.providers.split(",")
+                                       if p.strip()),
+                       plugin_library=args.plugin, threads=args.threads,
+                       crf_executor=args.crf_executor or "auto")
     elif backend == "tensorrt" and args.plugin:
         options = {"plugin_library": args.plugin}
     elif backend == "triton":
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     described = segmenter.describe()
     report.info.update(model=str(args.model), backend=segmenter.backend.name,
                        threads=args.threads or described.get("threads") or "default (all cores)",
-                       crf=segmenter.crf, warm_start=bool(args.warm_start),
+                       crf=segmenter.crf, warm_start=bool(described.get("warm_start")),
                        resize=segmenter.resize, input_size=list(segmenter.input_size),
                        crf_executor=described["crf_executor"],
                        crf_executor_detail=described["crf_executor_detail"])

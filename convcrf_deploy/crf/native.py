@@ -369,8 +369,9 @@ class NativeCRF:
         return out
 
     # -- inference ------------------------------------------------------------------------------
-    def __call__(self, logits: np.ndarray, image: np.ndarray, *, initial_q: np.ndarray | None = None,
-                 initial_q_weight: float = 1.0, iterations: int | None = None) -> np.ndarray:
+    def __call__(self, logits: np.ndarray, image: np.ndarray, *,
+                 initial_q: np.ndarray | None = None, initial_q_weight: float = 1.0,
+                 iterations: int | None = None) -> np.ndarray:
         """Mean-field inference (:func:`~convcrf_deploy.crf.schedule.mean_field`).
 
         Args:

@@ -9,8 +9,9 @@ padding and maps labels back to the frame with nearest-neighbour sampling.
 Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
 Each thread has its own input buffer and frame geometry, and each call's result is its own;
 the backend runs calls concurrently when it is thread-safe (PyTorch, ONNX Runtime, the native
-CRF) and one at a time otherwise (TensorRT's single execution context, the torch warm start),
+CRF) and one at a time otherwise (TensorRT's single execution context, a warm start),
 see :attr:`Backend.thread_safe`. The CRF switch (:attr:`Segmenter.crf`) applies to all threads.
+A warm start (``warm_start=True``) follows one stream: give each camera its own Segmenter.
 """
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ class SegmentationResult:
             else int32), after the CRF when it ran.
         unary_labels: ``[H, W]`` labels of the unary alone, when the backend provides them.
         probabilities: ``[C, H, W]`` float32, only with ``return_probabilities=True``.
-        timings: milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``.
+        timings: milliseconds per stage: ``preprocess``, ``inference`` (the backend's call),
+            ``postprocess``, and the parts of ``inference`` the backend times apart:
+            ``unary`` (the unary network and its labels) and ``crf`` (the CRF and its labels)
+            when it runs them apart (:attr:`Backend.last_stage_times`; absent for a TensorRT
+            engine, a Triton server, an ONNX graph on a GPU provider; ``crf`` absent when
+            the CRF is off).
         timestamp: whatever was passed as ``timestamp=`` (e.g. a ROS header stamp).
         crf: whether ``labels`` include the CRF.
     """
@@ -83,7 +89,9 @@ class Segmenter:
         return_probabilities: also return ``[C, H, W]`` probabilities at the frame size.
         crf: use the CRF's labels (``False``: the unary's). The torch backend then skips the
             CRF; exported graphs always run it and the unary labels are reported instead.
-        **backend_options: passed to the backend (``device=``, ``providers=``, ...).
+        **backend_options: passed to the backend (``device=``, ``providers=``,
+            ``crf_executor=``, ``warm_start=True`` and ``warm_start_iterations=`` for video on
+            the torch and ONNX Runtime backends, ...).
 
     Example:
         >>> segmenter = Segmenter("model.onnx")
@@ -135,6 +143,11 @@ class Segmenter:
     @property
     def metadata(self):
         return self.backend.metadata
+
+    def reset(self) -> None:
+        """Forget per-stream state (a warm start's previous frame): call on a scene cut, or
+        before frames of another stream. Backends without such state ignore it."""
+        self.backend.reset()
 
     def close(self) -> None:
         self.backend.deactivate()
@@ -211,6 +224,7 @@ class Segmenter:
         t1 = time.perf_counter()
         outputs = self.backend.infer({"image": image})
         t2 = time.perf_counter()
+        parts = self.backend.last_stage_times
         mapped = self.postprocess(outputs)
         t3 = time.perf_counter()
         labels = mapped["labels"]
@@ -225,6 +239,6 @@ class Segmenter:
         return SegmentationResult(
             labels=labels, unary_labels=mapped.get("unary_labels"),
             probabilities=mapped.get("probabilities"),
-            timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+            timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, **parts,
                      "postprocess": (t3 - t2) * 1e3},
             timestamp=timestamp, crf=crf_applied)

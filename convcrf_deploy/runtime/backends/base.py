@@ -62,6 +62,11 @@ CRF_EXECUTORS = {
 }
 
 
+#: ``crf_executor=`` values of backends that let the caller choose who runs the CRF:
+#: ``"auto"`` (native when possible), ``"native"`` (required), ``"graph"``.
+CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
+
+
 class StageUnavailableError(NotImplementedError):
     """This backend cannot run that stage of the model on its own."""
 
@@ -79,6 +84,11 @@ class Backend(abc.ABC):
     #: whether ``infer`` may run in several threads at once; when ``False`` the calls are
     #: serialised with a lock (correct, not parallel).
     thread_safe: bool = True
+    #: whether the constructor takes ``warm_start=`` (video: each frame's mean-field starts
+    #: from the previous result; the CRF's iteration count must be ours to choose).
+    warm_start_supported: bool = False
+    #: the ``crf_executor=`` values the constructor takes (empty: the backend has no choice).
+    crf_executor_choices: tuple[str, ...] = ()
 
     def __init__(self, metadata: ModelMetadata) -> None:
         self.metadata = metadata
@@ -86,6 +96,7 @@ class Backend(abc.ABC):
         self.last_inference_time: float | None = None
         self._activation_lock = threading.RLock()
         self._call_lock = threading.Lock()
+        self._per_thread = threading.local()  # this thread's stage times of its last infer
 
     # -- context protocol -------------------------------------------------------------------
     def activate(self) -> "Backend":
@@ -107,6 +118,10 @@ class Backend(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
 
+    def reset(self) -> None:
+        """Forget per-stream state, such as a warm start's previous frame (call on a scene
+        cut or before another stream); backends without such state do nothing."""
+
     def _serialised(self):
         return contextlib.nullcontext() if self.thread_safe else self._call_lock
 
@@ -117,10 +132,31 @@ class Backend(abc.ABC):
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
         image = self._checked_image(feed[INPUT_NAME])
         start = time.perf_counter()
+        self._per_thread.stage_ms = {}
         with self._serialised():
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
         return outputs
+
+    @property
+    def last_stage_times(self) -> dict[str, float]:
+        """Milliseconds of the parts of this thread's last :meth:`infer` that the backend
+        times on their own: ``"unary"`` (the unary network and its labels) and ``"crf"`` (the
+        CRF and its labels) where it runs them apart; empty when it runs the model as one
+        piece (a TensorRT engine, a Triton server, an ONNX graph on a GPU provider)."""
+        return dict(getattr(self._per_thread, "stage_ms", {}))
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str):
+        """Inside ``_infer``: time the block as ``stage`` of :attr:`last_stage_times` (the
+        block must return only once its work is done, e.g. after a CUDA synchronisation)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if not hasattr(self._per_thread, "stage_ms"):
+                self._per_thread.stage_ms = {}
+            self._per_thread.stage_ms[stage] = (time.perf_counter() - start) * 1e3
 
     def _checked_image(self, image: np.ndarray) -> np.ndarray:
         if not self.is_active:

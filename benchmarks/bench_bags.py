@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from convcrf_deploy.runtime import Segmenter, open_source, run_video
-    from convcrf_deploy.runtime.ros import BagSink
-    from convcrf_deploy.runtime.ros.testing import scene_frames, write_bag
+    from convcrf_deploy.runtime.streams.ros import BagSink
+    from convcrf_deploy.runtime.streams.ros.testing import scene_frames, write_bag
     from convcrf_deploy.runtime.testing import write_toy_onnx
 
     work = Path(tempfile.mkdtemp(prefix="bench_bags_"))

@@ -30,7 +30,7 @@ STAGES = ("preprocess", "inference", "postprocess")
 
 def demo_frames(size: tuple[int, int], count: int, seed: int = 0):
     """``count`` consecutive demo-scene frames ``(bgr, labels)`` of ``size`` (height, width)."""
-    from convcrf_deploy.runtime.sources import open_source
+    from convcrf_deploy.runtime.streams import open_source
 
     source = open_source("demo", demo_size=size, demo_seed=seed, demo_frames=count)
     return [(f.image, f.ground_truth) for f in source]

@@ -26,7 +26,7 @@ import numpy as np
 
 
 def demo_frames(count: int, seed: int, size=(240, 320)) -> list[np.ndarray]:
-    from convcrf_deploy.runtime.sources import open_source
+    from convcrf_deploy.runtime.streams import open_source
 
     return [f.image for f in open_source("demo", demo_size=size, demo_seed=seed, demo_frames=count)]
 

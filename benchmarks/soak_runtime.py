@@ -38,7 +38,7 @@ def soak(frames: int, size: tuple[int, int], model: str | None = None,
     """Run ``frames`` headless frames (after ``warmup`` frames) and return RSS figures (MiB)."""
     from convcrf_deploy.runtime import Segmenter
     from convcrf_deploy.runtime.testing import write_toy_onnx
-    from convcrf_deploy.runtime.sources import open_source
+    from convcrf_deploy.runtime.streams import open_source
     from convcrf_deploy.runtime.video import run_video
     from convcrf_deploy.runtime.visualize import Renderer, draw_hud
 

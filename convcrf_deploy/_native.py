@@ -16,21 +16,10 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-API_VERSION = 3
+API_VERSION = 4
 
-_STATUS_MESSAGES = {
-    1: "invalid filter_size (must be odd and in 1..31)",
-    2: "invalid or mismatched tensor shapes",
-    3: "null pointer for a non-empty tensor",
-    4: "invalid blur (must be >= 1)",
-    5: "CUDA launch failed",
-    6: "internal error (out of memory or thread creation failed)",
-    7: "NaN or infinite values in the input",
-    8: "tensor sizes too large (a product of the sizes overflows int64)",
-    9: "could not start worker threads (memory or process limit); pass fewer threads",
-    10: "this CPU does not support the requested instruction set",
-}
-
+#: status codes Python branches on (the full table is in the library: convcrf_status_message,
+#: plugins/common/convcrf_math.h).
 STATUS_NON_FINITE = 7
 
 LIB_DIR = Path(__file__).resolve().parent / "_lib"
@@ -52,6 +41,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
     lib.convcrf_cpu_api_version.restype = i32
     lib.convcrf_cpu_api_version.argtypes = []
+    lib.convcrf_status_message.restype = ctypes.c_char_p
+    lib.convcrf_status_message.argtypes = [i32]
     for suffix in ("f32", "f64"):
         for name, args in {
             "gaussian_kernel": [ptr, i64, i64, i64, i64, i32, ptr, i32],
@@ -140,10 +131,22 @@ def cuda_library() -> ctypes.CDLL | None:
 CUDA_FLOAT32, CUDA_FLOAT16 = 0, 1
 
 
+def status_message(status: int) -> str:
+    """What a status code of the native libraries means, from the one table in C
+    (``convcrf_status_message``; ``"status N"`` when the CPU library is absent)."""
+    try:
+        lib = cpu_library()
+    except NativeError:
+        lib = None
+    if lib is None:
+        return f"status {status}"
+    return lib.convcrf_status_message(int(status)).decode()
+
+
 def check(status: int, what: str) -> None:
     """Turn a native status code into an exception naming the op."""
     if status != 0:
-        raise NativeError(f"{what}: {_STATUS_MESSAGES.get(status, f'status {status}')}")
+        raise NativeError(f"{what}: {status_message(status)}")
 
 
 def available_cpus() -> int:

@@ -40,11 +40,11 @@ from . import _native
 _native.prefer_passive_openmp()
 
 from .runtime.backends import STAGES as BACKEND_STAGES  # noqa: E402
-from .runtime.backends import (ALIASES, BACKENDS, EXTRAS, BackendUnavailableError,  # noqa: E402
-                                backend_class, backend_name_for)
+from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError,  # noqa: E402
+                                backend_class, backend_name_for, backend_spec)
 from .data.folder import rgb_to_tensor  # noqa: E402
 from .files import atomic_write  # noqa: E402
-from .install import install_hint  # noqa: E402
+from .install import MissingDependencyError, install_hint  # noqa: E402
 from .metrics import MIOU_LEGEND  # noqa: E402
 
 #: stages timed for every backend: the unary network, the ConvCRF on its logits, both (the
@@ -112,22 +112,8 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], iterations: int,
     return samples
 
 
-# ---- argument parsing helpers (shared by the CLI) ---------------------------------------------
-
 #: Largest benchmarked side: an 8K frame's 21-class probabilities already take 2.8 GB.
 MAX_BENCH_SIDE = 8192
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"320x240"`` (WIDTHxHEIGHT) -> ``(320, 240)``; raises :class:`BenchmarkError`."""
-    parts = str(text).lower().split("x")
-    try:
-        width, height = (int(p) for p in parts)
-    except ValueError:
-        raise BenchmarkError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 320x240") from None
-    if not (8 <= width <= MAX_BENCH_SIDE and 8 <= height <= MAX_BENCH_SIDE):
-        raise BenchmarkError(f"size {text!r}: width and height must be in 8..{MAX_BENCH_SIDE}")
-    return width, height
 
 
 def size_key(size: tuple[int, int]) -> str:
@@ -154,10 +140,10 @@ def normalize_backends(names: Iterable[str]) -> list[str]:
 def backend_unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot run here (missing library), or ``None`` when it can: the
     backend's own ``check_available`` (importing its module imports what it always needs)."""
-    hint = INSTALL_HINTS.get(name) or install_hint(EXTRAS.get(name, name))
+    hint = INSTALL_HINTS.get(name) or install_hint(backend_spec(name).extra)
     try:
         backend_class(name).check_available()
-    except BackendUnavailableError as exc:
+    except MissingDependencyError as exc:
         return f"{exc} (install: `{hint}`)" if hint not in str(exc) else str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. pycuda without a GPU raises its own errors
         return f"{name} failed to initialise: {type(exc).__name__}: {exc} (install: `{hint}`)"
@@ -362,7 +348,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                         runners[name] = backend_class(name).from_model(
                             loaded, Path(tmp) / name, flavor=flavor, fp16=fp16, threads=threads,
                             device=device, sizes=sizes, batch=batch).activate()
-                    except BackendUnavailableError as exc:
+                    except MissingDependencyError as exc:
                         reason = str(exc)
                 if reason is not None:
                     result["backends"][name] = {"status": "skipped", "reason": reason}
@@ -732,5 +718,5 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 __all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
            "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
-           "format_benchmark", "format_sweep", "plot_benchmark", "parse_size",
+           "format_benchmark", "format_sweep", "plot_benchmark",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

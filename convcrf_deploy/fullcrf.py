@@ -14,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from .config import CRFConfig
-from .install import install_hint
+from .install import MissingDependencyError, install_hint
 
 #: What to install when ``pydensecrf`` is missing (the original ``pydensecrf`` release does
 #: not build on Python >= 3.11; the fork ``pydensecrf2`` provides the same module).
 INSTALL_HINT = install_hint("fullcrf") + " (installs pydensecrf2, module pydensecrf)"
 
 
-class FullCRFUnavailable(ImportError):
+class FullCRFUnavailable(MissingDependencyError):
     """``pydensecrf`` is not installed; the message says what to install."""
 
 

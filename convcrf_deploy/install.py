@@ -7,6 +7,13 @@ the checkout). ``pip install convcrf-deploy[...]`` would look the name up on the
 """
 from __future__ import annotations
 
+
+class MissingDependencyError(ImportError):
+    """A library this feature needs is not installed; the message names it and the
+    ``pip install`` that provides it. Every "not installed" error of the package derives from
+    it (backends, ROS/Foxglove, FullCRF, torch for the model tools), so the commands report it
+    alike (exit status 3, :mod:`convcrf_deploy.cli.harness`)."""
+
 #: what each extra adds (pyproject.toml's [project.optional-dependencies]).
 EXTRAS = {"torch": "PyTorch and onnxscript (model, training, export, benchmarks)",
           "gpu": "onnxruntime-gpu (CUDA and TensorRT providers)",

@@ -15,10 +15,10 @@ Run (ROS 2 Humble or newer, ``pip install convcrf-deploy`` in the same Python)::
         -p image_topic:=/camera/image_raw -p providers:=cuda,cpu
 
 The node is deliberately thin: converting messages is
-:mod:`convcrf_deploy.runtime.ros.conversions` (the functions the bag source and sink use,
+:mod:`convcrf_deploy.runtime.streams.ros.conversions` (the functions the bag source and sink use,
 tested in CI), segmenting is :class:`~convcrf_deploy.runtime.Segmenter`. ROS 2 cannot be
 installed on the project's machines, so this file itself is only exercised against stand-in
-``rclpy`` modules (tests/test_bags_ros2_node.py), never against a real ROS 2.
+``rclpy`` modules (tests/runtime/streams/test_bags_ros2_node.py), never against a real ROS 2.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.ros.conversions import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE,
+from convcrf_deploy.runtime.streams.ros.conversions import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE,
                                                     ImageConversionError, jpeg_fields,
                                                     labels_fields, message_to_bgr,
                                                     rclpy_message)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The Python steps of scripts/gpu_check.sh (run by it, from tests/, after the install).
 
-3. tests/test_cuda_ops.py (pytest when installed, else the small runner below: the lent GPU
+3. tests/ops/test_cuda_ops.py (pytest when installed, else the small runner below: the lent GPU
    machines have no pytest and no network);
 4. ConvCRF inference timed on the GPU: native CUDA kernels vs the F.unfold implementation;
 5. scripts/validate_tensorrt.py (fp32 and fp16) when ``import tensorrt`` works.
@@ -23,7 +23,7 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CUDA_TESTS = REPO / "tests" / "test_cuda_ops.py"
+CUDA_TESTS = REPO / "tests" / "ops" / "test_cuda_ops.py"
 
 
 # ---- a minimal runner for pytest-style test files ---------------------------------------------

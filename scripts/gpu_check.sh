@@ -10,7 +10,7 @@
 #   2. install this checkout into the active Python environment with
 #      `pip install --no-deps --no-build-isolation .` (no network needed: PyTorch, numpy,
 #      onnx, onnxruntime, OpenCV, scikit-build-core, CMake and ninja must be installed);
-#   3. tests/test_cuda_ops.py: both ops' CUDA kernels against the CPU library (fp32 and fp16,
+#   3. tests/ops/test_cuda_ops.py: both ops' CUDA kernels against the CPU library (fp32 and fp16,
 #      borders, odd sizes, windows larger than the image, batch and class counts beyond the
 #      CUDA grid limits) and ConvCRF on the GPU against the CPU (pytest, or a built-in runner
 #      when pytest is not installed);

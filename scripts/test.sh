@@ -23,7 +23,7 @@ fi
 python -m pip install ".[test]" \
   --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="${CONVCRF_CUDA_ARCHITECTURES:-75}"
 
-# A real Triton Inference Server for tests/test_triton*.py: nvidia-pytriton pins numpy<2, so it
+# A real Triton Inference Server for tests/serving/test_triton*.py: nvidia-pytriton pins numpy<2, so it
 # gets its own venv (about 2 minutes and 0.6 GB the first time, seconds afterwards).
 # CONVCRF_SKIP_TRITON=1 skips it, and the tests say so.
 if [ "${CONVCRF_SKIP_TRITON:-0}" != 1 ]; then

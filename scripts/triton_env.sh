@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the Python environment that runs a real Triton Inference Server on the CPU, for the
-# tests in tests/test_triton*.py and benchmarks/bench_triton.py (docs/serving.md).
+# tests in tests/serving/test_triton*.py and benchmarks/bench_triton.py (docs/serving.md).
 #
 #   bash scripts/triton_env.sh            # creates/updates .venv-triton, prints its path
 #

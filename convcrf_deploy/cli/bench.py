@@ -11,8 +11,8 @@ Examples::
 
 Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios
 of one run ("vs torch": PyTorch eager median / backend median), not figures across runs.
-Exit status: 0 done, 1 no requested backend can run here (missing library) or a backend
-failed, 2 bad arguments or model.
+Exit status: 0 done, 1 a backend failed, 2 bad arguments or model, 3 no requested backend can
+run here (a missing library: the message gives the pip command).
 """
 from __future__ import annotations
 
@@ -20,18 +20,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from ..benchmarking import MAX_BENCH_SIDE
 from ..files import check_output_paths, write_text_atomic
-from ..install import TORCH_HINT, install_hint
-from ._args import int_at_least, int_list, interruptible, PlainHelpFormatter, positive_int
+from ..install import TORCH_HINT, MissingDependencyError, install_hint
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, command,
+                      frame_size, frame_sizes, int_at_least, int_list, positive_int)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "convcrf-bench"
-
-
-
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
                              "torch,onnxruntime)")
     parser.add_argument("--sizes", default="320x240,640x480",
+                        type=frame_sizes(8, MAX_BENCH_SIDE),
                         help="comma-separated WIDTHxHEIGHT (default: 320x240,640x480)")
     parser.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
     parser.add_argument("--iterations", type=positive_int, default=20,
@@ -79,57 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
                             "scenes with ground truth; default)")
     sweep.add_argument("--num-frames", type=positive_int, default=8,
                        help="frames for the quality figures (default 8)")
-    sweep.add_argument("--size", default="320x240",
+    sweep.add_argument("--size", default="320x240", type=frame_size(8, maximum=MAX_BENCH_SIDE),
                        help="WIDTHxHEIGHT of the latency input and demo frames (default 320x240)")
     return parser
 
 
-@interruptible("convcrf-bench")
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-
-    def fail(message: str, code: int = EXIT_USAGE) -> int:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return code
-
     try:
         from .. import benchmarking as bench
         from ..model import CheckpointError  # imports torch
     except ImportError as exc:
-        return fail(f"convcrf-bench needs torch ({exc}): {TORCH_HINT}",
-                    EXIT_FAILED)
+        raise MissingDependencyError(f"convcrf-bench needs torch ({exc}): {TORCH_HINT}") \
+            from exc
     sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
                                            ("--blurs", args.blurs),
                                            ("--crf-iterations", args.crf_iterations))
                   if value is not None]
     if sweep_only and not args.sweep:
-        return fail(f"{', '.join(sweep_only)} only apply with --sweep")
+        raise UsageError(f"{', '.join(sweep_only)} only apply with --sweep")
     if args.sweep and args.crf_references:
-        return fail("--crf-references applies to the latency benchmark, not to --sweep")
+        raise UsageError("--crf-references applies to the latency benchmark, not to --sweep")
     if args.sweep and args.plot is not None:
-        return fail("--plot draws the latency benchmark; use --json with --sweep")
+        raise UsageError("--plot draws the latency benchmark; use --json with --sweep")
     try:
         check_output_paths({"--json": args.json, "--plot": args.plot},
                                         {"model": args.model})
     except ValueError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    from ..runtime.backends import BackendUnavailableError
     try:
         if args.sweep:
             result = bench.sweep_crf(
                 args.model, filter_sizes=args.filter_sizes, blurs=args.blurs,
                 crf_iterations=args.crf_iterations, frames=args.frames,
-                size=bench.parse_size(args.size), num_frames=args.num_frames,
+                size=tuple(args.size), num_frames=args.num_frames,
                 iterations=args.iterations, warmup=args.warmup, threads=args.threads,
                 allow_pickle=args.allow_pickle, log=log)
             table = bench.format_sweep(result)
         else:
             backends = bench.normalize_backends(args.backends.split(","))
-            sizes = [bench.parse_size(s) for s in args.sizes.split(",") if s.strip()]
+            sizes = [tuple(size) for size in args.sizes]
             if args.plot is not None:
                 _check_matplotlib()
             result = bench.benchmark_model(
@@ -138,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads, device=args.device, flavor=args.flavor,
                 allow_pickle=args.allow_pickle, crf_references=args.crf_references, log=log)
             table = bench.format_benchmark(result)
-    except BackendUnavailableError as exc:
-        return fail(str(exc), EXIT_FAILED)
-    except (CheckpointError, ValueError, OSError, ImportError) as exc:
-        return fail(str(exc))
+    except MissingDependencyError:
+        raise
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
     print(table)
     if args.json is not None:
         from ..evaluation import json_safe
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if args.plot is not None and not args.sweep:
         print(f"wrote {bench.plot_benchmark(result, args.plot)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _check_matplotlib() -> None:
@@ -158,8 +149,8 @@ def _check_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise ImportError(f"--plot needs matplotlib ({exc}); install it with "
-                          f"{install_hint('plot')}") from exc
+        raise MissingDependencyError(f"--plot needs matplotlib ({exc}); install it with "
+                                     f"{install_hint('plot')}") from exc
 
 
 if __name__ == "__main__":

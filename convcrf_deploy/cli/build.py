@@ -23,13 +23,10 @@ import logging
 import sys
 from pathlib import Path
 
-from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError,
-                        PluginLibraryError, TensorRTUnavailableError, build_engine,
-                        metadata_path_for, parse_shape)
 from ..files import check_output_paths
-from ._args import interruptible, PlainHelpFormatter, positive_int
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError, PluginLibraryError,
+                        build_engine, metadata_path_for, parse_shape)
+from .harness import CommandError, ExitCode, PlainHelpFormatter, UsageError, command, positive_int
 
 
 def _shape(text: str) -> str:
@@ -73,37 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@interruptible("convcrf-build")
+@command("convcrf-build")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="convcrf-build: %(message)s")
 
-    def fail(message: str, code: int = EXIT_FAILED) -> int:
-        print(f"convcrf-build: error: {message}", file=sys.stderr)
-        return code
-
     if not args.model.is_file():
-        return fail(f"ONNX model {str(args.model)!r} does not exist", EXIT_USAGE)
+        raise UsageError(f"ONNX model {str(args.model)!r} does not exist")
     engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
     try:
         check_output_paths(
             {"-o": engine_path, "--timing-cache": args.timing_cache},
             {"model": args.model, "--plugin": args.plugin})
     except ValueError as exc:
-        return fail(str(exc), EXIT_USAGE)
+        raise UsageError(str(exc)) from None
     try:
         path = build_engine(args.model, engine_path, plugin_library=args.plugin,
                             min_shape=args.min, opt_shape=args.opt, max_shape=args.max,
                             timing_cache=args.timing_cache, workspace_mb=args.workspace,
                             version_compatible=args.version_compatible, force=args.force,
                             allow_standard_op_crf=args.allow_standard_op_crf, report=print)
-    except (TensorRTUnavailableError, PluginLibraryError, EngineBuildError, FileNotFoundError, ValueError, OSError) as exc:
-        return fail(str(exc))
+    except (PluginLibraryError, EngineBuildError, FileNotFoundError, ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
     sidecar = metadata_path_for(path)
     print(f"wrote {path}" + (f" (metadata {sidecar.name})" if sidecar.is_file() else ""))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and display, and the camera devices present. Nothing here fails: every check rep
 """
 from __future__ import annotations
 
-from ._args import PlainHelpFormatter
+from .harness import ExitCode, PlainHelpFormatter, command
 
 import argparse
 import importlib
@@ -105,7 +105,7 @@ def _providers() -> dict[str, Any]:
 
 
 def _display() -> dict[str, dict[str, Any]]:
-    from ..runtime.sources import available_cameras
+    from ..runtime.streams import available_cameras
     from ..runtime.video import display_available
 
     report = {}
@@ -152,6 +152,7 @@ def collect(plugin: str | None = None) -> dict[str, dict[str, Any]]:
     return report
 
 
+@command("convcrf-check-env")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="convcrf-check-env", description=__doc__.split("\n\n")[0],
                                      formatter_class=PlainHelpFormatter)
@@ -161,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     report = collect(args.plugin)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return ExitCode.OK
     width = max(len(name) for name in report)
     for name, entry in report.items():
         print(f"{name:<{width}}  {'ok ' if entry['ok'] else '-- '} {entry['detail']}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ._args import interruptible, PlainHelpFormatter, positive_float, positive_int
 from ..files import check_output_paths, write_text_atomic
-from ..install import TORCH_HINT
+from ..install import TORCH_HINT, MissingDependencyError
+from .harness import ExitCode, PlainHelpFormatter, UsageError, command, positive_float, positive_int
 from ..metrics import MIOU_LEGEND
 
 
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> dict:
     return result
 
 
-@interruptible("convcrf-eval")
+@command("convcrf-eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .._native import prefer_passive_openmp
@@ -130,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         from .. import evaluation  # noqa: F401  (needs torch at run time)
         import torch  # noqa: F401
     except ImportError as error:
-        print(f"convcrf-eval: error: convcrf-eval needs torch ({error}); install it: "
-              f"{TORCH_HINT}", file=sys.stderr)
-        return 2
+        raise MissingDependencyError(f"convcrf-eval needs torch ({error}); install it: "
+                                     f"{TORCH_HINT}") from error
     try:
         check_output_paths(
             {"--json": args.json}, {"--data": args.data, "--model": getattr(args, "model", None),
@@ -140,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _run(args)
     except (ValueError, FileNotFoundError, OSError) as error:
         # DatasetError, CheckpointError and bad settings are ValueErrors with a full message.
-        print(f"convcrf-eval: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     from ..evaluation import format_table, json_safe
 
     print(format_table(result))
@@ -151,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))
         except OSError as error:
-            print(f"convcrf-eval: error: cannot write {args.json}: {error}", file=sys.stderr)
-            return 2
+            raise UsageError(f"cannot write {args.json}: {error}") from None
         print(f"results written to {args.json}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

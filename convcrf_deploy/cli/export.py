@@ -11,19 +11,17 @@ Examples::
 
 Flavours: single-file (default: ConvCRF nodes with standard-op bodies; ONNX Runtime runs it,
 convcrf-build strips the bodies so TensorRT uses the plugin), plugin (ConvCRF nodes only;
-TensorRT / ORT TensorRT EP), portable (standard ONNX only). Exit status: 0 verified, 1 parity check failed, 2 bad input
-or export error.
+TensorRT / ORT TensorRT EP), portable (standard ONNX only). Exit status: 0 verified, 1 parity
+check failed, 2 bad input or export error, 3 a library is missing.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
-from ..install import TORCH_HINT
-from ._args import int_at_least, interruptible, PlainHelpFormatter
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
+from ..install import TORCH_HINT, MissingDependencyError
+from .harness import CommandError, ExitCode, PlainHelpFormatter, UsageError, command, int_at_least
 
 
 def _opset(text: str) -> int:
@@ -65,52 +63,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@interruptible("convcrf-export")
+@command("convcrf-export")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.height is None) != (args.width is None):
         parser.error("give both --height and --width, or neither")
 
-    def fail(message: str) -> int:
-        print(f"convcrf-export: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-
     try:
         from ..export import ExportError, export_onnx, load_exportable
         from ..export.verify import VerificationError
         from ..model import ConvCRF
     except ImportError as exc:
-        return fail(f"{exc}; the exporter needs torch, onnx, onnxscript and onnxruntime "
-                    f"({TORCH_HINT})")
+        raise MissingDependencyError(f"{exc}; the exporter needs torch, onnx, onnxscript and "
+                                     f"onnxruntime ({TORCH_HINT})") from exc
     output = args.output or default_output(args.model, args.flavor)
     from ..files import OutputPathError, check_output_paths
     try:
         check_output_paths({"-o": output}, {"model": args.model})
     except OutputPathError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     try:
         model = load_exportable(args.model)
     except (ValueError, OSError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     part = args.part or ("crf" if isinstance(model, ConvCRF) else "full")
     try:
         report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,
                              height=args.height, width=args.width, static=args.static,
                              part=part, verify=not args.no_verify)
     except VerificationError as exc:
-        print(f"convcrf-export: verification failed: {exc}; {output} was left as it was, "
-              "the failing graph is beside it (.failed-verification.onnx)", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
+                           "failing graph is beside it (.failed-verification.onnx)") from exc
     except (ExportError, ValueError, OSError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     print(report.summary())
     if not report.ok:
-        print("convcrf-export: the exported graph does not match PyTorch (see above); "
-              f"{output} was left as it was, and the failing graph written for inspection "
-              f"to {report.path}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        raise CommandError("the exported graph does not match PyTorch (see above); "
+                           f"{output} was left as it was, and the failing graph written for "
+                           f"inspection to {report.path}")
+    return ExitCode.OK
 
 
 def default_output(model: str, flavor: str) -> Path:

@@ -21,14 +21,13 @@ from pathlib import Path
 from ..files import OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
 from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
-from ..runtime.sources import IMAGE_SUFFIXES
+from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
+from ..runtime.streams import IMAGE_SUFFIXES
 from ..runtime.visualize import VIEWS
-from ._args import (PlainHelpFormatter, frame_size, int_at_least, interruptible,
-                    positive_float, positive_int)
+from .harness import (CommandError, ExitCode, PlainHelpFormatter, SourceLostError, UsageError,
+                      command, frame_size, int_at_least, positive_float, positive_int,
+                      signal_exit_code)
 
-EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-#: exit status per ending signal (128 + its number, as shells report it).
-EXIT_SIGNAL = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}
 #: smallest demo scene (SyntheticScene's minimum side).
 MIN_DEMO_SIDE = 32
 
@@ -45,19 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convcrf-run", description=__doc__.split("\n\n")[0],
         formatter_class=PlainHelpFormatter,
         epilog="keys in the window: q quit, space pause, c toggle the CRF, v cycle the view\n"
-               "exit status: 0 done; 1 the camera/stream was lost or stalled and could not be "
-               "reconnected;\n2 bad input; 130/143/129 ended by Ctrl-C/SIGTERM/SIGHUP (the "
-               "recording and --stats-json are\nwritten either way; outputs are written "
-               "atomically and never replace an input)")
+               "exit status: 0 done; 1 the run failed; 2 bad arguments or input; 3 a library "
+               "is missing;\n4 the camera/stream was lost or stalled and could not be "
+               "reconnected; 130/143/129 ended by\nCtrl-C/SIGTERM/SIGHUP (the recording and "
+               "--stats-json are written either way; outputs are written\natomically and never "
+               "replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
                              "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "
                              "bag, with --topic) (default: demo)")
     parser.add_argument("--model", default="demo",
                         help="'demo', a checkpoint (.pt), an ONNX file or a TensorRT engine")
-    parser.add_argument("--backend",
-                        help="torch, onnxruntime or tensorrt (aliases: ort, trt, ...); default: "
-                             "chosen from the model file type")
+    parser.add_argument("--backend", metavar="NAME",
+                        help=f"{', '.join(BACKENDS)} (aliases: {', '.join(ALIASES)}); default: "
+                             f"chosen from the model file type. {backends_help()}")
     parser.add_argument("--device", default="cpu", help="torch backend: cpu or cuda")
     parser.add_argument("--providers", default="cpu",
                         help="onnxruntime: comma-separated, e.g. cpu | cuda,cpu | "
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "better than 2 cold iterations")
     parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K",
                         help="mean-field iterations per warm-started frame (default 2)")
-    parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default=(240, 320), metavar="WxH",
+    parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default="320x240", metavar="WxH",
                         help="demo scene size (default 320x240)")
     parser.add_argument("--seed", type=int, default=0, help="demo scene seed")
     parser.add_argument("--fps", type=float, help="frame rate of the recording (default: "
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stall-timeout", type=positive_float, default=10.0, metavar="S",
                         help="cameras and streams: seconds without a frame (or to open) before "
                              "reconnecting; after --reconnect failed attempts the run ends "
-                             "with status 1 (default 10)")
+                             "with status 4 (default 10)")
     ros = parser.add_argument_group("ROS bags and Foxglove (docs/robotics.md)")
     ros.add_argument("--topic", help="bag: sources: the image topic (sensor_msgs Image or "
                      "CompressedImage); may be omitted when the bag has one")
@@ -148,36 +148,33 @@ def _model_backend_mismatch(model: str, backend: str) -> str | None:
     return None
 
 
-@interruptible("convcrf-run")
+@command("convcrf-run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from ..runtime import BackendUnavailableError, Segmenter
-    from ..runtime.backends import backend_class, backend_name_for
-    from ..runtime.sources import SourceError, open_source
+    from ..runtime.backends import backend_name_for, backend_spec
+    from ..runtime.streams import SourceError, open_source
     from ..runtime.video import display_available, run_video
 
-    def fail(message: str) -> int:
-        print(f"convcrf-run: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-
     if args.max_frames is not None and args.max_frames < 1:
-        return fail(f"--max-frames must be >= 1, got {args.max_frames}")
+        raise UsageError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.warm_start_iterations < 1:
-        return fail(f"--warm-start-iterations must be >= 1, got {args.warm_start_iterations}")
+        raise UsageError(f"--warm-start-iterations must be >= 1, got "
+                         f"{args.warm_start_iterations}")
     if args.save and "%" not in Path(args.save).name and \
             Path(args.save).suffix.lower() in IMAGE_SUFFIXES:
         pattern = Path(args.save).with_name(f"{Path(args.save).stem}_%05d{Path(args.save).suffix}")
-        return fail(f"--save {args.save}: one image cannot hold a video; use a pattern such as "
-                    f"{pattern} or a video file (.mp4, .avi)")
+        raise UsageError(f"--save {args.save}: one image cannot hold a video; use a pattern "
+                         f"such as {pattern} or a video file (.mp4, .avi)")
     try:
         check_output_paths({"--save": args.save, "--stats-json": args.stats_json,
                             "--save-bag": args.save_bag},
                            {"--video": args.video, "--model": args.model},
                            folder_outputs=("--save-bag",))
     except OutputPathError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc))
     display = not args.headless
     if display and not display_available():
         print("convcrf-run: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless",
@@ -187,75 +184,57 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend = backend_name_for(args.model, args.backend)
     except ValueError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc))
     mismatch = _model_backend_mismatch(args.model, backend)
     if mismatch:
-        return fail(mismatch)
-    try:
-        backend_type = backend_class(backend)
-    except BackendUnavailableError as exc:
-        return fail(f"cannot load model {args.model!r}: {exc}")
-    if args.warm_start and not backend_type.warm_start_supported:
-        return fail(f"--warm-start needs a backend whose CRF iterations are ours to choose "
-                    f"(torch, or onnxruntime with the native CRF executor); the {backend} "
-                    "backend runs the exported iterations")
-    if args.crf_executor and args.crf_executor not in backend_type.crf_executor_choices:
-        return fail(f"--crf-executor applies to the onnxruntime backend; the {backend} backend "
-                    "chooses its own (the run summary says which)")
-    options: dict = {}
-    if args.warm_start:
-        options.update(warm_start=True, warm_start_iterations=args.warm_start_iterations)
-    if backend == "torch":
-        options.update(device=args.device, threads=args.threads)
-    elif backend == "onnxruntime":
-        options.update(providers=tuple(p.strip() for p in args.providers.split(",")
-                                       if p.strip()),
-                       plugin_library=args.plugin, threads=args.threads,
-                       crf_executor=args.crf_executor or "auto")
-    elif backend == "tensorrt" and args.plugin:
-        options = {"plugin_library": args.plugin}
-    elif backend == "triton":
-        if args.model == "demo":
-            return fail("--backend triton: pass --model NAME, the model's name on the server "
-                        "(convcrf-triton --name, default convcrf)")
-        options = {"url": args.url, "protocol": args.protocol, "timeout": args.request_timeout}
+        raise UsageError(mismatch)
+    spec = backend_spec(backend)
+    if spec.remote and args.model == "demo":
+        raise UsageError(f"--backend {spec.name}: pass --model NAME, the model's name on the "
+                         "server (convcrf-triton --name, default convcrf)")
+    options = _backend_options(args, spec)
 
     is_bag = args.video.strip().startswith("bag:")
     if not is_bag and (args.topic or args.list_topics or args.rate is not None):
-        return fail("--topic, --list-topics and --rate apply to bag: sources (--video bag:PATH)")
+        raise UsageError("--topic, --list-topics and --rate apply to bag: sources "
+                         "(--video bag:PATH)")
     if args.list_topics:
-        from ..runtime.ros import list_topics
+        from ..runtime.streams.ros import list_topics
         try:
             topics = list_topics(args.video.strip()[len("bag:"):])
         except SourceError as exc:
-            return fail(str(exc))
+            raise UsageError(str(exc))
         for topic in topics:
             print(f"{topic.count:>8}  {topic.name}  {topic.msgtype}"
                   + ("" if topic.is_image else "  (not an image)"))
-        return EXIT_OK
+        return ExitCode.OK
     bag_inputs = [args.video.strip()[len("bag:"):]] if is_bag else []
     try:  # refuse a bad output or address before anything is loaded
         if args.save_bag:
-            from ..runtime.ros import check_output_bag
+            from ..runtime.streams.ros import check_output_bag
             check_output_bag(args.save_bag, bag_inputs)
         if args.foxglove:
-            from ..runtime.foxglove import parse_address
+            from ..runtime.streams.foxglove import parse_address
             parse_address(args.foxglove)
     except (OSError, ValueError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc))
     try:
-        source = open_source(args.video, demo_size=args.size, demo_seed=args.seed,
+        source = open_source(args.video, demo_size=(args.size.height, args.size.width),
+                             demo_seed=args.seed,
                              reconnect_attempts=args.reconnect,
                              stall_timeout_s=args.stall_timeout, topic=args.topic,
                              rate=args.rate)
     except SourceError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc))
     try:
         segmenter = Segmenter(args.model, args.backend, resize=args.resize,
                               crf=not args.no_crf, **options)
-    except (FileNotFoundError, BackendUnavailableError, ValueError, TypeError, OSError) as exc:
+    except BackendUnavailableError:
         source.close()
-        return fail(f"cannot load model {args.model!r}: {exc}")
+        raise                      # status 3, with the pip command
+    except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+        source.close()
+        raise UsageError(f"cannot load model {args.model!r}: {exc}")
     except BaseException:
         source.close()
         raise
@@ -266,13 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ImportError) as exc:
         source.close()
         segmenter.close()
-        return fail(str(exc))
+        raise UsageError(str(exc))
     try:
         report = run_video(source, segmenter, display=display, save=args.save,
                            max_frames=args.max_frames, view=args.view, alpha=args.alpha,
                            fps=args.fps, hud=not args.no_hud, sinks=sinks)
-    except (OSError, ValueError) as exc:
-        return fail(str(exc))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CommandError(f"the run failed: {exc}") from exc
     finally:
         segmenter.close()
     described = segmenter.describe()
@@ -286,11 +265,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats_json:
         write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.interrupted:
-        return EXIT_SIGNAL.get(report.signal or "SIGINT", EXIT_INTERRUPTED)
+        return signal_exit_code(report.signal)
     if report.source_error:
-        print(f"convcrf-run: {report.source_error}", file=sys.stderr)
-        return EXIT_SOURCE_LOST
-    return EXIT_OK
+        raise SourceLostError(report.source_error)
+    return ExitCode.OK
+
+
+def _backend_options(args: argparse.Namespace, spec) -> dict:
+    """The constructor options of ``spec``'s backend from the command line: the options its
+    registry entry lists, those given; ``--warm-start`` only where the backend has it."""
+    given = {"device": args.device, "threads": args.threads, "plugin_library": args.plugin,
+             "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+             "url": args.url, "protocol": args.protocol, "timeout": args.request_timeout,
+             "crf_executor": args.crf_executor}
+    options = {name: given[name] for name in spec.options
+               if given.get(name) is not None}
+    if args.crf_executor and "crf_executor" not in spec.options:
+        able = [name for name, other in BACKENDS.items() if "crf_executor" in other.options]
+        raise UsageError(f"--crf-executor is not available on the {spec.name} backend (it runs "
+                         f"the CRF {' or '.join(spec.crf_executors)}); it applies to: "
+                         f"{', '.join(able)}")
+    if args.warm_start:
+        if not spec.warm_start:
+            able = [name for name, other in BACKENDS.items() if other.warm_start]
+            raise UsageError(f"--warm-start is not available on the {spec.name} backend (it "
+                             f"changes the CRF's iterations per frame); it runs on: "
+                             f"{', '.join(able)}")
+        options.update(warm_start=True, warm_start_iterations=args.warm_start_iterations)
+    return options
 
 
 def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
@@ -300,12 +302,12 @@ def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
     sinks: list = []
     try:
         if args.save_bag:
-            from ..runtime.ros import BagSink
+            from ..runtime.streams.ros import BagSink
             sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=bag_inputs,
                                  storage=args.bag_storage, overlay_format=args.bag_overlay,
                                  alpha=args.alpha))
         if args.foxglove:
-            from ..runtime.foxglove import FoxgloveSink, parse_address
+            from ..runtime.streams.foxglove import FoxgloveSink, parse_address
             host, port = parse_address(args.foxglove)
             sinks.append(FoxgloveSink(metadata, host, port, topic_prefix=prefix,
                                       alpha=args.alpha))

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
 from ..files import check_output_paths, write_text_atomic
-from ..install import TORCH_HINT
+from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
-from ._args import float_in, interruptible, PlainHelpFormatter, positive_float, positive_int
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
+                      positive_float, positive_int)
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -180,15 +181,14 @@ def _print_report(report: dict) -> None:
     print(MIOU_LEGEND["miou"])
 
 
-@interruptible("convcrf-train")
+@command("convcrf-train")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from .. import training  # noqa: F401  (needs torch)
     except ImportError as error:
-        print(f"convcrf-train: error: convcrf-train needs torch ({error}); install it: "
-              f"{TORCH_HINT}", file=sys.stderr)
-        return 2
+        raise MissingDependencyError(f"convcrf-train needs torch ({error}); install it: "
+                                     f"{TORCH_HINT}") from error
     try:
         check_output_paths({"--out": args.out, "--json": args.json},
                                         {"--data": args.data, "--unary-model": args.unary_model})
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             _save(args.out, crf, model)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
-        print(f"convcrf-train: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     _print_report(report)
     if args.out is not None:
         report["checkpoint"] = str(args.out)
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..evaluation import json_safe
         write_text_atomic(args.json, json.dumps(json_safe(report), indent=2))
         print(f"report written to {args.json}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

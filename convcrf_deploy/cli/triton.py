@@ -19,9 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import frame_size, int_at_least, interruptible, positive_int
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from .harness import (CommandError, ExitCode, UsageError, command, frame_size, int_at_least,
+                      positive_int)
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="type of the 'image' frames clients send (default uint8: 4x fewer bytes)")
     cpu.add_argument("--threads", type=positive_int, default=1,
                      help="ONNX Runtime threads per instance (default 1; scale with --instances)")
-    cpu.add_argument("--max-frame-size", type=frame_size(1, "1920x1080"), default=(2160, 3840),
+    cpu.add_argument("--max-frame-size", type=frame_size(1, "1920x1080"), default="3840x2160",
                      metavar="WxH",
                      help="refuse frames with more pixels than this (default 3840x2160)")
     gpu = parser.add_argument_group("GPU model (TensorRT backend)")
@@ -76,45 +75,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@interruptible("convcrf-triton")
+@command("convcrf-triton")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..serving.repository import (EngineProfile, ModelOptions, RepositoryError,
                                       server_command, write_python_model, write_tensorrt_model)
 
-    def fail(message: str, code: int = EXIT_FAILED) -> int:
-        print(f"convcrf-triton: error: {message}", file=sys.stderr)
-        return code
-
     engine_only = [f"--{n.replace('_', '-')}" for n in ("plugin", "min", "max", "frame_size")
                    if getattr(args, n) is not None]
     if args.engine is None and engine_only:
-        return fail(f"{', '.join(engine_only)} only apply with --engine", EXIT_USAGE)
+        raise UsageError(f"{', '.join(engine_only)} only apply with --engine")
     if (args.min is None) != (args.max is None):
-        return fail("give both --min and --max (the engine's profile), or neither", EXIT_USAGE)
+        raise UsageError("give both --min and --max (the engine's profile), or neither")
     if args.engine is not None and args.plugin is not None and not args.plugin.is_file():
-        return fail(f"--plugin {args.plugin} does not exist", EXIT_USAGE)
+        raise UsageError(f"--plugin {args.plugin} does not exist")
     try:
         options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
         if args.engine is None:
             path = write_python_model(args.model, args.output, options,
                                       input_dtype=args.input_dtype, threads=args.threads,
-                                      max_frame_size=args.max_frame_size, force=args.force)
+                                      max_frame_size=(args.max_frame_size.height,
+                                                      args.max_frame_size.width),
+                                      force=args.force)
         else:
             profile = EngineProfile(args.min, args.max) if args.min is not None else None
             path = write_tensorrt_model(args.model, args.engine, args.output, options,
                                         plugin=args.plugin, profile=profile,
-                                        frame_sizes=args.frame_size, force=args.force)
+                                        frame_sizes=[(size.height, size.width)
+                                                     for size in args.frame_size or ()] or None,
+                                        force=args.force)
     except RepositoryError as exc:
-        return fail(str(exc))
+        raise CommandError(str(exc)) from exc
     except OSError as exc:
-        return fail(f"cannot write {args.output}: {exc}")
+        raise CommandError(f"cannot write {args.output}: {exc}") from exc
     print(f"wrote {path} ({'tensorrt_plan' if args.engine else 'python backend'}); serve it with:")
     plugin = args.plugin if args.engine is not None else None
     if args.engine is not None and plugin is None:
         plugin = Path("/path/to/libconvcrf_trt_plugin_static_reg.so")
     print(f"  {server_command(args.output, plugin)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Nothing here imports torch at import time; the torch backend imports it when cre
 * :class:`Segmenter` - BGR frame in, :class:`SegmentationResult` (labels at the frame size,
   per-stage timings, timestamp passthrough) out, on any backend;
 * :func:`create_backend` - picks ``torch``, ``onnxruntime`` or ``tensorrt`` from the model file;
-* :mod:`.sources` / :mod:`.video` - cameras, streams, files, folders and the demo scene, and
+* :mod:`.streams` / :mod:`.video` - frame sources and sinks (cameras, streams, files, folders, the
+  demo scene, ROS bags, Foxglove) and
   the loop behind ``convcrf-run``;
 * :mod:`.visualize` - palette, overlay and HUD drawing.
 
@@ -18,10 +19,10 @@ Example (embedding, e.g. in a ROS node)::
 """
 from .backends import Backend, BackendUnavailableError, create_backend
 from .segmenter import SegmentationResult, Segmenter
-from .sources import Frame, FrameSource, SourceError, open_source
+from .streams import Frame, FrameSink, FrameSource, SourceError, open_source
 from .video import RunReport, run_video
 from .visualize import Renderer, colorize, overlay, palette_lut
 
-__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSource", "Renderer", "RunReport",
+__all__ = ["Backend", "BackendUnavailableError", "Frame", "FrameSink", "FrameSource", "Renderer", "RunReport",
            "SegmentationResult", "Segmenter", "SourceError", "colorize", "create_backend",
            "open_source", "overlay", "palette_lut", "run_video"]

@@ -127,9 +127,10 @@ class Segmenter:
 
     @crf.setter
     def crf(self, enabled: bool) -> None:
-        """Turn the CRF on or off; the torch backend really skips it."""
+        """Turn the CRF on or off: a backend that can skip it (``crf_switchable``) does; the
+        others run their whole graph and the unary's labels are reported."""
         self._crf = bool(enabled)
-        if hasattr(self.backend, "crf_enabled"):
+        if self.backend.crf_switchable:
             self.backend.crf_enabled = self._crf
 
     def describe(self) -> dict[str, Any]:
@@ -229,7 +230,7 @@ class Segmenter:
         t3 = time.perf_counter()
         labels = mapped["labels"]
         has_crf = self.backend.has_crf
-        if hasattr(self.backend, "crf_enabled"):  # the backend itself skips the CRF
+        if self.backend.crf_switchable:  # the backend itself skips the CRF
             crf_applied = self._crf and has_crf
         elif not self._crf and "unary_labels" in mapped:
             # Exported graphs always run their CRF: report the unary's labels instead.

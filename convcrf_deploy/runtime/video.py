@@ -12,16 +12,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
-import numpy as np
 
-from ..files import atomic_write, discard, replace_atomically, temporary_path_for
 from ..metrics import MIOU_LEGEND
 from .segmenter import SegmentationResult, Segmenter
-from .sources import Frame, FrameSource
+from .streams import Frame, FrameSink, FrameSource, FrameWriter
 from .stats import LatencyStats, SegmentationScore
 from .visualize import Renderer, draw_hud
 
@@ -35,94 +32,6 @@ def display_available() -> bool:
     if sys.platform.startswith("linux"):
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     return True
-
-
-class FrameWriter:
-    """Records rendered frames to a video file (``mp4v``) or an image pattern (``%05d``).
-
-    The output is opened on the first frame, at that frame's size; later frames of another
-    size (e.g. after switching to the side-by-side view) are resized to it. Nothing the user
-    has is replaced until it is complete: a video is recorded into a temporary file beside
-    ``target`` and renamed to it by :meth:`close` (a run that ends, is interrupted or loses its
-    source leaves a playable file); :meth:`abort` discards it and keeps any previous file.
-    Each image of a pattern is written the same way.
-
-    Args:
-        target: ``out.mp4`` / ``out.avi`` or a pattern such as ``frames/img_%05d.png``.
-        fps: frame rate written into the video file.
-    """
-
-    def __init__(self, target: str | os.PathLike, fps: float = 30.0):
-        self.target = str(target)
-        self.fps = float(fps) if fps and fps > 0 else 30.0
-        self.is_pattern = "%" in Path(self.target).name
-        parent = Path(self.target).parent
-        if not parent.exists():
-            raise FileNotFoundError(f"cannot save to {self.target}: folder {parent} does not exist")
-        if self.is_pattern:
-            try:
-                self.target % 0
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"image pattern {self.target!r} must contain one integer "
-                                 "field such as %05d") from exc
-        self._writer: cv2.VideoWriter | None = None
-        self._temporary: Path | None = None
-        self._size: tuple[int, int] | None = None
-        self.frames_written = 0
-
-    def write(self, image: np.ndarray) -> None:
-        """Append one BGR uint8 ``[H, W, 3]`` image."""
-        size = (image.shape[1], image.shape[0])
-        if self._size is None:
-            self._size = size
-        elif size != self._size:
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        if self.is_pattern:
-            path = self.target % self.frames_written
-            with atomic_write(path) as temporary:
-                if not cv2.imwrite(str(temporary), image):
-                    raise OSError(f"cannot write image {path}")
-        else:
-            if self._writer is None:
-                self._temporary = temporary_path_for(self.target)
-                self._writer = cv2.VideoWriter(str(self._temporary),
-                                               cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                               self._size)
-                if not self._writer.isOpened():
-                    self.abort()
-                    raise OSError(f"cannot open video writer for {self.target} (mp4v codec); "
-                                  "use .mp4 or .avi, or an image pattern like out_%05d.png")
-            self._writer.write(image)
-        self.frames_written += 1
-
-    def close(self) -> None:
-        """Finish the file (writes the container index, so the recording is playable) and
-        move it to ``target``."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            temporary, self._temporary = self._temporary, None
-            replace_atomically(temporary, self.target)
-
-    def abort(self) -> None:
-        """Discard the recording; a previous file at ``target`` stays as it was."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if self._temporary is not None:
-            discard(self._temporary)
-            self._temporary = None
-
-
-class FrameSink(Protocol):
-    """Where results go besides the window and ``--save`` (e.g. ``ros.BagSink``,
-    ``foxglove.FoxgloveSink``): ``write`` gets every processed frame and its result; ``close``
-    is called once when the run ends, with ``completed=False`` when it failed (an exception
-    other than Ctrl-C), so that a sink can discard a partial output."""
-
-    def write(self, frame: Frame, result: SegmentationResult) -> None: ...
-
-    def close(self, completed: bool = True) -> None: ...
 
 
 @dataclass

@@ -51,14 +51,16 @@ class TritonPythonModel:
     """Triton Python-backend model: ``initialize`` / ``execute`` / ``finalize``."""
 
     def initialize(self, args: dict) -> None:
-        from ..runtime.backends.onnxrt import OnnxRuntimeBackend
+        from ..runtime.backends import create_backend
 
         self.config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = int(_parameter(self.config, THREADS_KEY, "1"))
         self.max_pixels = int(_parameter(self.config, MAX_PIXELS_KEY, str(4096 * 4096)))
-        self.backend = OnnxRuntimeBackend(version_dir / "model.onnx", providers=("cpu",),
-                                          threads=threads).activate()
+        # Through the registry, as every other entry point: the same backend and options as
+        # convcrf-run --backend onnxruntime --providers cpu --threads N.
+        self.backend = create_backend(version_dir / "model.onnx", "onnxruntime",
+                                      providers=("cpu",), threads=threads).activate()
         self.outputs = {o["name"]: o for o in self.config["output"]}
 
     def execute(self, requests: list) -> list:

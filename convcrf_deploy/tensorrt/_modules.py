@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..install import install_hint
-from ..runtime.backends.base import BackendUnavailableError
+from ..install import MissingDependencyError, install_hint
 
 INSTALL_HINT = install_hint("tensorrt")
 
 
-class TensorRTUnavailableError(BackendUnavailableError):
+class TensorRTUnavailableError(MissingDependencyError):
     """The TensorRT Python package (or pycuda) is not installed or cannot be loaded."""
 
 

@@ -40,7 +40,32 @@ enum Status : int32_t {
     kErrorSizeOverflow = 8,        // a product of sizes (elements or bytes) overflows int64
     kErrorThreadStart = 9,         // a worker thread could not be started (memory, process limit)
     kErrorIsaUnavailable = 10,     // an instruction set this CPU does not support was asked for
+    kErrorOutOfMemory = 11,        // an allocation failed (scratch, or a worker's buffers)
 };
+
+// The one table of what each status means, for every front end: the CPU library exports it
+// (convcrf_status_message, read by the Python package), the TensorRT plugin and the ONNX
+// Runtime custom ops report it. Host-only.
+inline const char* statusMessage(int32_t status)
+{
+    switch (status) {
+    case kSuccess: return "success";
+    case kErrorInvalidFilterSize: return "invalid filter_size (must be odd and in 1..31)";
+    case kErrorInvalidShape: return "invalid or mismatched tensor shapes";
+    case kErrorNullPointer: return "null pointer for a non-empty tensor";
+    case kErrorInvalidBlur: return "invalid blur (must be >= 1)";
+    case kErrorCuda: return "CUDA launch failed";
+    case kErrorUnsupported: return "unsupported (a data type or feature this build does not have)";
+    case kErrorNonFinite: return "NaN or infinite values in the input";
+    case kErrorSizeOverflow: return "tensor sizes too large (a product of the sizes overflows int64)";
+    case kErrorThreadStart:
+        return "could not start worker threads (memory or process limit); pass fewer threads";
+    case kErrorIsaUnavailable: return "this CPU does not support the requested instruction set";
+    case kErrorOutOfMemory:
+        return "out of memory (a buffer of the kernel could not be allocated); use smaller frames";
+    default: return "unknown status";
+    }
+}
 
 CONVCRF_HD bool isValidFilterSize(int32_t filterSize)
 {

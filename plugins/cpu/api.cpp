@@ -5,7 +5,7 @@
 #include "thread_pool.h"
 
 namespace {
-constexpr int32_t kCpuApiVersion = 3;
+constexpr int32_t kCpuApiVersion = 4;
 }  // namespace
 
 extern "C" {
@@ -13,6 +13,11 @@ extern "C" {
 int32_t convcrf_cpu_api_version(void)
 {
     return kCpuApiVersion;
+}
+
+const char* convcrf_status_message(int32_t status)
+{
+    return convcrf::statusMessage(status);
 }
 
 int32_t convcrf_cpu_isa(void)

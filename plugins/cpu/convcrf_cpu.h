@@ -31,8 +31,13 @@ extern "C" {
 
 // Version of this C API; bumped whenever a signature changes or functions are added (checked
 // by the Python loader). 3 added the instruction-set and CPU-count functions below,
-// convcrf_pairwise_kernel_f32 and convcrf_mean_field_step_backward_f32.
+// convcrf_pairwise_kernel_f32 and convcrf_mean_field_step_backward_f32; 4 added
+// convcrf_status_message and kErrorOutOfMemory (11), which 6 used to share.
 CONVCRF_API int32_t convcrf_cpu_api_version(void);
+
+// What a status code returned by any function here means: a static, NUL-terminated line
+// (the table is convcrf::statusMessage in plugins/common/convcrf_math.h). (API version 4.)
+CONVCRF_API const char* convcrf_status_message(int32_t status);
 
 // Instruction-set clone the kernels run: 0 baseline x86-64 (or non-x86), 1 AVX2+FMA, 2 AVX-512
 // (F/BW/DQ/VL). Chosen at load time as the widest the CPU has, or $CONVCRF_CPU_ISA

@@ -367,7 +367,7 @@ int32_t convcrf_pairwise_kernel_from_image_f32(const float* image, int64_t n, in
     try {
         features.resize(static_cast<size_t>(n * 7 * h * w));
     } catch (...) {
-        return kErrorUnsupported;  // out of memory
+        return kErrorOutOfMemory;
     }
     // Features of model/convcrf.py: appearance (x, y) / thetaAlpha, rgb / thetaBeta and
     // smoothness (x, y) / thetaGamma, where rgb is the image average-pooled by blur (windows

@@ -424,7 +424,7 @@ int32_t convcrf_mean_field_step_f32(const float* unary, const float* messagesLow
         geo.x1.resize(static_cast<size_t>(w));
         geo.lambdaX.resize(static_cast<size_t>(w));
     } catch (...) {
-        return kErrorUnsupported;  // out of memory
+        return kErrorOutOfMemory;
     }
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, geo.wLow, geo.x0[x], geo.x1[x], geo.lambdaX[x]);

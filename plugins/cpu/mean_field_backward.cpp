@@ -181,7 +181,7 @@ int32_t convcrf_mean_field_step_backward_f32(const float* qFull, const float* gr
         x1.resize(static_cast<size_t>(w));
         lambdaX.resize(static_cast<size_t>(w));
     } catch (...) {
-        return kErrorUnsupported;  // out of memory
+        return kErrorOutOfMemory;
     }
     for (int64_t x = 0; x < w; ++x)
         upsampleSource<float>(x, blur, args.wLow, x0[x], x1[x], lambdaX[x]);

@@ -189,9 +189,10 @@ Status runParallel(int64_t total, int32_t numThreads, RangeFn fn, void* context)
         else if (!pool()->run(job, static_cast<int32_t>(threads - 1)))
             return kErrorThreadStart;
     } catch (...) {
-        return kErrorUnsupported;
+        return kErrorOutOfMemory;  // bad_alloc creating the pool or its job
     }
-    return job.failed ? kErrorUnsupported : kSuccess;
+    // A chunk that threw (std::bad_alloc of its scratch: nothing else throws in the kernels).
+    return job.failed ? kErrorOutOfMemory : kSuccess;
 }
 
 }  // namespace convcrf

@@ -33,8 +33,8 @@ using RangeFn = void (*)(void* context, int64_t begin, int64_t end);
 
 // Run fn(context, begin, end) over contiguous chunks covering [0, total) on up to numThreads
 // threads (the caller included), with denormals flushed to zero. Returns kSuccess,
-// kErrorThreadStart when workers could not be started (nothing ran then), or kErrorUnsupported
-// when fn threw (e.g. std::bad_alloc; remaining chunks are skipped). Never throws.
+// kErrorThreadStart when workers could not be started (nothing ran then), or kErrorOutOfMemory
+// when fn threw (std::bad_alloc; remaining chunks are skipped). Never throws.
 Status runParallel(int64_t total, int32_t numThreads, RangeFn fn, void* context);
 
 template <typename Fn>

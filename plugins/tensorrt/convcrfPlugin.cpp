@@ -107,14 +107,7 @@ int32_t launcherType(DataType type)
 
 char const* statusText(int32_t status)
 {
-    switch (status) {
-    case kErrorInvalidFilterSize: return "invalid filter_size";
-    case kErrorInvalidShape: return "invalid tensor shape";
-    case kErrorNullPointer: return "null device pointer";
-    case kErrorCuda: return "CUDA kernel launch failed";
-    case kErrorUnsupported: return "unsupported data type";
-    default: return "unknown error";
-    }
+    return statusMessage(status);  // the one table, plugins/common/convcrf_math.h
 }
 
 // Run `body` (which may throw) and turn exceptions into a reported error + `onError`.

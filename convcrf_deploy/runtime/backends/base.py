@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ...install import MissingDependencyError
 from ...metadata import ModelMetadata
 
 INPUT_NAME = "image"
@@ -45,7 +46,7 @@ OUTPUT_NAMES = ("probabilities", "labels")
 OPTIONAL_OUTPUT_NAMES = ("unary_labels",)
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(MissingDependencyError, RuntimeError):
     """The library a backend needs is not installed or cannot be loaded."""
 
 
@@ -84,11 +85,11 @@ class Backend(abc.ABC):
     #: whether ``infer`` may run in several threads at once; when ``False`` the calls are
     #: serialised with a lock (correct, not parallel).
     thread_safe: bool = True
-    #: whether the constructor takes ``warm_start=`` (video: each frame's mean-field starts
-    #: from the previous result; the CRF's iteration count must be ours to choose).
-    warm_start_supported: bool = False
-    #: the ``crf_executor=`` values the constructor takes (empty: the backend has no choice).
-    crf_executor_choices: tuple[str, ...] = ()
+    #: whether this backend can skip the CRF for this model and run the unary alone; then
+    #: :attr:`crf_enabled` switches it (``Segmenter.crf``). Others always run the whole model.
+    crf_switchable: bool = False
+    #: run the CRF (only read when :attr:`crf_switchable`).
+    crf_enabled: bool = True
 
     def __init__(self, metadata: ModelMetadata) -> None:
         self.metadata = metadata

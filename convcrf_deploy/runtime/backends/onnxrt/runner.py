@@ -78,7 +78,7 @@ class OnnxRuntimeBackend(Backend):
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
     then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard
     ONNX ops, several times slower on the CPU). :meth:`describe` says which one and why. Both
-    compute the same probabilities (within 1e-4; tests/test_runtime_native_crf.py). With
+    compute the same probabilities (within 1e-4; tests/runtime/backends/test_native_crf.py). With
     ``crf_enabled = False`` (``Segmenter(crf=False)``) only the unary part runs.
 
     The session is created on construction (so a bad file or provider fails early); the
@@ -108,8 +108,6 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
-    warm_start_supported = True  # with the native CRF executor
-    crf_executor_choices = CRF_EXECUTOR_CHOICES
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
@@ -145,11 +143,10 @@ class OnnxRuntimeBackend(Backend):
         self._part_sessions: dict[str, Any] = {}
         self.native_crf: NativeCRF | None = None
         self._crf_executor, self.crf_executor_detail = self._choose_executor(props, crf_executor)
-        if self._logits_name is not None:
-            #: ``False`` skips the CRF (Segmenter(crf=False)): only the unary part of the graph
-            #: runs. Absent when the unary cannot be run alone (then Segmenter reports the
-            #: graph's unary_labels, or the CRF's labels flagged as such).
-            self.crf_enabled = True
+        #: with ``crf_enabled = False`` (Segmenter(crf=False)) only the unary part of the graph
+        #: runs; without the unary logits' name the whole graph always runs (then Segmenter
+        #: reports the graph's unary_labels, or the CRF's labels flagged as such).
+        self.crf_switchable = self._logits_name is not None
         #: the stream state of the warm start (``None`` without one).
         self.warm_start: WarmStartMeanField | None = None
         if warm_start and self.has_crf:
@@ -326,7 +323,7 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if not getattr(self, "crf_enabled", True):
+        if self.crf_switchable and not self.crf_enabled:
             self.reset()  # a warm start is stale once the CRF skips frames
             with self._timed("unary"):
                 logits = self._infer_unary(image)

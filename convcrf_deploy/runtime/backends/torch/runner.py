@@ -28,7 +28,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
-    warm_start_supported = True
+    crf_switchable = True
 
     def __init__(self, model: Any = "demo", device: str = "cpu", crf: bool = True,
                  warm_start: bool = False, warm_start_iterations: int = 2,

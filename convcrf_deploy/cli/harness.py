@@ -1,0 +1,247 @@
+"""The harness every ``convcrf-*`` command runs in: exit statuses, error reporting and the
+argument types they share, in one place.
+
+Exit statuses (the table in the README; every command uses these and no others):
+
+====  =======================================================================================
+0     done
+1     the work failed: export verification, an engine build, a benchmark, a run that ended
+      with an error (the message says what failed)
+2     usage: bad arguments, or an input that cannot be used (missing, damaged, not ours), or an
+      output that is refused (it is an input, its folder is missing, its type cannot be written)
+3     a library the command needs is not installed (the message gives the ``pip install``)
+4     ``convcrf-run``: the video source was lost (a camera or stream stopped and could not be
+      reconnected); what was recorded so far is kept
+128+N ended by signal N: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP
+====  =======================================================================================
+
+A command's ``main`` is wrapped by :func:`command`; it returns an :class:`ExitCode` (or 0) or
+raises :class:`CommandError` (``UsageError``, ``SourceLostError``) with a one-line message, which
+the harness prints as ``<prog>: error: <message>``. A
+:class:`~convcrf_deploy.install.MissingDependencyError` anywhere becomes status 3, Ctrl-C status
+130, both with one line instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import enum
+import functools
+import re
+import signal
+import sys
+from typing import Callable, NamedTuple
+
+from ..install import MissingDependencyError
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses of the ``convcrf-*`` commands (the module docstring's table)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    MISSING_DEPENDENCY = 3
+    SOURCE_LOST = 4
+    HANGUP = 128 + 1
+    INTERRUPTED = 128 + 2
+    TERMINATED = 128 + 15
+
+
+def signal_exit_code(name: str | None) -> ExitCode:
+    """The status of a command ended by signal ``name`` (``"SIGINT"``, ``"SIGTERM"``, ...;
+    ``None``: Ctrl-C), 128 + the signal's number as shells report it."""
+    number = getattr(signal, name or "SIGINT", signal.SIGINT)
+    return ExitCode(128 + int(number))
+
+
+class CommandError(Exception):
+    """A command cannot go on: ``message`` is the one line printed, ``code`` the exit status."""
+
+    code = ExitCode.FAILED
+
+    def __init__(self, message: str, code: ExitCode | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UsageError(CommandError):
+    """Bad arguments, or an input or output that cannot be used (status 2)."""
+
+    code = ExitCode.USAGE
+
+
+class SourceLostError(CommandError):
+    """The video source was lost during a run (status 4)."""
+
+    code = ExitCode.SOURCE_LOST
+
+
+def report_error(program: str, message: str) -> None:
+    """Print ``<program>: error: <message>`` to stderr (the one-line form of every error)."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+
+
+def command(program: str, *, interrupted_note: str = "no partial output was written"
+            ) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main(argv) -> int``: :class:`CommandError` and
+    :class:`MissingDependencyError` become one line and their status, Ctrl-C one line and
+    status 130 (outputs are written atomically, hence ``interrupted_note``); argparse's own
+    usage errors keep their status 2."""
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return int(main(argv) or 0)
+            except CommandError as exc:
+                report_error(program, exc.message)
+                return int(exc.code)
+            except MissingDependencyError as exc:
+                report_error(program, str(exc))
+                return int(ExitCode.MISSING_DEPENDENCY)
+            except KeyboardInterrupt:
+                print(f"{program}: interrupted; {interrupted_note}", file=sys.stderr)
+                return int(ExitCode.INTERRUPTED)
+        return run
+    return decorate
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """Type for integers ``>= minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float, high: float | None = None, *, include_low: bool = True,
+             include_high: bool = False) -> Callable[[str], float]:
+    """Type for floats in the interval ``[low, high)`` (ends chosen by the flags)."""
+    lo = "[" if include_low else "("
+    hi = "]" if include_high else ")"
+    span = f"{lo}{low}, {'inf' if high is None else high}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text!r}") \
+                from None
+        ok = (value >= low if include_low else value > low) and (
+            high is None or (value <= high if include_high else value < high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {value}")
+        return value
+
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    """Type for comma-separated integers, e.g. ``5,7,11``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+#: Largest frame side the commands accept (16K video): beyond it a frame alone needs
+#: gigabytes, and the failure would be an allocation error deep inside the run.
+MAX_FRAME_SIDE = 16384
+
+
+class FrameSize(NamedTuple):
+    """A frame size as the commands write it, ``WIDTHxHEIGHT`` (``320x240``): width first,
+    as in OpenCV and video tools. Use the fields, not the positions, when a ``(height, width)``
+    is needed (``size.height, size.width``)."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_frame_size(text: str, minimum: int = 1, maximum: int = MAX_FRAME_SIDE,
+                     example: str = "320x240") -> FrameSize:
+    """``"WIDTHxHEIGHT"`` -> :class:`FrameSize`, each side in ``minimum..maximum``; raises
+    ``ValueError`` with a one-line message. The one parser of sizes in the commands."""
+    try:
+        width, height = (int(v) for v in str(text).strip().lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like {example} (WIDTHxHEIGHT), got {text!r}") from None
+    if not (minimum <= width <= maximum and minimum <= height <= maximum):
+        raise ValueError(f"width and height must be in {minimum}..{maximum}, got {text!r}")
+    return FrameSize(width, height)
+
+
+def frame_size(minimum: int = 1, example: str = "320x240", maximum: int = MAX_FRAME_SIDE
+               ) -> Callable[[str], FrameSize]:
+    """argparse type for ``WIDTHxHEIGHT`` -> :class:`FrameSize` (see :func:`parse_frame_size`)."""
+    def parse(text: str) -> FrameSize:
+        try:
+            return parse_frame_size(text, minimum, maximum, example)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "WIDTHxHEIGHT"
+    return parse
+
+
+def frame_sizes(minimum: int = 1, maximum: int = MAX_FRAME_SIDE) -> Callable[[str], list[FrameSize]]:
+    """argparse type for comma-separated sizes, ``320x240,640x480``."""
+    single = frame_size(minimum, "320x240", maximum)
+
+    def parse(text: str) -> list[FrameSize]:
+        sizes = [single(part) for part in str(text).split(",") if part.strip()]
+        if not sizes:
+            raise argparse.ArgumentTypeError(f"expected sizes like 320x240,640x480, got {text!r}")
+        return sizes
+
+    parse.__name__ = "WIDTHxHEIGHT[,...]"
+    return parse
+
+
+positive_int = int_at_least(1)
+positive_float = float_in(0.0, include_low=False)
+
+
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """Docstring text as a terminal shows it: Sphinx roles and ````literals```` unwrapped,
+    ``Examples::`` as ``Examples:``, ``%%`` as ``%``."""
+    text = _ROLE.sub(r"\1", text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"::(?=\s*$)", ":", text, flags=re.M)
+    return text.replace("%%", "%")
+
+
+class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` from docstrings without their Sphinx markup (multi-line descriptions keep
+    their line breaks, as with ``RawDescriptionHelpFormatter``; one-line ones are wrapped)."""
+
+    def _format_text(self, text: str) -> str:
+        return plain_text(super()._format_text(text))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text.strip():
+            return argparse.HelpFormatter._fill_text(self, text, width, indent)
+        return super()._fill_text(text, width, indent)
+
+    def _expand_help(self, action) -> str:
+        return plain_text(super()._expand_help(action))

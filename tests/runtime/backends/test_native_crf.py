@@ -297,6 +297,63 @@ def test_hud_names_the_crf_executor(tmp_path):
     assert "CRF on (graph)" in lines[1]
 
 
+# ---- the frame time split (issue 18 item 6) -------------------------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("executor", ["native", "graph"])
+def test_onnxruntime_times_unary_and_crf_apart_with_either_executor(demo_onnx, executor):
+    segmenter = Segmenter(str(demo_onnx), resize="none", threads=1, crf_executor=executor)
+    assert segmenter.describe()["crf_executor"] == executor
+    frame = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    timings = segmenter(frame).timings
+    assert {"unary", "crf"} <= set(timings)
+    assert timings["inference"] >= timings["unary"] + timings["crf"] > 0
+    segmenter.crf = False
+    timings = segmenter(frame).timings
+    assert "unary" in timings and "crf" not in timings
+
+
+@needs_native
+@pytest.mark.parametrize("executor", ["native", "graph"])
+def test_stats_json_summary_and_hud_split_the_frame_time(demo_onnx, executor, tmp_path, capsys):
+    import json
+
+    import cv2
+
+    from convcrf_deploy.cli.run import main
+
+    stats, recording = tmp_path / "stats.json", tmp_path / "hud_%02d.png"
+    assert main(["--video", "demo", "--model", str(demo_onnx), "--headless", "--max-frames",
+                 "3", "--size", "64x48", "--threads", "1", "--crf-executor", executor,
+                 "--stats-json", str(stats), "--save", str(recording)]) == 0
+    out = capsys.readouterr().out
+    assert f"CRF executor {executor}" in out
+    assert "frame time" in out and "crf" in out.split("frame time")[1].split("\n")[0]
+    data = json.loads(stats.read_text())
+    assert data["crf_executor"] == executor
+    assert {"preprocess", "unary", "crf", "postprocess"} <= set(data["stages_ms"])
+    parts = data["frame_split"]["parts"]
+    assert list(parts) == ["preprocess", "unary", "crf", "other", "postprocess"]
+    assert parts["crf"]["percent"] > 0 and parts["unary"]["percent"] > 0
+    assert sum(part["percent"] for part in parts.values()) == pytest.approx(100, abs=0.1)
+    assert cv2.imread(str(tmp_path / "hud_02.png")) is not None  # the HUD was drawn
+
+
+def test_hud_shows_unary_and_crf_time_when_the_backend_splits_them(tmp_path):
+    from convcrf_deploy.runtime.video import RunReport, _hud_lines
+    from convcrf_deploy.runtime.visualize import Renderer
+
+    segmenter = Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")))
+    report = RunReport(source="x")
+    report.latency.add_all({"preprocess": 1.0, "inference": 20.0, "postprocess": 1.0})
+    assert "inf 20.0" in _hud_lines(report, segmenter, Renderer([[0, 0, 0]]), live=False)[0]
+    report = RunReport(source="x")
+    report.latency.add_all({"preprocess": 1.0, "inference": 20.0, "unary": 12.0, "crf": 7.0,
+                            "postprocess": 1.0})
+    line = _hud_lines(report, segmenter, Renderer([[0, 0, 0]]), live=False)[0]
+    assert "unary 12.0 crf 7.0" in line and "inf" not in line
+
+
 def edited_copy(path, tmp_path, edit):
     import json
 

@@ -8,6 +8,9 @@ Examples::
     convcrf-bench demo --threads 2 --json bench.json --plot bench.png
     convcrf-bench demo --sweep --filter-sizes 5,7,11 --blurs 2,4,8 --crf-iterations 1,3,5
     convcrf-bench model.pt --sweep --frames path/to/labelled/folder --size 500x375
+    convcrf-bench demo --backends onnxruntime --crf-executor graph   # the graph's own CRF
+    convcrf-bench demo --sweep --backends onnxruntime --warm-start-iterations 1,2 \
+        --num-frames 30                                      # warm start on the native CRF
 
 Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios
 of one run ("vs torch": PyTorch eager median / backend median), not figures across runs.
@@ -24,7 +27,8 @@ from pathlib import Path
 from ..benchmarking import MAX_BENCH_SIDE
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
-from .harness import (ExitCode, PlainHelpFormatter, UsageError, command,
+from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
                       frame_size, frame_sizes, int_at_least, int_list, positive_int)
 
 PROG = "convcrf-bench"
@@ -35,9 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
     parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
-    parser.add_argument("--backends", default="torch,onnxruntime",
+    parser.add_argument("--backends",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
-                             "torch,onnxruntime)")
+                             "torch,onnxruntime; with --sweep one of torch (default), "
+                             "onnxruntime: whose CRF the sweep runs)")
+    parser.add_argument("--crf-executor", choices=CRF_EXECUTOR_CHOICES, default="auto",
+                        help="onnxruntime: who runs the CRF: native (the native library, the "
+                             "unary in ONNX Runtime) or graph (the exported graph's own CRF); "
+                             "default auto: native when possible. The 'frame' stage and the "
+                             "frame time table split each backend's frame into pre-processing, "
+                             "unary, CRF and post-processing")
     parser.add_argument("--sizes", default="320x240,640x480",
                         type=frame_sizes(8, MAX_BENCH_SIDE),
                         help="comma-separated WIDTHxHEIGHT (default: 320x240,640x480)")
@@ -64,13 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "(FullCRF, pydensecrf2: the [fullcrf] extra); e.g. unfold,fullcrf")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load checkpoints with a pickled unary (runs code from the file)")
-    sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
+    sweep = parser.add_argument_group("sweep of CRF settings (torch or onnxruntime: --backends)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
     sweep.add_argument("--filter-sizes", type=int_list, help="e.g. 5,7,11 (default: the model's)")
     sweep.add_argument("--blurs", type=int_list, help="e.g. 2,4,8 (default: the model's)")
     sweep.add_argument("--crf-iterations", type=int_list,
                        help="mean-field iterations, e.g. 1,3,5 (default: the model's)")
+    sweep.add_argument("--warm-start-iterations", type=int_list, metavar="K,...",
+                       help="also each setting warm-started (video: from the previous frame's "
+                            "result) with K iterations, e.g. 1,2; the frames are then a clip "
+                            "(consecutive demo frames, or the folder's in order)")
+    sweep.add_argument("--warm-start-mix", type=float_in(0.0, 1.0, include_high=True),
+                       default=0.5,
+                       help="weight of the previous frame's result in a warm start (default 0.5)")
     sweep.add_argument("--frames", default="demo",
                        help="labelled folder (LabelledFolder layouts) or 'demo' (synthetic "
                             "scenes with ground truth; default)")
@@ -92,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             from exc
     sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
                                            ("--blurs", args.blurs),
-                                           ("--crf-iterations", args.crf_iterations))
+                                           ("--crf-iterations", args.crf_iterations),
+                                           ("--warm-start-iterations",
+                                            args.warm_start_iterations))
                   if value is not None]
     if sweep_only and not args.sweep:
         raise UsageError(f"{', '.join(sweep_only)} only apply with --sweep")
@@ -100,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--crf-references applies to the latency benchmark, not to --sweep")
     if args.sweep and args.plot is not None:
         raise UsageError("--plot draws the latency benchmark; use --json with --sweep")
+    if args.sweep and args.crf_executor == "graph":
+        raise UsageError("--crf-executor graph: the sweep varies the CRF's settings, which an "
+                         "exported graph fixes; the sweep runs the native CRF (--backends "
+                         "onnxruntime) or PyTorch's")
     try:
         check_output_paths({"--json": args.json, "--plot": args.plot},
                                         {"model": args.model})
@@ -111,15 +135,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.sweep:
+            backends = bench.normalize_backends((args.backends or "torch").split(","))
+            if len(backends) != 1:
+                raise UsageError(f"--sweep runs one backend's CRF: pass --backends torch or "
+                                 f"--backends onnxruntime, not {','.join(backends)}")
             result = bench.sweep_crf(
                 args.model, filter_sizes=args.filter_sizes, blurs=args.blurs,
-                crf_iterations=args.crf_iterations, frames=args.frames,
+                crf_iterations=args.crf_iterations,
+                warm_start_iterations=args.warm_start_iterations,
+                warm_start_mix=args.warm_start_mix, backend=backends[0], frames=args.frames,
                 size=tuple(args.size), num_frames=args.num_frames,
                 iterations=args.iterations, warmup=args.warmup, threads=args.threads,
                 allow_pickle=args.allow_pickle, log=log)
             table = bench.format_sweep(result)
         else:
-            backends = bench.normalize_backends(args.backends.split(","))
+            backends = bench.normalize_backends((args.backends or "torch,onnxruntime")
+                                                .split(","))
             sizes = [tuple(size) for size in args.sizes]
             if args.plot is not None:
                 _check_matplotlib()
@@ -127,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, backends=backends, sizes=sizes, batch=args.batch,
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
-                allow_pickle=args.allow_pickle, crf_references=args.crf_references, log=log)
+                allow_pickle=args.allow_pickle, crf_references=args.crf_references,
+                crf_executor=args.crf_executor, log=log)
             table = bench.format_benchmark(result)
     except MissingDependencyError:
         raise

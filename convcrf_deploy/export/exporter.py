@@ -388,7 +388,7 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
     if crf is not None:
         props[ONNX_KEYS["crf_config"]] = crf.config.to_json()
         # Its trained parameters too (float32 values are exact in JSON), so that runtimes can
-        # run the CRF natively from this one file (runtime/backends/native_crf.py).
+        # run the CRF natively from this one file (crf/native.py).
         import json
         props[ONNX_KEYS["crf_state"]] = json.dumps({name: value.detach().cpu().float().tolist()
                                                  for name, value in crf.state_dict().items()})

@@ -226,7 +226,7 @@ class Backend(abc.ABC):
         """This backend for an in-memory ``SegmentationModel``, converting it (e.g. exporting
         to ONNX into ``folder``) as this backend needs. ``options`` are the benchmark's:
         ``flavor``, ``fp16``, ``threads``, ``device``, ``sizes`` ([(width, height)]),
-        ``batch``; each backend uses those that apply to it."""
+        ``batch``, ``crf_executor``; each backend uses those that apply to it."""
         raise StageUnavailableError(f"the {cls.name} backend cannot be built from a model")
 
     @abc.abstractmethod

@@ -161,7 +161,7 @@ class ConvCRF(nn.Module):
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in trained))
                 and image.shape[2:] == (height, width)):
             # Inference on CPU: pooling, features and both kernels in one native call, so no
-            # multithreaded PyTorch op runs between the native ones (see executors.native_executor).
+            # multithreaded PyTorch op runs between the native ones (executors.native_executor).
             # Scalars go in as tensors: reading them (float()) must wait until the op has
             # ruled out tracing, where it would be data-dependent.
             fused = ops.native_pairwise_kernel_from_image(

@@ -297,7 +297,7 @@ def test_hud_names_the_crf_executor(tmp_path):
     assert "CRF on (graph)" in lines[1]
 
 
-# ---- the frame time split (issue 18 item 6) -------------------------------------------------------
+# ---- the frame time split (issue 18 item 6) ---------------------------------------------------
 
 @needs_native
 @pytest.mark.parametrize("executor", ["native", "graph"])

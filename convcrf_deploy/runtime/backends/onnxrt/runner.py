@@ -8,11 +8,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ....crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
+from ....crf.warm_start import WarmStartMeanField
 from ....metadata import ONNX_KEYS, ModelMetadata
 from ..base import (CRF_EXECUTOR_CHOICES, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES,
                     Backend, BackendUnavailableError)
-from ....crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
-from ....crf.warm_start import WarmStartMeanField
 from .loader import SessionLoader, import_onnxruntime
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ class OnnxRuntimeBackend(Backend):
     metadata comes from the file's ``convcrf.*`` metadata_props. Thread-safe (ONNX Runtime
     sessions and :class:`NativeCRF` are), except with ``warm_start``, whose calls are
     serialised. The stage calls (``infer_crf``) run the CRF cold, without the warm start.
+
+    ``infer`` times the unary and the CRF apart (:attr:`Backend.last_stage_times`): with the
+    native CRF, and with the graph's CRF on the CPU provider, which then runs as two sessions
+    of the graph's parts (the same nodes); on GPU providers the graph runs in one piece.
 
     Args:
         path: the ``.onnx`` file.

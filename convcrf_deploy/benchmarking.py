@@ -6,9 +6,13 @@
   It times the runtime backends of :mod:`convcrf_deploy.runtime.backends` themselves
   (``Backend.from_model``, ``infer_unary``, ``infer_crf``, ``infer``): exactly what
   ``convcrf-run`` runs, and any new backend folder without changes here.
+  At batch 1 it also times a ``frame`` stage (a BGR frame through a ``Segmenter``, as
+  ``convcrf-run`` runs it) and splits it into pre-processing, unary, CRF and
+  post-processing; ``crf_executor=`` chooses who runs the CRF where a backend offers it.
 * :func:`sweep_crf` times the CRF at several settings (filter size, blur, mean-field
-  iterations), with the model's trained parameters, and measures on labelled frames how much
-  each setting improves pixel accuracy and mIoU over the unary, to pick a latency budget.
+  iterations, warm starts), with the model's trained parameters, on PyTorch or on the ONNX
+  Runtime backend's native CRF, and measures on labelled frames how much each setting
+  improves pixel accuracy and mIoU over the unary, to pick a latency budget.
 
 The machine may be shared and noisy: every variant of one run is timed interleaved (one call
 of each variant per round), so the ratios printed by one run are comparable even when the

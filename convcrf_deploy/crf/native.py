@@ -27,6 +27,7 @@ instance may be called from several threads at once. An executor serves one call
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -98,11 +99,14 @@ def argmax_classes(x: np.ndarray) -> np.ndarray:
 
 
 def _empty(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 array aligned to 64 bytes (a cache line, as PyTorch's CPU
-    allocator aligns; NumPy's own alignment is 16)."""
-    size = int(np.prod(shape)) * 4
+    """An uninitialised float32 array; from 64 KiB on aligned to 64 bytes (a cache line, as
+    PyTorch's CPU allocator aligns; NumPy's own alignment is 16). Small arrays skip the
+    alignment: it costs microseconds per array, more than it saves on them."""
+    size = math.prod(shape) * 4
+    if size < 1 << 16:
+        return np.empty(shape, np.float32)
     raw = np.empty(size + 64, np.uint8)
-    offset = -raw.ctypes.data % 64
+    offset = -raw.__array_interface__["data"][0] % 64
     return raw[offset:offset + size].view(np.float32).reshape(shape)
 
 

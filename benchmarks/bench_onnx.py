@@ -50,7 +50,9 @@ def ort_session(path: Path, threads: int):
     natively (benchmarks/bench_runtime.py, convcrf-bench)."""
     from convcrf_deploy.runtime.backends.onnxrt import SessionLoader
 
-    return SessionLoader(path, ("cpu",), threads=threads, spinning=False)()[0]
+    # custom_ops=False: the graphs as a plain ONNX Runtime runs them (the single-file flavour on
+    # its function bodies); benchmarks/bench_ort_ops.py times them with libconvcrf_ort_ops.
+    return SessionLoader(path, ("cpu",), threads=threads, spinning=False, custom_ops=False)()[0]
 
 
 def bench_part(model, part: str, sessions: dict, sizes, args, results: dict) -> None:

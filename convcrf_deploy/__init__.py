@@ -10,6 +10,9 @@ The package is laid out by stage:
 * ``convcrf_deploy.export``   ONNX export and verification (torch, onnx)
 * ``convcrf_deploy.runtime``  backends and video segmentation (numpy, OpenCV, ONNX Runtime)
 
+``convcrf_deploy.ort_ops_library()`` is the path of the ONNX Runtime custom-op library of the
+ConvCRF ops, for ``SessionOptions.register_custom_ops_library`` (docs/onnxruntime.md).
+
 Importing the package imports no torch: ``ConvCRF`` and the other torch-based names are
 loaded on first use, so the runtime works on machines with ONNX Runtime only.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 
+from ._native import ort_ops_library
 from .config import CRFConfig
 
 __version__ = "0.1.0"
@@ -29,7 +33,7 @@ _LAZY = {
     "load_model": "convcrf_deploy.model",
 }
 
-__all__ = ["CRFConfig", "__version__", *_LAZY]
+__all__ = ["CRFConfig", "__version__", "ort_ops_library", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -5,14 +5,23 @@ users all share this one library. Functions take raw pointers; callers pass cont
 and have validated shapes already, and the library validates them again before touching memory.
 
 The library is looked up in this order: ``$CONVCRF_CPU_LIBRARY``, then the package's ``_lib``
-folder (where ``pip install`` puts it). When it is absent, :func:`cpu_library` returns
-``None`` and callers fall back to the pure-PyTorch/NumPy reference implementations.
+folders (:func:`library_dirs`): the one beside this file (where ``pip install`` puts it), and
+for an editable install (``pip install -e .``, scikit-build-core) the ``_lib`` that its
+import redirect names, in site-packages, since the package itself is imported from the source
+tree. When it is absent, :func:`cpu_library` returns ``None`` and callers fall back to the
+pure-PyTorch/NumPy reference implementations; an editable install without it says so once
+(``RuntimeWarning``).
+
+:func:`ort_ops_library` locates the ONNX Runtime custom-op library built beside it
+(plugins/onnxruntime), which ONNX Runtime itself loads.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +36,51 @@ LIB_DIR = Path(__file__).resolve().parent / "_lib"
 
 class NativeError(RuntimeError):
     """A native call returned a non-zero status."""
+
+
+def _editable_finder():
+    """scikit-build-core's import redirect of an editable install of this package, or None."""
+    for finder in sys.meta_path:
+        known = getattr(finder, "known_source_files", None)
+        if isinstance(known, dict) and "convcrf_deploy" in known and \
+                isinstance(getattr(finder, "dir", None), str):
+            return finder
+    return None
+
+
+def library_dirs() -> list[Path]:
+    """The folders searched for the native libraries, in order (existing ones only, besides
+    :data:`LIB_DIR`): the package's ``_lib`` and, for an editable install, the ``_lib``
+    folders its import redirect knows (scikit-build-core >= 0.11 lists them as the namespace
+    package ``convcrf_deploy._lib``; older ones by the redirect's install folder)."""
+    dirs = [LIB_DIR]
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._lib")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(getattr(spec, "submodule_search_locations", None) or [])
+    finder = _editable_finder()
+    if finder is not None:
+        locations.append(os.path.join(finder.dir, "convcrf_deploy", "_lib"))
+    for location in locations:
+        path = Path(location).resolve()
+        if path not in dirs and path.is_dir():
+            dirs.append(path)
+    return dirs
+
+
+#: how to rebuild an editable install's native libraries.
+EDITABLE_FIX = ("reinstall it so that the library is built: pip install -e . (with cmake and "
+                "a C++17 compiler), or point CONVCRF_CPU_LIBRARY at a libconvcrf_cpu you built")
+
+
+def find_library(stem: str) -> Path | None:
+    """The first ``lib<stem>.so`` (platform name) in :func:`library_dirs`, or ``None``."""
+    for folder in library_dirs():
+        path = folder / library_filename(stem)
+        if path.exists():
+            return path
+    return None
 
 
 def library_filename(stem: str) -> str:
@@ -74,6 +128,22 @@ def _declare(lib: ctypes.CDLL) -> None:
                                                          ptr, ptr, i32]
 
 
+def cpu_library_path() -> Path | None:
+    """The CPU library file :func:`cpu_library` loads: ``$CONVCRF_CPU_LIBRARY`` or the first
+    found in :func:`library_dirs`; ``None`` when none is there.
+
+    Raises:
+        NativeError: ``$CONVCRF_CPU_LIBRARY`` names a file that does not exist.
+    """
+    explicit = os.environ.get("CONVCRF_CPU_LIBRARY")
+    if explicit:
+        if not Path(explicit).exists():
+            raise NativeError(f"CONVCRF_CPU_LIBRARY={explicit} does not exist; unset it to use "
+                              "the installed library, or rebuild with `pip install .`")
+        return Path(explicit)
+    return find_library("convcrf_cpu")
+
+
 @lru_cache(maxsize=None)
 def cpu_library() -> ctypes.CDLL | None:
     """The loaded CPU library, or ``None`` when it is not built/installed.
@@ -82,12 +152,13 @@ def cpu_library() -> ctypes.CDLL | None:
         NativeError: ``$CONVCRF_CPU_LIBRARY`` points at a file that cannot be loaded, or the
             library's API version does not match this Python package (a stale build).
     """
-    explicit = os.environ.get("CONVCRF_CPU_LIBRARY")
-    path = Path(explicit) if explicit else LIB_DIR / library_filename("convcrf_cpu")
-    if not path.exists():
-        if explicit:
-            raise NativeError(f"CONVCRF_CPU_LIBRARY={explicit} does not exist; unset it to use "
-                              "the installed library, or rebuild with `pip install .`")
+    path = cpu_library_path()
+    if path is None:
+        if _editable_finder() is not None:
+            warnings.warn("convcrf-deploy is an editable install whose native CPU library was "
+                          f"not found (looked in {', '.join(map(str, library_dirs()))}): the "
+                          f"slow reference ops run instead; {EDITABLE_FIX}", RuntimeWarning,
+                          stacklevel=2)
         return None
     try:
         lib = ctypes.CDLL(str(path))
@@ -106,14 +177,15 @@ def cpu_library() -> ctypes.CDLL | None:
 def cuda_library() -> ctypes.CDLL | None:
     """The CUDA launcher library ``libconvcrf_cuda`` (plugins/cuda/convcrf_cuda.h), or ``None``.
 
-    Looked up as ``$CONVCRF_CUDA_LIBRARY`` or in the package's ``_lib`` folder; it is built only
+    Looked up as ``$CONVCRF_CUDA_LIBRARY`` or in the package's ``_lib`` folders
+    (:func:`library_dirs`); it is built only
     where nvcc is present and links the CUDA runtime statically (no libcudart needed); running
     its kernels needs a GPU and its driver. A load failure means "not available" (the PyTorch
     reference then runs on CUDA tensors) rather than an error.
     """
     explicit = os.environ.get("CONVCRF_CUDA_LIBRARY")
-    path = Path(explicit) if explicit else LIB_DIR / library_filename("convcrf_cuda")
-    if not path.exists():
+    path = Path(explicit) if explicit else find_library("convcrf_cuda")
+    if path is None or not path.exists():
         return None
     try:
         lib = ctypes.CDLL(str(path))
@@ -125,6 +197,67 @@ def cuda_library() -> ctypes.CDLL | None:
     lib.convcrf_cuda_message_passing.restype = i32
     lib.convcrf_cuda_message_passing.argtypes = [ptr, ptr, i32, i64, i64, i64, i64, i32, ptr, ptr]
     return lib
+
+
+#: Environment variable naming the ONNX Runtime custom-op library to use instead of the installed one.
+ORT_OPS_ENV = "CONVCRF_ORT_OPS_LIBRARY"
+#: Session configuration entry with the worker threads of the custom ops' CPU kernels (absent or
+#: "0": every CPU this process may run on); read when the library is registered, so it must be
+#: added to the ``SessionOptions`` before :func:`ort_ops_library` is registered with them.
+ORT_OPS_THREADS_KEY = "convcrf.num_threads"
+
+
+def ort_ops_library(cuda: bool = False) -> str:
+    """Path of ``libconvcrf_ort_ops``, the ONNX Runtime custom-op library of the ConvCRF ops.
+
+    With it a ``plugin``-flavour export (``trt.plugins::ConvCRFKernel`` and
+    ``ConvCRFMessagePassing`` nodes, docs/ops.md) runs in any ONNX Runtime >= 1.16 on the
+    native CPU kernels; register it before creating the session::
+
+        options = onnxruntime.SessionOptions()
+        options.register_custom_ops_library(convcrf_deploy.ort_ops_library())
+        session = onnxruntime.InferenceSession("model.onnx", options)
+
+    (C++: ``Ort::SessionOptions::RegisterCustomOpsLibrary``; Triton: ``model_operations {
+    op_library_filename: ... }``; docs/onnxruntime.md.) The library loads the native CPU
+    library installed beside it, so both share one thread pool.
+
+    Args:
+        cuda: the variant that also runs the ops on ONNX Runtime's CUDA execution provider
+            (``libconvcrf_ort_ops_cuda``, built where nvcc was present; its CPU kernels are
+            the same).
+
+    Returns:
+        The absolute path, as a ``str``: ``$CONVCRF_ORT_OPS_LIBRARY`` when set (for either
+        variant), else the file in the package's ``_lib`` folder (:func:`library_dirs`).
+
+    Raises:
+        NativeError: the library was not built (``pip install`` found no ONNX Runtime
+            headers, or no nvcc for ``cuda=True``), or ``$CONVCRF_ORT_OPS_LIBRARY`` names no
+            file. The message says how to build it.
+    """
+    explicit = os.environ.get(ORT_OPS_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise NativeError(f"{ORT_OPS_ENV}={explicit} is not a file; unset it to use the "
+                              "installed library")
+        return str(path.resolve())
+    stem = "convcrf_ort_ops_cuda" if cuda else "convcrf_ort_ops"
+    path = find_library(stem) or LIB_DIR / library_filename(stem)
+    if path.is_file():
+        return str(path)
+    if cuda:
+        raise NativeError(
+            f"{path.name} is not installed: the CUDA variant of the ONNX Runtime custom-op "
+            "library is built only where nvcc (the CUDA toolkit) and the ONNX Runtime headers "
+            "are present at install time; reinstall there with `pip install .`, or use "
+            "ort_ops_library() (CPU execution provider)")
+    raise NativeError(
+        f"{path.name} is not installed: this build of convcrf-deploy found no ONNX Runtime "
+        "C/C++ API headers (onnxruntime_cxx_api.h, ONNX Runtime >= 1.16). Unpack an ONNX "
+        "Runtime release, then `ONNXRUNTIME_INCLUDE_DIR=/path/to/onnxruntime/include pip "
+        "install --force-reinstall .` (docs/onnxruntime.md)")
 
 
 #: dtype codes of the CUDA launcher C API.

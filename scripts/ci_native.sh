@@ -10,6 +10,10 @@
 #   Header sets: $TensorRT_INCLUDE_DIR (one folder, or several separated by ':'), else every
 #   ../shared/third_party/tensorrt-*/include beside the checkout (TensorRT 11.1 and 10.3, the
 #   one of JetPack 6). They are never copied into the repository.
+# - ONNX Runtime custom ops: the CUDA build also builds libconvcrf_ort_ops(_cuda).so when the
+#   ONNX Runtime headers are found ($ONNXRUNTIME_INCLUDE_DIR, else ../shared/third_party beside
+#   the checkout); checks that they export only RegisterCustomOps and need neither
+#   libonnxruntime nor libcudart. (Their tests run with the Python suite: tests/ops/test_ort_ops*.py.)
 # Otherwise prints what was skipped; with CONVCRF_CI_STRICT=1 (set by .ci/run) a missing nvcc
 # or missing TensorRT headers is an error. Exits non-zero on any failure.
 #
@@ -83,6 +87,25 @@ configure "$build/cuda"
 cmake --build "$build/cuda" --parallel 2
 needs_none "$build/cuda/plugins/cuda/libconvcrf_cuda.so" libcudart
 ctest --test-dir "$build/cuda" -L cuda --output-on-failure
+
+# ---- ONNX Runtime custom-op libraries (plugins/onnxruntime), built by the configure above ----
+ort_dir="$build/cuda/plugins/onnxruntime"
+if [[ -f "$ort_dir/libconvcrf_ort_ops_cuda.so" ]]; then
+    for lib in libconvcrf_ort_ops.so libconvcrf_ort_ops_cuda.so; do
+        exports="$(nm -D --defined-only "$ort_dir/$lib" | awk '{print $3}' | sort -u | tr '\n' ' ')"
+        if [[ "$exports" != "RegisterCustomOps " ]]; then
+            echo "$lib must export RegisterCustomOps only; it exports: $exports" >&2
+            exit 1
+        fi
+        needs_none "$ort_dir/$lib" 'libonnxruntime|libcudart'
+    done
+    echo "ONNX Runtime custom ops: export RegisterCustomOps only; need neither libonnxruntime nor libcudart"
+elif [[ "$strict" == 1 ]]; then
+    echo "error: libconvcrf_ort_ops_cuda.so was not built: ONNX Runtime headers not found (set ONNXRUNTIME_INCLUDE_DIR or provide ../shared/third_party)" >&2
+    exit 1
+else
+    echo "skipped: ONNX Runtime custom ops (no ONNX Runtime headers)"
+fi
 
 if [[ ${#trt_dirs[@]} -eq 0 ]]; then
     skip "no TensorRT headers (set TensorRT_INCLUDE_DIR or provide ../shared/third_party)"

@@ -2,7 +2,8 @@
 """The Python steps of scripts/gpu_check.sh (run by it, from tests/, after the install).
 
 3. tests/ops/test_cuda_ops.py (pytest when installed, else the small runner below: the lent GPU
-   machines have no pytest and no network);
+   machines have no pytest and no network); then tests/ops/test_ort_ops_cuda.py, the ONNX
+   Runtime custom ops on the CUDA execution provider, where onnxruntime-gpu is installed;
 4. ConvCRF inference timed on the GPU: native CUDA kernels vs the F.unfold implementation;
 5. scripts/validate_tensorrt.py (fp32 and fp16) when ``import tensorrt`` works.
 Then prints the summary and writes the JSON (temporary file + rename) with the shell steps.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_TESTS = REPO / "tests" / "ops" / "test_cuda_ops.py"
+ORT_CUDA_TESTS = REPO / "tests" / "ops" / "test_ort_ops_cuda.py"
 
 
 # ---- a minimal runner for pytest-style test files ---------------------------------------------
@@ -120,14 +122,14 @@ def run_without_pytest(path: Path) -> dict:
     return results
 
 
-def run_cuda_tests(logs: Path) -> dict:
+def run_cuda_tests(logs: Path, tests: Path = CUDA_TESTS, name: str = "cuda_tests") -> dict:
     start = time.perf_counter()
     env = dict(os.environ, CONVCRF_REQUIRE_NATIVE="1")
     if importlib.util.find_spec("pytest") is not None:
-        log = logs / "cuda_tests.log"
+        log = logs / f"{name}.log"
         with log.open("w") as out:
             rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
-                                  str(CUDA_TESTS)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                  str(tests)], stdout=out, stderr=subprocess.STDOUT, env=env,
                                  cwd=REPO / "tests")
         tail = log.read_text().strip().splitlines()[-1:] or [""]
         # All skipped is a failure here: this kit runs where the tests must run.
@@ -136,13 +138,34 @@ def run_cuda_tests(logs: Path) -> dict:
                   "log": str(log)}
     else:
         os.environ["CONVCRF_REQUIRE_NATIVE"] = "1"
-        counts = run_without_pytest(CUDA_TESTS)
+        counts = run_without_pytest(tests)
         ok = counts["failed"] == 0 and counts["passed"] > 0
         result = {"runner": "built-in (pytest not installed)", "status": "ok" if ok else "failed",
                   "summary": f"{counts['passed']} passed, {counts['failed']} failed, "
                              f"{counts['skipped']} skipped", "failures": counts["failures"]}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def run_ort_cuda_tests(logs: Path) -> dict:
+    """tests/test_ort_ops_cuda.py where it can run: skipped (with the reason) when onnxruntime
+    has no CUDA execution provider or the CUDA variant of the custom-op library was not built
+    (no ONNX Runtime headers at install time), failed when it runs and fails."""
+    try:
+        import onnxruntime
+
+        from convcrf_deploy import _native
+    except ImportError as error:
+        return {"status": "skipped", "reason": f"not importable: {error}"}
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return {"status": "skipped", "reason": f"onnxruntime {onnxruntime.__version__} has no CUDA "
+                                               "execution provider (install onnxruntime-gpu)"}
+    try:
+        _native.ort_ops_library(cuda=True)
+    except _native.NativeError as error:
+        return {"status": "skipped", "reason": str(error).split(":")[0] + " (set ONNXRUNTIME_INCLUDE_DIR "
+                                                                        "and run the kit again)"}
+    return run_cuda_tests(logs, ORT_CUDA_TESTS, "ort_cuda_ops")
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -274,6 +297,7 @@ def main(argv=None) -> int:
     steps = read_steps(args.steps)
     if not args.report_only:
         steps["cuda_tests"] = run_cuda_tests(args.logs)
+        steps["ort_cuda_ops"] = run_ort_cuda_tests(args.logs)
         try:
             steps["timing"] = time_convcrf()
         except Exception as error:  # noqa: BLE001 - reported, never a traceback

@@ -13,7 +13,10 @@
 #   3. tests/ops/test_cuda_ops.py: both ops' CUDA kernels against the CPU library (fp32 and fp16,
 #      borders, odd sizes, windows larger than the image, batch and class counts beyond the
 #      CUDA grid limits) and ConvCRF on the GPU against the CPU (pytest, or a built-in runner
-#      when pytest is not installed);
+#      when pytest is not installed); tests/ops/test_ort_ops_cuda.py: the ONNX Runtime custom ops
+#      (libconvcrf_ort_ops_cuda) on ONNX Runtime's CUDA execution provider, when onnxruntime-gpu
+#      is installed and the ONNX Runtime headers were found (ONNXRUNTIME_INCLUDE_DIR, else
+#      ../shared/third_party beside the checkout), else reported as skipped;
 #   4. ConvCRF inference timed on the GPU: k = 7 and 11, 375x500, 21 classes, fp32 and fp16,
 #      native CUDA kernels against the F.unfold implementation on the same GPU (ratios);
 #   5. scripts/validate_tensorrt.py when `import tensorrt` works (engine with our plugin vs
@@ -22,6 +25,7 @@
 #
 # Env: PYTHON (default python3), TensorRT_INCLUDE_DIR (headers for the plugin; default: the
 #      ../shared/third_party/tensorrt-<major.minor>/include matching the installed TensorRT),
+#      ONNXRUNTIME_INCLUDE_DIR (ONNX Runtime headers for the custom-op library),
 #      CONVCRF_GPU_CHECK_BUILD (default build-gpu-check).
 set -euo pipefail
 
@@ -31,7 +35,7 @@ json="$PWD/gpu_check.json"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --json) json="$(cd "$(dirname "${2:?--json needs a file name}")" && pwd)/$(basename "$2")"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu_check: unknown argument $1 (usage: gpu_check.sh [--json FILE])" >&2; exit 2 ;;
     esac
 done

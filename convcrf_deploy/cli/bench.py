@@ -28,8 +28,9 @@ from ..benchmarking import MAX_BENCH_SIDE
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
 from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
-from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
-                      frame_size, frame_sizes, int_at_least, int_list, positive_int)
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
+                      command, float_in, frame_size, frame_sizes, int_at_least, int_list,
+                      load_model_argument, positive_int)
 
 PROG = "convcrf-bench"
 
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
-    parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
+    parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model), 'demo', or a "
+                                      "unary saved as a torch.export program (.pt2) or "
+                                      "TorchScript")
     parser.add_argument("--backends",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
                              "torch,onnxruntime; with --sweep one of torch (default), "
@@ -73,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time CPU reference CRFs on the same inputs, interleaved with "
                              "the CRF stage: unfold (pure-PyTorch F.unfold ConvCRF), fullcrf "
                              "(FullCRF, pydensecrf2: the [fullcrf] extra); e.g. unfold,fullcrf")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load checkpoints with a pickled unary (runs code from the file)")
+    add_model_loading_arguments(parser)
     sweep = parser.add_argument_group("sweep of CRF settings (torch or onnxruntime: --backends)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    model = load_model_argument(args, args.model)
     try:
         if args.sweep:
             backends = bench.normalize_backends((args.backends or "torch").split(","))
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--sweep runs one backend's CRF: pass --backends torch or "
                                  f"--backends onnxruntime, not {','.join(backends)}")
             result = bench.sweep_crf(
-                args.model, filter_sizes=args.filter_sizes, blurs=args.blurs,
+                model, filter_sizes=args.filter_sizes, blurs=args.blurs,
                 crf_iterations=args.crf_iterations,
                 warm_start_iterations=args.warm_start_iterations,
                 warm_start_mix=args.warm_start_mix, backend=backends[0], frames=args.frames,
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot is not None:
                 _check_matplotlib()
             result = bench.benchmark_model(
-                args.model, backends=backends, sizes=sizes, batch=args.batch,
+                model, backends=backends, sizes=sizes, batch=args.batch,
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
                 allow_pickle=args.allow_pickle, crf_references=args.crf_references,
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except (CheckpointError, ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    result["model"] = str(args.model)
     print(table)
     if args.json is not None:
         from ..evaluation import json_safe

@@ -2,7 +2,8 @@
 
 Reports Python and library versions (torch, onnxruntime, OpenCV, numpy, onnx), whether the
 native CPU/CUDA libraries load, ONNX Runtime's execution providers, whether TensorRT and
-pycuda import, whether the ConvCRF TensorRT plugin library is found and loads (it is built
+pycuda import, whether the ONNX Runtime custom-op library is installed and registers,
+whether the ConvCRF TensorRT plugin library is found and loads (it is built
 only with ``CONVCRF_WITH_TENSORRT=ON``, not by the ``[tensorrt]`` extra), whether a CUDA GPU
 can run the native CUDA library, OpenCV's GUI support
 and display, and the camera devices present. Nothing here fails: every check reports.
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import warnings
 from typing import Any
 
 def _version(module_name: str) -> dict[str, Any]:
@@ -34,12 +36,17 @@ def _native() -> dict[str, dict[str, Any]]:
 
     report = {}
     try:
-        lib = _native.cpu_library()
+        with warnings.catch_warnings():   # reported here instead
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lib = _native.cpu_library()
+        editable = _native._editable_finder() is not None
         report["native CPU library"] = (
-            {"ok": True, "detail": os.environ.get("CONVCRF_CPU_LIBRARY") or str(_native.LIB_DIR)}
+            {"ok": True, "detail": str(_native.cpu_library_path())
+             + (" (editable install)" if editable else "")}
             if lib is not None else
             {"ok": False, "detail": "not built: the PyTorch reference ops are used (slower); "
-                                    "rebuild with `pip install .`"})
+                                    + (f"an editable install: {_native.EDITABLE_FIX}" if editable
+                                       else "rebuild with `pip install .`")})
     except Exception as exc:
         report["native CPU library"] = {"ok": False, "detail": str(exc)}
     lib = _native.cuda_library()
@@ -96,6 +103,21 @@ def _plugin(explicit: str | None) -> dict[str, Any]:
     return {"ok": True, "detail": f"{path} (loads)"}
 
 
+def _ort_ops() -> dict[str, Any]:
+    # Registering it with a SessionOptions is what a user does; it also proves that this
+    # onnxruntime accepts it (ONNX Runtime >= 1.16) and that it finds libconvcrf_cpu.
+    from .._native import ort_ops_library
+
+    try:
+        path = ort_ops_library()
+        import onnxruntime
+
+        onnxruntime.SessionOptions().register_custom_ops_library(path)
+    except Exception as exc:
+        return {"ok": False, "detail": str(exc).strip().splitlines()[0]}
+    return {"ok": True, "detail": f"{path} (registers)"}
+
+
 def _providers() -> dict[str, Any]:
     try:
         import onnxruntime
@@ -145,6 +167,7 @@ def collect(plugin: str | None = None) -> dict[str, dict[str, Any]]:
                                            if torch.cuda.is_available() else "not available")}
     report["ONNX Runtime providers"] = _providers()
     report.update(_native())
+    report["ONNX Runtime custom-op library"] = _ort_ops()
     report["tensorrt"] = _version("tensorrt")
     report["pycuda"] = _version("pycuda.driver")
     report["TensorRT plugin library"] = _plugin(plugin)

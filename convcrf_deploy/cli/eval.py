@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
-from .harness import ExitCode, PlainHelpFormatter, UsageError, command, positive_float, positive_int
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
+                      command, load_model_argument, positive_float, positive_int)
 from ..metrics import MIOU_LEGEND
 
 
@@ -78,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataset = commands.add_parser(
         "dataset", formatter_class=PlainHelpFormatter, help="a trained model with and without its CRF")
-    dataset.add_argument("model", help="checkpoint path (convcrf_deploy.save_model) or 'demo'")
+    dataset.add_argument("model", help="checkpoint path (convcrf_deploy.save_model), 'demo', or "
+                                       "a unary saved as a torch.export program (.pt2) or "
+                                       "TorchScript")
     _add_data_arguments(dataset)
+    add_model_loading_arguments(dataset)
     return parser
 
 
@@ -105,9 +109,8 @@ def _run(args: argparse.Namespace) -> dict:
                                   fullcrf=not args.no_fullcrf, crfs=crfs, scale=args.scale,
                                   progress=not args.quiet and sys.stderr.isatty())
     from ..data.folder import DatasetError
-    from ..model import load_model
 
-    model = load_model(args.model)
+    model = load_model_argument(args, args.model)
     folder = LabelledFolder(args.data, split=args.split, num_classes=model.num_classes,
                             max_images=args.max_images)
     try:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT, MissingDependencyError
-from .harness import CommandError, ExitCode, PlainHelpFormatter, UsageError, command, int_at_least
+from .harness import (CommandError, ExitCode, PlainHelpFormatter, UsageError,
+                      add_model_loading_arguments, command, int_at_least, load_model_argument)
 
 
 def _opset(text: str) -> int:
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convcrf-export", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=PlainHelpFormatter)
-    parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint) or 'demo'")
+    parser.add_argument("model", help="checkpoint (save_model or a CRF-only checkpoint), 'demo', "
+                                      "or a unary saved as a torch.export program (.pt2) or "
+                                      "TorchScript")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
                         help="file to write (default: <model>.<flavor>.onnx)")
     parser.add_argument("--flavor", choices=FLAVORS, default=DEFAULT_FLAVOR,
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(image -> logits) or crf (logits, image -> probabilities)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the checker and the parity check against PyTorch")
+    add_model_loading_arguments(parser)
     return parser
 
 
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give both --height and --width, or neither")
 
     try:
-        from ..export import ExportError, export_onnx, load_exportable
+        from ..export import ExportError, export_onnx
         from ..export.verify import VerificationError
         from ..model import ConvCRF
     except ImportError as exc:
@@ -83,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_paths({"-o": output}, {"model": args.model})
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        model = load_exportable(args.model)
-    except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+    model = load_model_argument(args, args.model, crf_only=True, traceable=True)
     part = args.part or ("crf" if isinstance(model, ConvCRF) else "full")
     try:
         report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,

@@ -20,6 +20,10 @@ raises :class:`CommandError` (``UsageError``, ``SourceLostError``) with a one-li
 the harness prints as ``<prog>: error: <message>``. A
 :class:`~convcrf_deploy.install.MissingDependencyError` anywhere becomes status 3, Ctrl-C status
 130, both with one line instead of a traceback.
+
+Commands that load a model share one argument group, :func:`add_model_loading_arguments`
+(``--import``, ``--allow-pickle`` and the settings of a unary saved without class code), and
+load it with :func:`load_model_argument`.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import functools
 import re
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ..install import MissingDependencyError
@@ -245,3 +250,148 @@ class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _expand_help(self, action) -> str:
         return plain_text(super()._expand_help(action))
+
+
+# ---- loading the user's model: one argument group for every command that takes a model ----
+
+ALLOW_PICKLE_HELP = ("load a checkpoint whose unary was saved as pickled Python code (an "
+                     "unregistered nn.Module): unpickling runs code chosen by whoever wrote "
+                     "the file, so only for files you trust. Without it such a file is "
+                     "refused and nothing from it runs")
+
+
+def _crf_config(text: str) -> dict:
+    """``filter_size=7,blur=4`` -> CRFConfig fields (ints, floats, true/false, words)."""
+    from ..config import CRFConfig
+    fields = {f for f in CRFConfig.__dataclass_fields__ if f != "trainable"}
+    settings = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...] with KEY one of "
+                                             f"{', '.join(sorted(fields))}; got {part!r}")
+        value = value.strip()
+        for convert in (int, float):
+            try:
+                settings[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            settings[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return settings
+
+
+def _three_floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
+
+
+def add_model_loading_arguments(parser: argparse.ArgumentParser, *,
+                                unary_files: bool = True) -> None:
+    """Add the options every command that loads a model shares (the same words everywhere):
+    ``--import`` and ``--allow-pickle``; with ``unary_files`` also the settings of a unary
+    saved without class code (``--crf``, ``--crf-config``, ``--metadata``, ``--class-names``,
+    ``--mean``, ``--std``). Load the model with :func:`load_model_argument`."""
+    group = parser.add_argument_group(
+        "your own model (docs/export.md)",
+        "A checkpoint names its unary's architecture; the class comes from code you choose "
+        "to run: --import, or an installed package's entry point in the group "
+        "convcrf_deploy.unaries. A model file alone never runs code.")
+    group.add_argument("--import", dest="imports", action="append", default=[],
+                       metavar="MODULE_OR_FILE.py",
+                       help="import this module first so that its register_unary calls take "
+                            "effect: a dotted module name on sys.path or a path to a .py file "
+                            "(repeatable). This runs its code: pass only your own modules")
+    group.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    if not unary_files:
+        return
+    group = parser.add_argument_group(
+        "a unary saved without class code (.pt2 from torch.export.save, TorchScript from "
+        "torch.jit.save)",
+        "The file holds the unary only; the class count comes from its output, the rest from "
+        "these options (a checkpoint carries its own).")
+    group.add_argument("--crf", metavar="CRF.pt",
+                       help="the CRF: a CRF-only checkpoint (convcrf-train crf --out, "
+                            "convcrf_deploy.training.save_crf), or 'none' for the unary alone "
+                            "(default: a CRF with the CRFConfig defaults)")
+    group.add_argument("--crf-config", type=_crf_config, default={}, metavar="KEY=VALUE,...",
+                       help="CRFConfig fields over --crf's or the defaults, e.g. "
+                            "filter_size=7,blur=4,iterations=5")
+    group.add_argument("--metadata", type=Path, metavar="META.json",
+                       help="a JSON object of model metadata: class_names, palette ([[r, g, b], "
+                            "...]), mean, std, input_size ([height, width]), resize")
+    group.add_argument("--class-names", type=lambda text: [t.strip() for t in text.split(",")],
+                       metavar="A,B,...", help="class names in channel order (over --metadata)")
+    group.add_argument("--mean", type=_three_floats, metavar="R,G,B",
+                       help="input normalisation (image / 255 - mean) / std (over --metadata; "
+                            "default ImageNet's 0.485,0.456,0.406)")
+    group.add_argument("--std", type=_three_floats, metavar="R,G,B",
+                       help="likewise the std (default 0.229,0.224,0.225)")
+
+
+def unary_settings(args: argparse.Namespace):
+    """The :class:`~convcrf_deploy.model.UnarySettings` given on the command line (``--crf``,
+    ``--crf-config``, ``--metadata`` and the metadata flags); :class:`UsageError` for an
+    unreadable ``--metadata`` file. Needs torch (imports the model package)."""
+    import json
+
+    from ..model.unary_files import UnarySettings
+    metadata: dict = {}
+    path = getattr(args, "metadata", None)
+    if path is not None:
+        try:
+            metadata = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--metadata {path}: cannot read it as JSON: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise UsageError(f"--metadata {path}: expected a JSON object, got "
+                             f"{type(metadata).__name__}")
+    for name in ("class_names", "mean", "std"):
+        if getattr(args, name, None) is not None:
+            metadata[name] = getattr(args, name)
+    return UnarySettings(crf=getattr(args, "crf", None),
+                         crf_config=getattr(args, "crf_config", None) or {}, metadata=metadata)
+
+
+def import_user_modules(args: argparse.Namespace) -> None:
+    """Run the ``--import`` modules (status 2 with one line when one fails)."""
+    from ..user_code import UserCodeError, import_user_code
+    try:
+        import_user_code(getattr(args, "imports", None) or [])
+    except UserCodeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_model_argument(args: argparse.Namespace, model, *, crf_only: bool = False,
+                        traceable: bool = False):
+    """The model named on the command line (``"demo"``, a checkpoint, a unary file without
+    class code; with ``crf_only`` also a CRF-only checkpoint), after running ``--import``.
+    A model that cannot be loaded is a :class:`UsageError` (status 2) with one line."""
+    try:
+        from ..model.unary_files import load_any_model
+    except ImportError as exc:
+        from ..install import TORCH_HINT
+        raise MissingDependencyError(f"loading {model} needs PyTorch ({exc}): {TORCH_HINT}") \
+            from None
+    import_user_modules(args)
+    try:
+        return load_any_model(model, allow_pickle=getattr(args, "allow_pickle", False),
+                              settings=unary_settings(args), crf_only=crf_only,
+                              traceable=traceable)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def unary_settings_given(args: argparse.Namespace) -> list[str]:
+    """The unary-file options given on the command line (``["--crf", ...]``), without
+    importing torch."""
+    flags = {"crf": "--crf", "crf_config": "--crf-config", "metadata": "--metadata",
+             "class_names": "--class-names", "mean": "--mean", "std": "--std"}
+    return [flag for name, flag in flags.items() if getattr(args, name, None)]

@@ -25,8 +25,9 @@ from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
 from ..runtime.streams import IMAGE_SUFFIXES
 from ..runtime.visualize import VIEWS
 from .harness import (CommandError, ExitCode, PlainHelpFormatter, SourceLostError, UsageError,
-                      command, frame_size, int_at_least, positive_float, positive_int,
-                      signal_exit_code)
+                      add_model_loading_arguments, command, frame_size, int_at_least,
+                      load_model_argument, positive_float, positive_int, signal_exit_code,
+                      unary_settings_given)
 
 #: smallest demo scene (SyntheticScene's minimum side).
 MIN_DEMO_SIDE = 32
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "
                              "bag, with --topic) (default: demo)")
     parser.add_argument("--model", default="demo",
-                        help="'demo', a checkpoint (.pt), an ONNX file or a TensorRT engine")
+                        help="'demo', a checkpoint (.pt), a unary saved as a torch.export "
+                             "program (.pt2) or TorchScript, an ONNX file or a TensorRT engine")
     parser.add_argument("--backend", metavar="NAME",
                         help=f"{', '.join(BACKENDS)} (aliases: {', '.join(ALIASES)}); default: "
                              f"chosen from the model file type. {backends_help()}")
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ros.add_argument("--foxglove", metavar="[HOST:]PORT", help="serve overlay, labels and "
                      "latency live to Foxglove over WebSocket (host 127.0.0.1 by default)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_model_loading_arguments(parser)
     return parser
 
 
@@ -136,7 +139,7 @@ def _model_backend_mismatch(model: str, backend: str) -> str | None:
     if backend == "torch":
         return None
     suffix = Path(model).suffix.lower()
-    if model == "demo" or suffix in (".pt", ".pth"):
+    if model == "demo" or suffix in (".pt", ".pth", ".pt2"):
         name = "the demo model" if model == "demo" else f"{model} (a PyTorch checkpoint)"
         stem = "demo" if model == "demo" else Path(model).with_suffix("").as_posix()
         if backend == "tensorrt":
@@ -218,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             parse_address(args.foxglove)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc))
+    model = args.model
+    if backend == "torch":   # loaded here: --import, --allow-pickle and unary files
+        model = load_model_argument(args, args.model)
+    elif unary_settings_given(args):
+        raise UsageError(f"{', '.join(unary_settings_given(args))} apply to a unary saved "
+                         "without class code on the torch backend; an exported model carries "
+                         "its own CRF and metadata")
     try:
         source = open_source(args.video, demo_size=(args.size.height, args.size.width),
                              demo_seed=args.seed,
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         raise UsageError(str(exc))
     try:
-        segmenter = Segmenter(args.model, args.backend, resize=args.resize,
+        segmenter = Segmenter(model, backend, resize=args.resize,
                               crf=not args.no_crf, **options)
     except BackendUnavailableError:
         source.close()

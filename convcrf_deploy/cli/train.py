@@ -22,8 +22,8 @@ from ..config import TRAINABLE_GROUPS
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
-from .harness import (ExitCode, PlainHelpFormatter, UsageError, command, float_in,
-                      positive_float, positive_int)
+from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
+                      command, float_in, load_model_argument, positive_float, positive_int)
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     unary.add_argument("--synthetic", action="store_true",
                        help="unary = the paper's synthetic noisy ground truth")
     unary.add_argument("--unary-model", metavar="MODEL",
-                       help="unary = this model's predictions (checkpoint path or 'demo')")
+                       help="unary = this model's predictions (checkpoint path, 'demo', or a "
+                            "unary saved as a torch.export program (.pt2) or TorchScript: "
+                            "--out then writes a CRF-only checkpoint)")
     crf.add_argument("--num-classes", type=positive_int, default=21,
                      help="--synthetic: classes of the labels (default 21)")
     crf.add_argument("--epochs", type=positive_int, default=3)
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--out", type=Path, default=None, help="write the trained checkpoint here")
     crf.add_argument("--json", type=Path, default=None, help="write the training report here")
     crf.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    add_model_loading_arguments(crf, unary_files=False)
     return parser
 
 
@@ -89,8 +92,7 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
     model = None
     initial_state = None
     if args.unary_model is not None:
-        from ..model import load_model
-        model = load_model(args.unary_model)
+        model = load_model_argument(args, args.unary_model)
         num_classes = model.num_classes
         base = model.crf.config if model.crf is not None else CRFConfig(num_classes=num_classes,
                                                                         filter_size=7)
@@ -153,6 +155,9 @@ def _save(path: Path, crf, model) -> None:
         training.save_crf(crf, path)
         return
     from ..model import SegmentationModel, save_model
+    if getattr(model, "unary_file", None):
+        training.save_crf(crf, path)   # a unary without class code stays in its own file
+        return
     save_model(SegmentationModel(model.unary, crf, model.metadata, unary_spec=model.unary_spec),
                path)
 

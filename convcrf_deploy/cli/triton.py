@@ -6,12 +6,13 @@ Examples::
 
     convcrf-triton model.onnx -o repo/                       # CPU: Python backend + our runtime
     convcrf-triton model.onnx -o repo/ --max-batch 16 --instances 2 --input-dtype float32
+    convcrf-triton model.plugin.onnx -o repo/ --onnxruntime  # onnxruntime backend + our custom ops
     convcrf-triton model.onnx -o repo/ --engine model.engine \\
         --plugin libconvcrf_trt_plugin_static_reg.so --min 1x3x240x320 --max 8x3x240x320
 
-MODEL is the ONNX file from convcrf-export (single-file or portable flavour for the CPU model;
-the one the engine was built from with --engine). The command prints the tritonserver command
-line that serves the repository.
+MODEL is the ONNX file from convcrf-export (any flavour for the CPU and ONNX Runtime models; the
+plugin flavour needs the custom-op library libconvcrf_ort_ops; the one the engine was built from
+with --engine). The command prints the tritonserver command line that serves the repository.
 """
 from __future__ import annotations
 
@@ -50,13 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="replace REPO/NAME when convcrf-triton wrote it (never other files)")
     cpu = parser.add_argument_group("CPU model (Python backend, without --engine)")
-    cpu.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+    cpu.add_argument("--input-dtype", choices=("uint8", "float32"), default=None,
                      help="type of the 'image' frames clients send (default uint8: 4x fewer bytes)")
     cpu.add_argument("--threads", type=positive_int, default=1,
-                     help="ONNX Runtime threads per instance (default 1; scale with --instances)")
+                     help="ONNX Runtime threads per instance (default 1; scale with --instances; "
+                          "also with --onnxruntime)")
     cpu.add_argument("--max-frame-size", type=frame_size(1, "1920x1080"), default="3840x2160",
                      metavar="WxH",
                      help="refuse frames with more pixels than this (default 3840x2160)")
+    onnxrt = parser.add_argument_group(
+        "ONNX Runtime model (onnxruntime backend; written and schema-checked, untested on a server)")
+    onnxrt.add_argument("--onnxruntime", action="store_true",
+                        help="write an onnxruntime-backend model: the server's ONNX Runtime runs "
+                             "the graph, its ConvCRF nodes on libconvcrf_ort_ops (declared in "
+                             "model_operations)")
+    onnxrt.add_argument("--ops-library", type=Path, metavar="LIB",
+                        help="libconvcrf_ort_ops as the server sees it (absolute; default: the "
+                             "one installed here)")
+    onnxrt.add_argument("--gpu", action="store_true",
+                        help="KIND_GPU instances, and the CUDA variant of the library by default")
     gpu = parser.add_argument_group("GPU model (TensorRT backend)")
     gpu.add_argument("--engine", type=Path, metavar="ENGINE",
                      help="engine from convcrf-build: writes a tensorrt_plan model instead")
@@ -79,21 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..serving.repository import (EngineProfile, ModelOptions, RepositoryError,
-                                      server_command, write_python_model, write_tensorrt_model)
+                                      server_command, write_onnxruntime_model, write_python_model,
+                                      write_tensorrt_model)
 
     engine_only = [f"--{n.replace('_', '-')}" for n in ("plugin", "min", "max", "frame_size")
                    if getattr(args, n) is not None]
     if args.engine is None and engine_only:
         raise UsageError(f"{', '.join(engine_only)} only apply with --engine")
+    onnxruntime_only = [f"--{n.replace('_', '-')}" for n in ("ops_library", "gpu")
+                        if getattr(args, n) not in (None, False)]
+    if not args.onnxruntime and onnxruntime_only:
+        raise UsageError(f"{', '.join(onnxruntime_only)} only apply with --onnxruntime")
+    if args.onnxruntime and args.engine is not None:
+        raise UsageError("--onnxruntime and --engine are two kinds of model: choose one")
+    if args.onnxruntime and args.input_dtype not in (None, "float32"):
+        raise UsageError("the onnxruntime model takes the graph's float32 'image'; "
+                         "--input-dtype uint8 applies to the Python-backend model")
     if (args.min is None) != (args.max is None):
         raise UsageError("give both --min and --max (the engine's profile), or neither")
     if args.engine is not None and args.plugin is not None and not args.plugin.is_file():
         raise UsageError(f"--plugin {args.plugin} does not exist")
     try:
         options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
-        if args.engine is None:
+        if args.onnxruntime:
+            path = write_onnxruntime_model(args.model, args.output, options,
+                                           ops_library=args.ops_library, threads=args.threads,
+                                           gpu=args.gpu, force=args.force)
+        elif args.engine is None:
             path = write_python_model(args.model, args.output, options,
-                                      input_dtype=args.input_dtype, threads=args.threads,
+                                      input_dtype=args.input_dtype or "uint8", threads=args.threads,
                                       max_frame_size=(args.max_frame_size.height,
                                                       args.max_frame_size.width),
                                       force=args.force)
@@ -108,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(str(exc)) from exc
     except OSError as exc:
         raise CommandError(f"cannot write {args.output}: {exc}") from exc
-    print(f"wrote {path} ({'tensorrt_plan' if args.engine else 'python backend'}); serve it with:")
+    kind = ("onnxruntime backend" if args.onnxruntime else
+            "tensorrt_plan" if args.engine else "python backend")
+    print(f"wrote {path} ({kind}); serve it with:")
     plugin = args.plugin if args.engine is not None else None
     if args.engine is not None and plugin is None:
         plugin = Path("/path/to/libconvcrf_trt_plugin_static_reg.so")

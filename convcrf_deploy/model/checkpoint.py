@@ -134,10 +134,19 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` as a checkpoint (see the module docstring for the format).
 
     The unary is stored by its spec when it has one (built-in or registered architecture);
-    otherwise it is pickled, and loading then needs ``allow_pickle=True``.
+    otherwise it is pickled, and loading then needs ``allow_pickle=True``. A unary loaded from a
+    ``torch.export`` program or TorchScript is refused (``ValueError``): it stays in its file,
+    and its CRF is saved with ``save_crf``.
     """
     if not isinstance(model, SegmentationModel):
         raise ValueError(f"save_model expects a SegmentationModel, got {type(model).__name__}")
+    source = getattr(model, "unary_file", None) or (
+        "TorchScript" if isinstance(model.unary, torch.jit.ScriptModule) else None)
+    if source:
+        raise ValueError(f"this model's unary was loaded from {source} (a torch.export "
+                         "program or TorchScript) and stays in that file: save "
+                         "its CRF with convcrf_deploy.training.save_crf and load the two "
+                         "together (load_unary_file(path, UnarySettings(crf=...)))")
     checkpoint: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -188,6 +197,12 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
         raise CheckpointError(f"{path} is an ONNX file, not a PyTorch checkpoint: run it with "
                               "--backend onnxruntime (the default for .onnx files); exports "
                               "start from the checkpoint (.pt) it was exported from")
+    from .unary_files import unary_file_kind
+    kind = unary_file_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is a unary saved as a {kind}, not a checkpoint: load it "
+                              "with convcrf_deploy.model.load_unary_file(path, settings); the "
+                              "commands take it as the model, with --crf and --metadata")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -304,9 +319,10 @@ def _load_unary(data: dict[str, Any], path: Path, allow_pickle: bool) -> tuple[n
             raise CheckpointError(
                 f"{path} stores its unary network ({spec.get('class', 'unknown class')}) as "
                 "pickled Python code, and unpickling runs arbitrary code from the file. Only "
-                "if you trust its source, load it with load_model(path, allow_pickle=True). To "
-                "avoid this, register the architecture with "
-                "convcrf_deploy.model.register_unary(name, factory) and save again.")
+                "if you trust its source, load it with load_model(path, allow_pickle=True) "
+                "(on the command line: --allow-pickle). To avoid this, register the "
+                "architecture with convcrf_deploy.model.register_unary(name, factory) and "
+                "save again.")
         blob = data.get("unary_pickle")
         if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8:
             raise CheckpointError(f"{path}: pickled unary is missing or damaged")
@@ -314,7 +330,8 @@ def _load_unary(data: dict[str, Any], path: Path, allow_pickle: bool) -> tuple[n
             unary = torch.load(io.BytesIO(blob.cpu().numpy().tobytes()), weights_only=False)
         except Exception as exc:   # any failure of foreign code being unpickled
             raise CheckpointError(f"{path}: could not unpickle the unary network: {exc} "
-                                  "(is the module defining its class importable?)") from exc
+                                  "(is the module defining its class importable? On the command line, "
+                                  "load it with --import MODULE_OR_FILE.py)") from exc
         if not isinstance(unary, nn.Module):
             raise CheckpointError(f"{path}: pickled unary is a {type(unary).__name__}, "
                                   "not an nn.Module")

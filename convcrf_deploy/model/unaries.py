@@ -13,6 +13,10 @@ load your own network the same safe way, register a factory once, in code that r
     from convcrf_deploy.model import register_unary, build_unary
     register_unary("my_net", MyNet)             # MyNet(**kwargs) -> nn.Module
     unary = build_unary({"name": "my_net", "kwargs": {"num_classes": 5}})
+
+The commands run that code when told to: ``--import my_module`` or ``--import nets.py``; or an
+installed package declares the architecture as an entry point in the group
+``convcrf_deploy.unaries`` (see :mod:`convcrf_deploy.user_code`).
 """
 from __future__ import annotations
 
@@ -168,8 +172,11 @@ UNARY_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 def register_unary(name: str, factory: Callable[..., nn.Module], *, overwrite: bool = False) -> None:
     """Make ``factory(**kwargs) -> nn.Module`` loadable from checkpoints under ``name``.
 
-    Register before calling ``load_model`` on a checkpoint that uses ``name``. Re-registering
-    the same factory is a no-op; replacing a different one needs ``overwrite=True``.
+    Register before calling ``load_model`` on a checkpoint that uses ``name``: in your own
+    module, which the commands import with ``--import MODULE_OR_FILE.py``, or declare the
+    factory as an entry point in the group ``convcrf_deploy.unaries`` of an installed package.
+    Re-registering the same factory is a no-op; replacing a different one needs
+    ``overwrite=True`` (else ``ValueError``).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_unary: name must be a non-empty string, got {name!r}")
@@ -187,7 +194,15 @@ def build_unary(spec: dict[str, Any]) -> nn.Module:
     """Instantiate the unary described by ``spec = {"name": ..., "kwargs": {...}}``.
 
     The returned module remembers its spec (attribute ``unary_spec``) so that ``save_model``
-    can store it without pickling code.
+    can store it without pickling code. A ``name`` not registered yet is looked up among the
+    entry points that installed packages declare in the group ``convcrf_deploy.unaries``
+    (:mod:`convcrf_deploy.user_code`).
+
+    Raises:
+        ValueError: a malformed spec, or an architecture that is neither registered nor
+            declared (one line naming ``--import`` and the entry-point group);
+            ``UserCodeError`` (a ``ValueError``) when a declared entry point fails to load.
+        TypeError: the factory rejects ``kwargs``.
     """
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ValueError(f"unary spec must be a dict {{'name': str, 'kwargs': dict}}, got {spec!r}")
@@ -196,9 +211,10 @@ def build_unary(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"unary spec kwargs must be a dict, got {kwargs!r}")
     factory = UNARY_ARCHITECTURES.get(name)
     if factory is None:
-        raise ValueError(f"unknown unary architecture {name!r} (known: "
-                         f"{sorted(UNARY_ARCHITECTURES)}); if it is your own network, call "
-                         f"convcrf_deploy.model.register_unary({name!r}, factory) first")
+        from ..user_code import load_entry_point, unknown_architecture_message
+        if not load_entry_point(name):
+            raise ValueError(unknown_architecture_message(name, UNARY_ARCHITECTURES))
+        factory = UNARY_ARCHITECTURES[name]
     module = factory(**kwargs)
     if not isinstance(module, nn.Module):
         raise ValueError(f"unary factory for {name!r} returned {type(module).__name__}, "
@@ -221,4 +237,3 @@ def unary_spec_of(module: nn.Module) -> dict[str, Any] | None:
     if isinstance(factory, type) and type(module) is not factory:
         return None
     return {"name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
-    return None

@@ -1,10 +1,16 @@
 """Write a Triton Inference Server model repository for an exported model (``convcrf-triton``).
 
-Two kinds of model, with the same interface as our ONNX graphs (docs/serving.md):
+Three kinds of model, with the same interface as our ONNX graphs (docs/serving.md):
 
 * **CPU / reference** (:func:`write_python_model`): Triton's Python backend runs the exported
   ``.onnx`` with our runtime (:mod:`convcrf_deploy.serving.python_model`); ``image`` is
   ``TYPE_UINT8`` (default) or ``TYPE_FP32`` ``[3, -1, -1]``;
+* **ONNX Runtime** (:func:`write_onnxruntime_model`): Triton's onnxruntime backend runs the
+  exported ``.onnx`` itself, its ConvCRF nodes on our custom-op library ``libconvcrf_ort_ops``
+  declared in the configuration (``model_operations { op_library_filename: ... }``;
+  docs/onnxruntime.md); ``image`` is ``TYPE_FP32`` ``[3, -1, -1]``. Written and validated
+  against Triton's ``ModelConfig`` schema, **not run on a server here** (the bundled
+  ``tritonserver`` has no onnxruntime backend);
 * **NVIDIA GPU** (:func:`write_tensorrt_model`): Triton's TensorRT backend runs the engine from
   ``convcrf-build`` (``platform: "tensorrt_plan"``); the ConvCRF plugin library must be loaded
   into the server (``--backend-config=tensorrt,plugins=LIB`` or ``LD_PRELOAD=LIB``: the
@@ -213,6 +219,87 @@ def _write_model(repository: Path, options: ModelOptions, force: bool, fill) -> 
     return target
 
 
+def _config_text(config: str, section: str) -> str:
+    """``config`` with one more top-level ``section`` before its ``parameters``."""
+    lines = config.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("parameters {")), len(lines))
+    return "\n".join([*lines[:at], section, *lines[at:]]) + "\n"
+
+
+def write_onnxruntime_model(onnx_path: str | os.PathLike, repository: str | os.PathLike,
+                            options: ModelOptions = ModelOptions(), *,
+                            ops_library: str | os.PathLike | None = None, threads: int = 1,
+                            gpu: bool = False, force: bool = False) -> Path:
+    """Write ``REPO/<name>/`` with an ``onnxruntime``-backend model of ``onnx_path``.
+
+    The server's ONNX Runtime runs the whole graph; its ConvCRF nodes run on our custom-op
+    library, which the configuration declares (``model_operations { op_library_filename }``):
+    required for the ``plugin`` flavour, and for the ``single-file`` flavour it replaces the
+    nodes' slower function bodies; a ``portable`` export needs none. Untested on a server here
+    (docs/serving.md).
+
+    Args:
+        onnx_path: an export of any flavour (the graph's input is float32 in every flavour).
+        repository: the model repository folder (created if needed).
+        options: name, batching and instances.
+        ops_library: ``libconvcrf_ort_ops`` as the *server* will find it (an absolute path; in
+            a container, the path inside it). Default: the library installed here
+            (:func:`convcrf_deploy.ort_ops_library`). Its ``libconvcrf_cpu`` must sit beside it,
+            and the server's ONNX Runtime must be >= 1.16.
+        threads: ONNX Runtime intra-op threads per instance (``intra_op_thread_count``).
+        gpu: ``KIND_GPU`` instances (the server's CUDA provider; declare the CUDA variant,
+            ``ort_ops_library(cuda=True)``, for the ConvCRF nodes to run on the GPU).
+        force: replace a model folder previously written by convcrf-triton.
+
+    Returns:
+        ``REPO/<name>``.
+
+    Raises:
+        RepositoryError: bad options, a non-convcrf ONNX file, a graph with ConvCRF nodes and
+            no library (not installed here and none named), a relative ``ops_library``, or an
+            existing folder that may not be replaced.
+    """
+    from .. import _native
+    from ..runtime.backends.onnxrt.loader import has_convcrf_nodes
+
+    if threads < 1:
+        raise RepositoryError("threads must be >= 1")
+    onnx_path = Path(onnx_path)
+    model, props = _load_onnx(onnx_path)
+    input_type, outputs = _graph_io(model)
+    section = None
+    if has_convcrf_nodes(model):
+        if ops_library is None:
+            try:
+                ops_library = _native.ort_ops_library(cuda=gpu)
+            except _native.NativeError as exc:
+                raise RepositoryError(f"{onnx_path.name} has ConvCRF nodes, which the server's "
+                                      f"ONNX Runtime runs on libconvcrf_ort_ops: {exc}; or name "
+                                      "the server's copy with --ops-library") from None
+        if not Path(ops_library).is_absolute():
+            raise RepositoryError(f"--ops-library {ops_library} must be an absolute path (Triton "
+                                  "loads it as given, not relative to the repository)")
+        section = f"model_operations {{ op_library_filename: {_quote(str(ops_library))} }}"
+    config = render_config(options=options, platform_line='backend: "onnxruntime"',
+                           input_type=input_type, input_dims=[3, -1, -1], outputs=outputs,
+                           instance_kind="KIND_GPU" if gpu else "KIND_CPU",
+                           parameters={"intra_op_thread_count": str(threads), **props})
+    if section is not None:
+        config = _config_text(config, section)
+
+    def fill(folder: Path) -> list[str]:
+        import onnx
+
+        (folder / "1").mkdir()
+        onnx.save(model, str(folder / "1" / "model.onnx"))  # one file, external data inlined
+        (folder / "config.pbtxt").write_text(config)
+        (folder / "README.md").write_text(_readme(options, "onnxruntime", "float32", outputs,
+                                                  ops_library))
+        return ["config.pbtxt", "README.md", "1/model.onnx"]
+
+    return _write_model(Path(repository), options, force, fill)
+
+
 def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLike,
                        options: ModelOptions = ModelOptions(), *, input_dtype: str = "uint8",
                        max_frame_size: tuple[int, int] = (2160, 3840), threads: int = 1,
@@ -220,8 +307,8 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
     """Write ``REPO/<name>/`` with a Python-backend model running ``onnx_path`` on the CPU.
 
     Args:
-        onnx_path: an export of the ``single-file`` or ``portable`` flavour (ONNX Runtime runs
-            it; the ``plugin`` flavour needs TensorRT: use :func:`write_tensorrt_model`).
+        onnx_path: an export of any flavour; the ``plugin`` flavour needs the custom-op library
+            ``libconvcrf_ort_ops`` in the server's convcrf-deploy (checked here, in this one).
         repository: the model repository folder (created if needed).
         options: name, batching and instances.
         input_dtype: ``"uint8"`` or ``"float32"``: the ``image`` type clients send.
@@ -234,10 +321,11 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
         ``REPO/<name>``.
 
     Raises:
-        RepositoryError: bad options, a non-convcrf or plugin-flavour ONNX file, or an existing
-            folder that may not be replaced.
+        RepositoryError: bad options, a non-convcrf ONNX file, a plugin-flavour file without
+            the custom-op library, or an existing folder that may not be replaced.
     """
-    from ..runtime.backends.onnxrt.loader import needs_tensorrt_plugin
+    from .. import _native
+    from ..runtime.backends.onnxrt.loader import needs_custom_ops
 
     if input_dtype not in INPUT_DTYPES:
         raise RepositoryError(f"input dtype must be one of {sorted(INPUT_DTYPES)}, got {input_dtype!r}")
@@ -245,10 +333,13 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
         raise RepositoryError("threads and the maximum frame size must be >= 1")
     onnx_path = Path(onnx_path)
     model, props = _load_onnx(onnx_path)
-    if needs_tensorrt_plugin(model):
-        raise RepositoryError(f"{onnx_path.name} is a 'plugin'-flavour export, which only TensorRT "
-                              "runs: export --flavor single-file for the CPU repository, or build an "
-                              "engine (convcrf-build) and pass --engine")
+    if needs_custom_ops(model):
+        try:
+            _native.ort_ops_library()
+        except _native.NativeError as exc:
+            raise RepositoryError(f"{onnx_path.name} is a 'plugin'-flavour export, which ONNX "
+                                  f"Runtime runs only with libconvcrf_ort_ops: {exc}; or export "
+                                  "--flavor single-file for the CPU repository") from None
     _, outputs = _graph_io(model)
     from .python_model import MAX_PIXELS_KEY, THREADS_KEY
 
@@ -376,7 +467,22 @@ def _readme(options: ModelOptions, kind: str, input_dtype: str | None,
             outputs: dict[str, tuple[str, list[int]]], plugin: str | os.PathLike | None = None) -> str:
     name = options.name
     outs = ", ".join(f"`{n}` {t[5:].lower()}" for n, (t, _) in outputs.items())
-    if kind == "python":
+    if kind == "onnxruntime":
+        library = ("Its ConvCRF nodes run on the custom-op library declared in `model_operations`,\n"
+                   f"`{plugin}`: the server must find it at that path, with\n"
+                   "`libconvcrf_cpu.so` beside it (in a container, write the repository with\n"
+                   "`--ops-library` naming the path inside the container).\n") if plugin else ""
+        start = (
+            "This is an **onnxruntime-backend** model: the server's ONNX Runtime runs\n"
+            "`1/model.onnx`; it must be ONNX Runtime >= 1.16 (the Triton release notes list the\n"
+            "version a server bundles). " + library +
+            "convcrf-triton validates this configuration against Triton's model configuration\n"
+            "schema, but convcrf-deploy's tests do not run it on a server (docs/serving.md).\n\n"
+            "```bash\n"
+            "tritonserver --model-repository=$PWD/..\n"
+            "```\n")
+        image = "`image` float32 [N, 3, H, W] RGB 0..255"
+    elif kind == "python":
         start = (
             "This is a **Python-backend** model (CPU): the server runs the exported ONNX graph with\n"
             "convcrf-deploy's runtime (ONNX Runtime, no torch). In the server's Python environment:\n\n"

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from .._native import LIB_DIR, library_filename
+from .._native import LIB_DIR, find_library, library_filename
 
 #: environment variable naming the plugin library.
 PLUGIN_ENV = "CONVCRF_TRT_PLUGIN"
@@ -33,8 +33,9 @@ class PluginLibraryError(RuntimeError):
 
 
 def installed_plugin_path() -> Path:
-    """Where ``pip install`` puts the plugin library (it may not exist)."""
-    return LIB_DIR / library_filename(PLUGIN_STEM)
+    """Where ``pip install`` puts the plugin library (it may not exist; an editable install
+    puts it in site-packages, :func:`convcrf_deploy._native.library_dirs`)."""
+    return find_library(PLUGIN_STEM) or LIB_DIR / library_filename(PLUGIN_STEM)
 
 
 def how_to_provide() -> str:

@@ -64,8 +64,9 @@ _PACKAGE = "convcrf_deploy.runtime.backends"
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec(
         "torch", f"{_PACKAGE}.torch", "TorchBackend",
-        "PyTorch checkpoints (.pt) and the demo model; CRF on the fused native CPU path",
-        aliases=("pytorch", "pt"), suffixes=(".pt", ".pth"), extra="torch",
+        "PyTorch checkpoints (.pt), unaries saved by torch.export (.pt2) or TorchScript, and "
+        "the demo model; CRF on the fused native CPU path",
+        aliases=("pytorch", "pt"), suffixes=(".pt", ".pth", ".pt2"), extra="torch",
         devices=("cpu", "cuda"), crf_executors=("torch",), crf_switchable=True, warm_start=True,
         options=("device", "threads", "warm_start", "allow_pickle")),
     BackendSpec(

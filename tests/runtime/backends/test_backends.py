@@ -97,16 +97,18 @@ def test_unavailable_provider_names_the_gpu_extra(toy_onnx):
         OnnxRuntimeBackend(toy_onnx, providers=("gpu",))
 
 
-def test_plugin_flavour_graph_on_cpu_says_which_flavour_to_export(toy_onnx, tmp_path):
+def test_plugin_flavour_graph_without_the_custom_ops_says_what_to_do(toy_onnx, tmp_path):
     model = onnx.load(str(toy_onnx))
-    # A ConvCRF node in the plugin domain without a local function body: TensorRT-only.
+    # A ConvCRF node in the plugin domain without a local function body: it needs our
+    # custom-op library in ONNX Runtime (tests/runtime/backends/test_onnxrt_custom_ops.py).
     model.graph.node.append(helper.make_node("ConvCRFKernel", ["scaled"], ["kernel"],
                                              domain="trt.plugins", filter_size=5))
     model.opset_import.append(helper.make_opsetid("trt.plugins", 1))
     path = tmp_path / "plugin.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(BackendUnavailableError, match="single-file.*portable.*tensorrt"):
-        OnnxRuntimeBackend(path)
+    with pytest.raises(BackendUnavailableError,
+                       match="libconvcrf_ort_ops.*register_custom_ops_library.*single-file"):
+        OnnxRuntimeBackend(path, custom_ops=False)
 
 
 def test_graph_without_crf_config_is_known_to_have_no_crf(toy_onnx, tmp_path):

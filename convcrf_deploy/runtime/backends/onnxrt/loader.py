@@ -1,9 +1,13 @@
 """How to obtain an ONNX Runtime session for an exported model.
 
-Short provider names map to ONNX Runtime's: ``"cpu"``, ``"cuda"``, ``"tensorrt"``. Graphs of
-the ``plugin`` export flavour contain ``trt.plugins`` nodes that only TensorRT (with our
-plugin library) can run; :class:`SessionLoader` refuses them up front on other providers with
-a message saying what to do, instead of ONNX Runtime's opaque "could not find a kernel".
+Short provider names map to ONNX Runtime's: ``"cpu"``, ``"cuda"``, ``"tensorrt"``. The
+ConvCRF nodes of an export (``trt.plugins::ConvCRFKernel`` / ``ConvCRFMessagePassing``) run
+in ONNX Runtime on our custom-op library ``libconvcrf_ort_ops`` (docs/onnxruntime.md), which
+:class:`SessionLoader` registers with every session when it is installed: the ``plugin``
+flavour needs it, and the ``single-file`` flavour's nodes then run on it instead of their
+standard-op function bodies. A ``plugin``-flavour file without the library is refused up front
+with a message saying how to get it, instead of ONNX Runtime's opaque "could not find a
+kernel". With the TensorRT provider the nodes are TensorRT's (our TensorRT plugin) instead.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .... import _native
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
@@ -33,9 +38,17 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def needs_tensorrt_plugin(model_proto) -> bool:
-    """True when the graph has ``trt.plugins`` nodes without a model-local function body
-    (the ``plugin`` flavour); the ``single-file`` flavour defines them as functions."""
+def has_convcrf_nodes(model_proto) -> bool:
+    """True when the graph has ConvCRF nodes (``trt.plugins`` domain): the ``plugin`` and
+    ``single-file`` flavours (the ``portable`` one has standard ops only)."""
+    return any(node.domain == PLUGIN_DOMAIN for node in model_proto.graph.node)
+
+
+def needs_custom_ops(model_proto) -> bool:
+    """True when the graph has ConvCRF nodes without a model-local function body (the
+    ``plugin`` flavour): they run only where their kernels are registered (TensorRT with our
+    plugin, ONNX Runtime with ``libconvcrf_ort_ops``). The ``single-file`` flavour defines them
+    as functions too."""
     local = {(f.domain, f.name) for f in model_proto.functions}
     return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
                for node in model_proto.graph.node)
@@ -51,15 +64,29 @@ class SessionLoader:
         plugin_library: the ConvCRF TensorRT plugin (``libconvcrf_trt_plugin.so``), handed to
             the TensorRT provider as ``trt_extra_plugin_lib_paths``; defaults to
             ``$CONVCRF_TRT_PLUGIN``.
-        threads: intra-op threads (``None``: ONNX Runtime's default, all cores).
+        threads: intra-op threads (``None``: ONNX Runtime's default, all cores), also the
+            worker threads of the custom ops' native kernels (session config entry
+            ``convcrf.num_threads``; ``None``: every CPU the process may use).
         spinning: idle intra-op threads busy-wait for the next run (ONNX Runtime's default:
             lowest latency, but they hold the cores for a while after each run, which slows
             PyTorch or other work interleaved with the session 10-30x on a small CPU).
+        custom_ops: the ONNX Runtime custom-op library of the ConvCRF nodes: ``None`` (default)
+            registers the installed ``libconvcrf_ort_ops`` (its CUDA variant when the providers
+            include ``"cuda"`` and it is installed) when there is one; a path registers that
+            file; ``False`` registers none. Not used with the ``"tensorrt"`` provider, whose
+            ConvCRF nodes are the TensorRT plugin's.
+
+    Attributes:
+        custom_ops_library: the library registered with the sessions (``Path``), or ``None``.
+        custom_ops_missing: why none is registered (``""`` when one is).
+
+    Raises:
+        ValueError: invalid providers or threads, or ``custom_ops`` names no file.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, custom_ops: str | os.PathLike | bool | None = None):
         self.path = Path(path)
         unknown = [p for p in providers if p not in PROVIDERS]
         if not providers or unknown:
@@ -72,6 +99,57 @@ class SessionLoader:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self.spinning = spinning
+        self.custom_ops_library, self.custom_ops_missing = self._custom_ops(custom_ops)
+
+    def _custom_ops(self, wanted) -> tuple[Path | None, str]:
+        if wanted is False:
+            return None, "custom_ops=False was given"
+        if "tensorrt" in self.providers:
+            return None, "the TensorRT provider runs them with the TensorRT plugin"
+        if wanted is not None and wanted is not True:
+            path = Path(wanted).expanduser()
+            if not path.is_file():
+                raise ValueError(f"custom_ops={str(wanted)!r} is not a file; pass the path of "
+                                 "libconvcrf_ort_ops (convcrf_deploy.ort_ops_library())")
+            return path, ""
+        if "cuda" in self.providers:
+            try:
+                return Path(_native.ort_ops_library(cuda=True)), ""
+            except _native.NativeError:
+                pass  # the CPU variant below: ONNX Runtime copies the tensors to it
+        try:
+            return Path(_native.ort_ops_library()), ""
+        except _native.NativeError as exc:
+            return None, str(exc)
+
+    def session_options(self, spinning: bool | None = None):
+        """``onnxruntime.SessionOptions`` with the threads, spinning policy and custom-op
+        library of this loader (also used for sessions of parts of the graph).
+
+        Raises:
+            BackendUnavailableError: ONNX Runtime refuses the custom-op library (too old an
+                ONNX Runtime, a damaged file).
+        """
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if not (self.spinning if spinning is None else spinning):
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.custom_ops_library is not None:
+            if self.threads is not None:  # read when the library registers: set it first
+                options.add_session_config_entry(_native.ORT_OPS_THREADS_KEY, str(self.threads))
+            try:
+                options.register_custom_ops_library(str(self.custom_ops_library))
+            except Exception as exc:  # onnxruntime's pybind errors share no useful base class
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BackendUnavailableError(
+                    f"ONNX Runtime {ort.__version__} cannot register the ConvCRF custom-op "
+                    f"library {self.custom_ops_library}: {first_line[:300]}; it needs ONNX "
+                    "Runtime >= 1.16 and libconvcrf_cpu beside it (reinstall with `pip "
+                    "install --force-reinstall .`)") from None
+        return options
 
     def __call__(self):
         ort = import_onnxruntime()
@@ -85,25 +163,9 @@ class SessionLoader:
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
                 f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
-        if needs_tensorrt_plugin(model_proto):
-            if "tensorrt" not in self.providers:
-                raise BackendUnavailableError(
-                    f"{self.path.name} is a 'plugin'-flavour export: its ConvCRF nodes run only "
-                    "in TensorRT with the ConvCRF plugin. Export the 'single-file' or "
-                    "'portable' flavour for ONNX Runtime on CPU/CUDA (convcrf-export --flavor "
-                    "single-file), or run it with providers=('tensorrt', 'cuda', 'cpu') and "
-                    "--plugin LIB")
-            if self.plugin_library is None or not self.plugin_library.exists():
-                raise BackendUnavailableError(
-                    f"{self.path.name} needs the ConvCRF TensorRT plugin library: pass "
-                    "plugin_library= (--plugin) or set CONVCRF_TRT_PLUGIN; "
-                    f"got {str(self.plugin_library) if self.plugin_library else 'none'}")
-        options = ort.SessionOptions()
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        if not self.spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if needs_custom_ops(model_proto):
+            self._check_plugin_flavour_can_run()
+        options = self.session_options()
         provider_list = []
         for name in self.providers:
             if name == "tensorrt" and self.plugin_library is not None:
@@ -116,11 +178,30 @@ class SessionLoader:
                                            providers=provider_list)
         except Exception as exc:    # onnxruntime's pybind errors share no useful base class
             if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
-                                          "NoSuchFile", "InvalidArgument"):
+                                          "NoSuchFile", "InvalidArgument", "RuntimeException"):
                 raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
         return session, model_proto
+
+    def _check_plugin_flavour_can_run(self) -> None:
+        """A ``plugin``-flavour graph: its ConvCRF nodes need our kernels registered."""
+        if "tensorrt" in self.providers:
+            if self.plugin_library is None or not self.plugin_library.exists():
+                raise BackendUnavailableError(
+                    f"{self.path.name} needs the ConvCRF TensorRT plugin library: pass "
+                    "plugin_library= (--plugin) or set CONVCRF_TRT_PLUGIN; "
+                    f"got {str(self.plugin_library) if self.plugin_library else 'none'}")
+            return
+        if self.custom_ops_library is None:
+            raise BackendUnavailableError(
+                f"{self.path.name} is a 'plugin'-flavour export: ONNX Runtime runs its ConvCRF "
+                "nodes (domain trt.plugins) only with our custom-op library libconvcrf_ort_ops "
+                f"registered, and it is not available: {self.custom_ops_missing}. This runtime "
+                "registers it by itself once it is installed; in your own code: "
+                "options.register_custom_ops_library(convcrf_deploy.ort_ops_library()). Or "
+                "export the 'single-file' flavour (convcrf-export --flavor single-file), which "
+                "runs in any ONNX Runtime")
 
 
 def read_onnx(path: Path):

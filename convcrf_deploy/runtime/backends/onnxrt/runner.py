@@ -13,7 +13,7 @@ from ....crf.warm_start import WarmStartMeanField
 from ....metadata import ONNX_KEYS, ModelMetadata
 from ..base import (CRF_EXECUTOR_CHOICES, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES,
                     Backend, BackendUnavailableError)
-from .loader import SessionLoader, import_onnxruntime
+from .loader import SessionLoader, has_convcrf_nodes, import_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,13 @@ class OnnxRuntimeBackend(Backend):
     The CRF runs natively (:class:`~convcrf_deploy.crf.native.NativeCRF`, the
     fused C library the PyTorch path uses) whenever the native library is present, the file
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
-    then runs only the unary part of the graph. Otherwise the graph's own CRF runs (standard
-    ONNX ops, several times slower on the CPU). :meth:`describe` says which one and why. Both
-    compute the same probabilities (within 1e-4; tests/runtime/backends/test_native_crf.py). With
+    then runs only the unary part of the graph. Otherwise the graph's own CRF runs in ONNX
+    Runtime: its ConvCRF nodes on our custom-op library ``libconvcrf_ort_ops`` when it is
+    installed (which is also what lets ``plugin``-flavour files run here; docs/onnxruntime.md),
+    else as the ``single-file`` flavour's standard-op function bodies (several times slower);
+    the ``portable`` flavour is standard ops throughout. :meth:`describe` says which one and
+    why. Both compute the same probabilities (within 1e-4;
+    tests/runtime/backends/test_native_crf.py). With
     ``crf_enabled = False`` (``Segmenter(crf=False)``) only the unary part runs.
 
     The session is created on construction (so a bad file or provider fails early); the
@@ -93,12 +97,15 @@ class OnnxRuntimeBackend(Backend):
     Args:
         path: the ``.onnx`` file.
         providers: ``("cpu",)``, ``("cuda", "cpu")`` or ``("tensorrt", "cuda", "cpu")``.
-        plugin_library: ConvCRF TensorRT plugin for ``plugin``-flavour graphs.
+        plugin_library: ConvCRF TensorRT plugin for ``plugin``-flavour graphs on the
+            TensorRT provider.
         threads: intra-op threads of ONNX Runtime and the native CRF (``None``: all cores).
         crf_executor: ``"auto"`` (default), ``"native"`` (required: ``ValueError`` saying why
             when it cannot run) or ``"graph"``.
         spinning: idle ONNX Runtime threads busy-wait for the next run (see
             :class:`SessionLoader`; the unary session before the native CRF never spins).
+        custom_ops: the custom-op library of the ConvCRF nodes (see :class:`SessionLoader`;
+            default: the installed ``libconvcrf_ort_ops``; ``False``: none).
         warm_start: video mode: start each frame's mean-field from the previous frame's
             result (:class:`~convcrf_deploy.crf.WarmStartMeanField`) with
             ``warm_start_iterations`` iterations. Needs the native CRF executor (the graph's
@@ -115,7 +122,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
-                 crf_executor: str = "auto", spinning: bool = True, warm_start: bool = False,
+                 crf_executor: str = "auto", spinning: bool = True,
+                 custom_ops: str | os.PathLike | bool | None = None, warm_start: bool = False,
                  warm_start_iterations: int = 2, warm_start_mix: float = 0.5):
         if crf_executor not in CRF_EXECUTOR_CHOICES:
             raise ValueError(f"crf_executor must be one of {CRF_EXECUTOR_CHOICES}, got "
@@ -124,7 +132,8 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError("warm start needs the native CRF executor (the graph's CRF runs "
                              "the exported number of iterations); use crf_executor 'native' "
                              "or 'auto'")
-        self.loader = SessionLoader(path, providers, plugin_library, threads, spinning)
+        self.loader = SessionLoader(path, providers, plugin_library, threads, spinning,
+                                    custom_ops)
         self.session, model_proto = self.loader()
         props = {p.key: p.value for p in model_proto.metadata_props}
         super().__init__(ModelMetadata.from_onnx_props(props))
@@ -175,7 +184,8 @@ class OnnxRuntimeBackend(Backend):
         if not self.has_crf:
             return "none", None
         if wanted == "graph":
-            return "graph", "the graph's CRF (crf_executor='graph')"
+            return "graph", f"the graph's CRF in ONNX Runtime ({self._crf_nodes()}; " \
+                            "crf_executor='graph')"
         reason = None
         if self.loader.providers != ("cpu",):
             reason = f"providers {list(self.loader.providers)} (native CRF is CPU-only)"
@@ -193,7 +203,18 @@ class OnnxRuntimeBackend(Backend):
             return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
         if wanted == "native":
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
-        return "graph", f"the graph's CRF in ONNX Runtime: {reason}"
+        return "graph", f"the graph's CRF in ONNX Runtime ({self._crf_nodes()}): {reason}"
+
+    def _crf_nodes(self) -> str:
+        """What runs the graph's ConvCRF nodes, for :meth:`describe` and the stats."""
+        if not has_convcrf_nodes(self._model_proto):
+            return "standard ONNX ops only"
+        if self.loader.custom_ops_library is not None:
+            return f"ConvCRF nodes on {self.loader.custom_ops_library.name}, the native kernels"
+        if "tensorrt" in self.loader.providers:
+            return "ConvCRF nodes on the TensorRT plugin"
+        why = self.loader.custom_ops_missing.split(":")[0]  # its first clause
+        return f"ConvCRF nodes as their standard-op function bodies: {why}"
 
     def _check_native_against_graph(self, fp16: bool) -> None:
         """Run the graph's CRF and the native one once on a small image (the graph's own size
@@ -237,13 +258,8 @@ class OnnxRuntimeBackend(Backend):
                            "crf": ([self._logits_name, INPUT_NAME], ["probabilities"])}[part]
         extracted = extract_part(self._model_proto, inputs, outputs)
         ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(extracted.SerializeToString(), sess_options=options,
+        return ort.InferenceSession(extracted.SerializeToString(),
+                                    sess_options=self.loader.session_options(spinning),
                                     providers=self.session.get_providers())
 
     @property
@@ -272,8 +288,10 @@ class OnnxRuntimeBackend(Backend):
         return ("unary", "crf", "full") if self.has_crf else ("unary", "full")
 
     def describe(self) -> dict[str, Any]:
+        library = self.loader.custom_ops_library
         return {**super().describe(), "providers": self.providers, "threads": self.threads,
                 "flavor": self.flavor, "model": str(self.loader.path),
+                "custom_ops_library": str(library) if library is not None else None,
                 "warm_start": self.warm_start is not None}
 
     @classmethod
@@ -294,14 +312,14 @@ class OnnxRuntimeBackend(Backend):
                    crf_executor: str = "auto",
                    **_benchmark_options: Any) -> "OnnxRuntimeBackend":
         """Export ``model`` (a ``SegmentationModel``) to ``folder/model.onnx`` in ``flavor``
-        (``"single-file"`` or ``"portable"``) and load it (CUDA provider when ``device`` is
-        CUDA) with ``crf_executor``. Parity with PyTorch is the caller's check (the benchmark
-        reports it)."""
-        from ....export import export_onnx
+        (``"single-file"``, ``"portable"`` or, with ``libconvcrf_ort_ops`` installed,
+        ``"plugin"``) and load it (CUDA provider when ``device`` is CUDA) with
+        ``crf_executor``. Parity with PyTorch is the caller's check (the benchmark reports
+        it)."""
+        from ....export import FLAVORS, export_onnx
 
-        if flavor not in ("single-file", "portable"):
-            raise ValueError(f"flavor {flavor!r} does not run in ONNX Runtime on CPU/CUDA; use "
-                             "'single-file' or 'portable'")
+        if flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {list(FLAVORS)}, got {flavor!r}")
         path = Path(folder) / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path, flavor=flavor, fp16=fp16, part="full", verify=False)

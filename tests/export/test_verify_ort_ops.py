@@ -78,6 +78,7 @@ def test_onnx_runtime_with_the_custom_ops_equals_the_reference_evaluator(plugin_
 def test_without_the_library_the_reference_evaluator_verifies(plugin_export, tmp_path, monkeypatch):
     monkeypatch.delenv(_native.ORT_OPS_ENV, raising=False)
     monkeypatch.setattr(_native, "LIB_DIR", tmp_path)
+    monkeypatch.setattr(_native, "library_dirs", lambda: [tmp_path])
     model = onnx.load(str(plugin_export))
     backend, (probabilities, _) = run_graph(model, feeds(1, 9, 11), "plugin")
     assert backend.startswith("onnx.reference")

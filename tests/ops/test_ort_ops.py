@@ -273,6 +273,7 @@ def test_the_library_path_is_public_and_explains_a_missing_build(monkeypatch, tm
         ort_ops_library()
     monkeypatch.delenv(_native.ORT_OPS_ENV)
     monkeypatch.setattr(_native, "LIB_DIR", tmp_path)
+    monkeypatch.setattr(_native, "library_dirs", lambda: [tmp_path])
     with pytest.raises(_native.NativeError, match="ONNXRUNTIME_INCLUDE_DIR=.*pip install"):
         ort_ops_library()
     with pytest.raises(_native.NativeError, match="nvcc"):

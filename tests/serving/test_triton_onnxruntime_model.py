@@ -105,6 +105,7 @@ def test_plugin_flavour_model_declares_the_library_and_runs_as_the_backend_would
 def test_portable_model_needs_no_library_and_a_named_one_is_written_as_given(tmp_path, monkeypatch):
     monkeypatch.delenv(_native.ORT_OPS_ENV, raising=False)
     monkeypatch.setattr(_native, "LIB_DIR", tmp_path)   # not installed here
+    monkeypatch.setattr(_native, "library_dirs", lambda: [tmp_path])
     portable = write_onnxruntime_model(write_toy_onnx(tmp_path / "toy.onnx"), tmp_path / "repo")
     assert not parse(portable).model_operations.op_library_filename
     plugin = plugin_toy(tmp_path / "plugin.onnx")

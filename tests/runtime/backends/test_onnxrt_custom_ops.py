@@ -101,6 +101,7 @@ def test_a_plugin_flavour_file_without_the_library_names_it_and_how_to_register_
         exports, tmp_path, monkeypatch):
     monkeypatch.delenv(_native.ORT_OPS_ENV, raising=False)
     monkeypatch.setattr(_native, "LIB_DIR", tmp_path)   # an installation without the library
+    monkeypatch.setattr(_native, "library_dirs", lambda: [tmp_path])
     with pytest.raises(BackendUnavailableError) as caught:
         OnnxRuntimeBackend(exports["plugin"])
     message = str(caught.value)

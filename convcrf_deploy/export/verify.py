@@ -127,7 +127,7 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
             graph and the custom-op library is not installed.
     """
     from .. import _native
-    from ..runtime.backends.onnxrt.loader import needs_custom_ops
+    from ..exported_model import needs_custom_ops
 
     custom_ops = needs_custom_ops(model)
     if runtime == "auto":

@@ -41,7 +41,8 @@ class OnnxRuntimeBackend(Backend):
 
     ``infer`` times the unary and the CRF apart (:attr:`Backend.last_stage_times`): with the
     native CRF, and with the graph's CRF on the CPU provider, which then runs as two sessions
-    of the graph's parts (the same nodes); on GPU providers the graph runs in one piece.
+    of the graph's parts (the same nodes); on GPU providers, and for weights stored as
+    external data, the graph runs in one piece.
 
     Args:
         path: the ``.onnx`` file.
@@ -121,9 +122,11 @@ class OnnxRuntimeBackend(Backend):
                                                  warm_start_mix)
         #: ``infer`` runs the unary and the CRF apart (and times each): with the native CRF,
         #: and with the graph's CRF on the CPU provider, as two sessions of the graph's parts
-        #: (on a GPU provider the logits would cross to the host and back: one run there).
+        #: (on a GPU provider the logits would cross to the host and back: one run there; part
+        #: sessions are built from bytes, where weights stored as external data are not found).
         self._runs_in_parts = self.has_crf and self._logits_name is not None and (
-            self._crf_executor == "native" or self.loader.providers == ("cpu",))
+            self._crf_executor == "native" or (self.loader.providers == ("cpu",)
+                                               and not model_file.uses_external_data))
         if self._runs_in_parts:
             # The unary session never spins: its idle threads would take the cores from the
             # CRF (native or the CRF part's session) that runs right after it.

@@ -8,6 +8,7 @@ Examples::
     convcrf-export model.pt --flavor plugin --fp16      # for TensorRT with our plugin
     convcrf-export model.pt --static --height 480 --width 640
     convcrf-export model.pt --part crf -o crf.onnx      # logits + image -> probabilities
+    convcrf-export model.pt --int8 --calibration frames/   # INT8 unary, fp32 CRF
 
 Flavours: single-file (default: ConvCRF nodes with standard-op bodies; ONNX Runtime runs it,
 convcrf-build strips the bodies so TensorRT uses the plugin), plugin (ConvCRF nodes only;
@@ -64,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the checker and the parity check against PyTorch")
     add_model_loading_arguments(parser)
+    int8 = parser.add_argument_group("INT8 unary (docs/export.md)")
+    int8.add_argument("--int8", action="store_true",
+                      help="quantise the unary network to INT8 (static QDQ, per-channel "
+                           "weights), calibrated on --calibration frames; the CRF stays fp32 "
+                           "(fp16 with --fp16). Verified by label agreement with the float graph")
+    int8.add_argument("--calibration", type=Path, metavar="DIR",
+                      help="with --int8: a folder of at least 8 frames (.png/.jpg) from the "
+                           "camera the model will run on (at most 64 are used)")
+    int8.add_argument("--reduce-range", action="store_true",
+                      help="with --int8: 7-bit weights, for x86-64 CPUs without VNNI (AVX2 only)")
     return parser
 
 
@@ -73,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.height is None) != (args.width is None):
         parser.error("give both --height and --width, or neither")
+    if args.int8 and args.calibration is None:
+        parser.error("--int8 needs --calibration DIR: a folder of at least 8 frames from the "
+                     "camera the model will run on")
+    for flag, value in (("--calibration", args.calibration), ("--reduce-range",
+                                                              args.reduce_range)):
+        if value and not args.int8:
+            parser.error(f"{flag} applies to --int8 exports only")
+    if args.int8 and args.part == "crf":
+        parser.error("--int8 quantises the unary network; --part crf has none")
 
     try:
         from ..export import ExportError, export_onnx
@@ -81,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         raise MissingDependencyError(f"{exc}; the exporter needs torch, onnx, onnxscript and "
                                      f"onnxruntime ({TORCH_HINT})") from exc
-    output = args.output or default_output(args.model, args.flavor)
+    output = args.output or default_output(args.model,
+                                           args.flavor + (".int8" if args.int8 else ""))
     from ..files import OutputPathError, check_output_paths
     try:
         check_output_paths({"-o": output}, {"model": args.model})
@@ -92,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,
                              height=args.height, width=args.width, static=args.static,
-                             part=part, verify=not args.no_verify)
+                             part=part, verify=not args.no_verify, int8=args.int8,
+                             calibration=args.calibration, reduce_range=args.reduce_range)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc
@@ -100,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(exc)) from None
     print(report.summary())
     if not report.ok:
-        raise CommandError("the exported graph does not match PyTorch (see above); "
+        what = ("the INT8 graph does not agree with the float graph" if report.verification
+                is None or report.verification.passed else
+                "the exported graph does not match PyTorch")
+        raise CommandError(f"{what} (see above); "
                            f"{output} was left as it was, and the failing graph written for "
                            f"inspection to {report.path}")
     return ExitCode.OK

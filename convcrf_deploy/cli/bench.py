@@ -31,7 +31,7 @@ from ..install import TORCH_HINT, MissingDependencyError, install_hint
 from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
                       command, float_in, frame_size, frame_sizes, int_at_least, int_list,
-                      load_model_argument, positive_int)
+                      load_model_argument, positive_int, report_stream)
 
 PROG = "convcrf-bench"
 
@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                          "exported graph fixes; the sweep runs the native CRF (--backends "
                          "onnxruntime) or PyTorch's")
     try:
-        check_output_paths({"--json": args.json, "--plot": args.plot},
-                                        {"model": args.model})
+        check_output_paths({"--json": args.json, "--plot": args.plot}, {"model": args.model},
+                           suffixes={"--plot": bench.PLOT_SUFFIXES})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    out = report_stream(args.json)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -186,14 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     result["model"] = str(args.model)
-    print(table)
+    print(table, file=out)
     if args.json is not None:
         from ..evaluation import json_safe
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.json, json.dumps(json_safe(result), indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}", file=out)
     if args.plot is not None and not args.sweep:
-        print(f"wrote {bench.plot_benchmark(result, args.plot)}")
+        print(f"wrote {bench.plot_benchmark(result, args.plot)}", file=out)
     return ExitCode.OK
 
 

@@ -9,6 +9,14 @@ Examples::
     convcrf-export model.pt --static --height 480 --width 640
     convcrf-export model.pt --part crf -o crf.onnx      # logits + image -> probabilities
     convcrf-export model.pt --int8 --calibration frames/   # INT8 unary, fp32 CRF
+    convcrf-export unet.pt --pad-multiple 32            # a network that needs multiples of 32
+    convcrf-export tv.pt --output-key out               # logits in the unary's output["out"]
+
+Your own network: its unary may return a tensor, a tuple (first element), a dict ("out",
+"logits" or --output-key) or an object with .logits, at any resolution (resized to the input
+inside the graph). Input constraints (sizes it needs) are detected by probing sizes unless
+--pad-multiple/--min-size give them; they are written to the file, and the runtime pads
+frames to them.
 
 Flavours: single-file (default: ConvCRF nodes with standard-op bodies; ONNX Runtime runs it,
 convcrf-build strips the bodies so TensorRT uses the plugin), plugin (ConvCRF nodes only;
@@ -22,6 +30,7 @@ from pathlib import Path
 
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT, MissingDependencyError
+from ..runtime.backends.registry import BACKENDS
 from .harness import (CommandError, ExitCode, PlainHelpFormatter, UsageError,
                       add_model_loading_arguments, command, int_at_least, load_model_argument)
 
@@ -64,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "(image -> logits) or crf (logits, image -> probabilities)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the checker and the parity check against PyTorch")
+    parser.add_argument("--pad-multiple", type=int_at_least(1), metavar="N",
+                        help="the unary needs height and width multiples of N (e.g. 32 for a "
+                             "U-Net of output stride 32); default: from the checkpoint, else "
+                             "detected by running the unary at a few sizes")
+    parser.add_argument("--min-size", type=int_at_least(1), metavar="N",
+                        help="the unary needs height and width of at least N px (e.g. 32 for "
+                             "a Segformer); default: as --pad-multiple")
+    parser.add_argument("--output-key", metavar="KEY",
+                        help="the unary returns a dict (or object): its logits are under KEY "
+                             "(default: 'out', then 'logits')")
     add_model_loading_arguments(parser)
     int8 = parser.add_argument_group("INT8 unary (docs/export.md)")
     int8.add_argument("--int8", action="store_true",
@@ -105,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                                            args.flavor + (".int8" if args.int8 else ""))
     from ..files import OutputPathError, check_output_paths
     try:
-        check_output_paths({"-o": output}, {"model": args.model})
+        # convcrf-run, -bench and -triton tell an ONNX file by its suffix.
+        check_output_paths({"-o": output}, {"model": args.model},
+                           suffixes={"-o": BACKENDS["onnxruntime"].suffixes})
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
     model = load_model_argument(args, args.model, crf_only=True, traceable=True)
@@ -114,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         report = export_onnx(model, output, flavor=args.flavor, fp16=args.fp16, opset=args.opset,
                              height=args.height, width=args.width, static=args.static,
                              part=part, verify=not args.no_verify, int8=args.int8,
-                             calibration=args.calibration, reduce_range=args.reduce_range)
+                             calibration=args.calibration, reduce_range=args.reduce_range,
+                             pad_multiple=args.pad_multiple, min_size=args.min_size,
+                             output_key=args.output_key)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc

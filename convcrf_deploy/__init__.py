@@ -4,6 +4,7 @@ The package is laid out by stage:
 
 * ``convcrf_deploy.config``   CRFConfig (no torch needed)
 * ``convcrf_deploy.ops``      the two ConvCRF ops, native kernels with autograd (torch)
+* ``convcrf_deploy.crf``      the mean-field schedule, the native CRF, warm start (no torch)
 * ``convcrf_deploy.model``    ConvCRF and segmentation models, checkpoints (torch)
 * ``convcrf_deploy.data``     the paper's synthetic task, datasets, metrics
 * ``convcrf_deploy.export``   ONNX export and verification (torch, onnx)

@@ -6,6 +6,9 @@
   It times the runtime backends of :mod:`convcrf_deploy.runtime.backends` themselves
   (``Backend.from_model``, ``infer_unary``, ``infer_crf``, ``infer``): exactly what
   ``convcrf-run`` runs, and any new backend folder without changes here.
+  At batch 1 it also times a ``frame`` stage (a BGR frame through a ``Segmenter``, as
+  ``convcrf-run`` runs it) and splits it into pre-processing, unary, CRF and
+  post-processing; ``crf_executor=`` chooses who runs the CRF where a backend offers it.
 * With ``int8_calibration=`` it also exports the model with an INT8 unary
   (:mod:`convcrf_deploy.export.quantize`, calibrated on the user's frames) and times it as the
   ``onnxruntime-int8`` row, interleaved with the fp32 ``onnxruntime`` row and PyTorch, and
@@ -13,8 +16,9 @@
   default), the label agreement with fp32 and the accuracy of both against the ground truth
   (:func:`int8_quality`).
 * :func:`sweep_crf` times the CRF at several settings (filter size, blur, mean-field
-  iterations), with the model's trained parameters, and measures on labelled frames how much
-  each setting improves pixel accuracy and mIoU over the unary, to pick a latency budget.
+  iterations, warm starts), with the model's trained parameters, on PyTorch or on the ONNX
+  Runtime backend's native CRF, and measures on labelled frames how much each setting
+  improves pixel accuracy and mIoU over the unary, to pick a latency budget.
 
 The machine may be shared and noisy: every variant of one run is timed interleaved (one call
 of each variant per round), so the ratios printed by one run are comparable even when the
@@ -46,6 +50,7 @@ from . import _native
 _native.prefer_passive_openmp()
 
 from .runtime.backends import STAGES as BACKEND_STAGES  # noqa: E402
+from .runtime.backends.base import CRF_EXECUTOR_CHOICES  # noqa: E402
 from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError,  # noqa: E402
                                 backend_class, backend_name_for, backend_spec)
 from .data.folder import rgb_to_tensor  # noqa: E402
@@ -210,6 +215,33 @@ def stage_calls(backend, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
             if stage in backend.stages and (stage != "crf" or backend.has_crf)}
 
 
+#: the stage timed through a :class:`~convcrf_deploy.runtime.Segmenter` (batch 1): a BGR
+#: frame to labels, as ``convcrf-run`` processes it, split into pre-processing, unary, CRF and
+#: post-processing (``frame_split``: :meth:`convcrf_deploy.runtime.stats.LatencyStats.frame_split`).
+FRAME_STAGE = "frame"
+
+
+def frame_call(backend, inputs: StageInputs, warmup: int = 0):
+    """``(call, split)``: a zero-argument call that runs ``inputs.image[0]`` (as a BGR uint8
+    frame) through a ``Segmenter`` on ``backend`` at its own size, and the
+    :class:`~convcrf_deploy.runtime.stats.LatencyStats` its calls after the first ``warmup``
+    fill with their timings."""
+    from .runtime import Segmenter
+    from .runtime.stats import LatencyStats
+
+    segmenter = Segmenter(backend, resize="none")
+    frame = np.ascontiguousarray(np.clip(inputs.image[0].transpose(1, 2, 0)[:, :, ::-1], 0, 255)
+                                 .astype(np.uint8))
+    split = LatencyStats()
+    calls = iter(range(-warmup, 1 << 62))
+
+    def call() -> None:
+        timings = segmenter(frame).timings
+        if next(calls) >= 0:
+            split.add_all(timings)
+    return call, split
+
+
 def backend_notes(backend, fp16: bool) -> list[str]:
     """What a reader of the table needs to know about how this backend ran."""
     described = backend.describe()
@@ -255,7 +287,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                     iterations: int = 20, warmup: int = 3, fp16: bool = False,
                     threads: int | None = None, device: str = "cpu",
                     flavor: str = "single-file", allow_pickle: bool = False,
-                    crf_references: Sequence[str] = (),
+                    crf_references: Sequence[str] = (), crf_executor: str = "auto",
                     int8_calibration: Any = None, quality_frames: str | os.PathLike = "demo",
                     num_quality_frames: int = 8,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -278,6 +310,8 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         crf_references: any of :data:`CRF_REFERENCES`, timed on the CPU in the same
             interleaved run as the backends' CRF stage, on the same logits and images
             (``"fullcrf"`` needs the ``[fullcrf]`` extra; it runs one image at a time).
+        crf_executor: who runs the CRF on backends that offer the choice (ONNX Runtime):
+            ``"auto"``, ``"native"`` or ``"graph"``; the others run theirs.
         int8_calibration: a folder of calibration frames (or BGR arrays, or a
             :class:`~convcrf_deploy.export.quantize.CalibrationSet`): also time an INT8-unary
             export in ONNX Runtime (row :data:`INT8_ROW`, same flavour, fp16 and threads; the
@@ -290,8 +324,12 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
     Returns:
         ``{"model", "settings", "machine", "backends": {name: {"status": "ok", "notes",
         "sizes": {"WxH": {stage: {mean_ms, p50_ms, p90_ms, p99_ms, min_ms, max_ms, fps,
-        count, speedup_vs_torch}}, "max_abs_diff_vs_torch"}} or {"status": "skipped",
-        "reason"}}, "crf_references": {name: {"WxH": {mean_ms, ...}}}}``.
+        count, speedup_vs_torch}}, "frame_split", "max_abs_diff_vs_torch"}} or {"status":
+        "skipped", "reason"}}, "crf_references": {name: {"WxH": {mean_ms, ...}}}}``. The
+        stages are ``unary``, ``crf``, ``full`` (``infer``) and, at batch 1, ``frame`` (a BGR
+        frame through a ``Segmenter``, as ``convcrf-run`` runs it), whose ``frame_split``
+        (:meth:`~convcrf_deploy.runtime.stats.LatencyStats.frame_split`) says how much of it
+        is pre-processing, unary, CRF and post-processing.
         ``speedup_vs_torch`` is PyTorch's median over this backend's median, from the same
         interleaved run (``None`` when torch was not benchmarked); a backend's CRF stage also
         carries ``speedup_vs_<reference>`` for each CRF reference. With ``int8_calibration``
@@ -319,6 +357,14 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
             raise BenchmarkError(f"{label} must be an int >= {minimum}, got {value!r}")
     if threads is not None and threads < 1:
         raise BenchmarkError(f"threads must be >= 1, got {threads}")
+    if crf_executor not in CRF_EXECUTOR_CHOICES:
+        raise BenchmarkError(f"crf_executor must be one of {', '.join(CRF_EXECUTOR_CHOICES)}, "
+                             f"got {crf_executor!r}")
+    if crf_executor != "auto" and not any("crf_executor" in backend_spec(name).options
+                                          for name in names):
+        able = [name for name, spec in BACKENDS.items() if "crf_executor" in spec.options]
+        raise BenchmarkError(f"crf_executor {crf_executor!r} applies to {', '.join(able)}, "
+                             f"which is not among the backends {', '.join(names)}")
     crf_references = list(dict.fromkeys(crf_references))
     unknown = [name for name in crf_references if name not in CRF_REFERENCES]
     if unknown:
@@ -352,7 +398,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         "settings": {"backends": names, "sizes": [size_key(s) for s in sizes], "batch": batch,
                      "iterations": iterations, "warmup": warmup, "fp16": fp16,
                      "threads": threads, "device": device, "flavor": flavor,
-                     "crf_references": crf_references,
+                     "crf_references": crf_references, "crf_executor": crf_executor,
                      "int8_calibration": None if calibration is None else calibration.describe(),
                      "crf_config": loaded.crf.config.to_dict() if loaded.crf is not None
                      else None},
@@ -378,7 +424,8 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                         # Each backend converts the model as it needs (export, engine build).
                         runners[name] = backend_class(name).from_model(
                             loaded, Path(tmp) / name, flavor=flavor, fp16=fp16, threads=threads,
-                            device=device, sizes=sizes, batch=batch).activate()
+                            device=device, sizes=sizes, batch=batch,
+                            crf_executor=crf_executor).activate()
                     except MissingDependencyError as exc:
                         reason = str(exc)
                 if reason is not None:
@@ -525,9 +572,12 @@ def _time_size(model, runners, result, size, batch, iterations, warmup, device, 
                references: Sequence[str] = ()) -> None:
     inputs = _stage_inputs(model, size, batch, device, seed)
     calls = {}
+    splits = {}
     for name, runner in runners.items():
         for stage, call in stage_calls(runner, inputs).items():
             calls[(name, stage)] = call
+        if batch == 1:
+            calls[(name, FRAME_STAGE)], splits[name] = frame_call(runner, inputs, warmup)
     for name, call in crf_reference_calls(model.crf, inputs, references).items():
         calls[("reference", name)] = call
     samples = time_interleaved(calls, iterations, warmup)
@@ -536,14 +586,16 @@ def _time_size(model, runners, result, size, batch, iterations, warmup, device, 
         result["crf_references"][name][key] = latency_stats(samples[("reference", name)], batch)
     for name, runner in runners.items():
         entry: dict[str, Any] = {stage: latency_stats(samples[(name, stage)], batch)
-                                 for stage in STAGES if (name, stage) in samples}
+                                 for stage in (*STAGES, FRAME_STAGE) if (name, stage) in samples}
+        if name in splits:
+            entry["frame_split"] = splits[name].frame_split()
         probabilities = runner.infer({"image": inputs.image})["probabilities"]
         entry["max_abs_diff_vs_torch"] = float(np.abs(probabilities - inputs.probabilities).max())
         result["backends"][name]["sizes"][key] = entry
     reference = result["backends"].get(REFERENCE_BACKEND, {}).get("sizes", {}).get(key)
     for name in runners:
         entry = result["backends"][name]["sizes"][key]
-        for stage in STAGES:
+        for stage in (*STAGES, FRAME_STAGE):
             if stage in entry:
                 base = reference.get(stage) if reference else None
                 entry[stage]["speedup_vs_torch"] = (base["p50_ms"] / entry[stage]["p50_ms"]
@@ -576,12 +628,13 @@ def crf_with_config(crf, config):
 
 
 def sweep_frames(model, frames: str | os.PathLike = "demo", *, size: tuple[int, int] = (320, 240),
-                 num_frames: int = 8):
+                 num_frames: int = 8, clip: bool = False):
     """Labelled frames ``[(name, image uint8 [H, W, 3], labels int64 [H, W])]`` for the sweep.
 
     ``"demo"``: :class:`~convcrf_deploy.data.scenes.SyntheticScene` frames at ``size`` (one
-    per scene seed, with exact ground truth); a folder: the first ``num_frames`` pairs of a
-    :class:`~convcrf_deploy.data.folder.LabelledFolder`, at their own size.
+    per scene seed, with exact ground truth; with ``clip``, consecutive frames of one scene,
+    a video for the warm start); a folder: the first ``num_frames`` pairs of a
+    :class:`~convcrf_deploy.data.folder.LabelledFolder` in its order, at their own size.
     """
     if num_frames < 1:
         raise BenchmarkError(f"num_frames must be >= 1, got {num_frames}")
@@ -597,8 +650,10 @@ def sweep_frames(model, frames: str | os.PathLike = "demo", *, size: tuple[int, 
         samples = []
         for index in range(num_frames):
             # Scene seeds far from the ones scripts/train_demo_model.py trains on.
-            rgb, labels = SyntheticScene(height, width, seed=10_000 + index).render(index * 7)
-            samples.append((f"scene{10_000 + index}", rgb, labels.astype(np.int64)))
+            seed, t = (10_000, index) if clip else (10_000 + index, index * 7)
+            rgb, labels = SyntheticScene(height, width, seed=seed).render(t)
+            samples.append((f"scene{seed}" + (f"-t{t}" if clip else ""), rgb,
+                            labels.astype(np.int64)))
         return samples
     from .data.folder import LabelledFolder
 
@@ -606,35 +661,75 @@ def sweep_frames(model, frames: str | os.PathLike = "demo", *, size: tuple[int, 
     return [(s.name, s.image, s.labels) for s in itertools.islice(iter(folder), num_frames)]
 
 
+#: CRF executors the sweep runs, by backend: what each backend runs the CRF with.
+SWEEP_BACKENDS = {
+    "torch": "ConvCRF in PyTorch (its native CPU executor)",
+    "onnxruntime": "the onnxruntime backend's native CRF (NativeCRF: NumPy and the native "
+                   "library, no torch), with the same parameters",
+}
+
+
+def _sweep_executor(backend: str, threads: int | None):
+    """``(build, as_input, labels)`` for the sweep on ``backend``: ``build(crf)`` -> the CRF
+    callable (``crf(logits, image, initial_q=, ...)``) with ``crf``'s configuration and
+    parameters; ``as_input(tensor)`` -> its input type; ``labels(q)`` -> ``[H, W]`` labels."""
+    if backend not in SWEEP_BACKENDS:
+        raise BenchmarkError(f"the sweep runs on {' or '.join(SWEEP_BACKENDS)}, not {backend!r}")
+    if backend == "torch":
+        return (lambda crf: crf), (lambda t: t), (lambda q: q[0].argmax(0).numpy())
+    from .crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
+
+    def build(crf):
+        state = {name: value.detach().cpu().numpy() for name, value in crf.state_dict().items()}
+        try:
+            return NativeCRF(crf.config, state, threads)
+        except NativeCRFUnavailable as exc:
+            raise BenchmarkError(f"the onnxruntime backend's native CRF cannot run: {exc}") \
+                from exc
+    return build, (lambda t: t.numpy()), (lambda q: argmax_classes(q)[0])
+
+
 def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
               blurs: Sequence[int] | None = None, crf_iterations: Sequence[int] | None = None,
-              frames: str | os.PathLike = "demo", size: tuple[int, int] = (320, 240),
-              num_frames: int = 8, iterations: int = 10, warmup: int = 2,
-              threads: int | None = None, allow_pickle: bool = False,
+              warm_start_iterations: Sequence[int] | None = None, warm_start_mix: float = 0.5,
+              backend: str = "torch", frames: str | os.PathLike = "demo",
+              size: tuple[int, int] = (320, 240), num_frames: int = 8, iterations: int = 10,
+              warmup: int = 2, threads: int | None = None, allow_pickle: bool = False,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """CRF latency and quality gain over the unary for every combination of settings.
 
     Args:
         model: ``"demo"``, a checkpoint path or a SegmentationModel with a ConvCRF.
         filter_sizes, blurs, crf_iterations: values to combine (``None``: the model's own).
+        warm_start_iterations: also each setting warm-started (video: mean-field from the
+            previous frame's result, :class:`~convcrf_deploy.crf.WarmStartMeanField`) with
+            these iteration counts; the frames are then a clip (consecutive demo frames, or
+            the folder's frames in order) for every row, and latency is the mean over it.
+        warm_start_mix: weight of the previous result in a warm start (0..1).
+        backend: whose CRF runs, one of :data:`SWEEP_BACKENDS` (the unary is PyTorch's).
         frames: ``"demo"`` (SyntheticScene frames) or a labelled folder (LabelledFolder).
-        size: ``(width, height)`` of the latency input (and of demo frames); the first frame
-            is resized to it.
+        size: ``(width, height)`` of the latency input (and of demo frames); frames of
+            another size are resized to it.
         num_frames: frames used for the quality figures.
         iterations, warmup: timed and untimed CRF calls per setting (interleaved).
-        threads: PyTorch intra-op threads.
+        threads: PyTorch intra-op threads (and the native CRF's).
 
     Returns:
         ``{"model", "settings", "machine", "unary": {"accuracy", "miou"}, "rows": [...]}``;
         rows sorted by CRF median latency, each with ``filter_size``, ``blur``,
-        ``iterations``, the latency statistics (``*_ms``, ``fps``), ``accuracy``, ``miou``,
-        ``accuracy_gain`` and ``miou_gain`` (CRF minus unary, fractions), ``pareto`` (no
-        faster setting has as high an mIoU gain), ``is_model_setting`` and
-        ``parameters_not_copied``.
+        ``iterations``, ``warm_start_iterations`` (``None``: cold), the latency statistics
+        (``*_ms``, ``fps``), ``accuracy``, ``miou``, ``accuracy_gain`` and ``miou_gain`` (CRF
+        minus unary, fractions), ``pareto`` (no faster setting has as high an mIoU gain),
+        ``is_model_setting`` and ``parameters_not_copied``.
+
+    Raises:
+        BenchmarkError: invalid settings or arguments; a model without CRF; the onnxruntime
+            backend's native CRF cannot run (library not built).
     """
     import cv2
     import torch
 
+    from .crf.warm_start import WarmStartMeanField
     from .metrics import SegmentationMetrics
 
     say = log or (lambda message: None)
@@ -645,6 +740,12 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
     for label, value, minimum in (("iterations", iterations, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise BenchmarkError(f"{label} must be an int >= {minimum}, got {value!r}")
+    warm_counts = sorted(set(int(k) for k in warm_start_iterations or ()))
+    if any(k < 1 for k in warm_counts):
+        raise BenchmarkError(f"warm-start iterations must be >= 1, got {warm_start_iterations}")
+    if not 0.0 <= warm_start_mix <= 1.0:
+        raise BenchmarkError(f"warm_start_mix must be in 0..1, got {warm_start_mix}")
+    build, as_input, labels_of = _sweep_executor(backend, threads)
     loaded = _load(model, "cpu", allow_pickle)
     if loaded.crf is None:
         raise BenchmarkError("the sweep varies the model's ConvCRF, but this model has none")
@@ -652,7 +753,7 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
     grid = list(itertools.product(list(filter_sizes or [base.filter_size]),
                                   list(blurs or [base.blur]),
                                   list(crf_iterations or [base.iterations])))
-    crfs = {}
+    crfs = {}  # (filter, blur, iterations, warm-start iterations or None) -> (crf, skipped)
     for filter_size, blur, count in grid:
         try:
             config = base.replace(filter_size=int(filter_size), blur=int(blur),
@@ -660,41 +761,57 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
         except ValueError as exc:
             raise BenchmarkError(f"invalid CRF setting filter_size={filter_size}, blur={blur}, "
                                  f"iterations={count}: {exc}") from exc
-        crfs[(config.filter_size, config.blur, config.iterations)] = crf_with_config(loaded.crf,
-                                                                                    config)
-    samples = sweep_frames(loaded, frames, size=size, num_frames=num_frames)
+        crf, skipped = crf_with_config(loaded.crf, config)
+        setting = (config.filter_size, config.blur, config.iterations)
+        crfs[(*setting, None)] = (build(crf), skipped)
+        for k in warm_counts:
+            crfs[(*setting, k)] = (WarmStartMeanField(crfs[(*setting, None)][0], k,
+                                                      warm_start_mix), skipped)
+    samples = sweep_frames(loaded, frames, size=size, num_frames=num_frames,
+                           clip=bool(warm_counts))
     if not samples:
         raise BenchmarkError(f"no labelled frames in {str(frames)!r}")
 
-    say(f"quality on {len(samples)} frame(s), {len(crfs)} setting(s) ...")
+    def reset_warm_starts() -> None:
+        for crf, _ in crfs.values():
+            if isinstance(crf, WarmStartMeanField):
+                crf.reset()
+
+    say(f"quality on {len(samples)} frame(s), {len(crfs)} setting(s), CRF: "
+        f"{SWEEP_BACKENDS[backend]} ...")
     unary_metrics = SegmentationMetrics(loaded.num_classes)
     crf_metrics = {key: SegmentationMetrics(loaded.num_classes) for key in crfs}
     with torch.inference_mode():
-        for _, rgb, labels in samples:
+        for _, rgb, labels in samples:  # in order: a clip for the warm starts
             image = rgb_to_tensor(rgb)
             logits = loaded.forward_unary(image)
             unary_metrics.update(logits[0].argmax(0).numpy(), labels)
             for key, (crf, _) in crfs.items():
-                crf_metrics[key].update(crf(logits, image)[0].argmax(0).numpy(), labels)
+                crf_metrics[key].update(labels_of(crf(as_input(logits), as_input(image))),
+                                        labels)
+        reset_warm_starts()
 
         say(f"CRF latency at {size_key(size)} ...")
-        rgb = samples[0][1]
-        if rgb.shape[:2] != (size[1], size[0]):
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-        image = rgb_to_tensor(rgb)
-        logits = loaded.forward_unary(image)
+        inputs = []  # the latency input: the first frame, or the clip for warm starts
+        for _, rgb, _ in samples[:len(samples) if warm_counts else 1]:
+            if rgb.shape[:2] != (size[1], size[0]):
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+            image = rgb_to_tensor(rgb)
+            inputs.append((as_input(loaded.forward_unary(image)), as_input(image)))
 
         def crf_call(crf):
-            return lambda: crf(logits, image)
+            frame = itertools.cycle(inputs)
+            return lambda: crf(*next(frame))
         timings = time_interleaved({key: crf_call(crf) for key, (crf, _) in crfs.items()},
                                    iterations, warmup)
 
     unary = unary_metrics.result()
     rows = []
-    model_key = (base.filter_size, base.blur, base.iterations)
+    model_key = (base.filter_size, base.blur, base.iterations, None)
     for key, (_, skipped) in crfs.items():
         quality = crf_metrics[key].result()
         rows.append({"filter_size": key[0], "blur": key[1], "iterations": key[2],
+                     "warm_start_iterations": key[3],
                      **latency_stats(timings[key]),
                      "accuracy": quality["accuracy"], "miou": quality["miou"],
                      "accuracy_gain": quality["accuracy"] - unary["accuracy"],
@@ -710,7 +827,10 @@ def sweep_crf(model: Any = "demo", *, filter_sizes: Sequence[int] | None = None,
     return {"model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
             "settings": {"frames": str(frames), "num_frames": len(samples), "size": size_key(size),
                          "iterations": iterations, "warmup": warmup, "threads": threads,
-                         "model_crf_config": base.to_dict()},
+                         "backend": backend, "crf_executor": SWEEP_BACKENDS[backend],
+                         "warm_start_iterations": warm_counts,
+                         "warm_start_mix": warm_start_mix if warm_counts else None,
+                         "clip": bool(warm_counts), "model_crf_config": base.to_dict()},
             "machine": machine_info(threads),
             "unary": {"accuracy": unary["accuracy"], "miou": unary["miou"]},
             "rows": rows}
@@ -738,9 +858,10 @@ def format_benchmark(result: dict[str, Any]) -> str:
             continue
         notes.extend(f"{name}: {note}" for note in backend.get("notes", []))
         for key, entry in backend["sizes"].items():
-            for stage in STAGES:
+            for stage in (*STAGES, FRAME_STAGE):
                 if stage not in entry:
-                    rows.append([name, key, stage] + ["-"] * 8)
+                    if stage != FRAME_STAGE:  # the frame stage runs at batch 1 only
+                        rows.append([name, key, stage] + ["-"] * 8)
                     continue
                 s = entry[stage]
                 speedup = s.get("speedup_vs_torch")
@@ -771,7 +892,30 @@ def format_benchmark(result: dict[str, Any]) -> str:
              f"{machine.get('load_average_1min')}); 'vs torch' = PyTorch eager median / "
              "backend median")
     notes.extend(f"warning: {warning}" for warning in result.get("warnings", []))
-    return "\n".join([title, _table(rows, 3), *notes])
+    return "\n".join([title, _table(rows, 3), *_format_frame_split(result), *notes])
+
+
+def _format_frame_split(result: dict[str, Any]) -> list[str]:
+    """The table of where a frame's time goes, per backend and size (empty at batch > 1)."""
+    rows = [["backend", "size", "frame ms", "pre %", "unary %", "CRF %", "other %", "post %"]]
+    for name, backend in result["backends"].items():
+        for key, entry in backend.get("sizes", {}).items():
+            split = entry.get("frame_split")
+            if not split:
+                continue
+            parts = split["parts"]
+            cells = [parts[part]["percent"] if part in parts else None
+                     for part in ("preprocess", "unary", "crf", "other", "postprocess")]
+            if "inference" in parts:  # the backend runs the model in one piece
+                cells[3] = parts["inference"]["percent"]
+            rows.append([name, key, f"{split['frame_ms']:.2f}"]
+                        + ["-" if cell is None else f"{cell:.1f}" for cell in cells])
+    if len(rows) == 1:
+        return []
+    return ["", "frame time (the 'frame' stage: a BGR frame to labels through Segmenter, as "
+            "convcrf-run runs it), mean ms and its split; 'other' = the rest of the backend's "
+            "call (label argmax, copies; all of it where the backend does not time the unary "
+            "and the CRF apart)", _table(rows, 2)]
 
 
 def format_int8(result: dict[str, Any]) -> list[str]:
@@ -813,19 +957,25 @@ def _gain(value: float) -> str:
 def format_sweep(result: dict[str, Any]) -> str:
     """The sweep as a table sorted by CRF latency; ``*`` marks the model's own setting and
     ``<`` the settings no faster setting matches in mIoU gain (the ones worth choosing)."""
-    rows = [["filter", "blur", "iter", "p50 ms", "mean ms", "p99 ms", "acc %", "acc gain",
-             "mIoU VOC %", "mIoU gain"]]
+    rows = [["filter", "blur", "iter", "warm", "p50 ms", "mean ms", "p99 ms", "acc %",
+             "acc gain", "mIoU VOC %", "mIoU gain"]]
     for row in result["rows"]:
         mark = "*" if row["is_model_setting"] else ""
+        warm = row.get("warm_start_iterations")
         rows.append([f"{row['filter_size']}{mark}", str(row["blur"]), str(row["iterations"]),
+                     "-" if warm is None else f"{warm} it",
                      f"{row['p50_ms']:.2f}", f"{row['mean_ms']:.2f}", f"{row['p99_ms']:.2f}",
                      _percent(row["accuracy"]), _gain(row["accuracy_gain"]),
                      _percent(row["miou"]), _gain(row["miou_gain"]) + (" <" if row["pareto"]
                                                                       else "  ")])
     settings, unary = result["settings"], result["unary"]
+    warm = (f"; warm = warm-started from the previous frame (mix {settings['warm_start_mix']}) "
+            "with that many iterations instead of 'iter', on a clip of consecutive frames"
+            if settings.get("warm_start_iterations") else "")
     title = (f"CRF settings on {settings['num_frames']} frame(s) of {settings['frames']}, "
-             f"latency at {settings['size']} (torch, native); unary alone: accuracy "
-             f"{_percent(unary['accuracy'])} %, mIoU VOC {_percent(unary['miou'])} %; "
+             f"latency at {settings['size']}; CRF: "
+             f"{settings.get('crf_executor', SWEEP_BACKENDS['torch'])}{warm}; unary alone: "
+             f"accuracy {_percent(unary['accuracy'])} %, mIoU VOC {_percent(unary['miou'])} %; "
              "gains in percentage points; * = the model's setting; < = no faster setting "
              f"gains as much mIoU; {MIOU_LEGEND['miou']}")
     return "\n".join([title, _table(rows, 0)])
@@ -876,7 +1026,8 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 __all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
-           "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
+           "sweep_crf", "sweep_frames", "SWEEP_BACKENDS", "FRAME_STAGE", "frame_call",
+           "crf_with_config", "latency_stats", "time_interleaved",
            "format_benchmark", "format_sweep", "format_int8", "int8_quality", "plot_benchmark",
            "PLOT_SUFFIXES",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

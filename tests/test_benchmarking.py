@@ -177,6 +177,48 @@ def test_tensorrt_stages_through_the_tensorrt_backend(monkeypatch):
     assert "CRF executor engine" in notes and "not timed alone" in notes
 
 
+def test_the_frame_stage_splits_each_backends_frame_time(both_backends):
+    """Issue 18: the bench splits a frame (through Segmenter, as convcrf-run runs it) into
+    pre-processing, unary, CRF and post-processing."""
+    for name in ("torch", "onnxruntime"):
+        entry = both_backends["backends"][name]["sizes"]["40x32"]
+        check_stats(entry["frame"])
+        split = entry["frame_split"]
+        assert list(split["parts"]) == ["preprocess", "unary", "crf", "other", "postprocess"]
+        assert split["parts"]["unary"]["mean_ms"] > 0 and split["parts"]["crf"]["mean_ms"] > 0
+        assert sum(p["percent"] for p in split["parts"].values()) == pytest.approx(100, abs=0.1)
+        # 3 timed frames (the warm-up call is not in the split)
+        assert split["frame_ms"] > 0 and entry["frame"]["count"] == 3
+    table = bench.format_benchmark(both_backends)
+    assert "frame time" in table and "CRF %" in table
+
+
+def test_no_frame_stage_for_batches():
+    result = bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY], batch=2,
+                                   iterations=1, warmup=0)
+    entry = result["backends"]["torch"]["sizes"]["40x32"]
+    assert "frame" not in entry and "frame_split" not in entry
+    assert "frame time" not in bench.format_benchmark(result)
+
+
+def test_crf_executor_graph_times_the_graphs_crf():
+    pytest.importorskip("onnxscript")
+    result = bench.benchmark_model(tiny_model(), backends=["onnxruntime"], sizes=[TINY],
+                                   iterations=2, warmup=0, threads=1, crf_executor="graph")
+    backend = result["backends"]["onnxruntime"]
+    assert any(note.startswith("CRF executor graph") for note in backend["notes"])
+    assert result["settings"]["crf_executor"] == "graph"
+    entry = backend["sizes"]["40x32"]
+    assert entry["frame_split"]["parts"]["crf"]["mean_ms"] > 0
+    assert entry["max_abs_diff_vs_torch"] < 1e-4
+    with pytest.raises(BenchmarkError, match="crf_executor 'graph' applies to onnxruntime"):
+        bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY], iterations=1,
+                              crf_executor="graph")
+    with pytest.raises(BenchmarkError, match="crf_executor must be one of"):
+        bench.benchmark_model(tiny_model(), backends=["onnxruntime"], sizes=[TINY],
+                              crf_executor="fused")
+
+
 def test_onnxruntime_stages_are_the_runtime_backends(both_backends):
     """The bench times OnnxRuntimeBackend itself: the CRF stage is what convcrf-run runs
     (the native executor when the library is built) and the notes say so."""
@@ -299,6 +341,37 @@ def test_sweep_matches_a_direct_evaluation_of_the_model_setting():
     assert row["accuracy"] == pytest.approx(metrics.result()["accuracy"])
 
 
+@pytest.mark.skipif(not bench._native.cpu_library(), reason="native library not built")
+def test_sweep_warm_starts_on_both_backends_and_they_agree():
+    """--sweep covers the warm start on the onnxruntime backend's native CRF: with the same
+    parameters it gives PyTorch's figures, cold and warm."""
+    options = {"crf_iterations": [3], "warm_start_iterations": [1, 2], "size": (96, 72),
+               "num_frames": 4, "iterations": 2, "warmup": 1, "threads": 1}
+    rows = {}
+    for backend in ("torch", "onnxruntime"):
+        result = bench.sweep_crf("demo", backend=backend, **options)
+        assert result["settings"]["clip"] and result["settings"]["warm_start_iterations"] == [1, 2]
+        rows[backend] = {row["warm_start_iterations"]: row for row in result["rows"]}
+        assert set(rows[backend]) == {None, 1, 2}
+        assert [row["is_model_setting"] for row in result["rows"]].count(True) == 0  # 3 != 5
+        table = bench.format_sweep(result)
+        assert "warm-started from the previous frame" in table and "1 it" in table
+    assert "NativeCRF" in result["settings"]["crf_executor"]
+    for warm in (None, 1, 2):
+        assert rows["onnxruntime"][warm]["accuracy"] == pytest.approx(
+            rows["torch"][warm]["accuracy"], abs=1e-4)
+    # Warm-started rows ran from the previous frame: they differ from the cold ones' labels.
+    assert len({round(rows["torch"][warm]["accuracy"], 6) for warm in (None, 1, 2)}) > 1
+
+
+def test_sweep_clip_frames_are_consecutive():
+    model = tiny_model()
+    clip = bench.sweep_frames(model, "demo", size=(64, 48), num_frames=3, clip=True)
+    independent = bench.sweep_frames(model, "demo", size=(64, 48), num_frames=3)
+    assert [name for name, _, _ in clip] == ["scene10000-t0", "scene10000-t1", "scene10000-t2"]
+    assert [name for name, _, _ in independent] == ["scene10000", "scene10001", "scene10002"]
+
+
 def test_sweep_errors():
     with pytest.raises(BenchmarkError, match="demo frames have 5 classes.*--frames"):
         bench.sweep_crf(tiny_model(num_classes=3), num_frames=1)
@@ -306,6 +379,10 @@ def test_sweep_errors():
         bench.sweep_crf(tiny_model(crf=False), num_frames=1)
     with pytest.raises(BenchmarkError, match="filter_size"):
         bench.sweep_crf(tiny_model(), filter_sizes=[4], num_frames=1)
+    with pytest.raises(BenchmarkError, match="warm-start iterations must be >= 1"):
+        bench.sweep_crf(tiny_model(), warm_start_iterations=[0], num_frames=1)
+    with pytest.raises(BenchmarkError, match="the sweep runs on torch or onnxruntime"):
+        bench.sweep_crf(tiny_model(), backend="tensorrt", num_frames=1)
 
 
 def test_sweep_on_a_labelled_folder(voc_sample):

@@ -8,6 +8,9 @@ Examples::
     convcrf-bench demo --threads 2 --json bench.json --plot bench.png
     convcrf-bench demo --sweep --filter-sizes 5,7,11 --blurs 2,4,8 --crf-iterations 1,3,5
     convcrf-bench model.pt --sweep --frames path/to/labelled/folder --size 500x375
+    convcrf-bench demo --backends onnxruntime --crf-executor graph   # the graph's own CRF
+    convcrf-bench demo --sweep --backends onnxruntime --warm-start-iterations 1,2 \
+        --num-frames 30                                      # warm start on the native CRF
     convcrf-bench demo --threads 2 --sizes 320x240 --int8 --calibration frames/
 
 Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios
@@ -25,8 +28,9 @@ from pathlib import Path
 from ..benchmarking import MAX_BENCH_SIDE
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
+from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
-                      command, frame_size, frame_sizes, int_at_least, int_list,
+                      command, float_in, frame_size, frame_sizes, int_at_least, int_list,
                       load_model_argument, positive_int, report_stream)
 
 PROG = "convcrf-bench"
@@ -39,9 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="checkpoint path (convcrf_deploy.save_model), 'demo', or a "
                                       "unary saved as a torch.export program (.pt2) or "
                                       "TorchScript")
-    parser.add_argument("--backends", default="torch,onnxruntime",
+    parser.add_argument("--backends",
                         help="comma-separated: torch, onnxruntime, tensorrt (default: "
-                             "torch,onnxruntime)")
+                             "torch,onnxruntime; with --sweep one of torch (default), "
+                             "onnxruntime: whose CRF the sweep runs)")
+    parser.add_argument("--crf-executor", choices=CRF_EXECUTOR_CHOICES, default="auto",
+                        help="onnxruntime: who runs the CRF: native (the native library, the "
+                             "unary in ONNX Runtime) or graph (the exported graph's own CRF); "
+                             "default auto: native when possible. The 'frame' stage and the "
+                             "frame time table split each backend's frame into pre-processing, "
+                             "unary, CRF and post-processing")
     parser.add_argument("--sizes", default="320x240,640x480",
                         type=frame_sizes(8, MAX_BENCH_SIDE),
                         help="comma-separated WIDTHxHEIGHT (default: 320x240,640x480)")
@@ -74,13 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "fp32 and accuracy on --frames (default: demo scenes)")
     int8.add_argument("--calibration", type=Path, metavar="DIR",
                       help="with --int8: a folder of at least 8 calibration frames")
-    sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
+    sweep = parser.add_argument_group("sweep of CRF settings (torch or onnxruntime: --backends)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
     sweep.add_argument("--filter-sizes", type=int_list, help="e.g. 5,7,11 (default: the model's)")
     sweep.add_argument("--blurs", type=int_list, help="e.g. 2,4,8 (default: the model's)")
     sweep.add_argument("--crf-iterations", type=int_list,
                        help="mean-field iterations, e.g. 1,3,5 (default: the model's)")
+    sweep.add_argument("--warm-start-iterations", type=int_list, metavar="K,...",
+                       help="also each setting warm-started (video: from the previous frame's "
+                            "result) with K iterations, e.g. 1,2; the frames are then a clip "
+                            "(consecutive demo frames, or the folder's in order)")
+    sweep.add_argument("--warm-start-mix", type=float_in(0.0, 1.0, include_high=True),
+                       default=0.5,
+                       help="weight of the previous frame's result in a warm start (default 0.5)")
     sweep.add_argument("--frames", default="demo",
                        help="labelled folder (LabelledFolder layouts) or 'demo' (synthetic "
                             "scenes with ground truth; default)")
@@ -102,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             from exc
     sweep_only = [flag for flag, value in (("--filter-sizes", args.filter_sizes),
                                            ("--blurs", args.blurs),
-                                           ("--crf-iterations", args.crf_iterations))
+                                           ("--crf-iterations", args.crf_iterations),
+                                           ("--warm-start-iterations",
+                                            args.warm_start_iterations))
                   if value is not None]
     if sweep_only and not args.sweep:
         raise UsageError(f"{', '.join(sweep_only)} only apply with --sweep")
@@ -117,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--crf-references applies to the latency benchmark, not to --sweep")
     if args.sweep and args.plot is not None:
         raise UsageError("--plot draws the latency benchmark; use --json with --sweep")
+    if args.sweep and args.crf_executor == "graph":
+        raise UsageError("--crf-executor graph: the sweep varies the CRF's settings, which an "
+                         "exported graph fixes; the sweep runs the native CRF (--backends "
+                         "onnxruntime) or PyTorch's")
     try:
         check_output_paths({"--json": args.json, "--plot": args.plot}, {"model": args.model},
                            suffixes={"--plot": bench.PLOT_SUFFIXES})
@@ -130,15 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model_argument(args, args.model)
     try:
         if args.sweep:
+            backends = bench.normalize_backends((args.backends or "torch").split(","))
+            if len(backends) != 1:
+                raise UsageError(f"--sweep runs one backend's CRF: pass --backends torch or "
+                                 f"--backends onnxruntime, not {','.join(backends)}")
             result = bench.sweep_crf(
                 model, filter_sizes=args.filter_sizes, blurs=args.blurs,
-                crf_iterations=args.crf_iterations, frames=args.frames,
+                crf_iterations=args.crf_iterations,
+                warm_start_iterations=args.warm_start_iterations,
+                warm_start_mix=args.warm_start_mix, backend=backends[0], frames=args.frames,
                 size=tuple(args.size), num_frames=args.num_frames,
                 iterations=args.iterations, warmup=args.warmup, threads=args.threads,
                 allow_pickle=args.allow_pickle, log=log)
             table = bench.format_sweep(result)
         else:
-            backends = bench.normalize_backends(args.backends.split(","))
+            backends = bench.normalize_backends((args.backends or "torch,onnxruntime")
+                                                .split(","))
             sizes = [tuple(size) for size in args.sizes]
             if args.plot is not None:
                 _check_matplotlib()
@@ -147,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
                 allow_pickle=args.allow_pickle, crf_references=args.crf_references,
+                crf_executor=args.crf_executor,
                 int8_calibration=args.calibration if args.int8 else None,
                 quality_frames=args.frames, num_quality_frames=args.num_frames, log=log)
             table = bench.format_benchmark(result)

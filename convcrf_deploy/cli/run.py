@@ -22,6 +22,7 @@ from ..errors import describe_error
 from ..files import STDOUT, OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
 from ..progress import Progress
+from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
 from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
 from ..runtime.streams.files import check_recording_target
 from ..runtime.visualize import VIEWS
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ConvCRF TensorRT plugin library (plugin-flavour ONNX, engines)")
     parser.add_argument("--threads", type=positive_int,
                         help="CPU threads for inference (default: the backend's, all cores)")
+    parser.add_argument("--crf-executor", choices=CRF_EXECUTOR_CHOICES,
+                        help="onnxruntime: who runs the CRF: native (the native library, the "
+                             "unary in ONNX Runtime; an error saying why when it cannot) or "
+                             "graph (the exported graph's own CRF nodes); default: native when "
+                             "possible. --stats-json and the HUD split the frame time into "
+                             "pre-processing, unary, CRF and post-processing")
     parser.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT",
                         help="triton backend: the server (--model is the model's name there; "
                              "docs/serving.md); default 127.0.0.1:8000")
@@ -92,12 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity (0..1)")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the HUD")
     parser.add_argument("--warm-start", action="store_true",
-                        help="torch backend, video: start mean-field from the previous frame's "
-                             "result (mixed 50/50 with the current unary) and run "
-                             "--warm-start-iterations instead of the model's iterations. On the "
-                             "demo scene at 320x240 (benchmarks/bench_runtime.py) 2 warm "
-                             "iterations halve the CRF's CPU time (6 vs 12 ms/frame) for 0.2 "
-                             "points of mIoU, and score better than 2 cold iterations")
+                        help="video: start mean-field from the previous frame's result (mixed "
+                             "50/50 with the current unary) and run --warm-start-iterations "
+                             "instead of the model's iterations; torch backend, and onnxruntime "
+                             "with the native CRF executor. On the demo scene at 320x240 "
+                             "(benchmarks/bench_runtime.py) 2 warm iterations halve the CRF's "
+                             "CPU time (6 vs 12 ms/frame) for 0.2 points of mIoU, and score "
+                             "better than 2 cold iterations")
     parser.add_argument("--warm-start-iterations", type=int, default=2, metavar="K",
                         help="mean-field iterations per warm-started frame (default 2)")
     parser.add_argument("--size", type=frame_size(MIN_DEMO_SIDE), default="320x240", metavar="WxH",
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         report.info.update(model=str(args.model), backend=segmenter.backend.name,
                            threads=args.threads or described.get("threads")
                            or "default (all cores)",
-                           crf=segmenter.crf, warm_start=bool(args.warm_start),
+                           crf=segmenter.crf, warm_start=bool(described.get("warm_start")),
                            resize=segmenter.resize, input_size=list(segmenter.input_size),
                            crf_executor=described["crf_executor"],
                            crf_executor_detail=described["crf_executor_detail"])
@@ -321,9 +329,15 @@ def _backend_options(args: argparse.Namespace, spec) -> dict:
     registry entry lists, those given; ``--warm-start`` only where the backend has it."""
     given = {"device": args.device, "threads": args.threads, "plugin_library": args.plugin,
              "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip()),
-             "url": args.url, "protocol": args.protocol, "timeout": args.request_timeout}
+             "url": args.url, "protocol": args.protocol, "timeout": args.request_timeout,
+             "crf_executor": args.crf_executor}
     options = {name: given[name] for name in spec.options
                if given.get(name) is not None}
+    if args.crf_executor and "crf_executor" not in spec.options:
+        able = [name for name, other in BACKENDS.items() if "crf_executor" in other.options]
+        raise UsageError(f"--crf-executor is not available on the {spec.name} backend (it runs "
+                         f"the CRF {' or '.join(spec.crf_executors)}); it applies to: "
+                         f"{', '.join(able)}")
     if args.warm_start:
         if not spec.warm_start:
             able = [name for name, other in BACKENDS.items() if other.warm_start]

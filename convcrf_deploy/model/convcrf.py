@@ -12,40 +12,29 @@ features)`` built once per image from pooled (position, RGB) features. Pooling i
 pooling by ``blur`` with the last window covering the remainder (``ceil(H / blur)`` rows);
 upsampling is bilinear by ``blur`` (half-pixel centres), cropped back to ``H x W``.
 
-Two code paths compute the same function:
+The schedule (iteration order, weighting, +C, warm start, fast mode) is
+:func:`convcrf_deploy.crf.schedule.mean_field`, shared with the runtime's native CRF. This
+module builds the pairwise kernel and chooses the executor (:mod:`.executors`) that computes
+the same function:
 
-* the differentiable path (PyTorch ops plus the custom ops), used whenever a gradient is
-  needed or on devices without a fused kernel;
-* the fused CPU inference path, which does the full-resolution part of each iteration
-  (upsample, add, softmax, pool) in one native pass; used under ``torch.no_grad()`` on CPU.
+* :class:`~.executors.TorchExecutor` (PyTorch ops plus the custom ops), used whenever a
+  gradient is needed, on devices without a fused kernel, and by export;
+* the native executor, which does the full-resolution part of each iteration (upsample, add,
+  softmax, pool) in one native pass; used under ``torch.no_grad()`` on CPU.
 """
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .. import _native
 from .._warnings import warn
 from ..config import CRFConfig
 from .. import ops
-from ..ops.mean_field import full_resolution_step, full_resolution_step_available
-
-
-# Per-thread scratch for the fused path's full-resolution unary term, reused while the input
-# shape stays the same: a fresh 10-100 MB buffer per frame costs milliseconds of page faults.
-_scratch = threading.local()
-
-
-def _unary_term_buffer(like: torch.Tensor) -> torch.Tensor:
-    buffer = getattr(_scratch, "unary_term", None)
-    if buffer is None or buffer.shape != like.shape:
-        buffer = torch.empty_like(like)
-        _scratch.unary_term = buffer
-    return buffer
+from ..crf.schedule import check_arguments, mean_field
+from .executors import TorchExecutor, native_executor, native_executor_available, pool
+from .executors import upsample  # noqa: F401 - public here too (convcrf_deploy.model.upsample)
 
 
 def _axis_centres(size: int, blur: int, device, dtype) -> torch.Tensor:
@@ -55,22 +44,6 @@ def _axis_centres(size: int, blur: int, device, dtype) -> torch.Tensor:
     starts = torch.arange(0, size, blur, device=device).to(dtype)
     ends = torch.clamp(starts + blur, max=size)
     return (starts + ends - 1) / 2
-
-
-def pool(x: torch.Tensor, blur: int) -> torch.Tensor:
-    """``[N, C, H, W] -> [N, C, ceil(H/b), ceil(W/b)]``: mean over each ``b x b`` window, the
-    last window of each axis covering only the pixels that remain."""
-    if blur == 1:
-        return x
-    return F.avg_pool2d(x, blur, stride=blur, ceil_mode=True, count_include_pad=False)
-
-
-def upsample(x: torch.Tensor, blur: int, height: int, width: int) -> torch.Tensor:
-    """``[N, C, h, w] -> [N, C, H, W]``: bilinear by ``blur`` (half-pixel), cropped."""
-    if blur == 1:
-        return x
-    up = F.interpolate(x, scale_factor=blur, mode="bilinear", align_corners=False)
-    return up[:, :, :height, :width]
 
 
 class ConvCRF(nn.Module):
@@ -188,7 +161,7 @@ class ConvCRF(nn.Module):
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in trained))
                 and image.shape[2:] == (height, width)):
             # Inference on CPU: pooling, features and both kernels in one native call, so no
-            # multithreaded PyTorch op runs between the native ones (see _forward_fused).
+            # multithreaded PyTorch op runs between the native ones (executors.native_executor).
             # Scalars go in as tensors: reading them (float()) must wait until the op has
             # ruled out tracing, where it would be data-dependent.
             fused = ops.native_pairwise_kernel_from_image(
@@ -220,24 +193,6 @@ class ConvCRF(nn.Module):
                                                              implementation=impl)
                 + self.smoothness_weight * ops.gaussian_kernel(smoothness.contiguous(), k,
                                                                implementation=impl))
-
-    def _messages(self, q_low: torch.Tensor, kernel: torch.Tensor, *,
-                  weighted: bool = True) -> torch.Tensor:
-        """Blurred-grid messages after compatibility and (if ``weighted``) the per-class
-        message weights, ``[N, C, h, w]``."""
-        m = ops.message_passing(q_low, kernel, self.config.filter_size,
-                                implementation=self.implementation)
-        if self.compatibility is not None:
-            m = self.compatibility(m)
-        return m * self.message_weight.view(1, -1, 1, 1) if weighted else m
-
-    def _use_fused(self, unary_logits: torch.Tensor) -> bool:
-        if self.implementation == "reference" or unary_logits.device.type != "cpu":
-            return False
-        if _native.cpu_library() is None:
-            return False
-        return not (torch.is_grad_enabled() and
-                    (unary_logits.requires_grad or any(p.requires_grad for p in self.parameters())))
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -283,131 +238,31 @@ class ConvCRF(nn.Module):
             raise ValueError("initial_q contains NaN or infinite values; pass the finite "
                              "probabilities of a previous result (or no initial_q)")
         iterations = self.config.iterations if iterations is None else iterations
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-        if initial_q is not None:
-            if tuple(initial_q.shape) != tuple(unary_logits.shape):
-                raise ValueError(f"initial_q must have the shape of unary_logits "
-                                 f"{tuple(unary_logits.shape)}, got {tuple(initial_q.shape)}")
-            if not 0.0 <= initial_q_weight <= 1.0:
-                raise ValueError(f"initial_q_weight must be in 0..1, got {initial_q_weight}")
-            initial_q = initial_q.float()
+        check_arguments(iterations, unary_logits.shape,
+                        None if initial_q is None else initial_q.shape, initial_q_weight)
         out_dtype = unary_logits.dtype
         z = unary_logits.float()
         img = image.float()
-        if iterations == 0:
-            if not bool(torch.isfinite(z).all()):
-                raise self._non_finite_error()
-            return torch.softmax(z, dim=1).to(out_dtype)
         height, width = z.shape[2:]
-        kernel = self.pairwise_kernel(img, height, width)
-        start = (initial_q, initial_q_weight)
-        if self._use_fused(z):
-            # Checks finiteness in its first native pass.
-            q = self._forward_fused(z, kernel, iterations=iterations, start=start)
+
+        def kernel() -> torch.Tensor:
+            return self.pairwise_kernel(img, height, width)
+        if iterations > 0 and native_executor_available(self, z):
+            # The native executor checks finiteness in its first native pass.
+            executor = native_executor(self, z, kernel)
+            start = None if initial_q is None else initial_q.detach().float().contiguous().numpy()
+            q = torch.from_numpy(mean_field(executor, self.config, iterations=iterations,
+                                            initial_q=start, initial_q_weight=initial_q_weight))
         else:
             if not bool(torch.isfinite(z).all()):
                 raise self._non_finite_error()
-            q = self._forward_differentiable(z, kernel, iterations=iterations, start=start)
+            start = None if initial_q is None else initial_q.float()
+            q = mean_field(TorchExecutor(self, z, kernel), self.config, iterations=iterations,
+                           initial_q=start, initial_q_weight=initial_q_weight)
         return q.to(out_dtype)
 
-    def _forward_differentiable(self, z: torch.Tensor, kernel: torch.Tensor, *,
-                                iterations: int | None = None,
-                                start: tuple[torch.Tensor | None, float] = (None, 1.0)) -> torch.Tensor:
-        """Mean-field with PyTorch ops and the custom ops (autograd; also what export traces).
-        ``z`` is ``[N, C, H, W]`` float32, ``kernel`` from :meth:`pairwise_kernel`."""
-        cfg = self.config
-        iterations = cfg.iterations if iterations is None else iterations
-        height, width = z.shape[2:]
-        scale = (self.unary_weight - self.message_weight).view(1, -1, 1, 1)
-        unary_term = scale * torch.log_softmax(z, dim=1)
-        q = torch.softmax(z, dim=1)
-        initial_q, weight = start
-        if initial_q is not None:
-            q = weight * initial_q + (1.0 - weight) * q
-        if self._blurred_intermediate(iterations):
-            # Fast mode: iterate on the blurred grid, only the last update at full resolution.
-            unary_low = pool(unary_term, cfg.blur)
-            q_low = pool(q, cfg.blur)
-            for _ in range(iterations - 1):
-                q_low = torch.softmax(unary_low + self._messages(q_low, kernel), dim=1)
-            m = self._messages(q_low, kernel)
-            return torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
-        if self.implementation != "reference" and full_resolution_step_available(unary_term, q):
-            # The same iterations with the full-resolution part (upsample, softmax, pool) as one
-            # native op with a native backward: training time was almost all in those ops.
-            q_low = pool(q, cfg.blur)
-            for _ in range(iterations):
-                q, q_low = full_resolution_step(unary_term, self._messages(q_low, kernel),
-                                                cfg.blur)
-            return q
-        for _ in range(iterations):
-            m = self._messages(pool(q, cfg.blur), kernel)
-            q = torch.softmax(unary_term + upsample(m, cfg.blur, height, width), dim=1)
-        return q
-
-    def _blurred_intermediate(self, iterations: int) -> bool:
-        return (self.config.intermediate_resolution == "blurred" and self.config.blur > 1
-                and iterations > 1)
-
-    @torch.no_grad()
-    def _forward_fused(self, z: torch.Tensor, kernel: torch.Tensor, *, iterations: int,
-                       start: tuple[torch.Tensor | None, float]) -> torch.Tensor:
-        """The same function as :meth:`_forward_differentiable`, with the full-resolution part
-        of every iteration in one native pass (CPU, float32, no autograd)."""
-        cfg = self.config
-        lib = _native.cpu_library()
-        n, c, h, w = z.shape
-        b = cfg.blur
-        z = z.contiguous()
-        hl, wl = -(-h // b), -(-w // b)
-        scale = (self.unary_weight - self.message_weight).float().contiguous()
-        threads = _native.default_threads()
-        blurred = self._blurred_intermediate(iterations)
-
-        message_weight = self.message_weight.float().contiguous()
-
-        def step(unary, messages=None, *, logit_scale=None, out_scale=None, log_unary=None,
-                 log_unary_low=None, q_low=None, q_full=None, grid=(h, w, b)) -> None:
-            # Messages arrive unweighted: the native pass applies message_weight, so no
-            # multithreaded PyTorch op runs between two native calls (its idle threads spin
-            # and would compete with ours for the cores).
-            ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-            status = lib.convcrf_mean_field_step_f32(
-                ptr(unary), ptr(messages), None if messages is None else ptr(message_weight),
-                n, c, *grid, ptr(logit_scale), ptr(out_scale), ptr(log_unary),
-                ptr(log_unary_low), ptr(q_low), ptr(q_full), threads)
-            if status == _native.STATUS_NON_FINITE:
-                raise self._non_finite_error()
-            _native.check(status, "mean-field step")
-
-        # Step 0: Q = softmax(z), pooled, plus the weighted log-softmax unary term, which the
-        # exact mode keeps at full resolution and the fast mode only on the blurred grid.
-        q_low = torch.empty(n, c, hl, wl)
-        unary_term = None if blurred else _unary_term_buffer(z)
-        unary_low = torch.empty(n, c, hl, wl) if blurred else None
-        step(z, out_scale=scale, log_unary=unary_term, log_unary_low=unary_low, q_low=q_low)
-        initial_q, weight = start
-        if initial_q is not None:
-            # Pooling is linear: pool(w*Q0 + (1-w)*softmax(z)) = w*pool(Q0) + (1-w)*pool(softmax(z)).
-            q_low = weight * pool(initial_q, b) + (1.0 - weight) * q_low
-        q_full = torch.empty_like(z)
-        if blurred:
-            for _ in range(iterations - 1):
-                # A step on the blurred grid itself (blur 1: no resampling, no pooling).
-                next_low = torch.empty_like(q_low)
-                step(unary_low, self._messages(q_low, kernel, weighted=False).contiguous(),
-                     q_low=next_low, grid=(hl, wl, 1))
-                q_low = next_low
-            # The last iteration recomputes the unary term from z on the fly rather than
-            # reading a stored full-resolution copy: memory traffic is what costs here.
-            step(z, self._messages(q_low, kernel, weighted=False).contiguous(), logit_scale=scale,
-                 q_full=q_full)
-            return q_full
-        for it in range(iterations):
-            m = self._messages(q_low, kernel, weighted=False).contiguous()
-            last = it == iterations - 1
-            next_low = None if last else torch.empty_like(q_low)
-            step(unary_term, m, q_low=next_low, q_full=q_full if last else None)
-            q_low = next_low
-        return q_full
+    def _forward_differentiable(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Mean-field on PyTorch ops (:class:`~.executors.TorchExecutor`) with the configured
+        iterations and a given pairwise kernel; what export traces. ``z`` is ``[N, C, H, W]``
+        float32, ``kernel`` from :meth:`pairwise_kernel`."""
+        return mean_field(TorchExecutor(self, z, lambda: kernel), self.config)

@@ -24,8 +24,9 @@ the first frame:
 Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
 Each thread has its own input buffer and frame geometry, and each call's result is its own;
 the backend runs calls concurrently when it is thread-safe (PyTorch, ONNX Runtime, the native
-CRF) and one at a time otherwise (TensorRT's single execution context, the torch warm start),
+CRF) and one at a time otherwise (TensorRT's single execution context, a warm start),
 see :attr:`Backend.thread_safe`. The CRF switch (:attr:`Segmenter.crf`) applies to all threads.
+A warm start (``warm_start=True``) follows one stream: give each camera its own Segmenter.
 """
 from __future__ import annotations
 
@@ -63,7 +64,12 @@ class SegmentationResult:
             returns probabilities): the largest class probability per pixel of the backend's
             ``probabilities`` output (the CRF's where the model has one) scaled to 0..255,
             ``round(255 * max_c p_c)``: 255 is certain, ``255 / C`` a uniform guess.
-        timings: milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``.
+        timings: milliseconds per stage: ``preprocess``, ``inference`` (the backend's call),
+            ``postprocess``, and the parts of ``inference`` the backend times apart:
+            ``unary`` (the unary network and its labels) and ``crf`` (the CRF and its labels)
+            when it runs them apart (:attr:`Backend.last_stage_times`; absent for a TensorRT
+            engine, a Triton server, an ONNX graph on a GPU provider; ``crf`` absent when
+            the CRF is off).
         timestamp: whatever was passed as ``timestamp=`` (e.g. a ROS header stamp).
         crf: whether ``labels`` include the CRF.
     """
@@ -121,7 +127,9 @@ class Segmenter:
             the frame (cheaper than the probabilities).
         crf: use the CRF's labels (``False``: the unary's). The torch backend then skips the
             CRF; exported graphs always run it and the unary labels are reported instead.
-        **backend_options: passed to the backend (``device=``, ``providers=``, ...).
+        **backend_options: passed to the backend (``device=``, ``providers=``,
+            ``crf_executor=``, ``warm_start=True`` and ``warm_start_iterations=`` for video on
+            the torch and ONNX Runtime backends, ...).
 
     Raises:
         InputSizeError: the model cannot take frames this way (see the module docstring); also
@@ -241,6 +249,11 @@ class Segmenter:
     def metadata(self):
         return self.backend.metadata
 
+    def reset(self) -> None:
+        """Forget per-stream state (a warm start's previous frame): call on a scene cut, or
+        before frames of another stream. Backends without such state ignore it."""
+        self.backend.reset()
+
     def close(self) -> None:
         self.backend.deactivate()
 
@@ -327,6 +340,7 @@ class Segmenter:
         t1 = time.perf_counter()
         outputs = self.backend.infer({"image": image})
         t2 = time.perf_counter()
+        parts = self.backend.last_stage_times
         mapped = self.postprocess(outputs)
         t3 = time.perf_counter()
         labels = mapped["labels"]
@@ -341,6 +355,6 @@ class Segmenter:
         return SegmentationResult(
             labels=labels, unary_labels=mapped.get("unary_labels"),
             probabilities=mapped.get("probabilities"), confidence=mapped.get("confidence"),
-            timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+            timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, **parts,
                      "postprocess": (t3 - t2) * 1e3},
             timestamp=timestamp, crf=crf_applied)

@@ -6,12 +6,21 @@ recent :data:`WINDOW` frames; counts, means and maxima cover the whole run), and
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..metrics import IGNORE_INDEX, confusion_matrix, mean_iou, pixel_accuracy
 
 #: frames over which latency percentiles are computed.
 WINDOW = 4096
+
+#: the parts of a frame's time (:meth:`LatencyStats.frame_split`): the Segmenter's
+#: pre-processing, the backend's unary and CRF (``SegmentationResult.timings``), the rest of
+#: the backend's call (``other``: label argmax, copies) and post-processing.
+FRAME_PARTS = ("preprocess", "unary", "crf", "other", "postprocess")
+#: the same for a backend that runs the model in one piece (no unary/CRF times).
+FRAME_PARTS_UNSPLIT = ("preprocess", "inference", "postprocess")
 
 
 class LatencyStats:
@@ -65,6 +74,30 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         return {stage: self.summary(stage) for stage in self._samples}
+
+    def frame_split(self) -> dict[str, Any]:
+        """Where a frame's time goes: ``{"frame_ms", "parts": {part: {"mean_ms",
+        "percent"}}}`` with the parts of :data:`FRAME_PARTS` when the backend timed the unary
+        and the CRF apart, else of :data:`FRAME_PARTS_UNSPLIT`. The frame is ``preprocess +
+        inference + postprocess`` (the Segmenter's call); means are over every frame of the
+        run (a part a frame did not run, e.g. the CRF while switched off, counts as 0 there).
+        Empty before the first frame."""
+        frames = self._count.get("inference", 0)
+        if frames == 0:
+            return {}
+
+        def mean(stage: str) -> float:
+            return self._total.get(stage, 0.0) / frames
+        frame = mean("preprocess") + mean("inference") + mean("postprocess")
+        if "unary" in self._total:
+            other = max(0.0, mean("inference") - mean("unary") - mean("crf"))
+            parts = {part: other if part == "other" else mean(part) for part in FRAME_PARTS}
+        else:
+            parts = {part: mean(part) for part in FRAME_PARTS_UNSPLIT}
+        return {"frame_ms": round(frame, 3),
+                "parts": {part: {"mean_ms": round(ms, 3),
+                                 "percent": round(100 * ms / frame, 2) if frame > 0 else 0.0}
+                          for part, ms in parts.items()}}
 
 
 class SegmentationScore:

@@ -71,7 +71,8 @@ class RunReport:
                 "signal": self.signal,
                 "source_error": self.source_error, "frames_written": self.frames_written,
                 "output_errors": list(self.output_errors),
-                "stages_ms": stages, "frame_age_ms": frame_age}
+                "stages_ms": stages, "frame_age_ms": frame_age,
+                "frame_split": self.latency.frame_split()}
         if self.scores:
             data["accuracy"] = {name: score.to_dict() for name, score in self.scores.items()}
         return data
@@ -94,6 +95,10 @@ class RunReport:
             s = self.latency.summary(name)
             lines.append(f"{name:<12}{s['p50']:>10.2f}{s['p95']:>10.2f}{s['max']:>10.2f}"
                          f"{s['mean']:>10.2f}")
+        split = self.latency.frame_split()
+        if split:
+            lines.append(f"frame time {split['frame_ms']:.2f} ms: " + ", ".join(
+                f"{part} {entry['percent']:.1f} %" for part, entry in split["parts"].items()))
         if "frame_age" in self.latency.stages():
             lines.append("frame_age: from capture to result, the latency a consumer of the "
                          "labels sees (live sources include the wait for the newest frame)")
@@ -116,7 +121,12 @@ def _hud_lines(report: RunReport, segmenter: Segmenter, renderer: Renderer,
               for stage in ("read", "preprocess", "inference", "postprocess", "render")}
     frame_ms = sum(recent.values())
     fps = 1e3 / frame_ms if frame_ms > 0 else 0.0
-    lines = [f"{fps:.1f} FPS  pre {recent['preprocess']:.1f} inf {recent['inference']:.0f} post "
+    if "unary" in report.latency.stages():  # the backend times unary and CRF apart
+        crf = report.latency.recent_mean("crf") if segmenter.crf else 0.0
+        inference = (f"unary {report.latency.recent_mean('unary'):.1f} crf {crf:.1f}")
+    else:
+        inference = f"inf {recent['inference']:.1f}"
+    lines = [f"{fps:.1f} FPS  pre {recent['preprocess']:.1f} {inference} post "
              f"{recent['postprocess']:.1f} draw {recent['render']:.0f} ms",
              f"CRF {'on' if segmenter.crf else 'off'} ({segmenter.backend.crf_executor})  "
              f"view {renderer.view}  {segmenter.backend.name}"]

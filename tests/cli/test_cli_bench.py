@@ -84,11 +84,44 @@ def test_sweep_prints_a_table_and_writes_json(checkpoint, tmp_path, capsys):
     assert rows[0]["p50_ms"] <= rows[1]["p50_ms"]
 
 
+def test_sweep_warm_starts_the_onnxruntime_backends_crf(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "sweep.json"
+    assert main([checkpoint, "--sweep", "--backends", "onnxruntime", "--warm-start-iterations",
+                 "1", "--size", "64x48", "--num-frames", "3", "--iterations", "2", "--warmup",
+                 "0", "--threads", "1", "--json", str(out)]) == EXIT_OK
+    table = capsys.readouterr().out
+    assert "NativeCRF" in table and "1 it" in table
+    data = json.loads(out.read_text())
+    assert data["settings"]["backend"] == "onnxruntime" and data["settings"]["clip"]
+    assert sorted(str(r["warm_start_iterations"]) for r in data["rows"]) == ["1", "None"]
+
+
+def test_crf_executor_graph_and_the_frame_split_on_the_command_line(checkpoint, tmp_path,
+                                                                    capsys):
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "bench.json"
+    assert main([checkpoint, "--backends", "onnxruntime", "--crf-executor", "graph", *FAST,
+                 "--json", str(out)]) == EXIT_OK
+    table = capsys.readouterr().out
+    assert "CRF executor graph" in table and "frame time" in table
+    entry = json.loads(out.read_text())["backends"]["onnxruntime"]["sizes"]["40x32"]
+    assert set(entry["frame_split"]["parts"]) == {"preprocess", "unary", "crf", "other",
+                                                  "postprocess"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--sizes", "320"], "WIDTHxHEIGHT"),
     (["--filter-sizes", "5"], "only apply with --sweep"),
     (["--sweep", "--plot", "x.png"], "--plot"),
     (["--sweep", "--filter-sizes", "4"], "filter_size"),
+    (["--warm-start-iterations", "1"], "only apply with --sweep"),
+    (["--sweep", "--crf-executor", "graph"], "the sweep varies the CRF's settings"),
+    (["--sweep", "--backends", "torch,onnxruntime"], "--sweep runs one backend's CRF"),
+    (["--sweep", "--backends", "tensorrt"], "the sweep runs on torch or onnxruntime"),
+    (["--backends", "torch", "--crf-executor", "graph"], "applies to onnxruntime"),
+    (["--crf-executor", "fast"], "invalid choice"),
+    (["--sweep", "--warm-start-mix", "1.5"], "--warm-start-mix"),
 ])
 def test_bad_arguments_exit_2(checkpoint, capsys, args, message):
     try:

@@ -92,7 +92,15 @@ def test_video_file_and_folder_sources_run_to_their_end(tmp_path, toy_onnx):
     (["--video", "cam97"], "Cameras present"),
     (["--video", "/no/such/clip.mp4"], "does not exist"),
     (["--model", "/no/such/model.onnx"], "does not exist"),
+    # the toy file carries no CRF parameters: its CRF runs in the graph, with fixed iterations
+    (["--warm-start", "--backend", "onnxruntime"], "warm start needs the native CRF executor, "
+                                                   "which cannot run here"),
+    (["--warm-start", "--backend", "onnxruntime", "--crf-executor", "graph"],
+     "warm start needs the native CRF executor (the graph's CRF runs the exported number"),
     (["--warm-start", "--backend", "tensorrt"], "--warm-start is not available on the tensorrt backend"),
+    (["--crf-executor", "graph", "--backend", "tensorrt"], "--crf-executor is not available on "
+                                                           "the tensorrt backend"),
+    (["--crf-executor", "native", "--backend", "onnxruntime"], "the native CRF cannot run"),
     (["--max-frames", "0"], "--max-frames must be >= 1"),
 ])
 def test_failures_exit_2_with_a_message_and_no_traceback(args, message, toy_onnx, capsys):

@@ -76,6 +76,11 @@ NATIVE_SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     result = segmenter(expected["frame"])
     assert np.array_equal(result.labels, expected["labels"])
     assert np.abs(result.probabilities - expected["probabilities"]).max() < 1e-4
+    # The warm start (crf.WarmStartMeanField over the native CRF) needs no torch either.
+    video = Segmenter(folder + "/demo.onnx", threads=2, warm_start=True)
+    for _ in range(3):
+        assert video(expected["frame"]).labels.shape == expected["labels"].shape
+    assert video.backend.warm_start.previous is not None
     assert "torch" not in sys.modules
     print("NATIVE-CRF-WITHOUT-TORCH-OK")
 """)

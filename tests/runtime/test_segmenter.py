@@ -1,6 +1,9 @@
 """Segmenter: resize policies, colour order, label mapping, timings and timestamps."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -93,6 +96,45 @@ def test_timestamp_timings_and_probabilities_are_returned():
     assert result.probabilities.shape == (3, 30, 40)
     np.testing.assert_array_equal(result.probabilities.argmax(0), result.labels)
     np.testing.assert_array_equal(result.unary_labels, 1 - result.labels)
+
+
+class StagedRedBackend(RedBackend):
+    """RedBackend that runs (sleeps) a "unary" and a "crf" part, longer for wider frames."""
+
+    def _infer(self, image):
+        wide = image.shape[3] > 60
+        with self._timed("unary"):
+            time.sleep(0.030 if wide else 0.002)
+        with self._timed("crf"):
+            time.sleep(0.002 if wide else 0.030)
+        return super()._infer(image)
+
+
+def test_timings_split_unary_and_crf_where_the_backend_times_them():
+    result = Segmenter(StagedRedBackend(resize="none"))(red_left_frame(30, 40))
+    assert list(result.timings) == ["preprocess", "inference", "unary", "crf", "postprocess"]
+    assert result.timings["crf"] > 25 > result.timings["unary"]
+    assert result.timings["inference"] >= result.timings["unary"] + result.timings["crf"]
+    # A backend that runs the model in one piece reports no split.
+    assert set(Segmenter(RedBackend())(red_left_frame(30, 40)).timings) == {
+        "preprocess", "inference", "postprocess"}
+
+
+def test_stage_times_are_per_thread():
+    segmenter = Segmenter(StagedRedBackend(resize="none"))
+    frames = [red_left_frame(30, 40), red_left_frame(30, 80)] * 3
+    results = [None] * len(frames)
+
+    def work(index):
+        results[index] = segmenter(frames[index])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(frames))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for frame, result in zip(frames, results):
+        wide = frame.shape[1] > 60
+        assert (result.timings["unary"] > result.timings["crf"]) == wide
 
 
 def test_frames_of_changing_size_are_handled():
@@ -240,6 +282,23 @@ def test_one_segmenter_shared_by_four_threads_torch():
     frames = thread_frames(12)
     check_same_as_sequential(Segmenter(model, "torch", return_probabilities=True),
                              Segmenter(model, "torch", return_probabilities=True), frames)
+
+
+def test_torch_timings_split_unary_and_crf_and_drop_the_crf_when_it_is_off():
+    torch = pytest.importorskip("torch")
+    from convcrf_deploy import CRFConfig
+    from convcrf_deploy.model import ConvCRF, FastFCN, SegmentationModel
+
+    torch.manual_seed(0)
+    model = SegmentationModel(FastFCN(5, width=8), ConvCRF(CRFConfig(num_classes=5, filter_size=3,
+                                                                     iterations=2)),
+                              ModelMetadata.for_classes("abcde", resize="none")).eval()
+    segmenter = Segmenter(model, "torch")
+    timings = segmenter(red_left_frame(40, 48)).timings
+    assert {"unary", "crf"} <= set(timings)
+    assert timings["inference"] >= timings["unary"] + timings["crf"] > 0
+    segmenter.crf = False
+    assert "crf" not in segmenter(red_left_frame(40, 48)).timings
 
 
 def test_confidence_is_the_largest_probability_scaled_to_255(tmp_path):

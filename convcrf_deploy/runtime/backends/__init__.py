@@ -12,7 +12,7 @@ implementing ``_infer`` and, where it can, ``stages`` / ``_infer_unary`` / ``_in
 :data:`.registry.BACKENDS` (suffixes, extra, devices, CRF executors, CRF switch, warm start,
 command-line options); ``convcrf-run`` and ``convcrf-bench`` then run it as they run the
 others. The CRF executor shared by backends that run the unary elsewhere is
-:mod:`.native_crf`.
+:class:`convcrf_deploy.crf.NativeCRF`.
 """
 from __future__ import annotations
 

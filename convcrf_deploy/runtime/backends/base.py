@@ -135,7 +135,6 @@ class InputLimits:
         return tuple(low if low == high else None
                      for low, high in zip(self.min_size, self.max_size))  # type: ignore[return-value]
 
-
     def describe(self) -> str:
         """``"320x240 only"``, ``"8x8 .. 32x32"``, ``"at most 8294400 pixels"`` (WxH)."""
         (h0, w0), (h1, w1) = self.min_size, self.max_size
@@ -160,6 +159,11 @@ class InputLimits:
         if fits and (self.max_pixels is None or height * width <= self.max_pixels):
             return None
         return f"{width}x{height} is outside what it takes: {self.describe()}"
+
+
+#: ``crf_executor=`` values of backends that let the caller choose who runs the CRF:
+#: ``"auto"`` (native when possible), ``"native"`` (required), ``"graph"``.
+CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
 
 
 class StageUnavailableError(NotImplementedError):
@@ -191,6 +195,7 @@ class Backend(abc.ABC):
         self.last_inference_time: float | None = None
         self._activation_lock = threading.RLock()
         self._call_lock = threading.Lock()
+        self._per_thread = threading.local()  # this thread's stage times of its last infer
 
     # -- context protocol -------------------------------------------------------------------
     def activate(self) -> "Backend":
@@ -212,6 +217,10 @@ class Backend(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
 
+    def reset(self) -> None:
+        """Forget per-stream state, such as a warm start's previous frame (call on a scene
+        cut or before another stream); backends without such state do nothing."""
+
     def _serialised(self):
         return contextlib.nullcontext() if self.thread_safe else self._call_lock
 
@@ -222,10 +231,31 @@ class Backend(abc.ABC):
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
         image, crop = pad_image(self._checked_image(feed[INPUT_NAME]), self.metadata)
         start = time.perf_counter()
+        self._per_thread.stage_ms = {}
         with self._serialised(), _inference_errors(self, image):
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
         return crop_outputs(outputs, crop)
+
+    @property
+    def last_stage_times(self) -> dict[str, float]:
+        """Milliseconds of the parts of this thread's last :meth:`infer` that the backend
+        times on their own: ``"unary"`` (the unary network and its labels) and ``"crf"`` (the
+        CRF and its labels) where it runs them apart; empty when it runs the model as one
+        piece (a TensorRT engine, a Triton server, an ONNX graph on a GPU provider)."""
+        return dict(getattr(self._per_thread, "stage_ms", {}))
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str):
+        """Inside ``_infer``: time the block as ``stage`` of :attr:`last_stage_times` (the
+        block must return only once its work is done, e.g. after a CUDA synchronisation)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if not hasattr(self._per_thread, "stage_ms"):
+                self._per_thread.stage_ms = {}
+            self._per_thread.stage_ms[stage] = (time.perf_counter() - start) * 1e3
 
     def _checked_image(self, image: np.ndarray) -> np.ndarray:
         if not self.is_active:
@@ -300,7 +330,7 @@ class Backend(abc.ABC):
         """This backend for an in-memory ``SegmentationModel``, converting it (e.g. exporting
         to ONNX into ``folder``) as this backend needs. ``options`` are the benchmark's:
         ``flavor``, ``fp16``, ``threads``, ``device``, ``sizes`` ([(width, height)]),
-        ``batch``; each backend uses those that apply to it."""
+        ``batch``, ``crf_executor``; each backend uses those that apply to it."""
         raise StageUnavailableError(f"the {cls.name} backend cannot be built from a model")
 
     @abc.abstractmethod

@@ -74,7 +74,8 @@ BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
         "exported .onnx files; the unary in ONNX Runtime, the CRF natively on the CPU",
         aliases=("onnx", "ort", "onnxrt"), suffixes=(".onnx",), extra="gpu",
         devices=("cpu", "cuda"), crf_executors=("native", "graph"), crf_switchable=True,
-        options=("providers", "plugin_library", "threads", "crf_executor")),
+        warm_start=True,  # with the native CRF executor (the graph's iterations are fixed)
+        options=("providers", "plugin_library", "threads", "crf_executor", "warm_start")),
     BackendSpec(
         "tensorrt", f"{_PACKAGE}.trt", "TensorRTBackend",
         "TensorRT engines (.engine/.plan/.trt) with the ConvCRF plugin (NVIDIA GPU)",

@@ -1,4 +1,4 @@
-"""The torch-free native CRF executor (runtime/backends/native_crf.py) and the ONNX Runtime
+"""The torch-free native CRF executor (crf/native.py) and the ONNX Runtime
 backend that runs it: it equals ConvCRF's fused path, and on exported files the graph's own
 CRF (demo model; +C/+T with trained-looking parameters in the blurred mode), and falls back
 to the graph's CRF, saying why, when it cannot run."""
@@ -10,8 +10,8 @@ import pytest
 from convcrf_deploy import CRFConfig
 from convcrf_deploy._native import cpu_library
 from convcrf_deploy.runtime import Segmenter
-from convcrf_deploy.runtime.backends import native_crf
-from convcrf_deploy.runtime.backends.native_crf import NativeCRF, NativeCRFUnavailable
+from convcrf_deploy.crf import native as native_crf
+from convcrf_deploy.crf.native import NativeCRF, NativeCRFUnavailable
 from convcrf_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
@@ -55,6 +55,54 @@ def test_native_crf_equals_convcrf(mode, extras, blur, size):
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_array_equal(native_crf.argmax_classes(got), expected.argmax(1))
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["full", "blurred"])
+@pytest.mark.parametrize("weight, iterations", [(0.5, 2), (1.0, 1), (0.8, 3)])
+def test_native_crf_warm_start_equals_convcrf(mode, weight, iterations):
+    """The warm start is the schedule's, so NativeCRF (runtime) and ConvCRF (its native and
+    its differentiable executor) give the same warm-started result."""
+    config = CRFConfig(num_classes=4, filter_size=5, blur=3, iterations=5,
+                       intermediate_resolution=mode, compatibility="learned")
+    crf = perturbed_crf(config, seed=3)
+    logits, image = random_inputs(2, 4, 29, 34, seed=3)
+    previous = torch.softmax(4 * torch.randn(2, 4, 29, 34), dim=1)
+    options = {"initial_q_weight": weight, "iterations": iterations}
+    with torch.inference_mode():
+        fused = crf(logits, image, initial_q=previous, **options).numpy()
+    differentiable = crf(logits.clone().requires_grad_(True), image, initial_q=previous,
+                         **options).detach().numpy()
+    got = NativeCRF(config, crf.state_dict(), threads=2)(
+        logits.numpy(), image.numpy(), initial_q=previous.numpy(), **options)
+    np.testing.assert_allclose(got, fused, atol=1e-5)
+    np.testing.assert_allclose(got, differentiable, atol=1e-4)
+    cold = NativeCRF(config, crf.state_dict())(logits.numpy(), image.numpy(),
+                                               iterations=iterations)
+    assert np.abs(got - cold).max() > 1e-3  # the start mattered
+
+
+@needs_native
+def test_native_crf_warm_start_arguments_are_checked():
+    config = CRFConfig(num_classes=3, filter_size=3)
+    crf = NativeCRF(config, perturbed_crf(config).state_dict())
+    logits, image = (t.numpy() for t in random_inputs(1, 3, 6, 7))
+    with pytest.raises(ValueError, match="initial_q must have the shape"):
+        crf(logits, image, initial_q=np.ones((1, 3, 6, 6), np.float32))
+    with pytest.raises(ValueError, match="initial_q_weight must be in 0..1"):
+        crf(logits, image, initial_q=np.ones_like(logits) / 3, initial_q_weight=2.0)
+    with pytest.raises(ValueError, match="initial_q contains NaN"):
+        crf(logits, image, initial_q=np.full_like(logits, np.nan))
+    with pytest.raises(ValueError, match="iterations must be an int >= 0"):
+        crf(logits, image, iterations=-1)
+
+
+def test_the_old_import_path_is_an_alias():
+    from convcrf_deploy.runtime.backends import native_crf as alias
+
+    assert alias.NativeCRF is NativeCRF and alias.NativeCRFUnavailable is NativeCRFUnavailable
+    assert alias.argmax_classes is native_crf.argmax_classes
+    assert alias.STATE_KEY == native_crf.STATE_KEY
 
 
 @needs_native
@@ -157,6 +205,54 @@ def test_onnxruntime_crf_off_runs_the_unary_only(demo_onnx):
     assert not result.crf and not segmenter.describe()["crf"]
 
 
+# ---- warm start on the ONNX Runtime backend (issue 19) ------------------------------------------
+
+def demo_clip(count, size=(48, 64)):
+    from convcrf_deploy.runtime.streams import open_source
+
+    return [frame.image for frame in open_source("demo", demo_size=size, demo_frames=count)]
+
+
+@needs_native
+def test_onnxruntime_warm_start_agrees_with_torch_over_a_demo_clip(demo_onnx):
+    """The warm start is the schedule's on both backends: over 100 consecutive demo frames the
+    ONNX Runtime (unary in ONNX Runtime, native CRF) and PyTorch labels agree."""
+    frames = demo_clip(100)
+    options = {"resize": "none", "warm_start": True, "warm_start_iterations": 2, "threads": 1}
+    torch_path = Segmenter("demo", "torch", **options)
+    onnx_path = Segmenter(str(demo_onnx), **options, return_probabilities=True)
+    assert onnx_path.describe()["warm_start"] and onnx_path.describe()["crf_executor"] == "native"
+    agree = total = 0
+    for frame in frames:
+        a, b = torch_path(frame).labels, onnx_path(frame)
+        agree += int((a == b.labels).sum())
+        total += a.size
+    assert agree / total >= 0.999, f"labels agree on {agree / total:.4%} of pixels"
+    # It was a warm start (2 iterations from the previous frame), not the full CRF.
+    cold = Segmenter(str(demo_onnx), resize="none", threads=1, return_probabilities=True)
+    assert np.abs(cold(frames[-1]).probabilities - b.probabilities).max() > 1e-3
+    assert onnx_path.backend.warm_start.previous is not None
+    onnx_path.reset()
+    assert onnx_path.backend.warm_start.previous is None
+    assert not onnx_path.backend.thread_safe  # one stream's state: calls are serialised
+
+
+@needs_native
+def test_convcrf_run_warm_starts_an_onnx_model(demo_onnx, tmp_path, capsys):
+    import json
+
+    from convcrf_deploy.cli.run import main
+
+    stats = tmp_path / "stats.json"
+    assert main(["--model", str(demo_onnx), "--warm-start", "--video", "demo", "--headless",
+                 "--max-frames", "4", "--size", "64x48", "--threads", "1",
+                 "--stats-json", str(stats)]) == 0
+    data = json.loads(stats.read_text())
+    assert data["backend"] == "onnxruntime" and data["warm_start"] is True
+    assert data["crf_executor"] == "native" and data["frames"] == 4
+    assert set(data["accuracy"]) == {"unary", "crf"}
+
+
 def test_fallback_to_the_graph_when_the_library_is_missing(demo_onnx, monkeypatch):
     monkeypatch.setattr(native_crf, "library_available", lambda: False)
     backend = OnnxRuntimeBackend(demo_onnx, threads=1)
@@ -199,6 +295,63 @@ def test_hud_names_the_crf_executor(tmp_path):
     segmenter = Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")))
     lines = _hud_lines(RunReport(source="x"), segmenter, Renderer([[0, 0, 0]]), live=False)
     assert "CRF on (graph)" in lines[1]
+
+
+# ---- the frame time split (issue 18 item 6) ---------------------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("executor", ["native", "graph"])
+def test_onnxruntime_times_unary_and_crf_apart_with_either_executor(demo_onnx, executor):
+    segmenter = Segmenter(str(demo_onnx), resize="none", threads=1, crf_executor=executor)
+    assert segmenter.describe()["crf_executor"] == executor
+    frame = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    timings = segmenter(frame).timings
+    assert {"unary", "crf"} <= set(timings)
+    assert timings["inference"] >= timings["unary"] + timings["crf"] > 0
+    segmenter.crf = False
+    timings = segmenter(frame).timings
+    assert "unary" in timings and "crf" not in timings
+
+
+@needs_native
+@pytest.mark.parametrize("executor", ["native", "graph"])
+def test_stats_json_summary_and_hud_split_the_frame_time(demo_onnx, executor, tmp_path, capsys):
+    import json
+
+    import cv2
+
+    from convcrf_deploy.cli.run import main
+
+    stats, recording = tmp_path / "stats.json", tmp_path / "hud_%02d.png"
+    assert main(["--video", "demo", "--model", str(demo_onnx), "--headless", "--max-frames",
+                 "3", "--size", "64x48", "--threads", "1", "--crf-executor", executor,
+                 "--stats-json", str(stats), "--save", str(recording)]) == 0
+    out = capsys.readouterr().out
+    assert f"CRF executor {executor}" in out
+    assert "frame time" in out and "crf" in out.split("frame time")[1].split("\n")[0]
+    data = json.loads(stats.read_text())
+    assert data["crf_executor"] == executor
+    assert {"preprocess", "unary", "crf", "postprocess"} <= set(data["stages_ms"])
+    parts = data["frame_split"]["parts"]
+    assert list(parts) == ["preprocess", "unary", "crf", "other", "postprocess"]
+    assert parts["crf"]["percent"] > 0 and parts["unary"]["percent"] > 0
+    assert sum(part["percent"] for part in parts.values()) == pytest.approx(100, abs=0.1)
+    assert cv2.imread(str(tmp_path / "hud_02.png")) is not None  # the HUD was drawn
+
+
+def test_hud_shows_unary_and_crf_time_when_the_backend_splits_them(tmp_path):
+    from convcrf_deploy.runtime.video import RunReport, _hud_lines
+    from convcrf_deploy.runtime.visualize import Renderer
+
+    segmenter = Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")))
+    report = RunReport(source="x")
+    report.latency.add_all({"preprocess": 1.0, "inference": 20.0, "postprocess": 1.0})
+    assert "inf 20.0" in _hud_lines(report, segmenter, Renderer([[0, 0, 0]]), live=False)[0]
+    report = RunReport(source="x")
+    report.latency.add_all({"preprocess": 1.0, "inference": 20.0, "unary": 12.0, "crf": 7.0,
+                            "postprocess": 1.0})
+    line = _hud_lines(report, segmenter, Renderer([[0, 0, 0]]), live=False)[0]
+    assert "unary 12.0 crf 7.0" in line and "inf" not in line
 
 
 def edited_copy(path, tmp_path, edit):

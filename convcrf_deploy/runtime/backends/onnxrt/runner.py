@@ -8,23 +8,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ....crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
+from ....crf.warm_start import WarmStartMeanField
 from ....exported_model import extract_part, unary_logits_name
-from ..base import (INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend,
-                    BackendUnavailableError, InputLimits)
-from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
+from ..base import (CRF_EXECUTOR_CHOICES, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES,
+                    Backend, BackendUnavailableError, InputLimits)
 from .loader import SessionLoader, import_onnxruntime
 
 log = logging.getLogger(__name__)
-
-#: ``crf_executor=`` choices: ``"auto"`` = native when possible on the CPU provider.
-CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
 
 
 class OnnxRuntimeBackend(Backend):
     """Runs a graph exported by ``convcrf-export`` (input ``image`` float32 ``[N, 3, H, W]``
     RGB 0..255; outputs ``probabilities``, ``labels`` and, when exported, ``unary_labels``).
 
-    The CRF runs natively (:class:`~convcrf_deploy.runtime.backends.native_crf.NativeCRF`, the
+    The CRF runs natively (:class:`~convcrf_deploy.crf.native.NativeCRF`, the
     fused C library the PyTorch path uses) whenever the native library is present, the file
     carries the CRF's parameters and the session runs on the CPU provider alone: ONNX Runtime
     then runs only the unary part of the graph. Otherwise the graph's own CRF runs in ONNX
@@ -38,7 +36,13 @@ class OnnxRuntimeBackend(Backend):
 
     The session is created on construction (so a bad file or provider fails early); the
     metadata comes from the file's ``convcrf.*`` metadata_props. Thread-safe (ONNX Runtime
-    sessions and :class:`NativeCRF` are).
+    sessions and :class:`NativeCRF` are), except with ``warm_start``, whose calls are
+    serialised. The stage calls (``infer_crf``) run the CRF cold, without the warm start.
+
+    ``infer`` times the unary and the CRF apart (:attr:`Backend.last_stage_times`): with the
+    native CRF, and with the graph's CRF on the CPU provider, which then runs as two sessions
+    of the graph's parts (the same nodes); on GPU providers, and for weights stored as
+    external data, the graph runs in one piece.
 
     Args:
         path: the ``.onnx`` file.
@@ -52,6 +56,12 @@ class OnnxRuntimeBackend(Backend):
             :class:`SessionLoader`; the unary session before the native CRF never spins).
         custom_ops: the custom-op library of the ConvCRF nodes (see :class:`SessionLoader`;
             default: the installed ``libconvcrf_ort_ops``; ``False``: none).
+        warm_start: video mode: start each frame's mean-field from the previous frame's
+            result (:class:`~convcrf_deploy.crf.WarmStartMeanField`) with
+            ``warm_start_iterations`` iterations. Needs the native CRF executor (the graph's
+            CRF runs the exported iteration count): ``ValueError`` saying why otherwise.
+            Ignored for graphs without a CRF. Calls are then serialised (one stream's state).
+        warm_start_iterations, warm_start_mix: see :class:`~convcrf_deploy.crf.WarmStartMeanField`.
 
     Example:
         >>> with OnnxRuntimeBackend("model.onnx") as backend:
@@ -63,10 +73,15 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",),
                  plugin_library: str | os.PathLike | None = None, threads: int | None = None,
                  crf_executor: str = "auto", spinning: bool = True,
-                 custom_ops: str | os.PathLike | bool | None = None):
+                 custom_ops: str | os.PathLike | bool | None = None, warm_start: bool = False,
+                 warm_start_iterations: int = 2, warm_start_mix: float = 0.5):
         if crf_executor not in CRF_EXECUTOR_CHOICES:
             raise ValueError(f"crf_executor must be one of {CRF_EXECUTOR_CHOICES}, got "
                              f"{crf_executor!r}")
+        if warm_start and crf_executor == "graph":
+            raise ValueError("warm start needs the native CRF executor (the graph's CRF runs "
+                             "the exported number of iterations); use crf_executor 'native' "
+                             "or 'auto'")
         self.loader = SessionLoader(path, providers, plugin_library, threads, spinning,
                                     custom_ops)
         self.session, model_file = self.loader()     # an ExportedModel, digest checked
@@ -97,9 +112,24 @@ class OnnxRuntimeBackend(Backend):
         #: runs; without the unary logits' name the whole graph always runs (then Segmenter
         #: reports the graph's unary_labels, or the CRF's labels flagged as such).
         self.crf_switchable = self._logits_name is not None
-        if self._crf_executor == "native":
-            # The unary session only: ONNX Runtime's idle threads would otherwise spin while
-            # the native CRF runs and take the cores from it.
+        #: the stream state of the warm start (``None`` without one).
+        self.warm_start: WarmStartMeanField | None = None
+        if warm_start and self.has_crf:
+            if self.native_crf is None:
+                raise ValueError(f"{self.loader.path.name}: warm start needs the native CRF "
+                                 f"executor, which cannot run here ({self.crf_executor_detail})")
+            self.warm_start = WarmStartMeanField(self.native_crf, warm_start_iterations,
+                                                 warm_start_mix)
+        #: ``infer`` runs the unary and the CRF apart (and times each): with the native CRF,
+        #: and with the graph's CRF on the CPU provider, as two sessions of the graph's parts
+        #: (on a GPU provider the logits would cross to the host and back: one run there; part
+        #: sessions are built from bytes, where weights stored as external data are not found).
+        self._runs_in_parts = self.has_crf and self._logits_name is not None and (
+            self._crf_executor == "native" or (self.loader.providers == ("cpu",)
+                                               and not model_file.uses_external_data))
+        if self._runs_in_parts:
+            # The unary session never spins: its idle threads would take the cores from the
+            # CRF (native or the CRF part's session) that runs right after it.
             self._part_session("unary", spinning=False)
         log.info("%s: CRF executor %s (%s)", self.loader.path.name, self._crf_executor,
                  self.crf_executor_detail)
@@ -203,6 +233,16 @@ class OnnxRuntimeBackend(Backend):
             "export the model again with dynamic sizes (convcrf-export without --static)")
 
     @property
+    def thread_safe(self) -> bool:
+        # The warm start keeps the previous frame: concurrent calls would mix streams.
+        return self.warm_start is None
+
+    def reset(self) -> None:
+        """Forget per-stream state (the warm start's previous frame)."""
+        if self.warm_start is not None:
+            self.warm_start.reset()
+
+    @property
     def providers(self) -> list[str]:
         """Execution providers the session actually uses, in priority order."""
         return self.session.get_providers()
@@ -217,7 +257,8 @@ class OnnxRuntimeBackend(Backend):
         library = self.loader.custom_ops_library
         return {**super().describe(), "providers": self.providers, "threads": self.threads,
                 "flavor": self.flavor, "model": str(self.loader.path),
-                "custom_ops_library": str(library) if library is not None else None}
+                "custom_ops_library": str(library) if library is not None else None,
+                "warm_start": self.warm_start is not None}
 
     @classmethod
     def check_available(cls) -> None:
@@ -234,11 +275,13 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def from_model(cls, model: Any, folder: str | os.PathLike, *, flavor: str = "single-file",
                    fp16: bool = False, threads: int | None = None, device: str = "cpu",
+                   crf_executor: str = "auto",
                    **_benchmark_options: Any) -> "OnnxRuntimeBackend":
         """Export ``model`` (a ``SegmentationModel``) to ``folder/model.onnx`` in ``flavor``
         (``"single-file"``, ``"portable"`` or, with ``libconvcrf_ort_ops`` installed,
-        ``"plugin"``) and load it (CUDA provider when ``device`` is CUDA). Parity with PyTorch
-        is the caller's check (the benchmark reports it)."""
+        ``"plugin"``) and load it (CUDA provider when ``device`` is CUDA) with
+        ``crf_executor``. Parity with PyTorch is the caller's check (the benchmark reports
+        it)."""
         from ....export import FLAVORS, export_onnx
 
         if flavor not in FLAVORS:
@@ -249,13 +292,14 @@ class OnnxRuntimeBackend(Backend):
         providers = ("cuda", "cpu") if device.startswith("cuda") else ("cpu",)
         # spinning=False: the benchmark interleaves backends, and idle spinning threads would
         # slow the other backends' calls many times over.
-        return cls(path, providers=providers, threads=threads, spinning=False)
+        return cls(path, providers=providers, threads=threads, spinning=False,
+                   crf_executor=crf_executor)
 
     def _activate(self) -> None:
         pass  # the session is created in __init__ so that errors surface at construction
 
     def _deactivate(self) -> None:
-        pass
+        self.reset()
 
     def _infer_unary(self, image: np.ndarray) -> np.ndarray:
         return self._part_session("unary").run([self._logits_name], {INPUT_NAME: image})[0]
@@ -268,16 +312,29 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         if self.crf_switchable and not self.crf_enabled:
-            logits = self._infer_unary(image)
+            self.reset()  # a warm start is stale once the CRF skips frames
+            with self._timed("unary"):
+                logits = self._infer_unary(image)
+                labels = argmax_classes(logits)
             shifted = logits - logits.max(axis=1, keepdims=True)
             probabilities = np.exp(shifted, out=shifted)
             probabilities /= probabilities.sum(axis=1, keepdims=True)
-            labels = argmax_classes(logits)
             return {"probabilities": probabilities, "labels": labels, "unary_labels": labels}
-        if self.native_crf is None:
-            values = self.session.run(self.output_names, {INPUT_NAME: image})
+        if not self._runs_in_parts:
+            if self.has_crf:
+                values = self.session.run(self.output_names, {INPUT_NAME: image})
+            else:  # the whole graph is the unary (and its softmax)
+                with self._timed("unary"):
+                    values = self.session.run(self.output_names, {INPUT_NAME: image})
             return dict(zip(self.output_names, values))
-        logits = self._infer_unary(image)
-        probabilities = self.native_crf(logits, image)
-        return {"probabilities": probabilities, "labels": argmax_classes(probabilities),
-                "unary_labels": argmax_classes(logits)}
+        with self._timed("unary"):
+            logits = self._infer_unary(image)
+            unary_labels = argmax_classes(logits)
+        with self._timed("crf"):
+            if self.native_crf is None:
+                probabilities = self._infer_crf(logits, image)
+            else:
+                crf = self.warm_start if self.warm_start is not None else self.native_crf
+                probabilities = crf(logits, image)
+            labels = argmax_classes(probabilities)
+        return {"probabilities": probabilities, "labels": labels, "unary_labels": unary_labels}

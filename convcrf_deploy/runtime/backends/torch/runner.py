@@ -124,24 +124,34 @@ class TorchBackend(Backend):
             z = torch.from_numpy(logits).to(self.device)
             return self.model.crf(z, x).float().cpu().numpy()
 
+    def _synchronize(self) -> None:
+        """Wait for queued CUDA work, so that a stage's time is its own."""
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize(self.device)
+
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(image).to(self.device)
-            logits = self._logits(x)
-            # max().indices, not argmax(): on CPU, argmax over the class axis of NCHW takes
-            # ~8x longer (19 ms vs 2.5 ms at 320x240) and dominated the unary's frame time.
-            unary_labels = logits.max(1).indices
+            with self._timed("unary"):
+                logits = self._logits(x)
+                # max().indices, not argmax(): on CPU, argmax over the class axis of NCHW
+                # takes ~8x longer (19 ms vs 2.5 ms at 320x240) and dominated the unary's time.
+                unary_labels = logits.max(1).indices
+                self._synchronize()
             if self.crf_enabled and self.model.crf is not None:
-                if self.warm_start is not None:
-                    probabilities = self.warm_start(logits, x)
-                else:
-                    probabilities = self.model.crf(logits, x)
+                with self._timed("crf"):
+                    if self.warm_start is not None:
+                        probabilities = self.warm_start(logits, x)
+                    else:
+                        probabilities = self.model.crf(logits, x)
+                    labels = probabilities.max(1).indices
+                    self._synchronize()
             else:
                 if self.warm_start is not None:
                     self.warm_start.reset()  # stale once frames are skipped by the CRF
                 probabilities = torch.softmax(logits.float(), dim=1)
-            labels = probabilities.max(1).indices
+                labels = probabilities.max(1).indices
             return {"probabilities": probabilities.float().cpu().numpy(),
                     "labels": labels.cpu().numpy(),
                     "unary_labels": unary_labels.cpu().numpy()}

@@ -5,7 +5,10 @@
 * :mod:`.onnx_ops`: the ``trt.plugins::ConvCRFKernel`` / ``ConvCRFMessagePassing`` ops on the
   ONNX side (schemas, exporter translations, standard-op lowering, reference evaluator);
   needs only onnx and numpy.
-* :mod:`.verify`: checker, strict shape inference and parity runs.
+* :func:`attach_crf`: the ConvCRF attached to a unary the user has as ONNX (:mod:`.attach`),
+  written and verified like an export.
+* :mod:`.verify`: checker, strict shape inference and parity runs (bounded memory, peak
+  reported, the unary and the CRF compared on their own).
 
 The exporter needs torch, onnx, onnxscript and onnxruntime. Names are imported lazily so that
 ``convcrf_deploy.export.onnx_ops`` stays usable without torch (e.g. by the runtime).
@@ -28,7 +31,7 @@ _LAZY = {
     "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
     "ExportError": "exporter",
     "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
-    "check_graph": "verify",
+    "check_graph": "verify", "attach_crf": "attach",
 }
 
 __all__ = ["FLAVORS", "DEFAULT_FLAVOR", "PARTS", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET",

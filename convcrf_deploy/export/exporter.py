@@ -45,6 +45,15 @@ from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PAR
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
+#: ``fp16=`` values: False (fp32), True (unary network and ConvCRF op I/O in fp16), "crf"
+#: (the ConvCRF op I/O only: the unary stays fp32, for networks that lose accuracy in fp16).
+FP16_CHOICES = (False, True, "crf")
+
+
+def precision_name(fp16) -> str:
+    """The ``convcrf.precision`` metadata value of an ``fp16=`` choice: ``"fp32"``, ``"fp16"``
+    (whole graph) or ``"fp16-crf"`` (the ConvCRF op I/O only)."""
+    return {False: "fp32", True: "fp16", "crf": "fp16-crf"}[fp16]
 
 #: Graph input and output names per part.
 IO_NAMES = {
@@ -83,7 +92,7 @@ class ExportReport:
     path: Path
     flavor: str
     part: str
-    fp16: bool
+    fp16: bool | str            # an FP16_CHOICES value
     opset: int
     inputs: dict[str, list]
     outputs: dict[str, list]
@@ -91,6 +100,7 @@ class ExportReport:
     custom_nodes: dict[str, int] = field(default_factory=dict)
     local_functions: int = 0
     verification: object | None = None     # verify.VerificationResult
+    unary_source: str = ""      # an ONNX unary the CRF was attached to (export.attach)
 
     @property
     def ok(self) -> bool:
@@ -100,11 +110,15 @@ class ExportReport:
     def summary(self) -> str:
         io_text = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
         out_text = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
-        lines = [f"wrote {self.path} ({self.flavor}, part={self.part}, "
-                 f"{'fp16' if self.fp16 else 'fp32'}, opset {self.opset})",
+        precision = {"fp32": "fp32", "fp16": "fp16", "fp16-crf": "fp32 unary, fp16 CRF"}[
+            precision_name(self.fp16)]
+        lines = [f"wrote {self.path} ({self.flavor}, part={self.part}, {precision}, "
+                 f"opset {self.opset})",
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
                  f"  {self.node_count} nodes; custom nodes: "
                  f"{self.custom_nodes or 'none'}; local functions: {self.local_functions}"]
+        if self.unary_source:
+            lines.append(f"  unary: {self.unary_source}")
         if self.verification is not None:
             lines.append("  " + self.verification.summary())
         return "\n".join(lines)
@@ -203,7 +217,7 @@ def load_exportable(model):
                       f"path or 'demo', got {type(model).__name__}")
 
 
-def _prepare(model, part: str, fp16: bool):
+def _prepare(model, part: str, fp16: bool | str):
     """An eval-mode copy arranged for tracing; returns ``(graph module, crf or None)``."""
     from ..model import ConvCRF
     model = copy.deepcopy(model).cpu().eval()
@@ -216,7 +230,7 @@ def _prepare(model, part: str, fp16: bool):
         crf = model
     else:
         crf = model.crf if model.crf_enabled else None
-        if fp16:
+        if fp16 is True:        # "crf": the unary stays fp32
             model.unary = _HalfPrecision(model.unary)
     if crf is not None and crf.implementation == "reference":
         # The custom ops, not the F.unfold reference, become the ConvCRF nodes.
@@ -378,7 +392,7 @@ def _io_shapes(values) -> dict[str, list]:
     return out
 
 
-def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) -> None:
+def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool | str) -> None:
     from ..model import SegmentationModel
     props = {}
     if isinstance(source, SegmentationModel):
@@ -394,7 +408,7 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
                                                  for name, value in crf.state_dict().items()})
     props[ONNX_KEYS["version"]] = __version__
     props[ONNX_KEYS["flavor"]] = flavor
-    props["convcrf.precision"] = "fp16" if fp16 else "fp32"
+    props["convcrf.precision"] = precision_name(fp16)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         **props})
     model.producer_name = "convcrf-deploy"
@@ -403,9 +417,10 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
 
 # ---- public API --------------------------------------------------------------------------------
 
-def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = False,
+def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | str = False,
                 opset: int | None = None, height: int | None = None, width: int | None = None,
-                static: bool = False, part: Part = "full", verify: bool = True) -> ExportReport:
+                static: bool = False, part: Part = "full", verify: bool = True,
+                verify_memory: int | None = None) -> ExportReport:
     """Export a segmentation model (or its unary or CRF part) to ONNX and verify it.
 
     Args:
@@ -415,7 +430,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         flavor: ``"single-file"`` (custom nodes + standard-op function bodies; runs in ONNX
             Runtime and, with our plugin, in TensorRT), ``"plugin"`` (custom nodes only) or
             ``"portable"`` (standard ONNX only).
-        fp16: unary network and ConvCRF op I/O in FLOAT16 (graph I/O stays float32).
+        fp16: ``True``: unary network and ConvCRF op I/O in FLOAT16 (graph I/O stays
+            float32); ``"crf"``: the ConvCRF op I/O only, the unary stays float32 (for networks
+            that lose accuracy in fp16: the verification names the part that failed).
         opset: standard ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET` (18..28; default
             :data:`DEFAULT_OPSET` = 20); the file declares the IR version of the first ONNX
             release with that opset.
@@ -428,6 +445,10 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
             (``logits, image -> probabilities, labels``).
         verify: run :func:`convcrf_deploy.export.verify.verify_export` (checker, strict shape
             inference, parity against PyTorch on a random image).
+        verify_memory: bytes the parity run may take (default
+            :data:`convcrf_deploy.export.verify.MEMORY_BUDGET`, 2 GiB): larger verification
+            sizes run at batch 1 and, for dynamic graphs, at a smaller size; the report gives
+            the peak measured.
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
@@ -450,6 +471,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                           f"with it), which is not installed: {install_hint('torch')}")
     if flavor not in FLAVORS:
         raise ExportError(f"flavor must be one of {list(FLAVORS)}, got {flavor!r}")
+    if not any(fp16 is choice or (isinstance(fp16, str) and fp16 == choice)
+               for choice in FP16_CHOICES):
+        raise ExportError(f"fp16 must be one of {list(FP16_CHOICES)}, got {fp16!r}")
     if part not in PARTS:
         raise ExportError(f"part must be one of {list(PARTS)}, got {part!r}")
     if (height is None) != (width is None):
@@ -529,7 +553,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         try:
             report.verification = verify_export(
                 onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
-                size=(height, width) if height is not None else None)
+                size=(height, width) if height is not None else None,
+                memory_budget=verify_memory)
         except VerificationError:
             with atomic_write(failed_path) as temporary:
                 onnx.save(onnx_model, str(temporary))

@@ -7,10 +7,10 @@ part way (a full disk, Ctrl-C, a failed verification) leaves the previous file a
 Every command that writes refuses an output that is one of its inputs
 (:func:`refuse_output_overwriting_input`).
 
-Damage is detected with a SHA-256 digest of the weights stored in the file itself:
-``"weights_sha256"`` in our checkpoints (:func:`tensor_digest`) and the ``convcrf.weights_sha256``
-metadata entry of exported ONNX graphs (:func:`onnx_graph_digest`). Files written before
-digests existed (no entry) still load; see :data:`MISSING_DIGEST_POLICY`.
+Damage is detected with a SHA-256 digest stored in the file itself: ``"weights_sha256"`` in our
+checkpoints (:func:`tensor_digest`) and ``convcrf.content_sha256`` in exported ONNX files (the
+file format, digest included, is :mod:`convcrf_deploy.exported_model`). Files without a digest
+still load, with a warning; see :data:`MISSING_DIGEST_POLICY`.
 """
 from __future__ import annotations
 
@@ -23,13 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-#: ONNX metadata key holding :func:`onnx_graph_digest` of the exported graph.
-ONNX_DIGEST_KEY = "convcrf.weights_sha256"
-
 #: What happens when a file has no digest (written before digests existed, or by other tools).
-MISSING_DIGEST_POLICY = ("files without a digest (checkpoints of convcrf-deploy < 0.2, ONNX "
-                         "graphs from other tools) load unchecked, with a warning for "
-                         "checkpoints; save or export them again to add one")
+MISSING_DIGEST_POLICY = ("files without a digest (written before digests existed, or ONNX "
+                         "graphs from other tools) load unchecked, with a warning; save or "
+                         "export them again to add one")
 
 
 class DamagedFileError(ValueError):
@@ -217,37 +214,3 @@ def tensor_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], bytes | mem
         digest.update(f"{name}\0{dtype}\0{tuple(int(s) for s in shape)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
-
-
-def onnx_graph_digest(model_proto) -> str:
-    """SHA-256 (hex) of an ONNX model's graph, local functions (nodes and initializers) and
-    our own ``convcrf.*`` metadata entries (the CRF's configuration and trained parameters
-    travel there), except the digest entry itself. Entries other tools add are not covered,
-    so adding metadata with other tools keeps the file valid. Weights stored as external data
-    are covered only by their references."""
-    digest = hashlib.sha256(model_proto.graph.SerializeToString(deterministic=True))
-    for function in model_proto.functions:
-        digest.update(function.SerializeToString(deterministic=True))
-    for prop in sorted(model_proto.metadata_props, key=lambda p: p.key):
-        if prop.key.startswith("convcrf.") and prop.key != ONNX_DIGEST_KEY:
-            digest.update(f"\0{prop.key}\0{prop.value}".encode())
-    return digest.hexdigest()
-
-
-def check_onnx_digest(model_proto, path: str | os.PathLike) -> bool:
-    """Compare an ONNX model's graph with the digest in its metadata.
-
-    Returns ``True`` when the digest matched, ``False`` when the file has none (see
-    :data:`MISSING_DIGEST_POLICY`). Raises :class:`DamagedFileError` naming ``path`` when
-    they differ.
-    """
-    stored = next((p.value for p in model_proto.metadata_props if p.key == ONNX_DIGEST_KEY),
-                  None)
-    if stored is None:
-        return False
-    if onnx_graph_digest(model_proto) != stored:
-        raise DamagedFileError(
-            f"{path} is damaged: its graph does not match the digest written at export "
-            f"({ONNX_DIGEST_KEY}); export it again (if you edited the graph on purpose, "
-            f"remove the {ONNX_DIGEST_KEY} metadata entry)")
-    return True

@@ -25,7 +25,7 @@ from .harness import (CommandError, ExitCode, UsageError, command, frame_size, i
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
-    from ..tensorrt.builder import parse_shape  # torch- and tensorrt-free
+    from ..tensorrt.profiles import parse_shape  # torch- and tensorrt-free
 
     try:
         return parse_shape(text)

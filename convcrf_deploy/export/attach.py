@@ -454,15 +454,12 @@ def _verification_size(model, info, fixed, height, width, fp16):
 
 
 def _write(graph_proto: onnx.ModelProto, report: ExportReport, verification) -> None:
-    """Seal (digest), verify and write atomically, as :func:`export_onnx` does: a graph that
-    fails verification goes beside the path as ``.failed-verification.onnx``."""
-    from ..files import ONNX_DIGEST_KEY, atomic_write, onnx_graph_digest
+    """Seal (digest), verify and write atomically with the read-back check, as
+    :func:`export_onnx` does: a graph that fails verification goes beside the path as
+    ``.failed-verification.onnx``."""
+    from ..exported_model import seal, write
     from .verify import VerificationError
-    props = [p for p in graph_proto.metadata_props if p.key != ONNX_DIGEST_KEY]
-    del graph_proto.metadata_props[:]
-    graph_proto.metadata_props.extend(props)
-    digest = graph_proto.metadata_props.add()
-    digest.key, digest.value = ONNX_DIGEST_KEY, onnx_graph_digest(graph_proto)
+    seal(graph_proto)
     path = report.path
     path.parent.mkdir(parents=True, exist_ok=True)
     failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
@@ -470,13 +467,13 @@ def _write(graph_proto: onnx.ModelProto, report: ExportReport, verification) -> 
         try:
             report.verification = verification()
         except VerificationError:
+            from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
                 onnx.save(graph_proto, str(temporary))
             raise
     if not report.ok:
         report.path = failed_path
-    with atomic_write(report.path) as temporary:
-        onnx.save(graph_proto, str(temporary))
+    write(graph_proto, report.path, seal_it=False)
 
 
 __all__ = ["attach_crf", "UNARY_SOURCE_KEY"]

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..metadata import ONNX_KEYS
+from ..exported_model import GRAPH_IO
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
 
@@ -56,11 +56,8 @@ def precision_name(fp16) -> str:
     return {False: "fp32", True: "fp16", "crf": "fp16-crf"}[fp16]
 
 #: Graph input and output names per part.
-IO_NAMES = {
-    "full": (["image"], ["probabilities", "labels", "unary_labels"]),
-    "unary": (["image"], ["logits"]),
-    "crf": (["logits", "image"], ["probabilities", "labels"]),
-}
+IO_NAMES = {part: (list(inputs), [*required, *optional])
+            for part, (inputs, required, optional) in GRAPH_IO.items()}
 
 
 #: Size at which graphs with dynamic H and W are traced: distinct, odd, not multiples of any
@@ -393,26 +390,16 @@ def _io_shapes(values) -> dict[str, list]:
 
 
 def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool | str) -> None:
+    """Our metadata entries (:func:`convcrf_deploy.exported_model.set_metadata`); the CRF's
+    configuration and trained parameters only when the graph contains the CRF."""
+    from ..exported_model import set_metadata
     from ..model import SegmentationModel
-    props = {}
-    if isinstance(source, SegmentationModel):
-        props.update(source.metadata.to_onnx_props())
-    # Only a graph that contains the CRF says so: the runtime reads convcrf.crf_config as
-    # "this graph runs a CRF" (not so for part="unary" or crf_enabled=False).
-    if crf is not None:
-        props[ONNX_KEYS["crf_config"]] = crf.config.to_json()
-        # Its trained parameters too (float32 values are exact in JSON), so that runtimes can
-        # run the CRF natively from this one file (runtime/backends/native_crf.py).
-        import json
-        props[ONNX_KEYS["crf_state"]] = json.dumps({name: value.detach().cpu().float().tolist()
-                                                 for name, value in crf.state_dict().items()})
-    props[ONNX_KEYS["version"]] = __version__
-    props[ONNX_KEYS["flavor"]] = flavor
-    props["convcrf.precision"] = precision_name(fp16)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        **props})
-    model.producer_name = "convcrf-deploy"
-    model.producer_version = __version__
+    set_metadata(model, metadata=source.metadata if isinstance(source, SegmentationModel) else None,
+                 flavor=flavor, precision=precision_name(fp16), version=__version__,
+                 crf_config=crf.config if crf is not None else None,
+                 crf_state=({name: value.detach().cpu().float().numpy()
+                             for name, value in crf.state_dict().items()}
+                            if crf is not None else None))
 
 
 # ---- public API --------------------------------------------------------------------------------
@@ -452,7 +439,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
-        previous file) with the graph's digest in its metadata (``convcrf.weights_sha256``).
+        previous file) with the content digest in its metadata (``convcrf.content_sha256``,
+        :mod:`convcrf_deploy.exported_model`), and read back with the runtime's reader before
+        it replaces anything.
         When verification fails, ``path`` is left as it was and the failing graph is written
         beside it as ``<name>.failed-verification.onnx`` (``report.path``; ``report.ok`` is
         False) so that it can be inspected.
@@ -529,12 +518,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     # Data safety (issue 11): the digest lets loaders detect a damaged file; the graph is
     # verified in memory and written atomically only when it passed, so a failed export
     # keeps the previous file and puts the failing graph beside it under a telling name.
-    from ..files import ONNX_DIGEST_KEY, atomic_write, onnx_graph_digest
-    props = [p for p in onnx_model.metadata_props if p.key != ONNX_DIGEST_KEY]
-    del onnx_model.metadata_props[:]
-    onnx_model.metadata_props.extend(props)
-    digest = onnx_model.metadata_props.add()
-    digest.key, digest.value = ONNX_DIGEST_KEY, onnx_graph_digest(onnx_model)
+    from ..exported_model import seal, write
+    seal(onnx_model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     custom = {}
@@ -556,13 +541,15 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                 size=(height, width) if height is not None else None,
                 memory_budget=verify_memory)
         except VerificationError:
+            from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
                 onnx.save(onnx_model, str(temporary))
             raise
     if not report.ok:
         report.path = failed_path
-    with atomic_write(report.path) as temporary:
-        onnx.save(onnx_model, str(temporary))
+    # Read back with the runtime's reader (digest, metadata against graph) before it
+    # replaces anything.
+    write(onnx_model, report.path, seal_it=False)
     return report
 
 

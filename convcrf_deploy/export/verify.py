@@ -503,7 +503,7 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
             graph and the custom-op library is not installed.
     """
     from .. import _native
-    from ..runtime.backends.onnxrt.loader import needs_custom_ops
+    from ..exported_model import needs_custom_ops
 
     custom_ops = needs_custom_ops(model)
     library = None
@@ -654,7 +654,7 @@ def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common
             ) -> VerificationResult:
     import torch
     from ..model import ConvCRF
-    from ..runtime.backends.onnxrt.runner import extract_part, unary_logits_name
+    from ..exported_model import extract_part, unary_logits_name
 
     height, width = size
     image = _images(batch, height, width, bool(fp16), seed)
@@ -737,7 +737,7 @@ def _run_failure(model, feeds, flavor, message, want, want_logits, logits_name, 
                  compared, common) -> VerificationResult:
     """The graph did not run (e.g. a ConvCRF node refused non-finite logits): find out whether
     its unary gives finite logits, and report the failure as a failed parity naming the part."""
-    from ..runtime.backends.onnxrt.runner import extract_part
+    from ..exported_model import extract_part
     unary_part = None
     if logits_name is not None and want_logits is not None:
         try:

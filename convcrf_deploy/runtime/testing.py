@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import CRFConfig
-from ..files import atomic_write
+from ..exported_model import write
 from ..metadata import ONNX_KEYS, ModelMetadata
 
 # Colour prototypes (RGB) of SyntheticScene's classes, used by the toy model's weights.
@@ -32,7 +32,8 @@ def write_toy_onnx(path: str | os.PathLike,
     Input ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (dynamic N, H, W); outputs
     ``probabilities`` (softmax of 3x3-averaged logits, a stand-in for the CRF's smoothing),
     ``labels`` (their argmax) and ``unary_labels`` (argmax of the raw 1x1-convolution logits);
-    ``convcrf.*`` metadata_props from :class:`ModelMetadata` (``flavor`` is only recorded).
+    ``convcrf.*`` metadata_props from :class:`ModelMetadata` (``flavor`` is only recorded) and
+    the content digest.
     Logits are the negative squared distance to a colour prototype per class, so the model is
     a plausible colour classifier.
     """
@@ -71,6 +72,5 @@ def write_toy_onnx(path: str | os.PathLike,
     helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     path = Path(path)
-    with atomic_write(path) as temporary:
-        onnx.save(model, str(temporary))
+    write(model, path)      # sealed (content digest) and read back, as convcrf-export writes
     return path

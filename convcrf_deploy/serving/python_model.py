@@ -47,20 +47,27 @@ def check_frames(image: np.ndarray, max_pixels: int) -> str | None:
     return None
 
 
+def load_backend(model_path: str | Path, threads: int):
+    """The backend this model serves ``model_path`` with (through the registry, as every other
+    entry point: the same backend and options as ``convcrf-run --backend onnxruntime
+    --providers cpu --threads N``), activated. ``convcrf-triton`` loads the file it wrote with
+    it before committing the repository, so a repository whose model the server would refuse
+    is never written."""
+    from ..runtime.backends import create_backend
+
+    return create_backend(Path(model_path), "onnxruntime", providers=("cpu",),
+                          threads=threads).activate()
+
+
 class TritonPythonModel:
     """Triton Python-backend model: ``initialize`` / ``execute`` / ``finalize``."""
 
     def initialize(self, args: dict) -> None:
-        from ..runtime.backends import create_backend
-
         self.config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = int(_parameter(self.config, THREADS_KEY, "1"))
         self.max_pixels = int(_parameter(self.config, MAX_PIXELS_KEY, str(4096 * 4096)))
-        # Through the registry, as every other entry point: the same backend and options as
-        # convcrf-run --backend onnxruntime --providers cpu --threads N.
-        self.backend = create_backend(version_dir / "model.onnx", "onnxruntime",
-                                      providers=("cpu",), threads=threads).activate()
+        self.backend = load_backend(version_dir / "model.onnx", threads)
         self.outputs = {o["name"]: o for o in self.config["output"]}
 
     def execute(self, requests: list) -> list:

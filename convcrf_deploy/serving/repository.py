@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..metadata import ModelMetadata
+from ..exported_model import ExportedModel, check_written
 
 #: file inside each written model folder listing what convcrf-triton wrote there.
 MANIFEST = "convcrf-triton.json"
@@ -96,40 +96,60 @@ class ModelOptions:
 
 
 # -- reading the exported model ----------------------------------------------------------------
-def _load_onnx(onnx_path: Path):
-    import onnx
-
+def _open_onnx(onnx_path: Path):
+    """The export as every reader sees it (digest, metadata against graph), and its
+    ``convcrf.*`` metadata entries."""
     if not onnx_path.is_file():
         raise RepositoryError(f"ONNX model {str(onnx_path)!r} does not exist")
     try:
-        model = onnx.load(str(onnx_path))
-    except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise RepositoryError(f"{str(onnx_path)!r} is not a readable ONNX file "
-                              f"({type(exc).__name__}: {exc}); export it with convcrf-export") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        ModelMetadata.from_onnx_props(props)
-    except ValueError as exc:
-        raise RepositoryError(f"{onnx_path.name}: {exc}") from None
-    return model, {k: v for k, v in props.items() if k.startswith("convcrf.")}
+        model = ExportedModel.open(onnx_path)
+        model.require_metadata()
+    except ValueError as exc:     # not ONNX, damaged, inconsistent, not ours
+        raise RepositoryError(str(exc)) from None
+    return model, {k: v for k, v in model.props.items() if k.startswith("convcrf.")}
 
 
-def _graph_io(model) -> tuple[str, dict[str, tuple[str, list[int]]]]:
+def _graph_io(model: ExportedModel) -> tuple[str, dict[str, tuple[str, list[int]]]]:
     """(input Triton type, {output name: (Triton type, dims without batch)}) of an export."""
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if [i.name for i in inputs] != ["image"]:
-        raise RepositoryError(f"the graph has inputs {[i.name for i in inputs]}; convcrf models take "
-                              "one 'image' input (export part 'full' with convcrf-export)")
-    input_type = _ONNX_TYPES.get(inputs[0].type.tensor_type.elem_type, "TYPE_FP32")
+    if model.part != "full":
+        raise RepositoryError(f"{model.name} has inputs {list(model.inputs)} and outputs "
+                              f"{list(model.outputs)}; Triton models take one 'image' and give "
+                              "'probabilities' and 'labels' (export part 'full' with convcrf-export)")
+    input_type = _ONNX_TYPES.get(model.inputs["image"].elem_type, "TYPE_FP32")
     outputs = {}
-    for out in model.graph.output:
-        dims = [d.dim_value if d.dim_value > 0 else -1 for d in out.type.tensor_type.shape.dim]
-        outputs[out.name] = (_ONNX_TYPES.get(out.type.tensor_type.elem_type, "TYPE_FP32"), dims[1:])
-    missing = [n for n in ("labels", "probabilities") if n not in outputs]
-    if missing:
-        raise RepositoryError(f"the graph lacks output(s) {missing}; export it with convcrf-export")
-    return input_type, {n: v for n, v in outputs.items()
-                        if n in ("labels", "probabilities", "unary_labels")}
+    for name, info in model.outputs.items():
+        if name in ("labels", "probabilities", "unary_labels"):
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in info.shape or ()]
+            outputs[name] = (_ONNX_TYPES.get(info.elem_type, "TYPE_FP32"), dims[1:])
+    return input_type, outputs
+
+
+def _write_served_onnx(model: ExportedModel, written: Path, final: Path, load) -> None:
+    """Write the export as one file (external data inlined; the content digest survives the
+    re-save) and read it back as the server will (:func:`check_written`, then ``load``) before
+    the folder is committed: a repository whose model the server refuses is never written."""
+    import onnx
+
+    onnx.save(model.load_proto_with_data(), str(written))
+    try:
+        check_written(written, final)
+        load(written)
+    except ValueError as exc:
+        raise RepositoryError(f"the server could not load the written model: {exc}") from None
+
+
+def _load_like_the_server(path: Path, ops_library) -> None:
+    """Open ``path`` in ONNX Runtime with the custom-op library registered, as Triton's ONNX
+    Runtime backend does; skipped when the library the server will use is not on this machine
+    (the file itself was checked by :func:`check_written`)."""
+    from ..runtime.backends.base import BackendUnavailableError
+    from ..runtime.backends.onnxrt.loader import SessionLoader
+
+    custom_ops = ops_library if ops_library is not None and Path(ops_library).is_file() else None
+    try:
+        SessionLoader(path, ("cpu",), threads=1, spinning=False, custom_ops=custom_ops)()
+    except BackendUnavailableError:
+        pass      # no onnxruntime or no custom-op library here: the server's to load
 
 
 # -- config.pbtxt -------------------------------------------------------------------------------
@@ -260,15 +280,14 @@ def write_onnxruntime_model(onnx_path: str | os.PathLike, repository: str | os.P
             existing folder that may not be replaced.
     """
     from .. import _native
-    from ..runtime.backends.onnxrt.loader import has_convcrf_nodes
 
     if threads < 1:
         raise RepositoryError("threads must be >= 1")
     onnx_path = Path(onnx_path)
-    model, props = _load_onnx(onnx_path)
+    model, props = _open_onnx(onnx_path)
     input_type, outputs = _graph_io(model)
     section = None
-    if has_convcrf_nodes(model):
+    if model.crf_nodes:
         if ops_library is None:
             try:
                 ops_library = _native.ort_ops_library(cuda=gpu)
@@ -287,11 +306,12 @@ def write_onnxruntime_model(onnx_path: str | os.PathLike, repository: str | os.P
     if section is not None:
         config = _config_text(config, section)
 
-    def fill(folder: Path) -> list[str]:
-        import onnx
+    target = Path(repository) / options.name
 
+    def fill(folder: Path) -> list[str]:
         (folder / "1").mkdir()
-        onnx.save(model, str(folder / "1" / "model.onnx"))  # one file, external data inlined
+        _write_served_onnx(model, folder / "1" / "model.onnx", target / "1" / "model.onnx",
+                           lambda path: _load_like_the_server(path, ops_library))
         (folder / "config.pbtxt").write_text(config)
         (folder / "README.md").write_text(_readme(options, "onnxruntime", "float32", outputs,
                                                   ops_library))
@@ -325,15 +345,14 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
             the custom-op library, or an existing folder that may not be replaced.
     """
     from .. import _native
-    from ..runtime.backends.onnxrt.loader import needs_custom_ops
 
     if input_dtype not in INPUT_DTYPES:
         raise RepositoryError(f"input dtype must be one of {sorted(INPUT_DTYPES)}, got {input_dtype!r}")
     if threads < 1 or min(max_frame_size) < 1:
         raise RepositoryError("threads and the maximum frame size must be >= 1")
     onnx_path = Path(onnx_path)
-    model, props = _load_onnx(onnx_path)
-    if needs_custom_ops(model):
+    model, props = _open_onnx(onnx_path)
+    if model.needs_custom_ops:
         try:
             _native.ort_ops_library()
         except _native.NativeError as exc:
@@ -341,7 +360,7 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
                                   f"Runtime runs only with libconvcrf_ort_ops: {exc}; or export "
                                   "--flavor single-file for the CPU repository") from None
     _, outputs = _graph_io(model)
-    from .python_model import MAX_PIXELS_KEY, THREADS_KEY
+    from .python_model import MAX_PIXELS_KEY, THREADS_KEY, load_backend
 
     parameters = {**props, MAX_PIXELS_KEY: str(max_frame_size[0] * max_frame_size[1]),
                   THREADS_KEY: str(threads)}
@@ -349,11 +368,13 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
                            input_type=INPUT_DTYPES[input_dtype], input_dims=[3, -1, -1],
                            outputs=outputs, instance_kind="KIND_CPU", parameters=parameters)
 
-    def fill(folder: Path) -> list[str]:
-        import onnx
+    target = Path(repository) / options.name
 
+    def fill(folder: Path) -> list[str]:
         (folder / "1").mkdir()
-        onnx.save(model, str(folder / "1" / "model.onnx"))  # one file, external data inlined
+        # The server's own reader: the Python model's initialize.
+        _write_served_onnx(model, folder / "1" / "model.onnx", target / "1" / "model.onnx",
+                           lambda path: load_backend(path, threads=1).deactivate())
         (folder / "1" / "model.py").write_text(MODEL_SHIM)
         (folder / "config.pbtxt").write_text(config)
         (folder / "README.md").write_text(_readme(options, "python", input_dtype, outputs))
@@ -422,7 +443,7 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not engine_path.is_file():
         raise RepositoryError(f"engine {str(engine_path)!r} does not exist; build it with convcrf-build")
-    model, props = _load_onnx(onnx_path)
+    model, props = _open_onnx(onnx_path)
     input_type, outputs = _graph_io(model)
     types = {}
     if profile is None:
@@ -433,7 +454,7 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
                 f"cannot read the engine's shape profile here ({type(exc).__name__}: {exc}); "
                 "convcrf-build does not record it, so pass the shapes you built it with: "
                 "--min NxCxHxW --max NxCxHxW") from None
-    metadata = ModelMetadata.from_onnx_props(props)
+    metadata = model.require_metadata()
     sizes = list(frame_sizes or [tuple(metadata.input_size)])
     check_profile(profile, options.max_batch, sizes)
     input_type = types.get("image", input_type)

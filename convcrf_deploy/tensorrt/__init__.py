@@ -8,10 +8,12 @@ Example:
     ...                       opt_shape="1x3x480x640", max_shape="1x3x720x1280")
 """
 from ._modules import INSTALL_HINT, TensorRTUnavailableError, import_tensorrt
-from .builder import (CACHE_ENV, DEFAULT_WORKSPACE_MB, CRFImplementation, EngineBuildError,
-                      Profile, build_engine, check_crf_implementation, default_cache_dir,
-                      engine_cache_key, metadata_path_for, parse_shape, prepare_for_parser,
-                      read_metadata, write_metadata)
+from .builder import DEFAULT_WORKSPACE_MB, build_engine
+from .cache import (CACHE_ENV, default_cache_dir, engine_cache_key, metadata_path_for,
+                    read_metadata, write_metadata)
+from .network import (CRFImplementation, EngineBuildError, check_crf_implementation,
+                      prepare_for_parser)
+from .profiles import Profile, parse_shape
 from .plugin import (PLUGIN_ENV, PluginLibraryError, find_plugin_library, installed_plugin_path,
                      load_plugin_library)
 

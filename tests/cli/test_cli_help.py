@@ -9,7 +9,7 @@ import pytest
 
 COMMANDS = [("run", []), ("train", []), ("train", ["crf"]), ("eval", []),
             ("eval", ["synthetic"]), ("eval", ["dataset"]), ("bench", []), ("export", []),
-            ("build", []), ("check_env", [])]
+            ("build", []), ("seal", []), ("check_env", [])]
 MARKUP = re.compile(r"``|:(func|class|mod|meth|data|attr|exc):`|::\s*$|%%", re.M)
 
 

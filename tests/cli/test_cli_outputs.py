@@ -78,7 +78,8 @@ def test_convcrf_export_checks_its_output_and_onnxscript(tmp_path, capsys, monke
     assert not (tmp_path / "demo.onnx").exists()
 
 
-@pytest.mark.parametrize("command", ["export", "train", "bench", "eval", "build", "triton", "run"])
+@pytest.mark.parametrize("command", ["export", "train", "bench", "eval", "build", "triton", "seal",
+                                     "run"])
 def test_ctrl_c_ends_every_command_with_one_line(command, capsys, monkeypatch):
     import importlib
 

@@ -19,7 +19,7 @@ import convcrf_deploy
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_ROOT = Path(convcrf_deploy.__file__).resolve().parents[1]
-COMMANDS = ("run", "export", "build", "bench", "eval", "train", "triton", "check_env")
+COMMANDS = ("run", "export", "build", "bench", "eval", "train", "triton", "seal", "check_env")
 
 
 def test_no_command_keeps_its_own_exit_table_or_error_printer():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from convcrf_deploy import CRFConfig, ConvCRF
-from convcrf_deploy.files import ONNX_DIGEST_KEY, onnx_graph_digest
+from convcrf_deploy.exported_model import DIGEST_KEY, ExportedModel, content_digest
 from convcrf_deploy.metadata import ModelMetadata
 from convcrf_deploy.model import FastFCN, SegmentationModel, save_model
 
@@ -66,7 +66,7 @@ def test_export_stores_the_graph_digest(exported):
     _, path = exported
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    assert props[ONNX_DIGEST_KEY] == onnx_graph_digest(model)
+    assert props[DIGEST_KEY] == content_digest(model)
 
 
 def test_failed_verification_keeps_the_old_file_and_writes_the_graph_beside(
@@ -143,20 +143,31 @@ def test_damaged_onnx_is_a_one_line_error(exported, tmp_path, damage, capsys):
     assert f"{damage}.onnx" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_onnx_without_digest_still_loads(exported, tmp_path):
+def test_onnx_without_digest_loads_with_one_warning(exported, tmp_path):
+    # README / files.MISSING_DIGEST_POLICY: "load unchecked, with a warning"; the ONNX
+    # readers loaded such files silently. One warning per file, however many readers open it.
+    import numpy as np
+
+    from convcrf_deploy.exported_model import MissingDigestWarning
     from convcrf_deploy.runtime import Segmenter
+    from convcrf_deploy.tensorrt.network import prepare_for_parser
     _, good = exported
     model = onnx.load(str(good))
-    kept = [p for p in model.metadata_props if p.key != ONNX_DIGEST_KEY]
+    kept = [p for p in model.metadata_props if p.key != DIGEST_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     old = tmp_path / "old.onnx"
     onnx.save(model, str(old))
-    segmenter = Segmenter(str(old))
-    import numpy as np
+    with pytest.warns(MissingDigestWarning, match=r"old\.onnx has no convcrf digest.*unchecked") \
+            as caught:
+        segmenter = Segmenter(str(old))
+        prepare_for_parser(old)               # what convcrf-build reads
+        ExportedModel.open(old)
+    assert len([w for w in caught if w.category is MissingDigestWarning]) == 1
     result = segmenter(np.full((30, 40, 3), 128, np.uint8))
     segmenter.close()
     assert result.labels.shape == (30, 40)
+    assert ExportedModel.open(good).digest == "content"
 
 
 def test_flipped_weights_are_detected_by_the_digest(exported, tmp_path):
@@ -175,10 +186,10 @@ def test_flipped_weights_are_detected_by_the_digest(exported, tmp_path):
     bad.write_bytes(bytes(damaged))
     with pytest.raises(DamagedFileError, match=r"weights\.onnx is damaged"):
         Segmenter(str(bad))
-    from convcrf_deploy.tensorrt.builder import onnx_metadata     # what convcrf-build reads
+    from convcrf_deploy.tensorrt.network import prepare_for_parser   # what convcrf-build reads
     with pytest.raises(DamagedFileError, match=r"weights\.onnx is damaged"):
-        onnx_metadata(bad)
-    assert onnx_metadata(good) is not None
+        prepare_for_parser(bad)
+    assert prepare_for_parser(good).crf_in_model
 
 
 def test_edited_crf_parameters_in_the_metadata_are_detected(exported, tmp_path):

@@ -17,6 +17,7 @@ from onnx import helper
 
 from convcrf_deploy import _native
 from convcrf_deploy.cli import triton as triton_cli
+from convcrf_deploy.exported_model import seal
 from convcrf_deploy.runtime.testing import write_toy_onnx
 from convcrf_deploy.serving.repository import (ModelOptions, RepositoryError,
                                                write_onnxruntime_model, write_python_model)
@@ -55,6 +56,10 @@ def plugin_toy(path: Path) -> Path:
     model.graph.node.extend(nodes)
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(10, np.float32), "ten"))
     model.opset_import.append(helper.make_opsetid("trt.plugins", 1))
+    for prop in model.metadata_props:
+        if prop.key == "convcrf.flavor":
+            prop.value = "plugin"           # ConvCRF nodes without function bodies
+    seal(model)                             # a deliberate edit: sealed again
     onnx.save(model, str(path))
     return path
 

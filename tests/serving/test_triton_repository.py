@@ -117,7 +117,7 @@ def test_non_convcrf_onnx_is_refused(tmp_path):
     with pytest.raises(RepositoryError, match="convcrf-export"):
         write_python_model(tmp_path / "foreign.onnx", tmp_path / "repo")
     (tmp_path / "garbage.onnx").write_bytes(b"\x00not onnx")
-    with pytest.raises(RepositoryError, match="not a readable ONNX file"):
+    with pytest.raises(RepositoryError, match="not a readable ONNX model"):
         write_python_model(tmp_path / "garbage.onnx", tmp_path / "repo")
     assert not (tmp_path / "repo" / "convcrf").exists()
 

@@ -402,16 +402,24 @@ def fakes(monkeypatch, plugin_lib, tmp_path):
 
 @pytest.fixture
 def onnx_model(tmp_path) -> Path:
-    """A (graph-less) ONNX file carrying convcrf metadata_props, as convcrf-export writes."""
-    import onnx
-    from onnx import helper
+    """A sealed exported-like file without a CRF (the toy model's interface and metadata)."""
+    return _toy_onnx(tmp_path / "model.onnx")
 
-    model = helper.make_model(helper.make_graph([], "g", [], []))
-    metadata = ModelMetadata.for_classes(["road", "car", "person", "sky"], input_size=(16, 24))
-    for key, value in metadata.to_onnx_props().items():
-        model.metadata_props.add(key=key, value=value)
-    path = tmp_path / "model.onnx"
-    onnx.save(model, str(path))
+
+def _toy_onnx(path: Path, crf: bool = False) -> Path:
+    import onnx
+
+    from convcrf_deploy.exported_model import seal
+    from convcrf_deploy.runtime.testing import write_toy_onnx
+
+    write_toy_onnx(path, ["road", "car", "person", "sky"], input_size=(16, 24))
+    if not crf:     # the toy records a CRF configuration; this one is a unary-only graph
+        model = onnx.load(str(path))
+        kept = [p for p in model.metadata_props if p.key != "convcrf.crf_config"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        seal(model)
+        onnx.save(model, str(path))
     return path
 
 
@@ -580,7 +588,7 @@ def test_build_engine_failure_and_options(fakes, onnx_model, tmp_path):
 def test_build_engine_rejects_invalid_onnx(fakes, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf \xff\xff")
-    with pytest.raises(ValueError, match="not a valid ONNX file"):
+    with pytest.raises(ValueError, match="bad.onnx is not a readable ONNX model"):
         build_engine(bad, tmp_path / "bad.engine")
 
 
@@ -605,13 +613,14 @@ def test_cli_build(fakes, onnx_model, tmp_path, capsys):
 # ---- the ConvCRF must be built from the plugin ------------------------------------------------------
 
 def _crf_onnx(path: Path, *, nodes: bool = True, functions: bool = True) -> Path:
-    """An exported-like file: two ConvCRFKernel nodes and one ConvCRFMessagePassing (with their
-    standard-op function bodies for the single-file flavour), CRF metadata."""
+    """An exported-like file (sealed): two ConvCRFKernel nodes and one ConvCRFMessagePassing
+    (with their standard-op function bodies for the single-file flavour), CRF metadata."""
     import onnx
     from onnx import TensorProto, helper
 
     from convcrf_deploy import CRFConfig
     from convcrf_deploy.export import onnx_ops
+    from convcrf_deploy.exported_model import seal
 
     attrs = onnx_ops.plugin_attributes(3)
     if nodes:
@@ -623,17 +632,23 @@ def _crf_onnx(path: Path, *, nodes: bool = True, functions: bool = True) -> Path
                              domain="trt.plugins", **attrs)]
     else:   # portable: the CRF inlined as standard ops
         graph_nodes = [helper.make_node("Identity", ["image"], ["probabilities"])]
+    graph_nodes.append(helper.make_node("ArgMax", ["probabilities"], ["labels"], axis=1,
+                                        keepdims=0))
     graph = helper.make_graph(
         graph_nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)])
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
                                                     helper.make_opsetid("trt.plugins", 1)])
     if functions:
         model.functions.extend(onnx_ops.local_functions(3, 20))
     metadata = ModelMetadata.for_classes(["road", "car", "person", "sky"], input_size=(16, 24))
-    props = {**metadata.to_onnx_props(), "convcrf.crf_config": CRFConfig(num_classes=4).to_json()}
+    flavor = "portable" if not nodes else "single-file" if functions else "plugin"
+    props = {**metadata.to_onnx_props(), "convcrf.crf_config": CRFConfig(num_classes=4).to_json(),
+             "convcrf.flavor": flavor}
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
+    seal(model)
     onnx.save(model, str(path))
     return path
 
@@ -682,11 +697,9 @@ def test_network_with_standard_op_crf_is_an_error_unless_allowed(fakes, tmp_path
 def _unstripped(module):
     original = module.prepare_for_parser
 
-    def prepare(path):
-        import onnx
-
-        parsed = original(path)
-        parsed.data = onnx.load(str(path)).SerializeToString()
+    def prepare(exported):
+        parsed = original(exported)
+        parsed.data = exported.proto.SerializeToString()
         return parsed
     return prepare
 

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
+from convcrf_deploy.exported_model import seal
 from convcrf_deploy.metadata import ModelMetadata
 from convcrf_deploy.runtime import BackendUnavailableError, create_backend
 from convcrf_deploy.runtime.backends import backend_name_for
@@ -104,6 +105,10 @@ def test_plugin_flavour_graph_without_the_custom_ops_says_what_to_do(toy_onnx, t
     model.graph.node.append(helper.make_node("ConvCRFKernel", ["scaled"], ["kernel"],
                                              domain="trt.plugins", filter_size=5))
     model.opset_import.append(helper.make_opsetid("trt.plugins", 1))
+    for prop in model.metadata_props:
+        if prop.key == "convcrf.flavor":
+            prop.value = "plugin"
+    seal(model)                     # edited on purpose: sealed again
     path = tmp_path / "plugin.onnx"
     onnx.save(model, str(path))
     with pytest.raises(BackendUnavailableError,
@@ -120,6 +125,7 @@ def test_graph_without_crf_config_is_known_to_have_no_crf(toy_onnx, tmp_path):
     kept = [p for p in model.metadata_props if p.key != ONNX_KEYS["crf_config"]]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
+    seal(model)
     path = tmp_path / "unary_only.onnx"
     onnx.save(model, str(path))
     backend = OnnxRuntimeBackend(path)

@@ -206,13 +206,13 @@ def edited_copy(path, tmp_path, edit):
 
     import onnx
 
-    from convcrf_deploy.files import ONNX_DIGEST_KEY
+    from convcrf_deploy.exported_model import DIGEST_KEY
 
     # The file digest covers convcrf.crf_state (tests/test_export_safety.py). Without the
     # digest entry (an edit made on purpose, or a file from an older export) the native
     # executor's own check against the graph must still refuse parameters that disagree.
     model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != ONNX_DIGEST_KEY]
+    kept = [p for p in model.metadata_props if p.key != DIGEST_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for prop in model.metadata_props:

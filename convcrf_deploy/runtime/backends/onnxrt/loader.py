@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .... import _native
+from ....exported_model import ExportedModel
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
@@ -23,10 +24,6 @@ from ..base import BackendUnavailableError
 #: short name -> ONNX Runtime execution provider.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-
-#: domain of the custom ConvCRF nodes (docs/ops.md).
-PLUGIN_DOMAIN = "trt.plugins"
-
 
 def import_onnxruntime():
     try:
@@ -38,24 +35,10 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def has_convcrf_nodes(model_proto) -> bool:
-    """True when the graph has ConvCRF nodes (``trt.plugins`` domain): the ``plugin`` and
-    ``single-file`` flavours (the ``portable`` one has standard ops only)."""
-    return any(node.domain == PLUGIN_DOMAIN for node in model_proto.graph.node)
-
-
-def needs_custom_ops(model_proto) -> bool:
-    """True when the graph has ConvCRF nodes without a model-local function body (the
-    ``plugin`` flavour): they run only where their kernels are registered (TensorRT with our
-    plugin, ONNX Runtime with ``libconvcrf_ort_ops``). The ``single-file`` flavour defines them
-    as functions too."""
-    local = {(f.domain, f.name) for f in model_proto.functions}
-    return any(node.domain == PLUGIN_DOMAIN and (node.domain, node.op_type) not in local
-               for node in model_proto.graph.node)
-
-
 class SessionLoader:
-    """Builds an ``onnxruntime.InferenceSession``.
+    """Builds an ``onnxruntime.InferenceSession`` for an exported file, read and checked by
+    :meth:`convcrf_deploy.exported_model.ExportedModel.open` first; calling the loader returns
+    ``(session, ExportedModel)``.
 
     Args:
         path: the ``.onnx`` file.
@@ -155,7 +138,8 @@ class SessionLoader:
         ort = import_onnxruntime()
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model {str(self.path)!r} does not exist")
-        model_proto = read_onnx(self.path)
+        # The one reader of exported files: digest, metadata against graph, then ONNX Runtime.
+        model = ExportedModel.open(self.path)
         available = set(ort.get_available_providers())
         missing = [p for p in self.providers if PROVIDERS[p] not in available]
         if missing:
@@ -163,7 +147,7 @@ class SessionLoader:
                 f"ONNX Runtime provider(s) {missing} are not available in this onnxruntime "
                 f"(available: {sorted(available)}); install {install_hint('gpu')} "
                 "(onnxruntime-gpu, with CUDA and TensorRT) or use providers=('cpu',)")
-        if needs_custom_ops(model_proto):
+        if model.needs_custom_ops:
             self._check_plugin_flavour_can_run()
         options = self.session_options()
         provider_list = []
@@ -182,7 +166,7 @@ class SessionLoader:
                 raise
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {first_line[:300]}") from None
-        return session, model_proto
+        return session, model
 
     def _check_plugin_flavour_can_run(self) -> None:
         """A ``plugin``-flavour graph: its ConvCRF nodes need our kernels registered."""
@@ -203,37 +187,3 @@ class SessionLoader:
                 "export the 'single-file' flavour (convcrf-export --flavor single-file), which "
                 "runs in any ONNX Runtime")
 
-
-def read_onnx(path: Path):
-    """The ``ModelProto`` of ``path`` without external data (only the graph is inspected),
-    its digest checked (:func:`convcrf_deploy.files.check_onnx_digest`).
-
-    Raises:
-        ValueError: the file is empty, truncated, corrupt or not ONNX; ``DamagedFileError``
-            (a ``ValueError``) when its graph does not match the digest written at export.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from ....files import check_onnx_digest
-
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes), not an ONNX model; export it again "
-                         "(convcrf-export)")
-    with open(path, "rb") as handle:
-        if handle.read(4) == b"PK\x03\x04":
-            raise ValueError(f"{path} is a zip archive (a PyTorch checkpoint?), not an ONNX "
-                             "model: run it with the torch backend, or export it first "
-                             "(convcrf-export MODEL -o MODEL.onnx)")
-    try:
-        model_proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path} is not a readable ONNX model (truncated, corrupt or another "
-                         f"kind of file: {first_line[:200]}); export it again "
-                         "(convcrf-export)") from None
-    if not model_proto.graph.node and not model_proto.graph.output:
-        raise ValueError(f"{path} is not an ONNX model (it holds no graph: truncated, corrupt "
-                         "or another kind of file); export it again (convcrf-export)")
-    check_onnx_digest(model_proto, path)
-    return model_proto

@@ -8,66 +8,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ....metadata import ONNX_KEYS, ModelMetadata
+from ....exported_model import extract_part, unary_logits_name
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES, Backend, BackendUnavailableError
 from ..native_crf import NativeCRF, NativeCRFUnavailable, argmax_classes
-from .loader import SessionLoader, has_convcrf_nodes, import_onnxruntime
+from .loader import SessionLoader, import_onnxruntime
 
 log = logging.getLogger(__name__)
 
 #: ``crf_executor=`` choices: ``"auto"`` = native when possible on the CPU provider.
 CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
-
-
-def unary_logits_name(model_proto) -> str | None:
-    """Name of the unary logits in an exported full graph: the input of the ``ArgMax`` that
-    produces ``unary_labels`` (``export/exporter.py``: ``logits.argmax(dim=1)``), or ``None``."""
-    for node in model_proto.graph.node:
-        if node.op_type == "ArgMax" and not node.domain and list(node.output) == ["unary_labels"]:
-            return node.input[0]
-    return None
-
-
-def extract_part(model_proto, inputs: Sequence[str], outputs: Sequence[str]):
-    """A copy of ``model_proto`` that computes ``outputs`` from ``inputs`` only: the nodes
-    they need (in the original order), their initializers, the same functions and opsets.
-    (``onnx.utils.Extractor`` needs shape-inferred value_info for every name, which graphs
-    with custom-domain nodes do not always have.)"""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = model_proto.graph
-    producers = {name: index for index, node in enumerate(graph.node) for name in node.output}
-    keep, stack, seen = set(), list(outputs), set(inputs)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in producers and producers[name] not in keep:
-            keep.add(producers[name])
-            stack.extend(graph.node[producers[name]].input)
-    nodes = [graph.node[i] for i in sorted(keep)]
-    used = {name for node in nodes for name in node.input}
-    known = {v.name: v for v in [*graph.input, *graph.output, *graph.value_info]}
-
-    def value(name):
-        return known.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-    part = onnx.ModelProto()
-    part.CopyFrom(model_proto)
-    del part.graph.node[:], part.graph.input[:], part.graph.output[:]
-    del part.graph.initializer[:], part.graph.value_info[:]
-    part.graph.node.extend(nodes)
-    part.graph.input.extend(value(name) for name in inputs)
-    part.graph.output.extend(value(name) for name in outputs)
-    part.graph.initializer.extend(t for t in graph.initializer if t.name in used)
-    return part
-
-
-def _uses_external_data(model_proto) -> bool:
-    from onnx.external_data_helper import uses_external_data
-
-    return any(uses_external_data(t) for t in model_proto.graph.initializer)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -119,14 +68,16 @@ class OnnxRuntimeBackend(Backend):
                              f"{crf_executor!r}")
         self.loader = SessionLoader(path, providers, plugin_library, threads, spinning,
                                     custom_ops)
-        self.session, model_proto = self.loader()
-        props = {p.key: p.value for p in model_proto.metadata_props}
-        super().__init__(ModelMetadata.from_onnx_props(props))
-        self.flavor = props.get("convcrf.flavor")
+        self.session, model_file = self.loader()     # an ExportedModel, digest checked
+        #: the exported file as read (:class:`~convcrf_deploy.exported_model.ExportedModel`).
+        self.model_file = model_file
+        model_proto, props = model_file.proto, model_file.props
+        super().__init__(model_file.require_metadata())
+        self.flavor = model_file.flavor
         self.threads = threads
         self.spinning = spinning
         #: the graph contains a ConvCRF (the export records its configuration).
-        self.has_crf = ONNX_KEYS["crf_config"] in props
+        self.has_crf = model_file.has_crf_config
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != [INPUT_NAME]:
             raise ValueError(f"{self.loader.path.name} has inputs {inputs}; convcrf models "
@@ -163,7 +114,7 @@ class OnnxRuntimeBackend(Backend):
             reason = f"providers {list(self.loader.providers)} (native CRF is CPU-only)"
         elif self._logits_name is None:
             reason = "the graph has no unary_labels output to find the unary logits by"
-        elif _uses_external_data(self._model_proto):
+        elif self.model_file.uses_external_data:
             reason = "the weights are stored as external data"
         else:
             try:
@@ -172,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
                 reason = str(exc)
         if reason is None:
             # "fp16" (whole graph) or "fp16-crf" (ConvCRF op I/O only): fp16 rounding either way
-            self._check_native_against_graph(props.get("convcrf.precision", "").startswith("fp16"))
+            self._check_native_against_graph((self.model_file.precision or "").startswith("fp16"))
             return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
         if wanted == "native":
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")
@@ -180,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _crf_nodes(self) -> str:
         """What runs the graph's ConvCRF nodes, for :meth:`describe` and the stats."""
-        if not has_convcrf_nodes(self._model_proto):
+        if not self.model_file.crf_nodes:
             return "standard ONNX ops only"
         if self.loader.custom_ops_library is not None:
             return f"ConvCRF nodes on {self.loader.custom_ops_library.name}, the native kernels"

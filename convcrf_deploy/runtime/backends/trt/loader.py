@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ....exported_model import ExportedModel
 from ....metadata import ModelMetadata
 from ....tensorrt import (build_engine, find_plugin_library, import_tensorrt, load_plugin_library,
                           read_metadata)
-from ....tensorrt.builder import onnx_metadata
 from .. import SUFFIXES
 from ..base import INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES
 
@@ -74,7 +74,7 @@ class EngineLoader:
         """Sidecar ``<engine>.json``, else the ONNX metadata_props when built from ONNX."""
         metadata = read_metadata(engine_path)
         if metadata is None and self.is_onnx:
-            metadata = onnx_metadata(self.path)
+            metadata = ExportedModel.open(self.path).metadata
         return metadata
 
     def __call__(self) -> EngineInfo:

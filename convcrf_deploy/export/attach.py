@@ -38,8 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__  # noqa: F401  (the exporter writes it into the metadata)
-from . import DEFAULT_FLAVOR, FLAVORS, MAX_OPSET, MIN_OPSET, onnx_ops, rewrites
+from . import DEFAULT_FLAVOR, FLAVORS, MAX_OPSET, MIN_OPSET, rewrites
 from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_size, _checked_opset,
                        _convert_opset, _custom_nodes, _default_opset, _io_shapes, _quiet,
                        _set_metadata, export_onnx, ir_version_for_opset)
@@ -177,10 +176,16 @@ def _convert_unary(unary: onnx.ModelProto, opset: int, info) -> onnx.ModelProto:
     converts its own graphs)."""
     if info.opset == opset:
         return unary
+    import logging
+    chatter = logging.getLogger("onnxscript")     # "falling back to the onnx C API" notes
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
     try:
         return _convert_opset(unary, opset)
     except ExportError:
         pass
+    finally:
+        chatter.setLevel(level)
     try:   # onnx's C++ converter directly (onnxscript's falls back to it only for some steps)
         converted = onnx.version_converter.convert_version(unary, opset)
         if _default_opset(converted) == opset:
@@ -477,4 +482,3 @@ def _write(graph_proto: onnx.ModelProto, report: ExportReport, verification) -> 
 
 
 __all__ = ["attach_crf", "UNARY_SOURCE_KEY"]
-_ = onnx_ops   # the ConvCRF ops' schemas come with the CRF's graph

@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 
@@ -636,18 +635,16 @@ def verify_export(model: onnx.ModelProto, reference, *, flavor: str, part: str =
 
 
 def _run(model, feeds, flavor, outputs=None):
+    """:func:`run_graph`; an ONNX Runtime failure is a :class:`VerificationError`."""
+    from .. import _native
     try:
         return run_graph(model, feeds, flavor, outputs=outputs)
+    except _native.NativeError:
+        raise
     except Exception as exc:   # noqa: BLE001 - onnxruntime's errors share no useful base class
-        from .. import _native
-        if isinstance(exc, _native.NativeError):
-            raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _RunFailed(first[:300]) from None
-
-
-class _RunFailed(Exception):
-    pass
+        raise VerificationError(f"ONNX Runtime could not run the exported graph: "
+                                f"{first[:300]}") from None
 
 
 def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common
@@ -688,11 +685,7 @@ def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common
         graph.graph.output.append(onnx.helper.make_tensor_value_info(logits_name,
                                                                      onnx.TensorProto.FLOAT, None))
     names = [o.name for o in graph.graph.output]
-    try:
-        backend, outputs = _run(graph, feeds, flavor)
-    except _RunFailed as exc:
-        return _run_failure(model, feeds, flavor, str(exc), want, want_logits, logits_name,
-                            batch, size, compared, common)
+    backend, outputs = _run(graph, feeds, flavor)
     named = dict(zip(names, outputs))
     del outputs
     got = named.pop(compared)
@@ -713,13 +706,10 @@ def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common
         del graph_logits
         if compared == "probabilities" and reference.crf is not None and reference.crf_enabled:
             crf_graph = extract_part(model, [logits_name, "image"], ["probabilities"])
-            try:
-                _, (crf_got,) = _run(crf_graph, {logits_name: want_logits,
-                                                 "image": feeds["image"]}, flavor)
-                crf_max, crf_p999, crf_agreement, crf_bad = _compare(crf_got, want)
-                crf_part = PartResult("crf", crf_max, crf_p999, crf_agreement, crf_bad)
-            except _RunFailed:
-                crf_part = PartResult("crf", math.nan, math.nan, 0.0, 1)
+            _, (crf_got,) = _run(crf_graph, {logits_name: want_logits, "image": feeds["image"]},
+                                 flavor)
+            crf_part = PartResult("crf", *_compare(crf_got, want))
+            del crf_got
     named.clear()
     return VerificationResult(backend=backend, size=(height, width), batch=batch,
                               compared=compared, max_abs_error=max_error,
@@ -731,26 +721,3 @@ def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common
 def _unary_stats(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float, int]:
     scale = max(1.0, float(np.nanmax(np.abs(want))))
     return _compare(got, want, scale)
-
-
-def _run_failure(model, feeds, flavor, message, want, want_logits, logits_name, batch, size,
-                 compared, common) -> VerificationResult:
-    """The graph did not run (e.g. a ConvCRF node refused non-finite logits): find out whether
-    its unary gives finite logits, and report the failure as a failed parity naming the part."""
-    from ..exported_model import extract_part
-    unary_part = None
-    if logits_name is not None and want_logits is not None:
-        try:
-            _, (graph_logits,) = _run(extract_part(model, ["image"], [logits_name]), feeds, flavor)
-            unary_part = PartResult("unary", *_unary_stats(graph_logits, want_logits))
-        except _RunFailed:
-            pass
-    if unary_part is None or (not unary_part.nonfinite
-                              and unary_part.label_agreement >= common["min_label_agreement"]):
-        raise VerificationError(f"ONNX Runtime could not run the exported graph: {message}")
-    result = VerificationResult(backend=f"ONNX Runtime (failed: {message})", size=size,
-                                batch=batch, compared=compared, max_abs_error=math.nan,
-                                label_agreement=0.0, p999_abs_error=math.nan,
-                                nonfinite=int(np.prod(want.shape)), unary=unary_part,
-                                **common)
-    return result

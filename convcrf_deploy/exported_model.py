@@ -669,7 +669,8 @@ class ExportedModel:
         metadata = self.metadata
         if metadata is None:
             raise ValueError(f"{self.name} lacks metadata {ONNX_KEYS['classes']!r}: was it "
-                             "exported by convcrf-export?")
+                             "exported by convcrf-export? (For a unary network of your own "
+                             f"in ONNX: convcrf-export --unary {self.name} attaches the CRF)")
         return metadata
 
     @property

@@ -64,8 +64,8 @@ IO_NAMES = {part: (list(inputs), [*required, *optional])
 #: blur factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal
 #: size, e.g. H == W or H == the example batch of 2, into one symbol).
 TRACE_SIZE = (61, 83)
-#: Largest image side and area the export traces (static) or verifies at: the parity run
-#: holds a few [2, C, H, W] float32 tensors in PyTorch and ONNX Runtime at once.
+#: Largest image side and area the export traces (static) or is asked to verify at (the
+#: verification itself keeps within its memory budget: verify.plan_verification).
 MAX_SIDE, MAX_PIXELS = 4096, 4096 * 4096
 
 

@@ -57,10 +57,11 @@ FP16_PARITY_SIZE = (480, 640)
 #: Memory the parity run may take (bytes): the verification size and batch are chosen so that
 #: :func:`estimated_memory` stays within it.
 MEMORY_BUDGET = 2 * 1024 ** 3
-#: Bytes per pixel per image the estimate allows for the unary network's own activations
-#: (ONNX Runtime and PyTorch free them layer by layer; a ResNet-style encoder at 1/4
-#: resolution with 64..512 channels holds a few hundred bytes per input pixel at once).
-UNARY_BYTES_PER_PIXEL = 512
+#: Bytes per pixel per image the estimate allows for the unary network's own activations in
+#: ONNX Runtime and PyTorch (which free them layer by layer). Measured: a DeepLabV3+ with a
+#: ResNet-18-shaped encoder (64..512 channels, 21 classes) added 1918 MiB verifying batch 1 at
+#: 1024x1280, ~800 bytes per pixel beyond the class tensors; the demo's FastFCN far less.
+UNARY_BYTES_PER_PIXEL = 1024
 #: Float tensors of ``C x H x W`` alive at once at the peak of the parity run: the reference
 #: logits and probabilities, the graph's logits and probabilities, and ONNX Runtime's
 #: mean-field buffers (unary term, full-resolution Q, upsampled messages).
@@ -183,9 +184,10 @@ def plan_verification(size: tuple[int, int], batch: int, channels: int, dynamic:
                       budget: int = MEMORY_BUDGET) -> VerificationPlan:
     """The size and batch to verify at within ``budget`` bytes (:func:`estimated_memory`):
     ``size`` at ``batch`` when it fits; else batch 1; else, for a graph of dynamic size, the
-    largest size of the same aspect ratio that fits (the graph computes the same function at
-    every size, so a smaller image checks it as well, except for effects of the size itself);
-    else (a fixed-size graph) no parity run."""
+    largest size of the same aspect ratio that fits, each side keeping the largest power of
+    two up to 32 that divides both asked sides (the graph computes the same function at every
+    size, so a smaller image checks it as well, except for effects of the size itself); else
+    (a fixed-size graph) no parity run."""
     height, width = size
     mib = 1024 ** 2
     if estimated_memory(batch, channels, height, width) <= budget:
@@ -199,8 +201,12 @@ def plan_verification(size: tuple[int, int], batch: int, channels: int, dynamic:
         return VerificationPlan(None, 1, f"the graph's fixed size {height}x{width} needs "
                                          f"~{need / mib:.0f} MiB to verify, over the "
                                          f"{budget / mib:.0f} MiB budget")
+    # Keep what the asked size is a multiple of (up to 32): networks of output stride 16 or 32
+    # run only at such sizes, and the size asked for is one the network runs at.
+    multiple = min(32, math.gcd(height, width) & -math.gcd(height, width))
     scale = math.sqrt(budget / need)
-    smaller = (max(MIN_VERIFY_SIDE, int(height * scale)), max(MIN_VERIFY_SIDE, int(width * scale)))
+    smaller = tuple(max(MIN_VERIFY_SIDE, int(side * scale)) // multiple * multiple
+                    for side in (height, width))
     return VerificationPlan(smaller, 1, f"at {smaller[0]}x{smaller[1]}, batch 1, instead of "
                                         f"{height}x{width} (which needs ~{need / mib:.0f} MiB, "
                                         f"over the {budget / mib:.0f} MiB budget; the graph's "

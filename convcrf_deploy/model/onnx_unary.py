@@ -230,7 +230,7 @@ def _logits_output(model, path: Path, wanted: str | None) -> tuple[str, Any]:
 def _session(model_bytes: bytes, path: Path, threads: int | None = None):
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4     # failures are reported by the caller, in one line
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -53,8 +53,11 @@ def test_plan_keeps_small_runs_and_shrinks_large_dynamic_ones():
     assert plan.batch == 1 and plan.size[0] < 4096 and plan.size[0] == plan.size[1]
     assert estimated_memory(1, 21, *plan.size) <= 2 * 1024 ** 3
     assert "over the 2048 MiB budget" in plan.note
-    plan = plan_verification((1000, 1500), 2, 21, dynamic=True)
-    assert (plan.size, plan.batch) == ((1000, 1500), 1) and "batch 1" in plan.note
+    plan = plan_verification((800, 1200), 2, 21, dynamic=True)
+    assert (plan.size, plan.batch) == ((800, 1200), 1) and "batch 1" in plan.note
+    # a size the network runs at (multiples of 32 here) shrinks to one that still is
+    plan = plan_verification((1024, 1280), 2, 21, dynamic=True)
+    assert plan.size < (1024, 1280) and plan.size[0] % 32 == 0 and plan.size[1] % 32 == 0
     fixed = plan_verification((4096, 4096), 2, 21, dynamic=False)
     assert fixed.size is None and "fixed size 4096x4096" in fixed.note
 
@@ -133,3 +136,41 @@ def test_fp16_crf_keeps_the_unary_in_fp32(tmp_path):
     assert props["convcrf.precision"] == "fp16-crf"
     from convcrf_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     assert OnnxRuntimeBackend(report.path, threads=1).crf_executor == "native"
+
+
+def _result(p999: float, labels: float, unary: tuple, crf: tuple, fp16=True):
+    from convcrf_deploy.export.verify import PartResult, VerificationResult
+    return VerificationResult(
+        backend="ORT", size=(8, 8), batch=1, compared="probabilities", max_abs_error=p999,
+        label_agreement=labels, tolerance=0.02, min_label_agreement=0.999,
+        unary_label_agreement=unary[2], p999_abs_error=p999, error_statistic="p99.9",
+        fp16=fp16, unary=PartResult("unary", *unary), crf=PartResult("crf", *crf))
+
+
+def test_a_failure_names_the_part_and_the_fix():
+    # the unary's labels differ: the unary, and --fp16 crf
+    failed = _result(0.05, 0.99, (0.3, 0.2, 0.99), (0.001, 0.001, 1.0))
+    assert failed.failed_part() == "unary" and "--fp16 crf" in failed.failure()
+    assert "labels agree on 99.000 % (need 99.9 %)" in failed.failure()
+    # the CRF alone fails and carries the error: the CRF, and fp32
+    failed = _result(0.05, 0.9995, (0.001, 0.001, 1.0), (0.05, 0.04, 0.9995))
+    assert failed.failed_part() == "crf" and "without --fp16" in failed.failure()
+    assert "99.9th-percentile probabilities error 0.05 exceeds the tolerance 0.02" in \
+        failed.failure()
+    # both contribute
+    failed = _result(0.09, 0.9995, (0.01, 0.005, 0.9995), (0.03, 0.025, 0.9995))
+    assert failed.failed_part() == "both" and "try --fp16 crf" in failed.failure()
+    # the CRF alone passes: the unary's error, amplified
+    failed = _result(0.05, 0.9995, (0.01, 0.005, 0.9995), (0.01, 0.005, 1.0))
+    assert failed.failed_part() == "unary"
+    # fp32: a bug to report, not a precision to change
+    failed = _result(0.05, 0.9995, (0.01, 0.005, 0.9995), (0.05, 0.04, 0.9995), fp16=False)
+    assert "report it" in failed.failure() and "--fp16" not in failed.failure()
+    assert _result(0.001, 1.0, (0.0, 0.0, 1.0), (0.0, 0.0, 1.0)).failure() == ""
+
+
+def test_bare_fp16_still_means_the_whole_graph():
+    from convcrf_deploy.cli.export import _fp16_value_explicit
+    assert _fp16_value_explicit(["--fp16", "model.pt"]) == ["--fp16=all", "model.pt"]
+    assert _fp16_value_explicit(["model.pt", "--fp16"]) == ["model.pt", "--fp16=all"]
+    assert _fp16_value_explicit(["model.pt", "--fp16", "crf"]) == ["model.pt", "--fp16", "crf"]

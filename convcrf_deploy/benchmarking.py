@@ -6,6 +6,12 @@
   It times the runtime backends of :mod:`convcrf_deploy.runtime.backends` themselves
   (``Backend.from_model``, ``infer_unary``, ``infer_crf``, ``infer``): exactly what
   ``convcrf-run`` runs, and any new backend folder without changes here.
+* With ``int8_calibration=`` it also exports the model with an INT8 unary
+  (:mod:`convcrf_deploy.export.quantize`, calibrated on the user's frames) and times it as the
+  ``onnxruntime-int8`` row, interleaved with the fp32 ``onnxruntime`` row and PyTorch, and
+  reports the INT8/fp32 unary and frame ratios and, on labelled frames (the demo scenes by
+  default), the label agreement with fp32 and the accuracy of both against the ground truth
+  (:func:`int8_quality`).
 * :func:`sweep_crf` times the CRF at several settings (filter size, blur, mean-field
   iterations), with the model's trained parameters, and measures on labelled frames how much
   each setting improves pixel accuracy and mIoU over the unary, to pick a latency budget.
@@ -56,6 +62,9 @@ STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")
 
 #: backend that the speed-ups are relative to.
 REFERENCE_BACKEND = "torch"
+#: the row of the INT8 ONNX Runtime variant (``int8_calibration=``), and the row it is
+#: compared with.
+INT8_ROW, INT8_BASELINE = "onnxruntime-int8", "onnxruntime"
 
 #: CPU reference implementations the CRF stage can be compared with (``crf_references=``):
 #: the pure-PyTorch ``F.unfold`` ConvCRF (the original implementation's method) and
@@ -245,6 +254,8 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                     threads: int | None = None, device: str = "cpu",
                     flavor: str = "single-file", allow_pickle: bool = False,
                     crf_references: Sequence[str] = (),
+                    int8_calibration: Any = None, quality_frames: str | os.PathLike = "demo",
+                    num_quality_frames: int = 8,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Latency of the unary, the CRF and the whole model per backend and image size.
 
@@ -265,6 +276,13 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         crf_references: any of :data:`CRF_REFERENCES`, timed on the CPU in the same
             interleaved run as the backends' CRF stage, on the same logits and images
             (``"fullcrf"`` needs the ``[fullcrf]`` extra; it runs one image at a time).
+        int8_calibration: a folder of calibration frames (or BGR arrays, or a
+            :class:`~convcrf_deploy.export.quantize.CalibrationSet`): also time an INT8-unary
+            export in ONNX Runtime (row :data:`INT8_ROW`, same flavour, fp16 and threads; the
+            fp32 ``onnxruntime`` row is added when missing) and measure its label agreement
+            with fp32 on ``quality_frames`` (:func:`int8_quality`).
+        quality_frames, num_quality_frames: labelled frames for the INT8 comparison
+            (:func:`sweep_frames`: ``"demo"`` scenes at the first size, or a labelled folder).
         log: progress messages (e.g. ``print``); silent when ``None``.
 
     Returns:
@@ -274,7 +292,10 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         "reason"}}, "crf_references": {name: {"WxH": {mean_ms, ...}}}}``.
         ``speedup_vs_torch`` is PyTorch's median over this backend's median, from the same
         interleaved run (``None`` when torch was not benchmarked); a backend's CRF stage also
-        carries ``speedup_vs_<reference>`` for each CRF reference.
+        carries ``speedup_vs_<reference>`` for each CRF reference. With ``int8_calibration``
+        also ``"int8": {"calibration", "quantization", "sizes": {"WxH": {"unary_int8_vs_fp32",
+        "frame_int8_vs_fp32", "frame_int8_vs_torch", "frame_fp32_vs_torch"}}, "quality"}``
+        (ratios of medians of this run; ``quality`` from :func:`int8_quality`).
 
     Raises:
         BenchmarkError: invalid arguments, an unknown CRF reference, or a CRF reference that
@@ -285,6 +306,8 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
 
     say = log or (lambda message: None)
     names = normalize_backends(backends)
+    if int8_calibration is not None and INT8_BASELINE not in names:
+        names.append(INT8_BASELINE)        # the INT8 row is compared with fp32 ONNX Runtime
     sizes = [tuple(int(v) for v in size) for size in sizes]
     if not sizes:
         raise BenchmarkError("no image size given")
@@ -315,6 +338,11 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         reasons = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
         raise BackendUnavailableError(f"none of the requested backends can run here ({reasons})")
     loaded = _load(model, device, allow_pickle)
+    calibration = None
+    if int8_calibration is not None and unavailable[INT8_BASELINE] is None:
+        from .export.quantize import CalibrationSet, calibration_set
+        calibration = (int8_calibration if isinstance(int8_calibration, CalibrationSet)
+                       else calibration_set(int8_calibration, loaded.metadata))
     if crf_references and loaded.crf is None:
         raise BenchmarkError("CRF references compare CRF stages, but this model has no CRF")
     result: dict[str, Any] = {
@@ -323,6 +351,7 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                      "iterations": iterations, "warmup": warmup, "fp16": fp16,
                      "threads": threads, "device": device, "flavor": flavor,
                      "crf_references": crf_references,
+                     "int8_calibration": None if calibration is None else calibration.describe(),
                      "crf_config": loaded.crf.config.to_dict() if loaded.crf is not None
                      else None},
         "machine": machine_info(threads),
@@ -353,6 +382,14 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                 if reason is not None:
                     result["backends"][name] = {"status": "skipped", "reason": reason}
                     say(f"skipping {name}: {reason}")
+            if calibration is not None:
+                say(f"preparing {INT8_ROW} (INT8 unary, {calibration.describe()}) ...")
+                runners[INT8_ROW], result["int8"] = _int8_runner(
+                    loaded, Path(tmp) / INT8_ROW, calibration, flavor=flavor, fp16=fp16,
+                    threads=threads)
+            elif int8_calibration is not None:
+                result["backends"][INT8_ROW] = {"status": "skipped",
+                                                "reason": unavailable[INT8_BASELINE]}
             if not runners:
                 reasons = "; ".join(f"{n}: {v['reason']}" for n, v in result["backends"].items())
                 raise BackendUnavailableError(
@@ -364,12 +401,93 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
                 say(f"timing {size_key(size)} (batch {batch}, {iterations} iterations) ...")
                 _time_size(loaded, runners, result, size, batch, iterations, warmup, device,
                            seed=index, references=crf_references)
+            if INT8_ROW in runners and INT8_BASELINE in runners:
+                say("INT8 label agreement and accuracy ...")
+                _int8_ratios(result)
+                frames = sweep_frames(loaded, quality_frames, size=sizes[0],
+                                      num_frames=num_quality_frames)
+                result["int8"]["quality"] = int8_quality(
+                    {name: runners[name] for name in (INT8_ROW, INT8_BASELINE, REFERENCE_BACKEND)
+                     if name in runners}, frames, loaded.num_classes,
+                    source=str(quality_frames))
         finally:
             for runner in runners.values():
                 runner.deactivate()
     # Report backends in the order requested.
-    result["backends"] = {name: result["backends"][name] for name in names}
+    order = [*names, *([INT8_ROW] if INT8_ROW in result["backends"] else [])]
+    result["backends"] = {name: result["backends"][name] for name in order}
     return result
+
+
+def _int8_runner(model, folder: Path, calibration, *, flavor: str, fp16: bool,
+                 threads: int | None):
+    """The ONNX Runtime backend of an INT8-unary export of ``model`` (unverified: the
+    benchmark reports agreement itself), and the start of the result's ``"int8"`` entry."""
+    from .export import export_onnx
+    from .runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.int8.onnx"
+    report = export_onnx(model, path, flavor=flavor, fp16=fp16, part="full", verify=False,
+                         int8=True, calibration=calibration)
+    runner = OnnxRuntimeBackend(path, threads=threads, spinning=False).activate()
+    return runner, {"calibration": calibration.describe(),
+                    "calibration_frames": len(calibration),
+                    "quantization": report.int8.summary(), "sizes": {}}
+
+
+def _int8_ratios(result: dict[str, Any]) -> None:
+    """INT8/fp32 ratios of this run's medians per size, into ``result["int8"]["sizes"]``."""
+    rows = result["backends"]
+    for key, int8 in rows[INT8_ROW]["sizes"].items():
+        fp32 = rows[INT8_BASELINE]["sizes"].get(key, {})
+        torch_row = rows.get(REFERENCE_BACKEND, {}).get("sizes", {}).get(key, {})
+
+        def ratio(a, b, stage_a, stage_b):
+            return (a[stage_a]["p50_ms"] / b[stage_b]["p50_ms"]
+                    if stage_a in a and stage_b in b else None)
+        result["int8"]["sizes"][key] = {
+            "unary_int8_vs_fp32": ratio(int8, fp32, "unary", "unary"),
+            "frame_int8_vs_fp32": ratio(int8, fp32, "full", "full"),
+            "frame_int8_vs_torch": ratio(int8, torch_row, "full", "full"),
+            "frame_fp32_vs_torch": ratio(fp32, torch_row, "full", "full")}
+
+
+def int8_quality(runners: dict[str, Any], frames, num_classes: int,
+                 source: str = "demo") -> dict[str, Any]:
+    """Labels of each runner on labelled frames, against the fp32 ONNX Runtime row and the
+    ground truth.
+
+    Args:
+        runners: backends by row name; :data:`INT8_ROW` and :data:`INT8_BASELINE` are needed.
+        frames: ``[(name, RGB uint8 [H, W, 3], labels int64 [H, W])]`` (:func:`sweep_frames`),
+            fed as they are (float32 ``[1, 3, H, W]`` RGB 0..255).
+
+    Returns:
+        ``{"frames", "source", "label_agreement", "unary_label_agreement"`` (INT8 vs fp32,
+        fractions of pixels), ``"accuracy": {row: pixel accuracy}, "miou": {row: mIoU}}``
+        (void pixels excluded, :class:`~convcrf_deploy.metrics.SegmentationMetrics`).
+    """
+    from .metrics import SegmentationMetrics
+
+    metrics = {name: SegmentationMetrics(num_classes) for name in runners}
+    agree = unary_agree = pixels = 0
+    for _, rgb, truth in frames:
+        image = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+        outputs = {name: runner.infer({"image": image}) for name, runner in runners.items()}
+        for name, out in outputs.items():
+            metrics[name].update(out["labels"][0], truth)
+        int8, fp32 = outputs[INT8_ROW], outputs[INT8_BASELINE]
+        agree += int((int8["labels"] == fp32["labels"]).sum())
+        unary_agree += int((int8["unary_labels"] == fp32["unary_labels"]).sum())
+        pixels += int8["labels"].size
+    results = {name: m.result() for name, m in metrics.items()}
+    return {"frames": len(frames), "source": source,
+            "size": "x".join(str(v) for v in frames[0][1].shape[1::-1]) if frames else None,
+            "label_agreement": agree / pixels if pixels else float("nan"),
+            "unary_label_agreement": unary_agree / pixels if pixels else float("nan"),
+            "accuracy": {name: r["accuracy"] for name, r in results.items()},
+            "miou": {name: r["miou"] for name, r in results.items()}}
 
 
 def crf_reference_calls(crf, inputs: StageInputs,
@@ -626,7 +744,10 @@ def format_benchmark(result: dict[str, Any]) -> str:
                             + [f"{s['fps']:.1f}", "-" if speedup is None else f"{speedup:.2f}x"])
             diff = entry.get("max_abs_diff_vs_torch")
             if diff is not None:
-                notes.append(f"{name} {key}: max |probabilities - torch| = {diff:.2e}")
+                notes.append(f"{name} {key}: max |probabilities - torch| = {diff:.2e}"
+                             + (" (on the random timing input, unlike any calibration frame; "
+                                "INT8 is judged by label agreement below)"
+                                if name == INT8_ROW else ""))
     for reference, by_size in result.get("crf_references", {}).items():
         for key, s in by_size.items():
             rows.append([f"{reference} (CPU reference)", key, "crf"]
@@ -637,6 +758,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
             if speedups:
                 notes.append(f"CRF stage at {key}, speed-up over {reference} (its median / the "
                              f"backend's): {', '.join(speedups)}")
+    notes.extend(format_int8(result))
     settings = result["settings"]
     machine = result.get("machine", {})
     title = (f"latency in ms (batch {settings['batch']}, {settings['iterations']} iterations "
@@ -646,6 +768,34 @@ def format_benchmark(result: dict[str, Any]) -> str:
              "backend median")
     notes.extend(f"warning: {warning}" for warning in result.get("warnings", []))
     return "\n".join([title, _table(rows, 3), *notes])
+
+
+def format_int8(result: dict[str, Any]) -> list[str]:
+    """The INT8 comparison of :func:`benchmark_model` as text lines (none without it)."""
+    int8 = result.get("int8")
+    if not int8:
+        return []
+
+    def x(value):
+        return "-" if value is None else f"{value:.2f}x"
+    lines = [f"{INT8_ROW}: {int8['quantization']}"]
+    for key, r in int8.get("sizes", {}).items():
+        lines.append(f"INT8 at {key} (medians of this run): unary INT8/fp32 "
+                     f"{x(r['unary_int8_vs_fp32'])}, frame INT8/fp32 {x(r['frame_int8_vs_fp32'])}; "
+                     f"frame vs PyTorch fp32: INT8 {x(r['frame_int8_vs_torch'])}, fp32 "
+                     f"{x(r['frame_fp32_vs_torch'])}")
+    quality = int8.get("quality")
+    if quality:
+        accuracy = quality["accuracy"]
+        gap = (100 * (accuracy[INT8_ROW] - accuracy[INT8_BASELINE])
+               if INT8_ROW in accuracy and INT8_BASELINE in accuracy else float("nan"))
+        others = ", ".join(f"{name} {_percent(value)} %" for name, value in accuracy.items())
+        lines.append(f"INT8 on {quality['frames']} labelled frame(s) of {quality['source']} at "
+                     f"{quality['size']}: labels agree with fp32 on "
+                     f"{_percent(quality['label_agreement'])} % (unary labels "
+                     f"{_percent(quality['unary_label_agreement'])} %); pixel accuracy vs ground "
+                     f"truth: {others} (INT8 - fp32: {gap:+.2f} points)")
+    return lines
 
 
 def _percent(value: float) -> str:
@@ -718,5 +868,5 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 __all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
            "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
-           "format_benchmark", "format_sweep", "plot_benchmark",
+           "format_benchmark", "format_sweep", "format_int8", "int8_quality", "plot_benchmark",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

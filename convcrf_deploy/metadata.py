@@ -21,6 +21,7 @@ ONNX_KEYS = {
     "crf_state": "convcrf.crf_state",        # JSON {name: values} of the CRF's state_dict
     "version": "convcrf.version",            # toolkit version that exported the file
     "flavor": "convcrf.flavor",              # export flavour
+    "quantization": "convcrf.quantization",  # JSON: how the unary was quantised (INT8 only)
 }
 
 ResizePolicy = Literal["none", "stretch", "letterbox"]

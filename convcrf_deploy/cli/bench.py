@@ -8,6 +8,7 @@ Examples::
     convcrf-bench demo --threads 2 --json bench.json --plot bench.png
     convcrf-bench demo --sweep --filter-sizes 5,7,11 --blurs 2,4,8 --crf-iterations 1,3,5
     convcrf-bench model.pt --sweep --frames path/to/labelled/folder --size 500x375
+    convcrf-bench demo --threads 2 --sizes 320x240 --int8 --calibration frames/
 
 Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios
 of one run ("vs torch": PyTorch eager median / backend median), not figures across runs.
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "the CRF stage: unfold (pure-PyTorch F.unfold ConvCRF), fullcrf "
                              "(FullCRF, pydensecrf2: the [fullcrf] extra); e.g. unfold,fullcrf")
     add_model_loading_arguments(parser)
+    int8 = parser.add_argument_group("INT8 unary vs fp32 (ONNX Runtime)")
+    int8.add_argument("--int8", action="store_true",
+                      help="also time an INT8-unary export (row onnxruntime-int8) beside fp32 "
+                           "ONNX Runtime and PyTorch, and measure its label agreement with "
+                           "fp32 and accuracy on --frames (default: demo scenes)")
+    int8.add_argument("--calibration", type=Path, metavar="DIR",
+                      help="with --int8: a folder of at least 8 calibration frames")
     sweep = parser.add_argument_group("sweep of CRF settings (torch, native CRF)")
     sweep.add_argument("--sweep", action="store_true",
                        help="time the CRF and its quality gain over the unary per setting")
@@ -98,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                   if value is not None]
     if sweep_only and not args.sweep:
         raise UsageError(f"{', '.join(sweep_only)} only apply with --sweep")
+    if args.int8 and args.calibration is None:
+        raise UsageError("--int8 needs --calibration DIR: a folder of at least 8 frames from "
+                         "the camera the model will run on")
+    if args.calibration is not None and not args.int8:
+        raise UsageError("--calibration applies to --int8 only")
+    if args.int8 and args.sweep:
+        raise UsageError("--int8 applies to the latency benchmark, not to --sweep")
     if args.sweep and args.crf_references:
         raise UsageError("--crf-references applies to the latency benchmark, not to --sweep")
     if args.sweep and args.plot is not None:
@@ -130,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 model, backends=backends, sizes=sizes, batch=args.batch,
                 iterations=args.iterations, warmup=args.warmup, fp16=args.fp16,
                 threads=args.threads, device=args.device, flavor=args.flavor,
-                allow_pickle=args.allow_pickle, crf_references=args.crf_references, log=log)
+                allow_pickle=args.allow_pickle, crf_references=args.crf_references,
+                int8_calibration=args.calibration if args.int8 else None,
+                quality_frames=args.frames, num_quality_frames=args.num_frames, log=log)
             table = bench.format_benchmark(result)
     except MissingDependencyError:
         raise

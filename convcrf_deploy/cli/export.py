@@ -8,6 +8,7 @@ Examples::
     convcrf-export model.pt --flavor plugin --fp16      # for TensorRT with our plugin
     convcrf-export model.pt --static --height 480 --width 640
     convcrf-export model.pt --part crf -o crf.onnx      # logits + image -> probabilities
+    convcrf-export model.pt --int8 --calibration frames/   # INT8 unary, fp32 CRF
     convcrf-export --unary unary.onnx --crf crf.pt --metadata meta.json -o model.onnx
     convcrf-export model.pt --fp16 crf                  # fp32 unary, fp16 CRF
 
@@ -84,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory the parity check may take (default 2 GiB): larger sizes "
                              "are verified at batch 1, dynamic graphs at a smaller size")
     add_model_loading_arguments(parser)
+    int8 = parser.add_argument_group("INT8 unary (docs/export.md)")
+    int8.add_argument("--int8", action="store_true",
+                      help="quantise the unary network to INT8 (static QDQ, per-channel "
+                           "weights), calibrated on --calibration frames; the CRF stays fp32 "
+                           "(fp16 with --fp16). Verified by label agreement with the float graph")
+    int8.add_argument("--calibration", type=Path, metavar="DIR",
+                      help="with --int8: a folder of at least 8 frames (.png/.jpg) from the "
+                           "camera the model will run on (at most 64 are used)")
+    int8.add_argument("--reduce-range", action="store_true",
+                      help="with --int8: 7-bit weights, for x86-64 CPUs without VNNI (AVX2 only)")
     return parser
 
 
@@ -99,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
                      "UNARY.onnx")
     fp16 = {None: False, "all": True, "crf": "crf"}[args.fp16]
     verify_memory = int(args.verify_memory * 1024 ** 3)
+    if args.int8 and args.calibration is None:
+        parser.error("--int8 needs --calibration DIR: a folder of at least 8 frames from the "
+                     "camera the model will run on")
+    for flag, value in (("--calibration", args.calibration), ("--reduce-range",
+                                                              args.reduce_range)):
+        if value and not args.int8:
+            parser.error(f"{flag} applies to --int8 exports only")
+    if args.int8 and args.part == "crf":
+        parser.error("--int8 quantises the unary network; --part crf has none")
 
     try:
         from ..export import ExportError, export_onnx
@@ -109,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"onnxruntime ({TORCH_HINT})") from exc
     if args.unary is not None:
         return _attach(parser, args, fp16, verify_memory)
-    output = args.output or default_output(args.model, args.flavor)
+    output = args.output or default_output(args.model,
+                                           args.flavor + (".int8" if args.int8 else ""))
     from ..files import OutputPathError, check_output_paths
     try:
         check_output_paths({"-o": output}, {"model": args.model})
@@ -120,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_onnx(model, output, flavor=args.flavor, fp16=fp16, opset=args.opset,
                              height=args.height, width=args.width, static=args.static,
-                             part=part, verify=not args.no_verify, verify_memory=verify_memory)
+                             part=part, verify=not args.no_verify, verify_memory=verify_memory,
+                             int8=args.int8, calibration=args.calibration,
+                             reduce_range=args.reduce_range)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc
@@ -128,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(exc)) from None
     print(report.summary())
     if not report.ok:
-        raise CommandError("the exported graph does not match PyTorch (see above); "
+        what = ("the INT8 graph does not agree with the float graph" if report.verification
+                is None or report.verification.passed else
+                "the exported graph does not match PyTorch")
+        raise CommandError(f"{what} (see above); "
                            f"{output} was left as it was, and the failing graph written for "
                            f"inspection to {report.path}")
     return ExitCode.OK
@@ -146,7 +172,8 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
     for flag, given in (("--import", args.imports), ("--allow-pickle", args.allow_pickle)):
         if given:
             parser.error(f"{flag} applies to checkpoints; an ONNX unary runs no Python code")
-    output = args.output or args.unary.with_name(f"{args.unary.stem}.crf.{args.flavor}.onnx")
+    output = args.output or args.unary.with_name(
+        f"{args.unary.stem}.crf.{args.flavor}{'.int8' if args.int8 else ''}.onnx")
     inputs = {"--unary": args.unary}
     if args.crf and args.crf.lower() != "none":
         inputs["--crf"] = args.crf
@@ -158,7 +185,9 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
         report = attach_crf(args.unary, output, settings=unary_settings(args),
                             flavor=args.flavor, fp16=fp16, opset=args.opset, height=args.height,
                             width=args.width, static=args.static, part=args.part or "full",
-                            verify=not args.no_verify, verify_memory=verify_memory)
+                            verify=not args.no_verify, verify_memory=verify_memory,
+                            int8=args.int8, calibration=args.calibration,
+                            reduce_range=args.reduce_range)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc
@@ -166,9 +195,11 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
         raise UsageError(str(exc)) from None
     print(report.summary())
     if not report.ok:
-        raise CommandError("the attached graph does not match the unary in ONNX Runtime + the "
-                           f"PyTorch ConvCRF (see above); {output} was left as it was, and the "
-                           f"failing graph written for inspection to {report.path}")
+        what = ("the INT8 graph does not agree with the float graph" if report.verification
+                is None or report.verification.passed else "the attached graph does not match "
+                "the unary in ONNX Runtime + the PyTorch ConvCRF")
+        raise CommandError(f"{what} (see above); {output} was left as it was, and the failing "
+                           f"graph written for inspection to {report.path}")
     return ExitCode.OK
 
 

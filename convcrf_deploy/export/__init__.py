@@ -9,6 +9,9 @@
   written and verified like an export.
 * :mod:`.verify`: checker, strict shape inference and parity runs (bounded memory, peak
   reported, the unary and the CRF compared on their own).
+* :mod:`.quantize`: INT8 unary (static QDQ quantisation with ONNX Runtime's tools, calibrated
+  on the user's frames; the CRF stays float), for exported graphs or any graph whose
+  unary/CRF boundary is known.
 
 The exporter needs torch, onnx, onnxscript and onnxruntime. Names are imported lazily so that
 ``convcrf_deploy.export.onnx_ops`` stays usable without torch (e.g. by the runtime).
@@ -32,6 +35,8 @@ _LAZY = {
     "ExportError": "exporter",
     "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
     "check_graph": "verify", "attach_crf": "attach",
+    "quantize_unary": "quantize", "calibration_set": "quantize", "CalibrationSet": "quantize",
+    "CalibrationError": "quantize", "QuantizationError": "quantize",
 }
 
 __all__ = ["FLAVORS", "DEFAULT_FLAVOR", "PARTS", "MIN_OPSET", "MAX_OPSET", "DEFAULT_OPSET",

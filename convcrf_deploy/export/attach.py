@@ -56,7 +56,8 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
                fp16: bool | str = False, opset: int | None = None, height: int | None = None,
                width: int | None = None, static: bool = False, part: str = "full",
                verify: bool = True, logits_output: str | None = None,
-               verify_memory: int | None = None) -> ExportReport:
+               verify_memory: int | None = None, int8: bool = False, calibration=None,
+               reduce_range: bool = False) -> ExportReport:
     """Write an ONNX unary with the ConvCRF after it, as a PyTorch export would be written.
 
     Args:
@@ -81,6 +82,8 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         verify, verify_memory: as :func:`export_onnx`; the reference is the unary file in ONNX
             Runtime + the PyTorch ConvCRF.
         logits_output: the unary's output holding the logits when it has several.
+        int8, calibration, reduce_range: quantise the unary to INT8 on calibration frames, the
+            CRF left float (as :func:`export_onnx`; :mod:`convcrf_deploy.export.quantize`).
 
     Returns:
         :class:`~convcrf_deploy.export.exporter.ExportReport` (``unary_source`` describes the
@@ -131,6 +134,8 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         raise ExportError(f"{info.path.name} takes {fixed[0]}x{fixed[1]} (HxW) images only; "
                           f"the graph cannot run at {height}x{width}: leave out the size")
     _check_size(*(fixed or (height, width)), static=fixed is not None)
+    from .exporter import _calibration_frames    # read before the work: a bad folder fails fast
+    calibration_frames = _calibration_frames(model, part, int8, calibration, reduce_range, fixed)
 
     unary_proto = read_onnx_unary(unary)
     unary_proto = _convert_unary(unary_proto, opset, info)
@@ -140,6 +145,16 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
                             part, fixed)
     _set_metadata(graph_proto, model, crf, flavor, fp16)
     _record_unary(graph_proto, info)
+    float_model, int8_report = graph_proto, None
+    if int8:
+        from .quantize import QuantizationError, quantize_unary
+        try:
+            quantized = quantize_unary(float_model, calibration_frames,
+                                       logits=LOGITS if part == "unary" else None,
+                                       reduce_range=reduce_range)
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from exc
+        graph_proto, int8_report = quantized.model, quantized.report
 
     report = ExportReport(path=Path(path), flavor=flavor, part=part, fp16=fp16,
                           opset=_default_opset(graph_proto),
@@ -148,13 +163,19 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
                           node_count=len(graph_proto.graph.node),
                           custom_nodes=_count_custom(graph_proto),
                           local_functions=len(graph_proto.functions),
-                          unary_source=f"{info.path.name}: {info.describe()}")
+                          unary_source=f"{info.path.name}: {info.describe()}",
+                          int8=int8_report)
 
     def verification():
         from .verify import verify_export
         size = _verification_size(model, info, fixed, height, width, fp16)
-        return verify_export(graph_proto, model, flavor=flavor, part=part, fp16=fp16,
-                             size=size, memory_budget=verify_memory)
+        result = verify_export(float_model, model, flavor=flavor, part=part, fp16=fp16,
+                               size=size, memory_budget=verify_memory)
+        if int8:
+            from .quantize import verify_int8
+            report.int8_verification = verify_int8(float_model, graph_proto,
+                                                   calibration_frames, flavor=flavor)
+        return result
 
     _write(graph_proto, report, verification if verify else None)
     return report

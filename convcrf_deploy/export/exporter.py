@@ -98,17 +98,23 @@ class ExportReport:
     local_functions: int = 0
     verification: object | None = None     # verify.VerificationResult
     unary_source: str = ""      # an ONNX unary the CRF was attached to (export.attach)
+    int8: object | None = None              # quantize.QuantizationReport (int8=True)
+    int8_verification: object | None = None  # quantize.Int8VerificationResult
 
     @property
     def ok(self) -> bool:
         """True when the export was verified and passed (or verification was skipped)."""
-        return self.verification is None or bool(self.verification.passed)
+        return ((self.verification is None or bool(self.verification.passed))
+                and (self.int8_verification is None or bool(self.int8_verification.passed)))
 
     def summary(self) -> str:
         io_text = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
         out_text = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
         precision = {"fp32": "fp32", "fp16": "fp16", "fp16-crf": "fp32 unary, fp16 CRF"}[
             precision_name(self.fp16)]
+        if self.int8 is not None:
+            crf = "fp16" if self.fp16 else "fp32"
+            precision = "int8" if self.part == "unary" else f"int8 unary, {crf} CRF"
         lines = [f"wrote {self.path} ({self.flavor}, part={self.part}, {precision}, "
                  f"opset {self.opset})",
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
@@ -116,8 +122,13 @@ class ExportReport:
                  f"{self.custom_nodes or 'none'}; local functions: {self.local_functions}"]
         if self.unary_source:
             lines.append(f"  unary: {self.unary_source}")
+        if self.int8 is not None:
+            lines.append("  " + self.int8.summary())
         if self.verification is not None:
-            lines.append("  " + self.verification.summary())
+            lines.append("  " + self.verification.summary()
+                         + (" (the float graph, before quantisation)" if self.int8 else ""))
+        if self.int8_verification is not None:
+            lines.append("  " + self.int8_verification.summary())
         return "\n".join(lines)
 
 
@@ -407,7 +418,8 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool |
 def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | str = False,
                 opset: int | None = None, height: int | None = None, width: int | None = None,
                 static: bool = False, part: Part = "full", verify: bool = True,
-                verify_memory: int | None = None) -> ExportReport:
+                verify_memory: int | None = None, int8: bool = False, calibration=None,
+                reduce_range: bool = False) -> ExportReport:
     """Export a segmentation model (or its unary or CRF part) to ONNX and verify it.
 
     Args:
@@ -431,11 +443,22 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
         part: ``"full"``, ``"unary"`` (``image -> logits``) or ``"crf"``
             (``logits, image -> probabilities, labels``).
         verify: run :func:`convcrf_deploy.export.verify.verify_export` (checker, strict shape
-            inference, parity against PyTorch on a random image).
+            inference, parity against PyTorch on a random image); with ``int8`` on the float
+            graph, then :func:`convcrf_deploy.export.quantize.verify_int8` (INT8 vs float
+            label agreement on the calibration frames).
         verify_memory: bytes the parity run may take (default
             :data:`convcrf_deploy.export.verify.MEMORY_BUDGET`, 2 GiB): larger verification
             sizes run at batch 1 and, for dynamic graphs, at a smaller size; the report gives
             the peak measured.
+        int8: quantise the unary network to INT8 (static QDQ quantisation,
+            :func:`convcrf_deploy.export.quantize.quantize_unary`); the CRF stays fp32 (fp16
+            with ``fp16``, which then applies to the ConvCRF op I/O only). Not for
+            ``part="crf"``. The metadata records it (``convcrf.quantization``).
+        calibration: with ``int8``: a folder of at least 8 frames from the camera, a sequence
+            of BGR uint8 frames, or a :class:`~convcrf_deploy.export.quantize.CalibrationSet`;
+            preprocessed as the runtime does for this model (its resize policy and size).
+        reduce_range: with ``int8``, 7-bit weights: ONNX Runtime's advice for x86-64 CPUs
+            without VNNI (AVX2 only), whose 16-bit intermediate sums can saturate.
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
@@ -448,8 +471,10 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
 
     Raises:
         ExportError: onnxscript is missing, invalid arguments (an unsupported opset, a size
-            out of range), or the exporter failed (the message names the layer); no file is
-            written.
+            out of range, ``int8`` without ``calibration``), the exporter or the quantiser
+            failed (the message names the layer); no file is written.
+        convcrf_deploy.export.quantize.CalibrationError: (a ``ValueError``) too few or
+            unreadable calibration frames; raised before tracing.
         convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
         convcrf_deploy.model.CheckpointError: the checkpoint cannot be loaded.
     """
@@ -482,14 +507,19 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     if height is None and static:
         height, width = tuple(metadata.input_size) if metadata else TRACE_SIZE
     _check_size(height, width, static)
+    calibration_frames = _calibration_frames(source, part, int8, calibration, reduce_range,
+                                             (height, width) if static else None)
     # Dynamic graphs are traced at TRACE_SIZE whatever size was asked for (which is then the
     # size the parity check runs at): a size like 2x2 would merge H, W and the batch into one
     # symbol, and sizes below the blur factor specialise the pooled grid.
     trace_size = (height, width) if static else TRACE_SIZE
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
-    module, crf = _prepare(source, part, fp16)
-    key = _trace_key(source, part, fp16, *trace_size, static)
+    # With int8 the unary is traced in float (its quantisation scales are float32); fp16 then
+    # applies to the ConvCRF op I/O only.
+    unary_fp16 = fp16 and not int8
+    module, crf = _prepare(source, part, unary_fp16)
+    key = _trace_key(source, part, unary_fp16, *trace_size, static)
     if key not in _TRACED:
         # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
         example = _example_inputs(part, num_classes, *trace_size, batch=2)
@@ -514,6 +544,16 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     onnx_model = _apply_flavor(onnx_model, flavor, filter_size)
     onnx_model.ir_version = ir_version_for_opset(opset)
     _set_metadata(onnx_model, source, crf, flavor, fp16)
+    float_model, int8_report = onnx_model, None
+    if int8:
+        from .quantize import QuantizationError, quantize_unary
+        try:
+            quantized = quantize_unary(float_model, calibration_frames,
+                                       logits="logits" if part == "unary" else None,
+                                       reduce_range=reduce_range)
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from exc
+        onnx_model, int8_report = quantized.model, quantized.report
 
     # Data safety (issue 11): the digest lets loaders detect a damaged file; the graph is
     # verified in memory and written atomically only when it passed, so a failed export
@@ -530,16 +570,20 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                           inputs=_io_shapes(onnx_model.graph.input),
                           outputs=_io_shapes(onnx_model.graph.output),
                           node_count=len(onnx_model.graph.node), custom_nodes=custom,
-                          local_functions=len(onnx_model.functions))
+                          local_functions=len(onnx_model.functions), int8=int8_report)
     failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
     if verify:
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
             report.verification = verify_export(
-                onnx_model, reference, flavor=flavor, part=part, fp16=fp16,
+                float_model, reference, flavor=flavor, part=part, fp16=fp16,
                 size=(height, width) if height is not None else None,
                 memory_budget=verify_memory)
+            if int8:
+                from .quantize import verify_int8
+                report.int8_verification = verify_int8(float_model, onnx_model,
+                                                       calibration_frames, flavor=flavor)
         except VerificationError:
             from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
@@ -551,6 +595,30 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     # replaces anything.
     write(onnx_model, report.path, seal_it=False)
     return report
+
+
+def _calibration_frames(source, part: str, int8: bool, calibration, reduce_range: bool,
+                        static_size: tuple[int, int] | None):
+    """The preprocessed calibration frames of an int8 export (``None`` without int8); read
+    before tracing, so that a bad folder fails in a second, not after a minute. A static
+    graph's size replaces the metadata's input size (what the graph accepts)."""
+    if not int8:
+        if calibration is not None:
+            raise ExportError("calibration= is used by int8=True exports only")
+        if reduce_range:
+            raise ExportError("reduce_range= applies to int8=True exports only")
+        return None
+    from ..model import ConvCRF
+    if part == "crf" or isinstance(source, ConvCRF):
+        raise ExportError("int8 quantises the unary network, and a part='crf' export has none; "
+                          "export part='full' or 'unary' with int8")
+    if calibration is None:
+        raise ExportError("int8=True needs calibration=: a folder of at least 8 frames from "
+                          "the camera the model will run on (convcrf-export --calibration DIR)")
+    from .quantize import CalibrationSet, calibration_set
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    return calibration_set(calibration, source.metadata, input_size=static_size)
 
 
 def _checked_opset(opset: int | None) -> int:

@@ -25,6 +25,19 @@ Precision: TensorRT 11 networks are strongly typed, so the plugins run in fp16 o
 ONNX model was exported with fp16 tensors (``convcrf-export --fp16``); there is no fp16 switch
 here. On TensorRT 10 the network is created strongly typed for the same behaviour.
 
+INT8: a graph with QuantizeLinear/DequantizeLinear nodes (``convcrf-export --int8``) is
+TensorRT's *explicit quantisation* input: the layers between a DequantizeLinear and a
+QuantizeLinear run in int8, the rest (our plugin included) in the graph's float types. In a
+strongly typed network (TensorRT 10 as created here, TensorRT 11 always) the Q/DQ types decide
+and no precision flag exists or is needed; a weakly typed network gets ``BuilderFlag.INT8``.
+TensorRT takes only symmetric int8 quantisation (zero point 0), while our export quantises
+activations as ONNX Runtime's CPU kernels prefer (uint8 with a zero point), so
+:func:`.network.make_qdq_symmetric` rewrites each such scale before parsing: the same
+calibrated range ``[(0 - z) s, (255 - z) s]`` symmetrically in int8 (scale
+``s * max(z, 255 - z) / 127``, zero point 0), what symmetric calibration on the same frames
+gives; where a uint8 range starting at 0 was a tensor's only clamp to >= 0 a ReLU is put back,
+so the graph keeps its meaning.
+
 The pieces live beside this module: :mod:`.profiles` (shapes and optimisation profiles),
 :mod:`.cache` (the engine cache and the metadata sidecar), :mod:`.network` (what the parser
 is given, the ConvCRF-implementation check, profiles on the network); the ONNX file itself is
@@ -143,6 +156,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None and tensorrt_major(trt) == 10:
         flags |= 1 << int(strongly_typed)  # TensorRT 11 is always strongly typed
+    typed = tensorrt_major(trt) >= 11 or bool(flags)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # TensorRT >= 10.15 imports a model-local function instead of a registered plugin unless
@@ -159,10 +173,17 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     implementation = check_crf_implementation(parsed, plugin_layer_counts(trt, network),
                                               allow_standard_op_crf)
     report(implementation.describe())
+    if parsed.qdq is not None:
+        report(parsed.qdq.describe(parsed.crf_precision if parsed.crf_nodes else None))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     _set_profiles(trt, builder, network, config, profile)
+    int8_flag = getattr(getattr(trt, "BuilderFlag", None), "INT8", None)
+    if parsed.qdq is not None and not typed and int8_flag is not None:
+        # A weakly typed network runs Q/DQ layers in int8 only with the INT8 flag; a strongly
+        # typed one takes the types from the Q/DQ nodes and refuses precision flags.
+        config.set_flag(int8_flag)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         config.plugins_to_serialize = [str(library)]

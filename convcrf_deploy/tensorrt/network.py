@@ -1,5 +1,6 @@
 """What TensorRT's ONNX parser is given and what it must produce: the ONNX model with our
-ConvCRF function bodies stripped (:func:`prepare_for_parser`), the check that the parsed network
+ConvCRF function bodies stripped and its Q/DQ nodes made TensorRT-legal
+(:func:`prepare_for_parser`, :func:`make_qdq_symmetric`), the check that the parsed network
 builds the ConvCRF from our plugin (:func:`check_crf_implementation`), the parser's errors and
 the optimisation profile of the network's inputs (see :mod:`convcrf_deploy.tensorrt.builder`).
 """
@@ -24,6 +25,27 @@ class EngineBuildError(RuntimeError):
 # ---- which ConvCRF implementation TensorRT builds ---------------------------------------------
 
 @dataclass
+class QDQInfo:
+    """The explicit quantisation of a graph, as handed to TensorRT."""
+
+    quantize: int                   # QuantizeLinear nodes
+    dequantize: int                 # DequantizeLinear nodes
+    made_symmetric: int = 0         # (scale, zero point) pairs rewritten to symmetric int8
+    relus_added: int = 0            # ReLUs restored in front of [0, max] ranges
+
+    def describe(self, crf_precision: str | None = None) -> str:
+        text = (f"precision: INT8 explicit quantisation ({self.quantize} QuantizeLinear / "
+                f"{self.dequantize} DequantizeLinear nodes")
+        if self.made_symmetric:
+            text += (f"; {self.made_symmetric} uint8 scale(s) made symmetric int8 for TensorRT"
+                     + (f", {self.relus_added} ReLU(s) restored" if self.relus_added else ""))
+        text += ")"
+        if crf_precision:
+            text += f", ConvCRF plugin in {crf_precision}"
+        return text
+
+
+@dataclass
 class ParserInput:
     """The ONNX model as handed to TensorRT's parser, and what it must produce."""
 
@@ -31,10 +53,13 @@ class ParserInput:
     crf_nodes: dict[str, int]       # ConvCRF nodes per op type in the file
     stripped_functions: int         # model-local ConvCRF functions removed
     crf_in_model: bool              # the metadata says the graph runs a CRF
+    qdq: QDQInfo | None = None      # explicit quantisation (Q/DQ nodes), made TensorRT-legal
+    crf_precision: str | None = None  # "fp32" / "fp16" (convcrf.precision) when known
 
 
 def prepare_for_parser(onnx_model: ExportedModel | str | os.PathLike) -> ParserInput:
-    """Copy an exported model and strip the model-local functions named like our plugins.
+    """Copy an exported model, strip the model-local functions named like our plugins and make
+    its Q/DQ nodes (if any) TensorRT-legal (:func:`make_qdq_symmetric`).
 
     Without the bodies TensorRT cannot fall back to the standard-op CRF: the nodes import as
     our plugin or the parser fails with "Plugin not found". External data stays where it is
@@ -62,7 +87,134 @@ def prepare_for_parser(onnx_model: ExportedModel | str | os.PathLike) -> ParserI
         del model.functions[:]
         model.functions.extend(kept)
     crf_in_model = exported.runs_crf
-    return ParserInput(model.SerializeToString(), crf_nodes, stripped, crf_in_model)
+    qdq = make_qdq_symmetric(model)
+    return ParserInput(model.SerializeToString(), crf_nodes, stripped, crf_in_model, qdq,
+                       exported.precision)
+
+
+# ---- explicit quantisation (INT8) -----------------------------------------------------------
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: ops after which a tensor is already >= 0 (no ReLU needed in front of a [0, max] range).
+_NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "Abs")
+
+
+def make_qdq_symmetric(model) -> QDQInfo | None:
+    """Rewrite ``model``'s QuantizeLinear/DequantizeLinear nodes in place for TensorRT, which
+    takes only int8 with zero point 0; ``None`` when the graph has no Q/DQ node.
+
+    Each (scale, zero point) pair with a uint8 (or missing, i.e. uint8) or non-zero zero point
+    becomes a new int8 pair covering the same range symmetrically: scale
+    ``s * max(z, 255 - z) / 127`` (int8 zero point ``z`` uses ``max(z + 128, 127 - z)``),
+    zero point 0. Constant data behind a DequantizeLinear (weights) is requantised to the new
+    scale. A QuantizeLinear whose range starts at 0 (``z = 0`` in uint8) and whose input is
+    not already non-negative gets a ``Relu`` in front: the uint8 range clipped negatives to 0,
+    the symmetric one would not.
+
+    Raises:
+        ValueError: a scale or zero point is not a constant initialiser.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    nodes = [n for n in graph.node if n.op_type in _QDQ_OPS and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        return None
+    initializers = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def clamped_downstream(quantize) -> bool:
+        """Every path from this QuantizeLinear goes DequantizeLinear -> Relu already."""
+        users = consumers.get(quantize.output[0], [])
+        return bool(users) and all(
+            u.op_type == "DequantizeLinear" and consumers.get(u.output[0])
+            and all(c.op_type == "Relu" for c in consumers[u.output[0]]) for u in users)
+
+    info = QDQInfo(quantize=sum(n.op_type == "QuantizeLinear" for n in nodes),
+                   dequantize=sum(n.op_type == "DequantizeLinear" for n in nodes))
+    converted: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def constant(name: str, node) -> "np.ndarray":
+        if name not in initializers:
+            raise ValueError(f"{node.op_type} node {node.name!r}: {name!r} is not a constant "
+                             "initialiser; TensorRT needs constant quantisation scales")
+        return numpy_helper.to_array(initializers[name])
+
+    def fresh(name: str) -> str:
+        candidate, index = f"{name}_trt", 1
+        while candidate in initializers:
+            candidate, index = f"{name}_trt{index}", index + 1
+        return candidate
+
+    added_nodes, replaced = [], set()
+    for node in nodes:
+        scale_name = node.input[1]
+        zero_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        scale = constant(scale_name, node)
+        zero = (constant(zero_name, node) if zero_name
+                else np.zeros(scale.shape, np.uint8))    # ONNX: no zero point = uint8 0
+        if zero.dtype == np.int8 and not zero.any():
+            continue                                      # already what TensorRT takes
+        if zero.dtype not in (np.uint8, np.int8):
+            continue                                      # fp8/int4/int32: left to TensorRT
+        z = zero.astype(np.int64)
+        headroom = np.maximum(z, 255 - z) if zero.dtype == np.uint8 else np.maximum(z + 128,
+                                                                                    127 - z)
+        key = (scale_name, zero_name)
+        if key not in converted:
+            new_scale = (scale.astype(np.float64) * headroom / 127.0).astype(scale.dtype)
+            names = (fresh(scale_name), fresh(zero_name or f"{scale_name}_zero_point"))
+            for array, name in ((new_scale, names[0]), (np.zeros(scale.shape, np.int8),
+                                                        names[1])):
+                tensor = numpy_helper.from_array(array, name)
+                graph.initializer.append(tensor)
+                initializers[name] = tensor
+            converted[key] = names
+            info.made_symmetric += 1
+        new_scale_name, new_zero_name = converted[key]
+        data_name = node.input[0]
+        if node.op_type == "DequantizeLinear" and data_name in initializers:
+            # Constant data (weights): requantise to the symmetric scale.
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            data = numpy_helper.to_array(initializers[data_name]).astype(np.int64)
+            shape = [1] * data.ndim
+            if scale.ndim == 1 and scale.size > 1:
+                shape[axis % data.ndim] = scale.size
+            real = (data - z.reshape(shape)) * scale.reshape(shape).astype(np.float64)
+            new = numpy_helper.to_array(initializers[new_scale_name]).astype(np.float64)
+            requantised = np.clip(np.rint(real / new.reshape(shape)), -127, 127).astype(np.int8)
+            tensor = numpy_helper.from_array(requantised, fresh(data_name))
+            graph.initializer.append(tensor)
+            initializers[tensor.name] = tensor
+            replaced.add(data_name)
+            node.input[0] = tensor.name
+        if (node.op_type == "QuantizeLinear" and zero.dtype == np.uint8 and not z.any()
+                and getattr(producer.get(data_name), "op_type", None) not in _NON_NEGATIVE_OPS
+                and not clamped_downstream(node)):
+            relu_out = f"{data_name}_relu_for_trt"
+            added_nodes.append((node, onnx.helper.make_node(
+                "Relu", [data_name], [relu_out], name=f"{node.name}_relu_for_trt")))
+            node.input[0] = relu_out
+            info.relus_added += 1
+        replaced.update(node.input[1:])
+        del node.input[1:]
+        node.input.extend([new_scale_name, new_zero_name])
+    for before, relu in added_nodes:
+        position = list(graph.node).index(before)
+        graph.node.insert(position, relu)
+    used = {name for n in graph.node for name in n.input}
+    for tensor in [t for t in graph.initializer if t.name in replaced and t.name not in used]:
+        graph.initializer.remove(tensor)        # the replaced uint8 scales and weights
+    for value in list(graph.value_info):
+        if value.type.tensor_type.elem_type == TensorProto.UINT8:
+            graph.value_info.remove(value)      # Q outputs are int8 now; let TensorRT infer
+    return info
 
 
 def plugin_layer_counts(trt: ModuleType, network) -> dict[str, int]:

@@ -176,6 +176,14 @@ def test_convcrf_run_image_sources_apply_the_same_orientation(tmp_path):
 
 
 def test_voc_sample_folder_can_be_given_by_environment_variable(tmp_path):
-    from conftest import VOC_SAMPLE_ENV, voc_sample_path
+    import importlib.util
+    from pathlib import Path
+
+    # tests/conftest.py by path: `import conftest` may find a sub-folder's conftest.
+    spec = importlib.util.spec_from_file_location(
+        "root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    root = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root)
+    VOC_SAMPLE_ENV, voc_sample_path = root.VOC_SAMPLE_ENV, root.voc_sample_path
     assert voc_sample_path({VOC_SAMPLE_ENV: str(tmp_path)}) == tmp_path
     assert voc_sample_path({}).parts[-3:] == ("shared", "data", "pascal-voc-sample")

@@ -213,3 +213,31 @@ def test_output_may_not_be_the_unary(user_files, capsys):
     _, _, unary, _ = user_files
     assert export_main(["--unary", str(unary), "-o", str(unary)]) == 2
     assert "unary" in capsys.readouterr().err
+
+
+def test_int8_quantises_the_attached_unary(user_files, tmp_path, capsys):
+    """--int8 --calibration with --unary: export.quantize works on the attached graph (its
+    unary/CRF boundary is the unary_labels ArgMax input, as in a PyTorch export)."""
+    from convcrf_deploy.data.scenes import SyntheticScene
+    _, _, unary, crf = user_files
+    frames = tmp_path / "calibration"
+    frames.mkdir()
+    scene = SyntheticScene(48, 64, seed=5)
+    for t in range(8):
+        cv2.imwrite(str(frames / f"f{t}.png"), scene.render(7 * t)[0][:, :, ::-1])
+    out = tmp_path / "int8.onnx"
+    assert export_main(["--unary", str(unary), "--crf", str(crf), *SETTINGS, "-o", str(out),
+                        "--int8", "--calibration", str(frames),
+                        "--metadata", str(_input_size_file(tmp_path, 48, 64))]) == 0, \
+        capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "int8 unary, fp32 CRF" in printed and "parity PASSED" in printed, printed
+    model = onnx.load(str(out))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert any(n.domain == "trt.plugins" for n in model.graph.node)
+
+
+def _input_size_file(folder, height, width):
+    path = folder / "meta.json"
+    path.write_text(json.dumps({"input_size": [height, width]}))
+    return path

@@ -14,7 +14,6 @@ from convcrf_deploy import ConvCRF, CRFConfig
 from convcrf_deploy.data.synthetic import synthetic_logits
 from convcrf_deploy.metrics import SegmentationMetrics
 
-from conftest import VOC_SAMPLE as SAMPLE  # $CONVCRF_VOC_SAMPLE or ../shared/data
 
 # Class colours (RGB); class 0 is a grey background.
 COLOURS = np.array([[120, 120, 120], [200, 60, 50], [50, 140, 210], [80, 190, 70]], np.float64)
@@ -67,14 +66,12 @@ def test_convcrf_cleans_up_the_synthetic_unary_on_a_scene(filter_size):
     assert refined["miou_gt_classes"] > unary["miou_gt_classes"] + 0.25
 
 
-def test_convcrf_improves_the_synthetic_unary_on_the_pascal_voc_sample():
-    if not SAMPLE.is_dir():
-        pytest.skip(f"{SAMPLE} not present")
+def test_convcrf_improves_the_synthetic_unary_on_the_pascal_voc_sample(voc_sample):
     from convcrf_deploy.data.folder import LabelledFolder
 
     unary, refined = SegmentationMetrics(21), SegmentationMetrics(21)
     crf = ConvCRF(CRFConfig(num_classes=21, filter_size=7))
-    for index, sample in enumerate(LabelledFolder(SAMPLE, max_images=4)):
+    for index, sample in enumerate(LabelledFolder(voc_sample, max_images=4)):
         sample = sample.resized(0.5)
         logits, rgb = _inputs(sample.image, sample.labels, 21, seed=index)
         unary.update(logits[0].argmax(0).numpy(), sample.labels)

@@ -517,7 +517,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                    else source.num_classes)
     # With int8 the unary is traced in float (its quantisation scales are float32); fp16 then
     # applies to the ConvCRF op I/O only.
-    unary_fp16 = fp16 and not int8
+    unary_fp16 = False if int8 else fp16     # not `fp16 and not int8`: that turns "crf" into True
     module, crf = _prepare(source, part, unary_fp16)
     key = _trace_key(source, part, unary_fp16, *trace_size, static)
     if key not in _TRACED:

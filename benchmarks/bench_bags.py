@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--save-bag ({fmt} overlay) costs {ms:.2f} ms/frame = {ms / run_ms:.1%} of a "
               f"bag run's {run_ms:.2f} ms/frame")
     if args.json:
-        Path(args.json).write_text(json.dumps({"frames": args.frames, "size": [height, width],
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps({"frames": args.frames, "size": [height, width],
                                                "fps": best, "save_bag_overhead_ms": overhead},
                                               indent=2) + "\n")
     return 0

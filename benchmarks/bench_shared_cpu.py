@@ -144,7 +144,8 @@ def main(argv=None) -> int:
         print(f"{config:>10} {idle:>11.1f} {busy:>11.1f} {busy / idle:>9.2f}x {p95:>15.1f}")
     print("goal: default busy/idle <= 2x")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from convcrf_deploy.files import write_text_atomic
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -37,7 +37,7 @@ def main() -> int:
         return 2
     folder = LabelledFolder(args.data)
     result = evaluate_synthetic(folder, seeds=args.seeds, scale=args.scale,
-                                progress=sys.stderr.isatty())
+                                progress=None)
     print(f"{len(folder)} images x {args.seeds} seeds, scale {args.scale}, "
           f"{result['num_threads']} CPU threads")
     print(f"{'method':8} {'ms (ours)':>10} {'ms (paper)':>10} {'acc ours':>9} {'acc paper':>9} "

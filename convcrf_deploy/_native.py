@@ -21,9 +21,10 @@ import ctypes
 import importlib.util
 import os
 import sys
-import warnings
 from functools import lru_cache
 from pathlib import Path
+
+from ._warnings import warn
 
 API_VERSION = 4
 
@@ -155,10 +156,9 @@ def cpu_library() -> ctypes.CDLL | None:
     path = cpu_library_path()
     if path is None:
         if _editable_finder() is not None:
-            warnings.warn("convcrf-deploy is an editable install whose native CPU library was "
-                          f"not found (looked in {', '.join(map(str, library_dirs()))}): the "
-                          f"slow reference ops run instead; {EDITABLE_FIX}", RuntimeWarning,
-                          stacklevel=2)
+            warn("convcrf-deploy is an editable install whose native CPU library was not "
+                 f"found (looked in {', '.join(map(str, library_dirs()))}): the slow "
+                 f"reference ops run instead; {EDITABLE_FIX}", RuntimeWarning)
         return None
     try:
         lib = ctypes.CDLL(str(path))

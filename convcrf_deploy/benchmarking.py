@@ -547,9 +547,11 @@ def _time_size(model, runners, result, size, batch, iterations, warmup, device, 
                 entry[stage]["speedup_vs_torch"] = (base["p50_ms"] / entry[stage]["p50_ms"]
                                                     if base else None)
         if "crf" in entry:
-            for reference in references:
-                entry["crf"][f"speedup_vs_{reference}"] = (
-                    result["crf_references"][reference][key]["p50_ms"] / entry["crf"]["p50_ms"])
+            # Named apart from ``reference`` above (the torch backend's entry), which this
+            # loop used to overwrite with a string (issue 21).
+            for ref_name in references:
+                entry["crf"][f"speedup_vs_{ref_name}"] = (
+                    result["crf_references"][ref_name][key]["p50_ms"] / entry["crf"]["p50_ms"])
 
 
 # ---- the CRF-setting sweep --------------------------------------------------------------------
@@ -827,6 +829,11 @@ def format_sweep(result: dict[str, Any]) -> str:
     return "\n".join([title, _table(rows, 0)])
 
 
+#: Formats :func:`plot_benchmark` writes (matplotlib's, chosen by the suffix).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff",
+                 ".webp")
+
+
 def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Bar chart of the median latency per stage and backend, one panel per size (PNG).
 
@@ -869,4 +876,5 @@ def plot_benchmark(result: dict[str, Any], path: str | os.PathLike) -> Path:
 __all__ = ["STAGES", "STAT_KEYS", "BenchmarkError", "StageInputs", "stage_calls", "benchmark_model",
            "sweep_crf", "sweep_frames", "crf_with_config", "latency_stats", "time_interleaved",
            "format_benchmark", "format_sweep", "format_int8", "int8_quality", "plot_benchmark",
+           "PLOT_SUFFIXES",
            "normalize_backends", "backend_unavailable_reason", "machine_info"]

@@ -15,9 +15,8 @@ paper's table. Everything runs under ``torch.no_grad()`` on the CPU.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -26,30 +25,10 @@ from .data.folder import LabelledSample
 from .data.synthetic import noise_rng, synthetic_logits
 from .fullcrf import INSTALL_HINT, fullcrf_available, fullcrf_inference
 from .metrics import SegmentationMetrics
+from .progress import Progress
 
 #: The filter sizes of the paper's Table 1.
 PAPER_FILTER_SIZES = (5, 7, 11, 13)
-
-
-class Progress:
-    """A one-line progress bar on stderr (``label [#####.....] 3/7``); silent when disabled."""
-
-    def __init__(self, total: int, label: str, *, enabled: bool = True, stream: TextIO | None = None,
-                 width: int = 30):
-        self.total, self.label, self.enabled, self.width = total, label, enabled, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.done = 0
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        filled = self.width * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {note[:30]:<30}")
-        if self.done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 class _Method:
@@ -76,7 +55,7 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
                        filter_sizes: Sequence[int] = PAPER_FILTER_SIZES, seeds: int = 1,
                        blur: int = 4, iterations: int = 5, fullcrf: bool = True,
                        crfs: dict | None = None,
-                       scale: float = 1.0, progress: bool = False,
+                       scale: float = 1.0, progress: bool | None = False,
                        num_samples: int | None = None) -> dict[str, Any]:
     """The paper's Table 1 on labelled images (synthetic noisy unary, hand-set CRFs).
 
@@ -91,7 +70,8 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
             hand-set parameters) when ``pydensecrf`` is installed; a note says when it is not.
         crfs: extra ``{name: ConvCRF}`` modules to evaluate (e.g. trained ones).
         scale: resize images (and labels, nearest) by this factor first.
-        progress: draw a progress bar on stderr.
+        progress: draw a progress bar on stderr (``None``: when it is a terminal; see
+            :mod:`convcrf_deploy.progress`).
         num_samples: length of ``samples`` for the progress bar when it has no ``len``.
 
     Returns:
@@ -121,9 +101,8 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
         methods["fullcrf"] = _Method(num_classes)
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
                                                          else 0)
-    bar = Progress(total * seeds, "synthetic", enabled=progress)
     images = skipped = 0
-    with torch.no_grad():
+    with torch.no_grad(), Progress("synthetic", total * seeds, enabled=progress) as bar:
         for index, sample in enumerate(samples):
             sample = sample.resized(scale)
             if _all_void(sample):       # nothing to score (issue 11): skipped and counted
@@ -152,7 +131,7 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
                     start = time.perf_counter()
                     q = fullcrf_inference(logits, sample.image, base)
                     methods["fullcrf"].add(q.argmax(0), sample.labels, time.perf_counter() - start)
-                bar.step(sample.name)
+                bar.advance(note=sample.name)
     if images == 0:
         raise ValueError("no images to evaluate" + _void_note(skipped, ": "))
     if skipped:
@@ -169,7 +148,7 @@ def evaluate_synthetic(samples: Iterable[LabelledSample], *, num_classes: int = 
 
 
 def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1.0,
-                   progress: bool = False, num_samples: int | None = None) -> dict[str, Any]:
+                   progress: bool | None = False, num_samples: int | None = None) -> dict[str, Any]:
     """A :class:`~convcrf_deploy.SegmentationModel` on labelled images, with and without CRF.
 
     Returns ``{"methods": {"unary": {...}, "crf": {...}}, ...}`` as :func:`evaluate_synthetic`
@@ -184,10 +163,9 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
         methods["crf"] = _Method(num_classes)
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
                                                          else 0)
-    bar = Progress(total, "dataset", enabled=progress)
     model.eval()
     images = skipped = 0
-    with torch.no_grad():
+    with torch.no_grad(), Progress("dataset", total, enabled=progress) as bar:
         for sample in samples:
             sample = sample.resized(scale)
             if _all_void(sample):       # nothing to score (issue 11): skipped and counted
@@ -210,7 +188,7 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
                 q = model.crf(logits, image)
                 methods["crf"].add(q[0].argmax(0).numpy(), sample.labels,
                                    time.perf_counter() - start)
-            bar.step(sample.name)
+            bar.advance(note=sample.name)
     if images == 0:
         raise ValueError("no images to evaluate" + _void_note(skipped, ": "))
     return {"task": "dataset", "methods": {name: m.result() for name, m in methods.items()},

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ._warnings import warn
 from .config import CRFConfig
 from .files import (MISSING_DIGEST_POLICY, DamagedFileError, atomic_write,
                     refuse_output_overwriting_input)
@@ -497,9 +498,8 @@ def _warn_missing_digest(path: Path | None) -> None:
                 return
             _warned.add(key)
     name = path.name if path is not None else "the model"
-    warnings.warn(f"{name} has no convcrf digest ({DIGEST_KEY}), so damage cannot be detected: "
-                  f"loading it unchecked ({MISSING_DIGEST_POLICY})", MissingDigestWarning,
-                  stacklevel=4)
+    warn(f"{name} has no convcrf digest ({DIGEST_KEY}), so damage cannot be detected: "
+         f"loading it unchecked ({MISSING_DIGEST_POLICY})", MissingDigestWarning)
 
 
 def _read_proto(path: Path):

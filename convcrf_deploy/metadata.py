@@ -21,10 +21,14 @@ ONNX_KEYS = {
     "crf_state": "convcrf.crf_state",        # JSON {name: values} of the CRF's state_dict
     "version": "convcrf.version",            # toolkit version that exported the file
     "flavor": "convcrf.flavor",              # export flavour
+    "pad_multiple": "convcrf.pad_multiple",  # int: H and W must be multiples of it (absent: 1)
+    "min_size": "convcrf.min_size",          # int: H and W must be at least this (absent: 1)
     "quantization": "convcrf.quantization",  # JSON: how the unary was quantised (INT8 only)
 }
 
 ResizePolicy = Literal["none", "stretch", "letterbox"]
+#: Largest ``pad_multiple`` / ``min_size`` accepted (larger values are typos, not networks).
+MAX_CONSTRAINT = 1024
 RESIZE_POLICIES: tuple[str, ...] = typing.get_args(ResizePolicy)
 
 
@@ -55,6 +59,16 @@ class ModelMetadata:
         input_size: nominal ``(height, width)`` the model was trained at.
         resize: how the runtime maps a frame to the model: ``"none"`` (feed the frame as is),
             ``"stretch"`` (resize to ``input_size``) or ``"letterbox"`` (fit inside, pad).
+        pad_multiple, min_size: the unary's input constraints: image height and width must be
+            multiples of ``pad_multiple`` (e.g. 32 for a U-Net with output stride 32) and at
+            least ``min_size`` pixels (e.g. 32 for a Segformer, whose first attention stage
+            reduces 8x8 blocks of a 1/4-resolution map). 1 means no constraint.
+            ``convcrf-export`` detects them by probing (or takes ``--pad-multiple`` /
+            ``--min-size``). An image that does not satisfy them is padded at the bottom and
+            right by repeating its edge pixels to :meth:`padded_size`, the whole model (unary
+            and CRF) runs on the padded image, and the outputs are cropped back: in
+            ``SegmentationModel.forward``, in every runtime backend's ``infer`` and in the
+            ``Segmenter``.
     """
 
     class_names: list[str]
@@ -63,6 +77,8 @@ class ModelMetadata:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     input_size: tuple[int, int] = (240, 320)
     resize: ResizePolicy = "stretch"
+    pad_multiple: int = 1
+    min_size: int = 1
 
     def __post_init__(self) -> None:
         self.class_names = [str(name) for name in self.class_names]
@@ -85,10 +101,45 @@ class ModelMetadata:
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"ModelMetadata.resize: 'none', 'stretch' or 'letterbox', got "
                              f"{self.resize!r}")
+        for name in ("pad_multiple", "min_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not \
+                    1 <= value <= MAX_CONSTRAINT:
+                raise ValueError(f"ModelMetadata.{name}: an int in 1..{MAX_CONSTRAINT}, got "
+                                 f"{value!r}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    # -- input constraints ---------------------------------------------------------------------
+    @property
+    def constrained(self) -> bool:
+        """Whether the unary has input constraints (:attr:`pad_multiple` or :attr:`min_size`)."""
+        return self.pad_multiple > 1 or self.min_size > 1
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest ``(H, W) >= (height, width)`` that satisfies the input constraints:
+        each side raised to :attr:`min_size`, then rounded up to a multiple of
+        :attr:`pad_multiple`. ``(height, width)`` itself when it satisfies them."""
+        def side(n: int) -> int:
+            n = max(int(n), self.min_size)
+            return -(-n // self.pad_multiple) * self.pad_multiple
+        return side(height), side(width)
+
+    def satisfied_by(self, height: int, width: int) -> bool:
+        """Whether an image of ``height x width`` meets the input constraints as it is."""
+        return self.padded_size(height, width) == (height, width)
+
+    def describe_constraints(self) -> str:
+        """The constraints in words with the flags that set them, e.g. ``"height and width
+        multiples of 32 (--pad-multiple 32)"``; ``"none"`` without constraints."""
+        parts = []
+        if self.pad_multiple > 1:
+            parts.append(f"multiples of {self.pad_multiple} (--pad-multiple {self.pad_multiple})")
+        if self.min_size > 1:
+            parts.append(f"at least {self.min_size} px (--min-size {self.min_size})")
+        return "height and width " + " and ".join(parts) if parts else "none"
 
     @classmethod
     def for_classes(cls, names: Sequence[str], **kwargs: Any) -> "ModelMetadata":
@@ -98,11 +149,15 @@ class ModelMetadata:
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
         data["input_size"] = list(self.input_size)
+        for name in ("pad_multiple", "min_size"):   # omitted when 1: older readers load the
+            if data[name] == 1:                     # file unchanged
+                del data[name]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
-        known = {"class_names", "palette", "mean", "std", "input_size", "resize"}
+        known = {"class_names", "palette", "mean", "std", "input_size", "resize",
+                 "pad_multiple", "min_size"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ModelMetadata: unknown field(s) {unknown}")
@@ -116,6 +171,8 @@ class ModelMetadata:
             ONNX_KEYS["normalization"]: json.dumps({"mean": list(self.mean), "std": list(self.std)}),
             ONNX_KEYS["input_size"]: json.dumps(list(self.input_size)),
             ONNX_KEYS["resize"]: self.resize,
+            ONNX_KEYS["pad_multiple"]: str(self.pad_multiple),
+            ONNX_KEYS["min_size"]: str(self.min_size),
         }
 
     @classmethod
@@ -127,9 +184,22 @@ class ModelMetadata:
                        palette=json.loads(props[ONNX_KEYS["palette"]]),
                        mean=norm["mean"], std=norm["std"],
                        input_size=json.loads(props[ONNX_KEYS["input_size"]]),
-                       resize=props.get(ONNX_KEYS["resize"], "stretch"))
+                       resize=props.get(ONNX_KEYS["resize"], "stretch"),
+                       # absent in files exported before input constraints were recorded
+                       pad_multiple=_int_prop(props, "pad_multiple"),
+                       min_size=_int_prop(props, "min_size"))
         except KeyError as exc:
             raise ValueError(f"ONNX file lacks metadata {exc.args[0]!r}: was it exported by "
                              "convcrf-export?") from exc
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"ONNX file has malformed convcrf metadata: {exc}") from exc
+
+
+def _int_prop(props: dict[str, str], name: str) -> int:
+    """An integer metadata_prop (1 when absent: files exported before it existed)."""
+    text = props.get(ONNX_KEYS[name], "1")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"ONNX file has malformed convcrf metadata: {ONNX_KEYS[name]} is "
+                         f"{text[:40]!r}, not an integer") from None

@@ -307,9 +307,8 @@ def main(argv=None) -> int:
               "passed": all(step["status"] in ("ok", "skipped") for step in steps.values())}
     text = summary(report)
     print(text)
-    temporary = args.json.with_name(f".{args.json.name}.tmp")
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, args.json)
+    from convcrf_deploy.files import write_text_atomic  # links, FIFOs, "-" (issue 21)
+    write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     print(f"report written to {args.json}")
     return 0 if report["passed"] else 1
 

@@ -88,6 +88,7 @@ def write_helper_unary(kind: str, path: Path, classes: int = 3) -> Path:
       softmax probabilities ``[N, C, H, W]``.
     * ``"fp16-overflow"``: NCHW float32, dynamic; an intermediate reaches ~1e5, beyond fp16's
       65504, so that the network overflows when converted to fp16 (fine in fp32).
+    * ``"two-outputs"``: logits ``out`` and an auxiliary ``aux`` (``--output-key out``).
     * ``"two-inputs"``, ``"argmax-output"``, ``"two-channels"``: files ``--unary`` refuses.
     """
     make = helper.make_node
@@ -146,6 +147,15 @@ def write_helper_unary(kind: str, path: Path, classes: int = 3) -> Path:
                  make("ArgMax", ["logits"], ["seg"], axis=1, keepdims=1)]
         return _save(path, nodes, [image_nchw], outputs,
                      [_weights("w1", (classes, 3, 1, 1), 1.0, 8)], 17)
+    if kind == "two-outputs":       # logits and an auxiliary head, as torchvision's models
+        outputs = [helper.make_tensor_value_info("aux", TensorProto.FLOAT,
+                                                 ["n", classes, "h", "w"]),
+                   helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                 ["n", classes, "h", "w"])]
+        nodes = [make("Conv", ["input", "w1"], ["out"], kernel_shape=[1, 1]),
+                 make("Neg", ["out"], ["aux"])]
+        return _save(path, nodes, [image_nchw], outputs,
+                     [_weights("w1", (classes, 3, 1, 1), 1.0, 10)], 17)
     if kind == "two-channels":
         inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 2, 64, 64])]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,

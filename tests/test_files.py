@@ -78,3 +78,96 @@ def test_outputs_that_are_inputs_are_refused(tmp_path):
                            (tmp_path / "img_%05d.png", folder), (tmp_path / "x.mp4", "demo"),
                            (tmp_path / "x.mp4", "rtsp://host/x"), (None, clip)]:
         refuse({"--save": output}, {"--video": source})
+
+
+# ---- issue 21: what an output path names (links, FIFOs, devices, standard output) -----------
+
+def test_a_symlink_output_is_written_through_to_its_target_atomically(tmp_path):
+    # Field report: --stats-json link.json replaced the link with a regular file and left
+    # its target untouched.
+    real = tmp_path / "results" / "stats.json"
+    real.parent.mkdir()
+    real.write_text("previous")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    chain = tmp_path / "chain.json"
+    chain.symlink_to(link)                          # a link to a link
+    write_text_atomic(chain, "new")
+    assert chain.is_symlink() and link.is_symlink()
+    assert real.read_text() == "new" and real.stat().st_mode & 0o777 == 0o640
+    # Still atomic: a failure keeps the target, and the temporary file is gone.
+    with pytest.raises(RuntimeError):
+        with atomic_write(link) as temporary:
+            assert temporary.parent == real.parent     # beside the target: rename is atomic
+            temporary.write_text("half")
+            raise RuntimeError("failed part way")
+    assert real.read_text() == "new"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["stats.json"]
+    # A link to a file not yet there creates the target.
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "results" / "later.json")
+    write_text_atomic(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "results" / "later.json").read_text() == "made"
+
+
+def _read_fifo(path, chunks):
+    with open(path, "rb") as fifo:
+        chunks.append(fifo.read())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifos_devices_and_stdout_are_streamed_to_not_renamed_over(tmp_path, capfd):
+    import threading
+
+    fifo = tmp_path / "stats.fifo"
+    os.mkfifo(fifo)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_read_fifo, args=(fifo, chunks), daemon=True)
+    reader.start()
+    try:
+        write_text_atomic(fifo, '{"frames": 3}')
+        reader.join(timeout=10)
+    finally:
+        if reader.is_alive():                   # nothing was streamed: release the reader
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(timeout=10)
+    assert chunks == [b'{"frames": 3}']
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["stats.fifo"]
+    write_text_atomic("/dev/null", "discarded")     # a character device: not replaced
+    assert Path("/dev/null").is_char_device()
+    capfd.readouterr()
+    write_text_atomic("-", "to stdout\n")
+    assert capfd.readouterr().out == "to stdout\n"
+    # A failed write streams nothing and leaves no temporary file anywhere.
+    import tempfile
+    before = set(os.listdir(tempfile.gettempdir()))
+    with pytest.raises(RuntimeError):
+        with atomic_write("-") as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("failed")
+    assert capfd.readouterr().out == ""
+    assert set(os.listdir(tempfile.gettempdir())) <= before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_process_substitution_receives_the_statistics_of_a_run(tmp_path):
+    # Field report: --stats-json >(...) ended in a traceback after the run, statistics lost.
+    script = ("import sys;"
+              "from convcrf_deploy.cli.run import main;"
+              "from convcrf_deploy.runtime.testing import write_toy_onnx;"
+              "model = write_toy_onnx(sys.argv[2], input_size=(24, 32), resize='stretch');"
+              "sys.exit(main(['--video', 'demo', '--size', '64x48', '--max-frames', '2',"
+              " '--headless', '--model', str(model), '--stats-json', sys.argv[3]]))")
+    out = tmp_path / "received.json"
+    command = (f'"{sys.executable}" -c "$0" unused "{tmp_path / "toy.onnx"}" '
+               f'>(cat > "{out}")')
+    done = subprocess.run(["bash", "-c", command, script], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "DISPLAY": ""})
+    assert done.returncode == 0, done.stderr
+    import json
+    import time
+    deadline = time.monotonic() + 10          # cat runs asynchronously
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().endswith("}\n")):
+        time.sleep(0.05)
+    assert json.loads(out.read_text())["frames"] == 2

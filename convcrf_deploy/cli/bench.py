@@ -27,7 +27,7 @@ from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
                       command, frame_size, frame_sizes, int_at_least, int_list,
-                      load_model_argument, positive_int)
+                      load_model_argument, positive_int, report_stream)
 
 PROG = "convcrf-bench"
 
@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep and args.plot is not None:
         raise UsageError("--plot draws the latency benchmark; use --json with --sweep")
     try:
-        check_output_paths({"--json": args.json, "--plot": args.plot},
-                                        {"model": args.model})
+        check_output_paths({"--json": args.json, "--plot": args.plot}, {"model": args.model},
+                           suffixes={"--plot": bench.PLOT_SUFFIXES})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    out = report_stream(args.json)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -154,14 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     result["model"] = str(args.model)
-    print(table)
+    print(table, file=out)
     if args.json is not None:
         from ..evaluation import json_safe
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.json, json.dumps(json_safe(result), indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}", file=out)
     if args.plot is not None and not args.sweep:
-        print(f"wrote {bench.plot_benchmark(result, args.plot)}")
+        print(f"wrote {bench.plot_benchmark(result, args.plot)}", file=out)
     return ExitCode.OK
 
 

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ..files import check_output_paths
+from ..runtime.backends.registry import BACKENDS
 from ..tensorrt import (DEFAULT_WORKSPACE_MB, PLUGIN_ENV, EngineBuildError, PluginLibraryError,
                         build_engine, metadata_path_for, parse_shape)
 from .harness import CommandError, ExitCode, PlainHelpFormatter, UsageError, command, positive_int
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"ONNX model {str(args.model)!r} does not exist")
     engine_path = None if args.cache else (args.output or args.model.with_suffix(".engine"))
     try:
-        check_output_paths(
+        check_output_paths(   # convcrf-run and -triton tell an engine by its suffix
             {"-o": engine_path, "--timing-cache": args.timing_cache},
-            {"model": args.model, "--plugin": args.plugin})
+            {"model": args.model, "--plugin": args.plugin},
+            suffixes={"-o": BACKENDS["tensorrt"].suffixes})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
-                      command, load_model_argument, positive_float, positive_int)
+                      command, load_model_argument, positive_float, positive_int,
+                      report_stream)
 from ..metrics import MIOU_LEGEND
 
 
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> dict:
                                   filter_sizes=args.filter_sizes, seeds=args.seeds,
                                   blur=args.blur, iterations=args.iterations,
                                   fullcrf=not args.no_fullcrf, crfs=crfs, scale=args.scale,
-                                  progress=not args.quiet and sys.stderr.isatty())
+                                  progress=False if args.quiet else None)
     from ..data.folder import DatasetError
 
     model = load_model_argument(args, args.model)
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace) -> dict:
                             max_images=args.max_images)
     try:
         result = evaluate_model(model, folder, scale=args.scale,
-                                progress=not args.quiet and sys.stderr.isatty())
+                                progress=False if args.quiet else None)
     except DatasetError as error:
         raise DatasetError(f"{error}; the model {args.model} has {model.num_classes} classes "
                            f"{model.metadata.class_names}: is this its data set?") from None
@@ -145,15 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(error)) from None
     from ..evaluation import format_table, json_safe
 
-    print(format_table(result))
-    print("\n".join(MIOU_LEGEND.values()))
+    out = report_stream(args.json)
+    print(format_table(result), file=out)
+    print("\n".join(MIOU_LEGEND.values()), file=out)
     if args.json is not None:
         result["data"] = str(args.data)
         try:
             write_text_atomic(args.json, json.dumps(json_safe(result), indent=2))
         except OSError as error:
             raise UsageError(f"cannot write {args.json}: {error}") from None
-        print(f"results written to {args.json}")
+        print(f"results written to {args.json}", file=out)
     return ExitCode.OK
 
 

@@ -11,6 +11,14 @@ Examples::
     convcrf-export model.pt --int8 --calibration frames/   # INT8 unary, fp32 CRF
     convcrf-export --unary unary.onnx --crf crf.pt --metadata meta.json -o model.onnx
     convcrf-export model.pt --fp16 crf                  # fp32 unary, fp16 CRF
+    convcrf-export unet.pt --pad-multiple 32            # a network that needs multiples of 32
+    convcrf-export tv.pt --output-key out               # logits in the unary's output["out"]
+
+Your own network: its unary may return a tensor, a tuple (first element), a dict ("out",
+"logits" or --output-key) or an object with .logits, at any resolution (resized to the input
+inside the graph). Input constraints (sizes it needs) are detected by probing sizes unless
+--pad-multiple/--min-size give them; they are written to the file, and the runtime pads
+frames to them.
 
 Your ONNX unary (mmsegmentation, tf2onnx, a vendor, torch.onnx): --unary attaches the CRF to
 it (one image input, NCHW or NHWC, float or uint8; one logits output at any resolution); the
@@ -29,6 +37,7 @@ from pathlib import Path
 
 from ..export import DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS
 from ..install import TORCH_HINT, MissingDependencyError
+from ..runtime.backends.registry import BACKENDS
 from .harness import (CommandError, ExitCode, PlainHelpFormatter, UsageError,
                       add_model_loading_arguments, command, float_in, int_at_least,
                       load_model_argument, unary_settings)
@@ -81,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "(image -> logits) or crf (logits, image -> probabilities)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the checker and the parity check against PyTorch")
+    parser.add_argument("--pad-multiple", type=int_at_least(1), metavar="N",
+                        help="the unary needs height and width multiples of N (e.g. 32 for a "
+                             "U-Net of output stride 32); default: from the checkpoint, else "
+                             "detected by running the unary at a few sizes")
+    parser.add_argument("--min-size", type=int_at_least(1), metavar="N",
+                        help="the unary needs height and width of at least N px (e.g. 32 for "
+                             "a Segformer); default: as --pad-multiple")
+    parser.add_argument("--output-key", metavar="KEY",
+                        help="the unary returns a dict (or object): its logits are under KEY "
+                             "(default: 'out', then 'logits'); with --unary the name of the "
+                             "ONNX output holding the logits when it has several")
     parser.add_argument("--verify-memory", type=float_in(0.1, 1024), default=2.0, metavar="GB",
                         help="memory the parity check may take (default 2 GiB): larger sizes "
                              "are verified at batch 1, dynamic graphs at a smaller size")
@@ -133,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                            args.flavor + (".int8" if args.int8 else ""))
     from ..files import OutputPathError, check_output_paths
     try:
-        check_output_paths({"-o": output}, {"model": args.model})
+        # convcrf-run, -bench and -triton tell an ONNX file by its suffix.
+        check_output_paths({"-o": output}, {"model": args.model},
+                           suffixes={"-o": BACKENDS["onnxruntime"].suffixes})
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
     model = load_model_argument(args, args.model, crf_only=True, traceable=True)
@@ -143,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                              height=args.height, width=args.width, static=args.static,
                              part=part, verify=not args.no_verify, verify_memory=verify_memory,
                              int8=args.int8, calibration=args.calibration,
-                             reduce_range=args.reduce_range)
+                             reduce_range=args.reduce_range, pad_multiple=args.pad_multiple,
+                             min_size=args.min_size, output_key=args.output_key)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc
@@ -187,7 +210,8 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
                             width=args.width, static=args.static, part=args.part or "full",
                             verify=not args.no_verify, verify_memory=verify_memory,
                             int8=args.int8, calibration=args.calibration,
-                            reduce_range=args.reduce_range)
+                            reduce_range=args.reduce_range, logits_output=args.output_key,
+                            pad_multiple=args.pad_multiple, min_size=args.min_size)
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc

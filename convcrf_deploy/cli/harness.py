@@ -34,7 +34,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, TextIO
 
 from ..install import MissingDependencyError
 
@@ -81,6 +81,13 @@ class SourceLostError(CommandError):
     """The video source was lost during a run (status 4)."""
 
     code = ExitCode.SOURCE_LOST
+
+
+def report_stream(*outputs) -> TextIO:
+    """Where a command prints its tables and messages: standard output, unless one of its
+    ``outputs`` is ``-`` (written to standard output, which then carries that alone, so that
+    ``convcrf-bench ... --json - | jq`` works); then standard error."""
+    return sys.stderr if any(str(o) == "-" for o in outputs if o is not None) else sys.stdout
 
 
 def report_error(program: str, message: str) -> None:

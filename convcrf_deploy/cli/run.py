@@ -18,10 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
-from ..files import OutputPathError, check_output_paths, write_text_atomic
+from ..files import STDOUT, OutputPathError, check_output_paths, write_text_atomic
 from ..metadata import RESIZE_POLICIES
+from ..progress import Progress
 from ..runtime.backends.registry import ALIASES, BACKENDS, backends_help
-from ..runtime.streams import IMAGE_SUFFIXES
+from ..runtime.streams.files import check_recording_target
 from ..runtime.visualize import VIEWS
 from .harness import (CommandError, ExitCode, PlainHelpFormatter, SourceLostError, UsageError,
                       add_model_loading_arguments, command, frame_size, int_at_least,
@@ -51,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                "replace an input)")
     parser.add_argument("--video", default="demo", metavar="SOURCE",
                         help="demo | cam0 | 0 | /dev/video0 | v4l2:///dev/video0 | rtsp://... | "
-                             "http://... | file.mp4 | folder | 'glob/*.png' | bag:PATH (ROS "
-                             "bag, with --topic) (default: demo)")
+                             "http://... | file.mp4 | folder | 'glob/*.png' | frames_%%04d.png "
+                             "| bag:PATH (ROS bag, with --topic) (default: demo). Folders and "
+                             "globs are read in natural order (2 before 10) and skip label maps "
+                             "(*_5labels.png, VOC's SegmentationClass/)")
     parser.add_argument("--model", default="demo",
                         help="'demo', a checkpoint (.pt), a unary saved as a torch.export "
                              "program (.pt2) or TorchScript, an ONNX file or a TensorRT engine")
@@ -77,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize", choices=RESIZE_POLICIES,
                         help="override the model's resize policy")
     parser.add_argument("--headless", action="store_true", help="no window")
-    parser.add_argument("--save", metavar="OUT", help="record rendered frames: out.mp4 or "
-                        "pattern_%%05d.png")
+    parser.add_argument("--save", metavar="OUT", help="record rendered frames: a video (.mp4, "
+                        ".avi, .mov, .mkv, .m4v) or an image pattern such as frames_%%05d.png")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    parser.add_argument("--stats-json", metavar="FILE", help="write run statistics as JSON")
+    parser.add_argument("--stats-json", metavar="FILE", help="write run statistics as JSON "
+                        "(- : to standard output, the summary table then goes to stderr)")
     parser.add_argument("--no-crf", action="store_true", help="unary only (compare with the CRF)")
     parser.add_argument("--view", choices=VIEWS, default="overlay")
     parser.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity (0..1)")
@@ -158,18 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_start_iterations < 1:
         raise UsageError(f"--warm-start-iterations must be >= 1, got "
                          f"{args.warm_start_iterations}")
-    if args.save and "%" not in Path(args.save).name and \
-            Path(args.save).suffix.lower() in IMAGE_SUFFIXES:
-        pattern = Path(args.save).with_name(f"{Path(args.save).stem}_%05d{Path(args.save).suffix}")
-        raise UsageError(f"--save {args.save}: one image cannot hold a video; use a pattern "
-                         f"such as {pattern} or a video file (.mp4, .avi)")
-    try:
+    try:  # every output, before anything is opened or loaded
         check_output_paths({"--save": args.save, "--stats-json": args.stats_json,
                             "--save-bag": args.save_bag},
                            {"--video": args.video, "--model": args.model},
                            folder_outputs=("--save-bag",))
-    except OutputPathError as exc:
-        raise UsageError(str(exc))
+        if args.save:
+            check_recording_target(args.save)   # a format it can write in full
+    except ValueError as exc:           # OutputPathError too
+        raise UsageError(str(exc) if isinstance(exc, OutputPathError) else f"--save {exc}")
+    # With --stats-json - the statistics are the only thing on standard output.
+    terminal = sys.stderr if args.stats_json == STDOUT else sys.stdout
     display = not args.headless
     if display and not display_available():
         print("convcrf-run: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless",
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(exc))
     model = args.model
     if backend == "torch":   # loaded here: --import, --allow-pickle and unary files
-        model = load_model_argument(args, args.model)
+        with Progress(f"convcrf-run: loading {args.model}"):
+            model = load_model_argument(args, args.model)
     elif unary_settings_given(args):
         raise UsageError(f"{', '.join(unary_settings_given(args))} apply to a unary saved "
                          "without class code on the torch backend; an exported model carries "
@@ -229,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         raise UsageError(str(exc))
     try:
-        segmenter = Segmenter(model, backend, resize=args.resize,
-                              crf=not args.no_crf, **options)
+        with Progress(f"convcrf-run: loading {args.model}"):
+            segmenter = Segmenter(model, backend, resize=args.resize, crf=not args.no_crf,
+                                  return_confidence=bool(args.save_bag or args.foxglove),
+                                  **options)
     except BackendUnavailableError:
         source.close()
         raise                      # status 3, with the pip command
@@ -248,24 +254,38 @@ def main(argv: list[str] | None = None) -> int:
         source.close()
         segmenter.close()
         raise UsageError(str(exc))
+    # Headless runs show how far they are on a terminal (a window has its HUD).
+    bar = Progress(f"convcrf-run: {source.description}", args.max_frames,
+                   enabled=False if display else None)
+
+    def advance(frame, result) -> None:
+        bar.advance(note="frames" if args.max_frames is None else "")
+
+    def finish(report) -> None:
+        """The summary and --stats-json, written while run_video defers further interrupts."""
+        bar.close()
+        described = segmenter.describe()
+        report.info.update(model=str(args.model), backend=segmenter.backend.name,
+                           threads=args.threads or described.get("threads")
+                           or "default (all cores)",
+                           crf=segmenter.crf, warm_start=bool(args.warm_start),
+                           resize=segmenter.resize, input_size=list(segmenter.input_size),
+                           crf_executor=described["crf_executor"],
+                           crf_executor_detail=described["crf_executor_detail"])
+        print(report.summary_table(), file=terminal, flush=True)
+        if args.stats_json:
+            write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
+
     try:
-        report = run_video(source, segmenter, display=display, save=args.save,
-                           max_frames=args.max_frames, view=args.view, alpha=args.alpha,
-                           fps=args.fps, hud=not args.no_hud, sinks=sinks)
+        with bar:
+            report = run_video(source, segmenter, display=display, save=args.save,
+                               max_frames=args.max_frames, view=args.view, alpha=args.alpha,
+                               fps=args.fps, hud=not args.no_hud, sinks=sinks,
+                               on_frame=advance, on_end=finish)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CommandError(f"the run failed: {exc}") from exc
     finally:
         segmenter.close()
-    described = segmenter.describe()
-    report.info.update(model=str(args.model), backend=segmenter.backend.name,
-                       threads=args.threads or described.get("threads") or "default (all cores)",
-                       crf=segmenter.crf, warm_start=bool(args.warm_start),
-                       resize=segmenter.resize, input_size=list(segmenter.input_size),
-                       crf_executor=described["crf_executor"],
-                       crf_executor_detail=described["crf_executor_detail"])
-    print(report.summary_table())
-    if args.stats_json:
-        write_text_atomic(args.stats_json, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.interrupted:
         return signal_exit_code(report.signal)
     if report.source_error:

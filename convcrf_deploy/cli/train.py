@@ -18,6 +18,7 @@ with ``convcrf-export --unary UNARY.onnx --crf OUT``), or the model with its tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -26,8 +27,10 @@ from ..config import TRAINABLE_GROUPS
 from ..files import check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
+from ..progress import Progress
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
-                      command, float_in, load_model_argument, positive_float, positive_int)
+                      command, float_in, load_model_argument, positive_float, positive_int,
+                      report_stream)
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -155,14 +158,19 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
         held_out = training.model_examples(model, held_samples)
         train = training.model_examples(model, train_samples)
 
+    bar = Progress("training", args.epochs * len(train_samples),
+                   enabled=False if args.quiet else None)
+
     def on_step(epoch, step, loss):
-        if not args.quiet and step == len(train_samples) - 1:
+        bar.advance(note=f"epoch {epoch + 1}, loss {loss:.4f}")
+        if not args.quiet and step == len(train_samples) - 1 and not bar.shown:
             print(f"epoch {epoch + 1}/{args.epochs} done (last step loss {loss:.4f})",
                   file=sys.stderr)
 
-    crf, report = training.run_decoupled_training(train, held_out, config, epochs=args.epochs,
-                                                  lr=args.lr, seed=args.seed,
-                                                  initial_state=initial_state, on_step=on_step)
+    with bar:
+        crf, report = training.run_decoupled_training(
+            train, held_out, config, epochs=args.epochs, lr=args.lr, seed=args.seed,
+            initial_state=initial_state, on_step=on_step)
     report.update({"data": str(args.data), "scale": args.scale, "holdout": args.holdout,
                    "unary": "synthetic" if model is None else str(args.unary or args.unary_model)})
     return report, (crf, model)
@@ -246,14 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             _save(args.out, crf, model)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         raise UsageError(str(error)) from None
-    _print_report(report)
+    out = report_stream(args.json)
+    with contextlib.redirect_stdout(out):
+        _print_report(report)
     if args.out is not None:
         report["checkpoint"] = str(args.out)
-        print(f"checkpoint written to {args.out}")
+        print(f"checkpoint written to {args.out}", file=out)
     if args.json is not None:
         from ..evaluation import json_safe
         write_text_atomic(args.json, json.dumps(json_safe(report), indent=2))
-        print(f"report written to {args.json}")
+        print(f"report written to {args.json}", file=out)
     return ExitCode.OK
 
 

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..progress import Progress
 from .harness import (CommandError, ExitCode, UsageError, command, frame_size, int_at_least,
                       positive_int)
 
@@ -88,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_repository_output(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, a repository path that is a file, and a model
+    folder (``REPO/NAME``, replaced with ``--force``) that holds one of the inputs."""
+    if args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"-o {args.output} is a file; the model repository is a folder")
+    target = (args.output / args.name).resolve()
+    for option, path in (("model", args.model), ("--engine", args.engine),
+                         ("--plugin", args.plugin),
+                         ("--ops-library", args.ops_library)):
+        if path is not None and (path.resolve() == target or target in path.resolve().parents):
+            raise UsageError(f"{option} {path} lies inside {args.output / args.name}, the model "
+                             "folder convcrf-triton writes; copy it elsewhere first")
+
+
 @command("convcrf-triton")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -112,25 +127,29 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("give both --min and --max (the engine's profile), or neither")
     if args.engine is not None and args.plugin is not None and not args.plugin.is_file():
         raise UsageError(f"--plugin {args.plugin} does not exist")
+    _check_repository_output(args)
     try:
         options = ModelOptions(args.name, args.max_batch, args.instances, args.queue_delay_us)
-        if args.onnxruntime:
-            path = write_onnxruntime_model(args.model, args.output, options,
-                                           ops_library=args.ops_library, threads=args.threads,
-                                           gpu=args.gpu, force=args.force)
-        elif args.engine is None:
-            path = write_python_model(args.model, args.output, options,
-                                      input_dtype=args.input_dtype or "uint8", threads=args.threads,
-                                      max_frame_size=(args.max_frame_size.height,
-                                                      args.max_frame_size.width),
-                                      force=args.force)
-        else:
-            profile = EngineProfile(args.min, args.max) if args.min is not None else None
-            path = write_tensorrt_model(args.model, args.engine, args.output, options,
-                                        plugin=args.plugin, profile=profile,
-                                        frame_sizes=[(size.height, size.width)
-                                                     for size in args.frame_size or ()] or None,
-                                        force=args.force)
+        with Progress(f"convcrf-triton: writing {args.output / args.name}"):
+            if args.onnxruntime:
+                path = write_onnxruntime_model(args.model, args.output, options,
+                                               ops_library=args.ops_library,
+                                               threads=args.threads, gpu=args.gpu,
+                                               force=args.force)
+            elif args.engine is None:
+                path = write_python_model(args.model, args.output, options,
+                                          input_dtype=args.input_dtype or "uint8",
+                                          threads=args.threads,
+                                          max_frame_size=(args.max_frame_size.height,
+                                                          args.max_frame_size.width),
+                                          force=args.force)
+            else:
+                profile = EngineProfile(args.min, args.max) if args.min is not None else None
+                path = write_tensorrt_model(
+                    args.model, args.engine, args.output, options, plugin=args.plugin,
+                    profile=profile, force=args.force,
+                    frame_sizes=[(size.height, size.width)
+                                 for size in args.frame_size or ()] or None)
     except RepositoryError as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:

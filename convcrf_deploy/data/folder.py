@@ -43,6 +43,17 @@ VOC_VOID_COLOUR = (224, 224, 192)
 _SAMPLE_IMAGE = re.compile(r"^(?P<name>.+)_0img\.(png|jpg|jpeg)$", re.IGNORECASE)
 _SAMPLE_LABEL_SUFFIX = "_5labels.png"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: folders of label maps in PASCAL VOC and its augmented set.
+_LABEL_FOLDERS = ("SegmentationClass", "SegmentationObject", "SegmentationClassAug")
+
+
+def is_label_map(path: str | Path) -> bool:
+    """Whether :class:`LabelledFolder` would read ``path`` as a label map rather than an
+    image: ``NAME_5labels.png`` (the sample layout) or a file in a VOC label folder
+    (``SegmentationClass/``, ``SegmentationObject/``, ``SegmentationClassAug/``). The video
+    sources of ``convcrf-run`` skip these."""
+    path = Path(path)
+    return path.name.lower().endswith(_SAMPLE_LABEL_SUFFIX) or path.parent.name in _LABEL_FOLDERS
 
 
 class DatasetError(ValueError):

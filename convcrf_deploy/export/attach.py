@@ -39,9 +39,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import DEFAULT_FLAVOR, FLAVORS, MAX_OPSET, MIN_OPSET, rewrites
-from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_size, _checked_opset,
-                       _convert_opset, _custom_nodes, _default_opset, _io_shapes, _quiet,
-                       _set_metadata, export_onnx, ir_version_for_opset)
+from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_constraints,
+                       _check_size, _checked_opset, _convert_opset, _custom_nodes,
+                       _default_opset, _io_shapes, _quiet, _set_metadata,
+                       _with_input_conventions, export_onnx, ir_version_for_opset)
 
 #: metadata_props key describing the ONNX unary a file's CRF was attached to (JSON: file name,
 #: SHA-256, producer, opset, input and logits convention).
@@ -57,7 +58,8 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
                width: int | None = None, static: bool = False, part: str = "full",
                verify: bool = True, logits_output: str | None = None,
                verify_memory: int | None = None, int8: bool = False, calibration=None,
-               reduce_range: bool = False) -> ExportReport:
+               reduce_range: bool = False, pad_multiple: int | None = None,
+               min_size: int | None = None) -> ExportReport:
     """Write an ONNX unary with the ConvCRF after it, as a PyTorch export would be written.
 
     Args:
@@ -81,7 +83,11 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         part: ``"full"`` or ``"unary"`` (``image -> logits``: the convention and resize only).
         verify, verify_memory: as :func:`export_onnx`; the reference is the unary file in ONNX
             Runtime + the PyTorch ConvCRF.
-        logits_output: the unary's output holding the logits when it has several.
+        logits_output: the unary's output holding the logits when it has several
+            (``convcrf-export --unary FILE --output-key NAME``).
+        pad_multiple, min_size: the unary's input constraints (as :func:`export_onnx`:
+            probed by running the file in ONNX Runtime unless given; recorded in the file, and
+            the runtime pads frames to them). Not for a fixed-size unary.
         int8, calibration, reduce_range: quantise the unary to INT8 on calibration frames, the
             CRF left float (as :func:`export_onnx`; :mod:`convcrf_deploy.export.quantize`).
 
@@ -126,13 +132,25 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
     opset = _target_opset(opset, info.opset)
 
     fixed = info.fixed_size
-    if static and fixed is None:
-        if height is None:
-            height, width = model.metadata.input_size
-        fixed = (height, width)
-    elif fixed is not None and height is not None and (height, width) != fixed:
-        raise ExportError(f"{info.path.name} takes {fixed[0]}x{fixed[1]} (HxW) images only; "
-                          f"the graph cannot run at {height}x{width}: leave out the size")
+    constraints_source = ""
+    if fixed is not None:
+        if (pad_multiple or 1) > 1 or (min_size or 1) > 1:
+            raise ExportError(f"{info.path.name} takes {fixed[0]}x{fixed[1]} (HxW) images only "
+                              "(the runtime stretches frames to it): --pad-multiple/--min-size "
+                              "do not apply")
+        if height is not None and (height, width) != fixed:
+            raise ExportError(f"{info.path.name} takes {fixed[0]}x{fixed[1]} (HxW) images only; "
+                              f"the graph cannot run at {height}x{width}: leave out the size")
+    else:
+        # The sizes the network needs, as for a PyTorch unary (probed in ONNX Runtime).
+        model, constraints_source = _with_input_conventions(
+            model, part, pad_multiple, min_size, None,
+            fixed_size=(height, width) if static and height is not None else None)
+        if static:
+            if height is None:
+                height, width = model.metadata.padded_size(*model.metadata.input_size)
+            fixed = (height, width)
+        _check_constraints(model.metadata, height, width, static)
     _check_size(*(fixed or (height, width)), static=fixed is not None)
     from .exporter import _calibration_frames    # read before the work: a bad folder fails fast
     calibration_frames = _calibration_frames(model, part, int8, calibration, reduce_range, fixed)
@@ -164,11 +182,13 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
                           custom_nodes=_count_custom(graph_proto),
                           local_functions=len(graph_proto.functions),
                           unary_source=f"{info.path.name}: {info.describe()}",
-                          int8=int8_report)
+                          int8=int8_report, pad_multiple=model.metadata.pad_multiple,
+                          min_size=model.metadata.min_size,
+                          constraints_source=constraints_source)
 
     def verification():
         from .verify import verify_export
-        size = _verification_size(model, info, fixed, height, width, fp16)
+        size = _verification_size(model, fixed, height, width, fp16)
         result = verify_export(float_model, model, flavor=flavor, part=part, fp16=fp16,
                                size=size, memory_budget=verify_memory)
         if int8:
@@ -461,22 +481,15 @@ def _record_unary(model: onnx.ModelProto, info) -> None:
                                    UNARY_SOURCE_KEY: value})
 
 
-def _verification_size(model, info, fixed, height, width, fp16):
+def _verification_size(model, fixed, height, width, fp16):
     """The size the parity check runs at: the graph's fixed size, the one asked for, or the
-    default (61 x 83, fp16: 480 x 640) when the unary runs there, else its probe size."""
+    default (61 x 83, fp16: 480 x 640) padded to the unary's input constraints."""
     if fixed is not None:
         return fixed
     if height is not None:
         return height, width
     from .verify import FP16_PARITY_SIZE, PARITY_SIZE
-    default = FP16_PARITY_SIZE if fp16 else PARITY_SIZE
-    import torch
-    try:
-        with torch.no_grad():
-            model.forward_unary(torch.zeros(1, 3, *default))
-        return default
-    except ValueError:
-        return info.probe_size
+    return model.metadata.padded_size(*(FP16_PARITY_SIZE if fp16 else PARITY_SIZE))
 
 
 def _write(graph_proto: onnx.ModelProto, report: ExportReport, verification) -> None:

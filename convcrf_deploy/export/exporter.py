@@ -19,11 +19,18 @@ Graph I/O (``part="full"``): ``image`` float32 ``[N, 3, H, W]`` RGB 0..255 (norm
 the graph) -> ``probabilities`` ``[N, C, H, W]`` float32, ``labels`` and ``unary_labels``
 ``[N, H, W]`` int64. ``part="unary"``: ``image`` -> ``logits``; ``part="crf"``: ``logits``,
 ``image`` -> ``probabilities``, ``labels``. N, H and W are dynamic unless ``static=True``.
+
+The unary may return its logits in any convention of :mod:`convcrf_deploy.model.outputs`
+(tensor, tuple, dict, ``.logits``) at any resolution: the graph selects and resizes them.
+H and W must meet the unary's input constraints (:mod:`convcrf_deploy.model.constraints`:
+probed unless given, recorded in the metadata); the graph is traced and verified at sizes
+that do, and the runtime pads frames to them.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import logging
@@ -40,6 +47,9 @@ import torch.nn as nn
 
 from .. import __version__
 from ..exported_model import GRAPH_IO
+from ..metadata import ModelMetadata
+from ..model.constraints import odd_multiple
+from ..progress import Progress
 from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PARTS,
                onnx_ops, rewrites)
 
@@ -60,9 +70,11 @@ IO_NAMES = {part: (list(inputs), [*required, *optional])
             for part, (inputs, required, optional) in GRAPH_IO.items()}
 
 
-#: Size at which graphs with dynamic H and W are traced: distinct, odd, not multiples of any
-#: blur factor and not 1 or 2 (PyTorch specialises sizes 0 and 1, and merges axes of equal
-#: size, e.g. H == W or H == the example batch of 2, into one symbol).
+#: Size at which graphs with dynamic H and W are traced when the unary has no input
+#: constraints: distinct, odd, not multiples of any blur factor and not 1 or 2 (PyTorch
+#: specialises sizes 0 and 1, and merges axes of equal size, e.g. H == W or H == the example
+#: batch of 2, into one symbol). With constraints, :func:`trace_size` picks the nearest size
+#: that meets them.
 TRACE_SIZE = (61, 83)
 #: Largest image side and area the export traces (static) or is asked to verify at (the
 #: verification itself keeps within its memory budget: verify.plan_verification).
@@ -97,6 +109,12 @@ class ExportReport:
     custom_nodes: dict[str, int] = field(default_factory=dict)
     local_functions: int = 0
     verification: object | None = None     # verify.VerificationResult
+    #: the unary's input constraints written to the file (1: none), and where they came from
+    #: in words ("given", "recorded in the model", "probed at 7 sizes", ...; "" for a CRF).
+    pad_multiple: int = 1
+    min_size: int = 1
+    constraints_source: str = ""
+    trace_size: tuple[int, int] | None = None
     unary_source: str = ""      # an ONNX unary the CRF was attached to (export.attach)
     int8: object | None = None              # quantize.QuantizationReport (int8=True)
     int8_verification: object | None = None  # quantize.Int8VerificationResult
@@ -120,6 +138,12 @@ class ExportReport:
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
                  f"  {self.node_count} nodes; custom nodes: "
                  f"{self.custom_nodes or 'none'}; local functions: {self.local_functions}"]
+        if self.constraints_source:
+            words = ModelMetadata(["_"], pad_multiple=self.pad_multiple,
+                                  min_size=self.min_size).describe_constraints()
+            traced = (f"; traced at {self.trace_size[0]}x{self.trace_size[1]}"
+                      if self.trace_size else "")
+            lines.append(f"  input constraints: {words} ({self.constraints_source}){traced}")
         if self.unary_source:
             lines.append(f"  unary: {self.unary_source}")
         if self.int8 is not None:
@@ -135,14 +159,17 @@ class ExportReport:
 # ---- the traced modules ------------------------------------------------------------------------
 
 class _HalfPrecision(nn.Module):
-    """Runs a module in fp16: input cast to fp16, output back to fp32."""
+    """Runs a unary in fp16: input cast to fp16, its logits (selected from its output
+    convention by ``output_key``) back to fp32."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, output_key: str | None):
         super().__init__()
         self.module = module.half()
+        self.output_key = output_key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.half()).float()
+        from ..model.outputs import select_logits
+        return select_logits(self.module(x.half()), self.output_key).float()
 
 
 def _crf_probabilities(crf, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -164,7 +191,9 @@ class _FullGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        logits = self.model.forward_unary(image)
+        # unary_logits, not forward_unary: the graph's sizes meet the input constraints (the
+        # runtime pads frames), so there is no padding to trace.
+        logits = self.model.unary_logits(image)
         crf = self.model.crf
         if crf is None or not self.model.crf_enabled:
             probabilities = torch.softmax(logits.float(), dim=1)
@@ -181,7 +210,7 @@ class _UnaryGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        return self.model.forward_unary(image).float()
+        return self.model.unary_logits(image).float()
 
 
 class _CRFGraph(nn.Module):
@@ -194,6 +223,33 @@ class _CRFGraph(nn.Module):
     def forward(self, logits: torch.Tensor, image: torch.Tensor):
         probabilities = _crf_probabilities(self.crf, logits, image)
         return probabilities, probabilities.argmax(dim=1)
+
+
+# ---- trace size ---------------------------------------------------------------------------------
+
+def _side(metadata: ModelMetadata, target: int, blur: int, avoid: tuple[int, ...]) -> int:
+    """The smallest valid side >= ``target``: an odd multiple of ``pad_multiple``, >= 3 (not
+    1 or 2, which PyTorch specialises or merges with the example batch of 2), not in
+    ``avoid``, and not a multiple of the CRF's ``blur`` unless every valid side is one."""
+    multiple = metadata.pad_multiple
+    side = odd_multiple(multiple, max(target, metadata.min_size, 3), avoid)
+    while side % blur == 0 and multiple % blur != 0 or side in avoid:
+        side = odd_multiple(multiple, side + 1, avoid)
+    return side
+
+
+def trace_size(metadata: ModelMetadata, blur: int = 1) -> tuple[int, int]:
+    """``(H, W)`` at which a graph with dynamic H and W is traced.
+
+    Distinct sides (PyTorch merges axes of equal size into one symbol), none 1 or 2
+    (specialised), none a multiple of the CRF's blur factor (its pooling branches on that),
+    unless the input constraints make every valid size one; and meeting the constraints:
+    :data:`TRACE_SIZE` (61 x 83) without constraints, e.g. 96 x 160 for multiples of 32.
+    """
+    if not metadata.constrained:
+        return TRACE_SIZE
+    height = _side(metadata, TRACE_SIZE[0], blur, ())
+    return height, _side(metadata, TRACE_SIZE[1], blur, (height,))
 
 
 # ---- model handling ----------------------------------------------------------------------------
@@ -239,7 +295,8 @@ def _prepare(model, part: str, fp16: bool | str):
     else:
         crf = model.crf if model.crf_enabled else None
         if fp16 is True:        # "crf": the unary stays fp32
-            model.unary = _HalfPrecision(model.unary)
+            model.unary = _HalfPrecision(model.unary, model.output_key)
+            model.output_key = None     # selected inside _HalfPrecision
     if crf is not None and crf.implementation == "reference":
         # The custom ops, not the F.unfold reference, become the ConvCRF nodes.
         crf.implementation = "auto"
@@ -419,7 +476,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                 opset: int | None = None, height: int | None = None, width: int | None = None,
                 static: bool = False, part: Part = "full", verify: bool = True,
                 verify_memory: int | None = None, int8: bool = False, calibration=None,
-                reduce_range: bool = False) -> ExportReport:
+                reduce_range: bool = False, pad_multiple: int | None = None,
+                min_size: int | None = None, output_key: str | None = None) -> ExportReport:
     """Export a segmentation model (or its unary or CRF part) to ONNX and verify it.
 
     Args:
@@ -435,10 +493,11 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
         opset: standard ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET` (18..28; default
             :data:`DEFAULT_OPSET` = 20); the file declares the IR version of the first ONNX
             release with that opset.
-        height, width: with ``static=True`` the fixed size (default ``metadata.input_size``);
-            otherwise the size the parity check runs at (the graph accepts any size; it is
-            traced at :data:`TRACE_SIZE`). At most :data:`MAX_SIDE` per side and
-            :data:`MAX_PIXELS` in all.
+        height, width: with ``static=True`` the fixed size (default ``metadata.input_size``,
+            padded to the input constraints); otherwise the size the parity check runs at (the
+            graph accepts any size that meets the constraints; it is traced at
+            :func:`trace_size`, 61 x 83 without constraints). Both must meet the
+            input constraints. At most :data:`MAX_SIDE` per side and :data:`MAX_PIXELS` in all.
         static: fix H and W (N stays dynamic).
         part: ``"full"``, ``"unary"`` (``image -> logits``) or ``"crf"``
             (``logits, image -> probabilities, labels``).
@@ -459,6 +518,13 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
             preprocessed as the runtime does for this model (its resize policy and size).
         reduce_range: with ``int8``, 7-bit weights: ONNX Runtime's advice for x86-64 CPUs
             without VNNI (AVX2 only), whose 16-bit intermediate sums can saturate.
+        pad_multiple, min_size: the unary's input constraints (height and width multiples of
+            ``pad_multiple`` and at least ``min_size``; 1 = none), written to the file's
+            metadata. When not given they come from the model's metadata if it records any,
+            else they are detected by :func:`convcrf_deploy.model.constraints.probe_constraints`.
+        output_key: the dict key or attribute of the unary's output that holds the logits
+            (default: the model's ``output_key``, else ``"out"``, ``"logits"``, ``.logits``,
+            the first element of a tuple, or the tensor itself).
 
     Returns:
         :class:`ExportReport`. ``path`` is written atomically (a failed write keeps the
@@ -471,8 +537,10 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
 
     Raises:
         ExportError: onnxscript is missing, invalid arguments (an unsupported opset, a size
-            out of range, ``int8`` without ``calibration``), the exporter or the quantiser
-            failed (the message names the layer); no file is written.
+            out of range or not meeting the input constraints, ``int8`` without
+            ``calibration``), the unary's output is not logits, the unary runs at no probed
+            size, or the exporter or the quantiser failed (the message names the layer); no
+            file is written.
         convcrf_deploy.export.quantize.CalibrationError: (a ``ValueError``) too few or
             unreadable calibration frames; raised before tracing.
         convcrf_deploy.files.OutputIsInputError: ``path`` is the checkpoint ``model`` names.
@@ -503,32 +571,47 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
         refuse_output_overwriting_input({"output": path}, {"model": model})
     source = load_exportable(model)
     from ..model import ConvCRF
+    source, constraints_source = _with_input_conventions(
+        source, part, pad_multiple, min_size, output_key,
+        fixed_size=(height, width) if static and height is not None else None)
     metadata = getattr(source, "metadata", None)
     if height is None and static:
-        height, width = tuple(metadata.input_size) if metadata else TRACE_SIZE
+        height, width = (metadata.padded_size(*metadata.input_size) if metadata
+                         else TRACE_SIZE)
     _check_size(height, width, static)
+    verify_size = (height, width) if height is not None else None
+    if metadata is not None and part != "crf":
+        _check_constraints(metadata, height, width, static)
+        if verify_size is None and metadata.constrained:
+            from .verify import FP16_PARITY_SIZE, PARITY_SIZE
+            verify_size = metadata.padded_size(*(FP16_PARITY_SIZE if fp16 else PARITY_SIZE))
     calibration_frames = _calibration_frames(source, part, int8, calibration, reduce_range,
                                              (height, width) if static else None)
-    # Dynamic graphs are traced at TRACE_SIZE whatever size was asked for (which is then the
-    # size the parity check runs at): a size like 2x2 would merge H, W and the batch into one
-    # symbol, and sizes below the blur factor specialise the pooled grid.
-    trace_size = (height, width) if static else TRACE_SIZE
+    crf_config = (source.config if isinstance(source, ConvCRF)
+                  else source.crf.config if source.crf is not None else None)
+    # Dynamic graphs are traced at a size of their own whatever size was asked for (which is
+    # then the size the parity check runs at): a size like 2x2 would merge H, W and the batch
+    # into one symbol, and sizes below the blur factor specialise the pooled grid.
+    traced_at = (height, width) if static else (
+        trace_size(metadata, crf_config.blur if crf_config else 1)
+        if metadata is not None and part != "crf" else TRACE_SIZE)
     num_classes = (source.config.num_classes if isinstance(source, ConvCRF)
                    else source.num_classes)
     # With int8 the unary is traced in float (its quantisation scales are float32); fp16 then
     # applies to the ConvCRF op I/O only.
     unary_fp16 = False if int8 else fp16     # not `fp16 and not int8`: that turns "crf" into True
     module, crf = _prepare(source, part, unary_fp16)
-    key = _trace_key(source, part, unary_fp16, *trace_size, static)
+    key = _trace_key(source, part, unary_fp16, *traced_at, static)
     if key not in _TRACED:
-        # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
-        example = _example_inputs(part, num_classes, *trace_size, batch=2)
-        exported = _trace(module, example, _dynamic_shapes(part, static))
-        input_names, output_names = IO_NAMES[part]
-        # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
-        base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
-        _name_dynamic_axes(base, static)
-        _remember(key, base.SerializeToString())
+        with Progress("export: tracing the model and translating it to ONNX"):
+            # Batch 2 in the example: PyTorch specialises sizes 0 and 1 to constants.
+            example = _example_inputs(part, num_classes, *traced_at, batch=2)
+            exported = _trace(module, example, _dynamic_shapes(part, static))
+            input_names, output_names = IO_NAMES[part]
+            # Translated once at the lowest opset; _convert_opset lifts it to the one asked for.
+            base = _to_onnx(module, exported, input_names, output_names, MIN_OPSET)
+            _name_dynamic_axes(base, static)
+            _remember(key, base.SerializeToString())
     onnx_model = _convert_opset(onnx.ModelProto.FromString(_TRACED[key]), opset)
 
     filter_size = crf.config.filter_size if crf is not None and crf.config.iterations else None
@@ -570,20 +653,24 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                           inputs=_io_shapes(onnx_model.graph.input),
                           outputs=_io_shapes(onnx_model.graph.output),
                           node_count=len(onnx_model.graph.node), custom_nodes=custom,
-                          local_functions=len(onnx_model.functions), int8=int8_report)
+                          local_functions=len(onnx_model.functions), int8=int8_report,
+                          pad_multiple=metadata.pad_multiple if metadata else 1,
+                          min_size=metadata.min_size if metadata else 1,
+                          constraints_source=constraints_source,
+                          trace_size=None if static else traced_at)
     failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
     if verify:
         from .verify import VerificationError, verify_export
         reference = source.eval()
         try:
-            report.verification = verify_export(
-                float_model, reference, flavor=flavor, part=part, fp16=fp16,
-                size=(height, width) if height is not None else None,
-                memory_budget=verify_memory)
-            if int8:
-                from .quantize import verify_int8
-                report.int8_verification = verify_int8(float_model, onnx_model,
-                                                       calibration_frames, flavor=flavor)
+            with Progress("export: verifying the graph against PyTorch"):
+                report.verification = verify_export(
+                    float_model, reference, flavor=flavor, part=part, fp16=fp16,
+                    size=verify_size, memory_budget=verify_memory)
+                if int8:
+                    from .quantize import verify_int8
+                    report.int8_verification = verify_int8(float_model, onnx_model,
+                                                           calibration_frames, flavor=flavor)
         except VerificationError:
             from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
@@ -593,7 +680,8 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
         report.path = failed_path
     # Read back with the runtime's reader (digest, metadata against graph) before it
     # replaces anything.
-    write(onnx_model, report.path, seal_it=False)
+    with Progress(f"export: writing {report.path.name}"):
+        write(onnx_model, report.path, seal_it=False)
     return report
 
 
@@ -633,6 +721,83 @@ def _checked_opset(opset: int | None) -> int:
         raise ExportError(f"opset {opset} needs a newer onnx (onnx {onnx.__version__} knows opsets "
                           f"up to {newest}): pip install -U onnx, or export with --opset {newest}")
     return opset
+
+
+def _with_input_conventions(source, part: str, pad_multiple: int | None,
+                            min_size: int | None, output_key: str | None,
+                            fixed_size: tuple[int, int] | None = None):
+    """``(model, constraints_source)``: a shallow copy of the SegmentationModel ``source``
+    with ``output_key`` and the input constraints set in its metadata (given, recorded in the
+    model, or probed), and where the constraints came from (see :class:`ExportReport`).
+    A ConvCRF, and ``part="crf"`` (no unary runs), are returned as they are. A unary that
+    runs at no probed size is accepted without constraints for a static graph of
+    ``fixed_size`` when it runs at that size (e.g. a fixed-size ``.pt2`` program)."""
+    from ..model import SegmentationModel
+    if not isinstance(source, SegmentationModel):
+        return source, ""
+    source = copy.copy(source)      # shares the modules; attributes set below are its own
+    if output_key is not None:
+        if not isinstance(output_key, str) or not output_key:
+            raise ExportError(f"output_key must be a non-empty string, got {output_key!r}")
+        source.output_key = output_key
+    if part == "crf":
+        return source, ""
+    from ..metadata import MAX_CONSTRAINT
+    for name, value in (("pad_multiple", pad_multiple), ("min_size", min_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= MAX_CONSTRAINT):
+            raise ExportError(f"{name} must be an int in 1..{MAX_CONSTRAINT}, got {value!r}")
+    recorded = source.metadata
+    if pad_multiple is not None and min_size is not None:
+        where = "given"
+    elif recorded.constrained:
+        pad_multiple = recorded.pad_multiple if pad_multiple is None else pad_multiple
+        min_size = recorded.min_size if min_size is None else min_size
+        where = "recorded in the model"
+    else:
+        from ..model.constraints import ConstraintError, probe_constraints
+        from ..model.outputs import UnaryOutputError
+        try:
+            probe = probe_constraints(source, pad_multiple, min_size)
+        except UnaryOutputError as exc:
+            raise ExportError(str(exc)) from None
+        except ConstraintError as exc:
+            if fixed_size is None or not _runs_at(source, fixed_size):
+                raise ExportError(str(exc)) from None
+            probe = None
+        if probe is None:
+            pad_multiple, min_size = pad_multiple or 1, min_size or 1
+            where = (f"none found by probing: the unary runs at the fixed "
+                     f"{fixed_size[0]}x{fixed_size[1]} only")
+        else:
+            pad_multiple, min_size = probe.pad_multiple, probe.min_size
+            where = f"probed at {probe.probes} sizes"
+    source.metadata = dataclasses.replace(recorded, pad_multiple=pad_multiple,
+                                          min_size=min_size)
+    return source, where
+
+
+def _runs_at(model, size: tuple[int, int]) -> bool:
+    """Whether ``model``'s unary runs on one image of ``size``."""
+    try:
+        with torch.no_grad():
+            model.unary(model.normalize(torch.zeros(1, 3, *size, device=model.mean.device)))
+    except Exception:   # noqa: BLE001 - the user's network failed at this size
+        return False
+    return True
+
+
+def _check_constraints(metadata, height: int | None, width: int | None, static: bool) -> None:
+    """Refuse a size that does not meet the input constraints, naming them and a size that
+    does."""
+    if height is None or metadata.satisfied_by(height, width):
+        return
+    good = metadata.padded_size(height, width)
+    what = "the fixed size" if static else "the size the parity check runs at"
+    raise ExportError(
+        f"{height}x{width} ({what}) does not meet the unary's input constraints "
+        f"({metadata.describe_constraints()}): use --height {good[0]} --width {good[1]}, or "
+        "change the constraints with --pad-multiple / --min-size if they are wrong")
 
 
 def _check_size(height: int | None, width: int | None, static: bool) -> None:
@@ -677,22 +842,47 @@ def _trace_key(source: nn.Module, part, fp16, height, width, static) -> tuple:
 
 
 def _trace(module: nn.Module, example, dynamic_shapes):
-    """``torch.export`` the module; a failure names the layer that was running."""
+    """``torch.export`` the module. A failure is reported by its real cause: a unary output
+    that is not logits, a model that fails at the example size even without tracing (e.g. an
+    input-size constraint), or a layer the tracer cannot follow (named)."""
+    from ..model.outputs import UnaryOutputError
     tracker = _ModuleTracker(module)
     try:
         with _quiet():
             return torch.export.export(module, example, dynamic_shapes=dynamic_shapes,
                                        strict=False)
-    except Exception as exc:    # noqa: BLE001 - re-raised with the layer's name
+    except Exception as exc:    # noqa: BLE001 - re-raised with its cause named
         layer = tracker.stack[-1] if tracker.stack else None
-        where = (f"{_layer_description(module, layer)} cannot be exported" if layer
-                 else "the model cannot be traced")
-        raise ExportError(
-            f"{where}: {_root_cause(exc)}. Replace it with standard PyTorch operations "
-            "(no custom autograd Functions, NumPy calls or data-dependent Python control "
-            "flow), or register an ONNX translation for it.") from exc
+        failure = exc
     finally:
         tracker.remove()
+    cause = failure
+    while cause.__cause__ is not None and not isinstance(cause, UnaryOutputError):
+        cause = cause.__cause__
+    if isinstance(cause, UnaryOutputError):
+        raise ExportError(str(cause)) from failure
+    size = "x".join(str(d) for d in example[-1].shape[-2:])
+    eager = _ModuleTracker(module)
+    try:
+        with torch.no_grad(), _quiet():
+            module(*example)
+    except UnaryOutputError as exc:
+        raise ExportError(str(exc)) from failure
+    except Exception as exc:    # noqa: BLE001 - the model itself fails: not a tracing problem
+        where = f" in {_layer_description(module, eager.stack[-1])}" if eager.stack else ""
+        raise ExportError(
+            f"the model fails on a {size} input{where} even without tracing: "
+            f"{_root_cause(exc)}. If the network needs other input sizes, give its input "
+            "constraints: --pad-multiple N (height and width multiples of N) and --min-size "
+            "N (at least N px)") from failure
+    finally:
+        eager.remove()
+    where = (f"{_layer_description(module, layer)} cannot be exported" if layer
+             else "the model cannot be traced")
+    raise ExportError(
+        f"{where}: {_root_cause(failure)}. Replace it with standard PyTorch operations "
+        "(no custom autograd Functions, NumPy calls or data-dependent Python control "
+        "flow), or register an ONNX translation for it.") from failure
 
 
 def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -181,12 +181,14 @@ class VerificationPlan:
 
 
 def plan_verification(size: tuple[int, int], batch: int, channels: int, dynamic: bool,
-                      budget: int = MEMORY_BUDGET) -> VerificationPlan:
+                      budget: int = MEMORY_BUDGET, pad_multiple: int = 1,
+                      min_size: int = 1) -> VerificationPlan:
     """The size and batch to verify at within ``budget`` bytes (:func:`estimated_memory`):
     ``size`` at ``batch`` when it fits; else batch 1; else, for a graph of dynamic size, the
-    largest size of the same aspect ratio that fits, each side keeping the largest power of
-    two up to 32 that divides both asked sides (the graph computes the same function at every
-    size, so a smaller image checks it as well, except for effects of the size itself); else
+    largest size of the same aspect ratio that fits and meets the unary's input constraints
+    (``pad_multiple``, ``min_size``; without them each side keeps the largest power of two up
+    to 32 that divides both asked sides), as the graph computes the same function at every
+    size, so a smaller image checks it as well, except for effects of the size itself; else
     (a fixed-size graph) no parity run."""
     height, width = size
     mib = 1024 ** 2
@@ -203,9 +205,11 @@ def plan_verification(size: tuple[int, int], batch: int, channels: int, dynamic:
                                          f"{budget / mib:.0f} MiB budget")
     # Keep what the asked size is a multiple of (up to 32): networks of output stride 16 or 32
     # run only at such sizes, and the size asked for is one the network runs at.
-    multiple = min(32, math.gcd(height, width) & -math.gcd(height, width))
+    multiple = pad_multiple if pad_multiple > 1 else \
+        min(32, math.gcd(height, width) & -math.gcd(height, width))
+    floor = -(-max(MIN_VERIFY_SIDE, min_size) // multiple) * multiple
     scale = math.sqrt(budget / need)
-    smaller = tuple(max(MIN_VERIFY_SIDE, int(side * scale)) // multiple * multiple
+    smaller = tuple(max(floor, int(side * scale) // multiple * multiple)
                     for side in (height, width))
     return VerificationPlan(smaller, 1, f"at {smaller[0]}x{smaller[1]}, batch 1, instead of "
                                         f"{height}x{width} (which needs ~{need / mib:.0f} MiB, "
@@ -616,9 +620,12 @@ def verify_export(model: onnx.ModelProto, reference, *, flavor: str, part: str =
     batch = fixed_batch or batch
     channels = (reference.config.num_classes if isinstance(reference, ConvCRF)
                 else reference.num_classes)
+    metadata = getattr(reference, "metadata", None)
     plan = plan_verification((height, width), batch, channels,
                              dynamic=fixed_size is None and fixed_batch is None,
-                             budget=MEMORY_BUDGET if memory_budget is None else memory_budget)
+                             budget=MEMORY_BUDGET if memory_budget is None else memory_budget,
+                             pad_multiple=metadata.pad_multiple if metadata else 1,
+                             min_size=metadata.min_size if metadata else 1)
     if fixed_batch is not None and plan.batch != fixed_batch:
         plan = VerificationPlan(None, fixed_batch, plan.note or "the graph's fixed batch")
     tolerance_key = _fp16(fp16)

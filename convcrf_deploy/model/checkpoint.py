@@ -7,7 +7,8 @@ A checkpoint is a plain dictionary written with ``torch.save`` and read with
      "unary": {"name": "fast_fcn", "kwargs": {...}},      # a registered architecture
      "state_dict": {...},                                   # tensors of unary and CRF
      "crf_config": CRFConfig.to_dict() or None,
-     "metadata": ModelMetadata.to_dict(),
+     "metadata": ModelMetadata.to_dict(),          # with the input constraints, if any
+     "unary_output_key": "out",                     # only when set (SegmentationModel)
      "weights_sha256": "..."}                              # digest of every tensor above
 
 Files are written atomically (a temporary file renamed on success: a failed save keeps the
@@ -31,7 +32,6 @@ import os
 import pickle
 import re
 import struct
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._warnings import warn
 from ..config import CRFConfig
 from ..files import MISSING_DIGEST_POLICY, DamagedFileError, atomic_write, tensor_digest
 from ..metadata import ModelMetadata
@@ -156,6 +157,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> None:
         "crf_config": model.crf.config.to_dict() if model.crf is not None else None,
         "metadata": model.metadata.to_dict(),
     }
+    if model.output_key is not None:
+        checkpoint["unary_output_key"] = model.output_key
     if model.unary_spec is None:
         buffer = io.BytesIO()
         torch.save(model.unary, buffer)
@@ -258,8 +261,8 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
 def _check_digest(data: dict[str, Any], path: Path) -> None:
     stored = data.get(DIGEST_KEY)
     if stored is None:
-        warnings.warn(f"{path} has no weights digest, so damage to it cannot be detected; "
-                      f"{MISSING_DIGEST_POLICY}", stacklevel=4)
+        warn(f"{path} has no weights digest, so damage to it cannot be detected; "
+             f"{MISSING_DIGEST_POLICY}")
         return
     try:
         actual = checkpoint_digest(data)
@@ -383,7 +386,8 @@ def load_model(path_or_demo: str | os.PathLike, *, allow_pickle: bool = False,
     unary, spec = _load_unary(data, path, allow_pickle)
     crf = ConvCRF(crf_config) if crf_config is not None else None
     try:
-        model = SegmentationModel(unary, crf, metadata, unary_spec=spec)
+        model = SegmentationModel(unary, crf, metadata, unary_spec=spec,
+                                  output_key=data.get("unary_output_key"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     state_dict = data["state_dict"]

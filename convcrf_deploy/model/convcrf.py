@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _native
+from .._warnings import warn
 from ..config import CRFConfig
 from .. import ops
 from ..ops.mean_field import full_resolution_step, full_resolution_step_available
@@ -276,9 +276,9 @@ class ConvCRF(nn.Module):
                              "image to 0..255")
         if 0 < high <= 1.0 and low >= 0 and not getattr(self, "_warned_unit_range", False):
             self._warned_unit_range = True
-            warnings.warn(f"ConvCRF: the image's values lie in [{low:.3g}, {high:.3g}]; the CRF "
-                          "expects RGB in 0..255 (its colour bandwidth is in those units), "
-                          "multiply a 0..1 image by 255", UserWarning, stacklevel=2)
+            warn(f"ConvCRF: the image's values lie in [{low:.3g}, {high:.3g}]; the CRF "
+                 "expects RGB in 0..255 (its colour bandwidth is in those units), multiply a "
+                 "0..1 image by 255", UserWarning)
         if initial_q is not None and not bool(torch.isfinite(initial_q.detach()).all()):
             raise ValueError("initial_q contains NaN or infinite values; pass the finite "
                              "probabilities of a previous result (or no initial_q)")

@@ -218,7 +218,7 @@ def _logits_output(model, path: Path, wanted: str | None) -> tuple[str, Any]:
         if len(chosen) > 1:
             raise OnnxUnaryError(
                 f"{path.name} has {len(chosen)} float 4-D outputs ({names}); name the logits "
-                "(logits_output=NAME)")
+                "(convcrf-export --output-key NAME, logits_output=NAME)")
     value = chosen[0]
     elem = value.type.tensor_type.elem_type
     if elem not in OUTPUT_TYPES:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..metadata import ModelMetadata
 from .convcrf import ConvCRF
+from .outputs import unary_logits
 from .unaries import unary_spec_of
 
 
@@ -21,7 +22,10 @@ class SegmentationModel(nn.Module):
 
     Args:
         unary: ``nn.Module`` mapping a normalised image ``(N, 3, H, W)`` to logits
-            ``(N, C, h', w')`` of any size (resized to ``H x W`` bilinearly).
+            ``(N, C, h', w')`` of any size (resized to ``H x W`` bilinearly), returned as a
+            tensor, a tuple/list starting with them, a dict (``"out"``, ``"logits"`` or
+            ``output_key``) or an object with ``.logits``
+            (:mod:`convcrf_deploy.model.outputs`).
         crf: the :class:`ConvCRF` applied to the unary logits, or ``None``.
         metadata: class names, palette, normalisation and input convention; its class count
             must match ``crf.config.num_classes``.
@@ -30,6 +34,12 @@ class SegmentationModel(nn.Module):
             the unary without pickling code. Defaults to the spec recorded by
             ``build_unary`` or a built-in unary; ``None`` for an unregistered module (then
             ``save_model`` pickles it and ``load_model`` needs ``allow_pickle=True``).
+        output_key: the key (or attribute) of the unary's output that holds the logits, when
+            it is a dict with neither ``"out"`` nor ``"logits"``; stored by ``save_model``.
+
+    Input constraints (``metadata.pad_multiple``, ``metadata.min_size``): an image that does not
+    meet them is padded at the bottom and right by repeating its edge pixels, the model runs
+    on the padded image and the outputs are cropped back, exactly as the runtime does.
 
     Attributes:
         crf_enabled: when ``False`` (or ``crf`` is ``None``), :meth:`forward` returns the
@@ -45,7 +55,7 @@ class SegmentationModel(nn.Module):
     """
 
     def __init__(self, unary: nn.Module, crf: ConvCRF | None, metadata: ModelMetadata,
-                 unary_spec: dict[str, Any] | None = None):
+                 unary_spec: dict[str, Any] | None = None, output_key: str | None = None):
         super().__init__()
         if not isinstance(unary, nn.Module):
             raise ValueError(f"SegmentationModel: unary must be an nn.Module, got "
@@ -60,7 +70,11 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"SegmentationModel: the CRF has {crf.config.num_classes} classes "
                              f"but metadata lists {metadata.num_classes} "
                              f"({metadata.class_names})")
+        if output_key is not None and (not isinstance(output_key, str) or not output_key):
+            raise ValueError(f"SegmentationModel: output_key must be a non-empty string or "
+                             f"None, got {output_key!r}")
         self.unary = unary
+        self.output_key = output_key
         self.crf = crf
         self.metadata = metadata
         self.unary_spec = unary_spec if unary_spec is not None else unary_spec_of(unary)
@@ -91,24 +105,47 @@ class SegmentationModel(nn.Module):
         """``(N, 3, H, W)`` RGB 0..255 -> ``(image / 255 - mean) / std`` (float32)."""
         return (image.float() / 255.0 - self.mean) / self.std
 
+    def unary_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB 0..255 -> unary logits ``(N, C, H, W)`` at the input size,
+        without padding: ``H`` and ``W`` must meet the input constraints. This is what the
+        exported graphs compute; :meth:`forward_unary` pads first.
+
+        Raises:
+            convcrf_deploy.model.outputs.UnaryOutputError (a ``ValueError``): the unary's
+                output is not logits in a known convention, or has the wrong shape.
+        """
+        output = self.unary(self.normalize(image))
+        return unary_logits(output, image.shape, self.num_classes, self.output_key)
+
+    def _padded(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """``image`` padded to meet the input constraints (edge pixels repeated at the bottom
+        and right), and the size to crop outputs back to (``None``: nothing was padded)."""
+        height, width = image.shape[-2:]
+        padded_h, padded_w = self.metadata.padded_size(height, width)
+        if (padded_h, padded_w) == (height, width):
+            return image, None
+        padded = F.pad(image.float(), (0, padded_w - width, 0, padded_h - height),
+                       mode="replicate")
+        return padded, (height, width)
+
     def forward_unary(self, image: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` RGB 0..255 -> unary logits ``(N, C, H, W)`` at the input size."""
+        """``(N, 3, H, W)`` RGB 0..255 -> unary logits ``(N, C, H, W)`` at the input size
+        (padded to meet the input constraints and cropped back)."""
         self._check_image(image)
-        logits = self.unary(self.normalize(image))
-        if logits.dim() != 4 or logits.shape[:2] != (image.shape[0], self.num_classes):
-            raise ValueError(f"the unary returned shape {tuple(logits.shape)}; expected "
-                             f"({image.shape[0]}, {self.num_classes}, h, w) logits")
-        if logits.shape[-2:] != image.shape[-2:]:
-            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-        return logits
+        padded, crop = self._padded(image)
+        logits = self.unary_logits(padded)
+        return logits if crop is None else logits[..., :crop[0], :crop[1]]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` float RGB 0..255 -> class probabilities ``(N, C, H, W)``."""
-        logits = self.forward_unary(image)
+        self._check_image(image)
+        padded, crop = self._padded(image)
+        logits = self.unary_logits(padded)
         if self.crf is None or not self.crf_enabled:
-            return torch.softmax(logits, dim=1)
-        return self.crf(logits, image)
+            probabilities = torch.softmax(logits, dim=1)
+        else:
+            probabilities = self.crf(logits, padded)
+        return probabilities if crop is None else probabilities[..., :crop[0], :crop[1]]
 
     @torch.no_grad()
     def predict(self, rgb) -> torch.Tensor:
@@ -120,5 +157,6 @@ class SegmentationModel(nn.Module):
         return self(image)[0].max(0).indices  # argmax over channels is far slower on CPU
 
     def extra_repr(self) -> str:
+        key = f", output_key={self.output_key!r}" if self.output_key is not None else ""
         return (f"classes={self.metadata.class_names}, crf_enabled={self.crf_enabled}, "
-                f"unary_spec={self.unary_spec}")
+                f"unary_spec={self.unary_spec}{key}")

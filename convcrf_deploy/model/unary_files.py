@@ -47,6 +47,7 @@ from ..files import DamagedFileError
 from ..metadata import ModelMetadata
 from .checkpoint import CheckpointError, load_crf
 from .convcrf import ConvCRF
+from .outputs import select_logits
 from .segmentation import SegmentationModel
 
 #: file kinds :func:`unary_file_kind` recognises.
@@ -308,28 +309,10 @@ def _load_torchscript(path: Path) -> nn.Module:
                               f"{' '.join(str(exc).split())[:300]}") from None
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits tensor of a unary's output: a tensor, the first of a tuple/list, a dict's
-    ``"out"`` or ``"logits"``, or an object's ``.logits``; ``ValueError`` otherwise."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, dict):
-        for key in ("out", "logits"):
-            if isinstance(output.get(key), torch.Tensor):
-                return output[key]
-    if isinstance(getattr(output, "logits", None), torch.Tensor):
-        return output.logits
-    raise ValueError(f"the unary returned {type(output).__name__}; expected logits "
-                     "(N, C, h, w) as a tensor, a tuple, a dict with 'out' or 'logits', or an "
-                     "object with .logits")
-
-
 def _probe_classes(unary: nn.Module, shape: tuple[int, ...], path: Path) -> int:
     try:
         with torch.inference_mode():
-            logits = logits_of(unary(torch.zeros(shape)))
+            logits = select_logits(unary(torch.zeros(shape)))
     except Exception as exc:
         raise CheckpointError(f"{path}: running the unary on a {shape[-1]}x{shape[-2]} "
                               f"(WxH) probe image failed ({' '.join(str(exc).split())[:200]}); "

@@ -3,8 +3,10 @@
 Pre-processing follows the model's :class:`ModelMetadata`: the frame is fed as is
 (``resize="none"``), stretched to ``input_size`` (``"stretch"``) or fitted inside it keeping
 the aspect ratio and padded (``"letterbox"``), then converted BGR -> RGB float32 ``[1, 3, h,
-w]`` in 0..255 (normalisation is inside the model). Post-processing removes the letterbox
-padding and maps labels back to the frame with nearest-neighbour sampling.
+w]`` in 0..255 (normalisation is inside the model). When the model has input constraints
+(``pad_multiple``, ``min_size``), that input is padded at the bottom and right by repeating its
+edge pixels (:mod:`convcrf_deploy.runtime.padding`). Post-processing removes the letterbox
+and constraint padding and maps labels back to the frame with nearest-neighbour sampling.
 
 Threads: one :class:`Segmenter` may be shared by several threads (e.g. one per camera).
 Each thread has its own input buffer and frame geometry, and each call's result is its own;
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..metadata import RESIZE_POLICIES
 from .backends import Backend, create_backend
+from .padding import replicate_edges
 
 
 @dataclass
@@ -35,6 +38,10 @@ class SegmentationResult:
             else int32), after the CRF when it ran.
         unary_labels: ``[H, W]`` labels of the unary alone, when the backend provides them.
         probabilities: ``[C, H, W]`` float32, only with ``return_probabilities=True``.
+        confidence: ``[H, W]`` uint8, only with ``return_confidence=True`` (and a backend that
+            returns probabilities): the largest class probability per pixel of the backend's
+            ``probabilities`` output (the CRF's where the model has one) scaled to 0..255,
+            ``round(255 * max_c p_c)``: 255 is certain, ``255 / C`` a uniform guess.
         timings: milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``.
         timestamp: whatever was passed as ``timestamp=`` (e.g. a ROS header stamp).
         crf: whether ``labels`` include the CRF.
@@ -43,6 +50,7 @@ class SegmentationResult:
     labels: np.ndarray
     unary_labels: np.ndarray | None = None
     probabilities: np.ndarray | None = None
+    confidence: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     timestamp: Any = None
     crf: bool = True
@@ -51,24 +59,30 @@ class SegmentationResult:
 @dataclass(frozen=True)
 class _Geometry:
     """How one frame size maps to the model input: ``(top, left, height, width)`` of the
-    resized frame inside the ``input_shape`` model input."""
+    resized frame inside the ``input_shape`` model input, whose first ``resized_shape`` rows
+    and columns are the resized (letterboxed) frame and the rest padding to the model's
+    input constraints."""
 
     frame_shape: tuple[int, int]
     input_shape: tuple[int, int]
     content: tuple[int, int, int, int]
+    resized_shape: tuple[int, int]
 
 
-def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, int]) -> _Geometry:
+def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, int],
+              metadata) -> _Geometry:
     fh, fw = frame_shape
     if policy == "none":
-        return _Geometry(frame_shape, frame_shape, (0, 0, fh, fw))
-    ih, iw = input_size
-    if policy == "stretch":
-        return _Geometry(frame_shape, (ih, iw), (0, 0, ih, iw))
-    scale = min(ih / fh, iw / fw)
-    h, w = max(1, min(ih, round(fh * scale))), max(1, min(iw, round(fw * scale)))
-    top, left = (ih - h) // 2, (iw - w) // 2
-    return _Geometry(frame_shape, (ih, iw), (top, left, h, w))
+        resized, content = frame_shape, (0, 0, fh, fw)
+    else:
+        ih, iw = resized = input_size
+        if policy == "stretch":
+            content = (0, 0, ih, iw)
+        else:
+            scale = min(ih / fh, iw / fw)
+            h, w = max(1, min(ih, round(fh * scale))), max(1, min(iw, round(fw * scale)))
+            content = ((ih - h) // 2, (iw - w) // 2, h, w)
+    return _Geometry(frame_shape, metadata.padded_size(*resized), content, tuple(resized))
 
 
 class Segmenter:
@@ -81,6 +95,9 @@ class Segmenter:
         resize: override the model's resize policy (``"none"``, ``"stretch"``, ``"letterbox"``).
         input_size: override the model's nominal ``(height, width)``.
         return_probabilities: also return ``[C, H, W]`` probabilities at the frame size.
+        return_confidence: also return the per-pixel confidence (``result.confidence``, see
+            :class:`SegmentationResult`), computed at the model's resolution and resized to
+            the frame (cheaper than the probabilities).
         crf: use the CRF's labels (``False``: the unary's). The torch backend then skips the
             CRF; exported graphs always run it and the unary labels are reported instead.
         **backend_options: passed to the backend (``device=``, ``providers=``, ...).
@@ -94,7 +111,7 @@ class Segmenter:
 
     def __init__(self, model: Any, backend: str | None = None, *, resize: str | None = None,
                  input_size: tuple[int, int] | None = None, return_probabilities: bool = False,
-                 crf: bool = True, **backend_options: Any):
+                 return_confidence: bool = False, crf: bool = True, **backend_options: Any):
         if isinstance(model, Backend):
             if backend_options:
                 raise ValueError("backend options cannot be applied to an existing Backend")
@@ -107,6 +124,7 @@ class Segmenter:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
         self.return_probabilities = return_probabilities
+        self.return_confidence = return_confidence
         self.label_dtype = np.uint8 if meta.num_classes <= 256 else np.int32
         # Per thread: the last frame geometry and the input buffer reused for it.
         self._local = threading.local()
@@ -149,7 +167,8 @@ class Segmenter:
 
     # -- processing --------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255.
+        """BGR uint8 ``[H, W, 3]`` -> float32 ``[1, 3, h, w]`` RGB 0..255: the model input,
+        resized by the policy and padded to the model's input constraints.
 
         The array is this thread's buffer, reused (overwritten) by the thread's next call."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 \
@@ -161,7 +180,7 @@ class Segmenter:
         local = self._local
         geo = getattr(local, "geometry", None)
         if geo is None or geo.frame_shape != shape:
-            geo = _geometry(shape, self.resize, self.input_size)
+            geo = _geometry(shape, self.resize, self.input_size, self.backend.metadata)
             local.input = np.zeros((1, 3, *geo.input_shape), np.float32)
             local.geometry = geo
         buffer = local.input
@@ -171,6 +190,8 @@ class Segmenter:
         # BGR -> RGB by writing channel planes in reverse order, straight into the buffer.
         for channel in range(3):
             buffer[0, 2 - channel, top:top + h, left:left + w] = frame[:, :, channel]
+        if geo.resized_shape != geo.input_shape:
+            replicate_edges(buffer, *geo.resized_shape)
         return buffer
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,6 +224,12 @@ class Segmenter:
                 hwc = cv2.resize(hwc, (fw, fh), interpolation=cv2.INTER_LINEAR)
                 hwc = hwc.reshape(fh, fw, -1)
             result["probabilities"] = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        if self.return_confidence and outputs.get("probabilities") is not None:
+            best = outputs["probabilities"][0, :, top:top + h, left:left + w].max(axis=0)
+            confidence = np.rint(np.clip(best, 0.0, 1.0) * 255.0).astype(np.uint8)
+            if (h, w) != (fh, fw):
+                confidence = cv2.resize(confidence, (fw, fh), interpolation=cv2.INTER_LINEAR)
+            result["confidence"] = confidence
         return result
 
     def __call__(self, frame: np.ndarray, timestamp: Any = None) -> SegmentationResult:
@@ -225,7 +252,7 @@ class Segmenter:
             crf_applied = has_crf
         return SegmentationResult(
             labels=labels, unary_labels=mapped.get("unary_labels"),
-            probabilities=mapped.get("probabilities"),
+            probabilities=mapped.get("probabilities"), confidence=mapped.get("confidence"),
             timings={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                      "postprocess": (t3 - t2) * 1e3},
             timestamp=timestamp, crf=crf_applied)

@@ -97,6 +97,8 @@ class RunReport:
                          f"  mIoU VOC {score.mean_iou:.2%}")
         if self.scores:
             lines.append(MIOU_LEGEND["miou"])
+        for sink in self.info.get("sinks", ()):
+            lines.append(sink["message"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
         return "\n".join(lines)
@@ -125,7 +127,8 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
               save: str | None = None, max_frames: int | None = None, view: str = "overlay",
               alpha: float = 0.5, fps: float | None = None, hud: bool = True,
               on_frame: Callable[[Frame, SegmentationResult], None] | None = None,
-              sinks: Sequence[FrameSink] = ()) -> RunReport:
+              sinks: Sequence[FrameSink] = (),
+              on_end: Callable[[RunReport], None] | None = None) -> RunReport:
     """Segment every frame of ``source`` (live sources: the newest one) until it ends,
     ``max_frames`` frames were processed, the user quits (``q``/Esc) or Ctrl-C.
 
@@ -140,13 +143,20 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         hud: draw FPS, latency and scores onto displayed and recorded frames.
         on_frame: called with each frame and its result (e.g. to publish labels).
         sinks: :class:`FrameSink` objects fed every frame and closed when the run ends.
+        on_end: called with the report once the run has ended (also when interrupted) and the
+            recording, source and sinks are closed, before this returns: write statistics
+            here, so that an interrupt during the shutdown cannot lose them (see below).
 
     Returns:
         the :class:`RunReport`; Ctrl-C, and SIGTERM or SIGHUP (a service manager or a closed
         terminal) when called from the main thread, end the run cleanly with
         ``interrupted=True`` and ``signal`` naming the signal: the recording is finalised
-        and playable. Any other exception discards the recording (a previous file at
-        ``save`` stays as it was) and propagates.
+        and playable. From the end of the loop until ``on_end`` has returned, further
+        interrupts (a second Ctrl-C) are noted, not raised (main thread only), so the
+        recording, the sinks' outputs and ``on_end`` always complete; the shutdown itself is
+        bounded (live sources and the Foxglove server get about a second each). Any other
+        exception discards the recording (a previous file at ``save`` stays as it was) and
+        propagates without calling ``on_end``.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -227,18 +237,24 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         raise
     finally:
         restore_signals()
-        report.wall_time_s = time.perf_counter() - start
-        if writer is not None:
-            writer.close()
-            report.frames_written = writer.frames_written
-        source.close()
-        report.dropped_frames = source.dropped_frames
-        report.corrupt_frames = source.corrupt_frames
-        report.reconnects = source.reconnects
-        report.source_error = source.error
-        if display:
-            cv2.destroyAllWindows()
-        _close_sinks(sinks, completed)
+        restore_signals = _defer_interrupts(report)  # a second Ctrl-C must not lose outputs
+        try:
+            report.wall_time_s = time.perf_counter() - start
+            if writer is not None:
+                writer.close()
+                report.frames_written = writer.frames_written
+            source.close()
+            report.dropped_frames = source.dropped_frames
+            report.corrupt_frames = source.corrupt_frames
+            report.reconnects = source.reconnects
+            report.source_error = source.error
+            if display:
+                cv2.destroyAllWindows()
+            _close_sinks(sinks, completed, report)
+            if completed and on_end is not None:
+                on_end(report)
+        finally:
+            restore_signals()
     return report
 
 
@@ -266,14 +282,46 @@ def _interrupt_on_termination(report: RunReport) -> Callable[[], None]:
     return restore
 
 
-def _close_sinks(sinks: Sequence[FrameSink], completed: bool) -> None:
-    """Close every sink even when one fails; then raise the first failure."""
+def _defer_interrupts(report: RunReport) -> Callable[[], None]:
+    """While a run shuts down: SIGINT, SIGTERM and SIGHUP are noted in ``report`` (and said
+    once on stderr) instead of raising, so that the recording and statistics are completed;
+    returns the function restoring the previous handlers. Main thread only (elsewhere it does
+    nothing: signals are delivered to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    said = []
+
+    def handler(signum, _frame):
+        report.interrupted = True
+        report.signal = report.signal or signal.Signals(signum).name
+        if not said:
+            said.append(True)
+            print(f"{signal.Signals(signum).name} again: finishing the recording and "
+                  "statistics first (a few seconds at most)...", file=sys.stderr, flush=True)
+
+    signals = (signal.SIGINT, *TERMINATION_SIGNALS)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    return restore
+
+
+def _close_sinks(sinks: Sequence[FrameSink], completed: bool, report: RunReport) -> None:
+    """Close every sink even when one fails (their ``summary()`` lines go into
+    ``report.info["sinks"]``); then raise the first failure."""
     failure: BaseException | None = None
     for sink in sinks:
         try:
             sink.close(completed=completed)
         except Exception as exc:
             failure = failure or exc
+        describe = getattr(sink, "summary", None)
+        if callable(describe):
+            summary = describe()
+            if summary:
+                report.info.setdefault("sinks", []).append(summary)
     if failure is not None:
         raise failure
 

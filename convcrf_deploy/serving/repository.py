@@ -455,7 +455,8 @@ def write_tensorrt_model(onnx_path: str | os.PathLike, engine_path: str | os.Pat
                 "convcrf-build does not record it, so pass the shapes you built it with: "
                 "--min NxCxHxW --max NxCxHxW") from None
     metadata = model.require_metadata()
-    sizes = list(frame_sizes or [tuple(metadata.input_size)])
+    # as sent: the client backend pads frames to the unary's input constraints
+    sizes = [metadata.padded_size(*size) for size in (frame_sizes or [metadata.input_size])]
     check_profile(profile, options.max_batch, sizes)
     input_type = types.get("image", input_type)
     outputs = {n: (types.get(n, t), d) for n, (t, d) in outputs.items()}

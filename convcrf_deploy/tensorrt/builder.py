@@ -131,8 +131,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     # One read of the file (digest, metadata against graph) for the metadata and the parser.
     exported = ExportedModel.open(onnx_path)
     metadata = exported.metadata
+    # The nominal size padded to the unary's input constraints: what the runtime feeds.
     profile = Profile.resolve(min_shape, opt_shape, max_shape,
-                              metadata.input_size if metadata else None)
+                              metadata.padded_size(*metadata.input_size) if metadata else None)
     library = find_plugin_library(plugin_library)
     load_plugin_library(trt, library)
 
@@ -194,7 +195,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
 
-    serialized = builder.build_serialized_network(network, config)
+    from ..progress import Progress
+    with Progress(f"TensorRT: building the engine for {onnx_path.name}"):   # minutes
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine for {onnx_path.name} with "
                                f"profile min={_fmt(profile.min)} opt={_fmt(profile.opt)} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from convcrf_deploy.cli import run as run_cli
+from convcrf_deploy.runtime import streams
 from convcrf_deploy.files import OutputPathError, check_output_paths
 
 
@@ -19,6 +20,10 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     return err
+
+
+def nothing_may_run(*args, **kwargs):
+    raise AssertionError("the command opened its source before refusing its output")
 
 
 def test_check_output_paths(tmp_path):
@@ -49,7 +54,7 @@ def test_convcrf_run_refuses_bad_outputs_and_sizes_before_running(tmp_path, caps
     (tmp_path / "file.txt").write_text("x")
     args = [a.format(folder=tmp_path / "folder", file=tmp_path / "file.txt", tmp=tmp_path)
             for a in args]
-    monkeypatch.setattr(run_cli, "open_source", None, raising=False)  # nothing may run
+    monkeypatch.setattr(streams, "open_source", nothing_may_run)
     code = None
     try:
         code = run_cli.main(["--video", "demo", "--headless", "--max-frames", "1", *args])
@@ -99,3 +104,60 @@ def test_bench_refuses_sizes_it_cannot_allocate(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["demo", "--sizes", "640x480,100000x100000"])
     assert exit_info.value.code == 2 and "8..8192" in capsys.readouterr().err
+
+
+# ---- issue 21: formats an output cannot be written in ----------------------------------------
+
+@pytest.mark.parametrize("name, message", [
+    ("out.gif", "one image cannot hold a video"), ("out.pnm", "one image cannot hold a video"),
+    ("out.sr", "one image cannot hold a video"), ("out.avif", "one image cannot hold a video"),
+    ("out.wmv", "supported: .mp4, .avi"), ("out.webm", "supported: .mp4, .avi"),
+    ("out", "supported: .mp4, .avi"), ("f_%03d.gif", "supported: .png"),
+    ("f_%03d.pgm", "supported: .png"), ("f_%s.png", "one integer field"),
+])
+def test_convcrf_run_refuses_a_recording_it_cannot_write_in_full(tmp_path, capsys, monkeypatch,
+                                                                 name, message):
+    # Field report: --save out.gif exited 0, kept 1 frame of 10 and left 9 hidden temp files.
+    monkeypatch.setattr(streams, "open_source", nothing_may_run)
+    assert run_cli.main(["--video", "demo", "--headless", "--max-frames", "10",
+                         "--save", str(tmp_path / name)]) == 2
+    err = one_line_error(capsys)
+    assert message in err and f"--save {tmp_path / name}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_refuses_output_formats_before_working(tmp_path, capsys):
+    from convcrf_deploy.cli import bench, build, triton
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not really onnx")          # refused before it is read
+    cases = [
+        (bench.main, ["demo", "--plot", str(tmp_path / "p.gif")], "supported: .png, .svg"),
+        (build.main, [str(onnx_file), "-o", str(tmp_path / "m.onnx.bin")],
+         "supported: .engine, .plan, .trt"),
+        (build.main, [str(onnx_file), "-o", "-"], "cannot be - (standard output)"),
+        (triton.main, [str(onnx_file), "-o", str(onnx_file)], "is a file"),
+        (triton.main, [str(tmp_path / "repo" / "convcrf" / "1" / "model.onnx"), "-o",
+                       str(tmp_path / "repo")], "lies inside"),
+    ]
+    pytest.importorskip("torch")
+    from convcrf_deploy.cli import export
+    cases.append((export.main, ["demo", "-o", str(tmp_path / "demo.pt")], "supported: .onnx"))
+    for main, args, message in cases:
+        assert main(args) == 2, args
+        err = one_line_error(capsys)
+        assert message in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_json_outputs_may_be_standard_output(tmp_path, capfd):
+    import json
+
+    from convcrf_deploy.runtime.testing import write_toy_onnx
+    model = write_toy_onnx(tmp_path / "toy.onnx", input_size=(24, 32), resize="stretch")
+    capfd.readouterr()
+    assert run_cli.main(["--video", "demo", "--size", "64x48", "--max-frames", "2",
+                         "--headless", "--model", str(model), "--stats-json", "-"]) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out)["frames"] == 2       # stdout carries the JSON alone
+    assert "2 frames" in captured.err                     # the summary went to stderr

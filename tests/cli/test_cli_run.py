@@ -345,3 +345,40 @@ def test_termination_signals_finalise_the_recording(tmp_path, toy_onnx, signame,
     assert process.returncode == status, stderr.decode()
     assert count_video_frames(out) >= 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.")]
+
+
+# ---- issue 21: an interrupt during shutdown ----------------------------------------------------
+
+class CtrlCTwice(InterruptedSource):
+    """Ctrl-C after ``count`` frames, and Ctrl-C (or SIGTERM) again while the run shuts down
+    (closing the source comes after the recording, before the sinks and the statistics)."""
+
+    def __init__(self, count, second="SIGINT"):
+        super().__init__(count)
+        self.second = second
+
+    def close(self):
+        import os
+        import signal
+        import time
+        os.kill(os.getpid(), getattr(signal, self.second))
+        time.sleep(0.05)                        # the handler runs here, inside close()
+
+
+@pytest.mark.parametrize("second", ["SIGINT", "SIGTERM"])
+def test_a_second_interrupt_during_shutdown_keeps_the_recording_and_the_statistics(
+        tmp_path, toy_onnx, monkeypatch, capsys, second):
+    # Field report: a second Ctrl-C during a slow shutdown lost --stats-json and printed
+    # "no partial output".
+    from convcrf_deploy.runtime import streams
+    monkeypatch.setattr(streams, "open_source", lambda *a, **k: CtrlCTwice(4, second))
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    code = main(["--video", "demo", "--model", toy_onnx, "--headless", "--save", str(out),
+                 "--stats-json", str(stats)])
+    assert code == 130                              # the first interrupt: Ctrl-C
+    data = json.loads(stats.read_text())
+    assert data["interrupted"] is True and data["signal"] == "SIGINT" and data["frames"] == 4
+    assert count_video_frames(out) == 4
+    err = capsys.readouterr().err
+    assert "finishing the recording and statistics" in err and "no partial output" not in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

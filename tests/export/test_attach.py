@@ -25,7 +25,7 @@ from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel  # noqa: E402
 from convcrf_deploy.cli.export import main as export_main  # noqa: E402
 from convcrf_deploy.export import FLAVORS, attach_crf  # noqa: E402
 from convcrf_deploy.export.attach import UNARY_SOURCE_KEY  # noqa: E402
-from convcrf_deploy.metadata import ONNX_KEYS, ModelMetadata  # noqa: E402
+from convcrf_deploy.metadata import ONNX_KEYS  # noqa: E402
 from convcrf_deploy.model import UnarySettings, load_crf, save_crf  # noqa: E402
 from convcrf_deploy.runtime.visualize import palette_lut  # noqa: E402
 
@@ -72,13 +72,14 @@ def _attached(user_files, flavor, capsys) -> tuple:
         assert code == 0, captured.err
         assert "parity PASSED" in captured.out and "peak memory" in captured.out, captured.out
         assert "4 classes at 1/4 resolution (resized bilinearly)" in captured.out
+        assert "input constraints: height and width multiples of 4" in captured.out
     return out
 
 
-def _pytorch_labels(net, crf_path, frame_bgr) -> np.ndarray:
-    """The PyTorch path: the network in PyTorch + the ConvCRF of the same checkpoint."""
-    model = SegmentationModel(net, load_crf(crf_path), ModelMetadata(CLASSES, mean=MEAN,
-                                                                     std=STD)).eval()
+def _pytorch_labels(net, crf_path, frame_bgr, metadata) -> np.ndarray:
+    """The PyTorch path: the network in PyTorch + the ConvCRF of the same checkpoint, with the
+    metadata of the exported file (its input constraints: both pad the frame alike)."""
+    model = SegmentationModel(net, load_crf(crf_path), metadata).eval()
     image = torch.from_numpy(frame_bgr[:, :, ::-1].copy()).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         return model(image)[0].argmax(0).numpy()
@@ -96,9 +97,12 @@ def test_attached_graph_runs_in_convcrf_run_like_the_pytorch_path(user_files, fr
                 "--view", "mask", "--resize", "none", "--save", str(out / "mask_%05d.png")]) == 0, \
         capsys.readouterr().err
     masks = sorted(out.glob("mask_*.png"))
-    lut = palette_lut(ModelMetadata(CLASSES).palette)
+    from convcrf_deploy.exported_model import ExportedModel
+    metadata = ExportedModel.open(model).metadata
+    assert (metadata.pad_multiple, metadata.min_size) == (4, 1)   # probed: logits at 1/4
+    lut = palette_lut(metadata.palette)
     for frame_path, mask_path in zip(sorted(frames.glob("*.png")), masks):
-        expected = lut[_pytorch_labels(net, crf, cv2.imread(str(frame_path)))]
+        expected = lut[_pytorch_labels(net, crf, cv2.imread(str(frame_path)), metadata)]
         mask = cv2.imread(str(mask_path))
         assert mask.shape[:2] == FRAME_SIZE
         agreement = (mask == expected).all(axis=2).mean()
@@ -241,3 +245,14 @@ def _input_size_file(folder, height, width):
     path = folder / "meta.json"
     path.write_text(json.dumps({"input_size": [height, width]}))
     return path
+
+
+def test_output_key_names_the_logits_of_a_unary_with_several_outputs(tmp_path, capsys):
+    unary = write_helper_unary("two-outputs", tmp_path / "two.onnx")
+    out = tmp_path / "two.crf.onnx"
+    assert export_main(["--unary", str(unary), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has 2 float 4-D outputs ('aux', 'out')" in err and "--output-key NAME" in err
+    assert export_main(["--unary", str(unary), "-o", str(out), "--output-key", "out",
+                        "--crf-config", "filter_size=3,blur=2"]) == 0, capsys.readouterr().err
+    assert "logits 'out'" in capsys.readouterr().out

@@ -58,6 +58,11 @@ def test_plan_keeps_small_runs_and_shrinks_large_dynamic_ones():
     # a size the network runs at (multiples of 32 here) shrinks to one that still is
     plan = plan_verification((1024, 1280), 2, 21, dynamic=True)
     assert plan.size < (1024, 1280) and plan.size[0] % 32 == 0 and plan.size[1] % 32 == 0
+    plan = plan_verification((1000, 1500), 2, 21, dynamic=True, pad_multiple=20, min_size=40)
+    assert plan.size < (1000, 1500) and plan.size[0] % 20 == 0 and plan.size[1] % 20 == 0
+    plan = plan_verification((4096, 4096), 1, 21, dynamic=True, budget=MIB, pad_multiple=4,
+                             min_size=100)
+    assert plan.size == (100, 100)
     fixed = plan_verification((4096, 4096), 2, 21, dynamic=False)
     assert fixed.size is None and "fixed size 4096x4096" in fixed.note
 

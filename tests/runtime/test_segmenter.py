@@ -240,3 +240,20 @@ def test_one_segmenter_shared_by_four_threads_torch():
     frames = thread_frames(12)
     check_same_as_sequential(Segmenter(model, "torch", return_probabilities=True),
                              Segmenter(model, "torch", return_probabilities=True), frames)
+
+
+def test_confidence_is_the_largest_probability_scaled_to_255(tmp_path):
+    # Issue 21: a per-pixel confidence image beside labels and overlay (bags, Foxglove).
+    onnx_path = write_toy_onnx(tmp_path / "toy.onnx", input_size=(24, 32), resize="none")
+    segmenter = Segmenter(str(onnx_path), return_confidence=True, return_probabilities=True)
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, (24, 32, 3), np.uint8)
+    result = segmenter(frame)
+    expected = np.rint(result.probabilities.max(axis=0) * 255).astype(np.uint8)
+    assert result.confidence.dtype == np.uint8 and result.confidence.shape == (24, 32)
+    np.testing.assert_array_equal(result.confidence, expected)
+    assert result.confidence.min() >= 255 // result.probabilities.shape[0]   # >= 1/C
+    # At another frame size it comes back at the frame's size; off by default.
+    stretched = Segmenter(str(onnx_path), return_confidence=True, resize="stretch")
+    assert stretched(rng.integers(0, 255, (50, 70, 3), np.uint8)).confidence.shape == (50, 70)
+    assert Segmenter(str(onnx_path))(frame).confidence is None

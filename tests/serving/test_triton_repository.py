@@ -207,3 +207,24 @@ def test_cli_engine_plan_with_stated_profile(toy, tmp_path, capsys):
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo2"), "--engine", str(engine),
                             "--min", "1x3x240x320", "--max", "2x3x240x320"]) == 1
     assert "--max-batch 2" in capsys.readouterr().err
+
+
+def test_engine_profile_is_checked_at_the_sizes_sent_after_padding(toy, tmp_path):
+    """Frames are padded to the unary's input constraints before they are sent (issue 18):
+    240x320 frames of a stride-32 model arrive as 256x320."""
+    import onnx
+
+    from convcrf_deploy import exported_model
+    model = onnx.load(str(toy))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["convcrf.pad_multiple"] = "32"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    exported_model.write(model, toy)        # sealed: a deliberate edit
+    engine = tmp_path / "toy.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(RepositoryError, match="320x256 is outside"):
+        write_tensorrt_model(toy, engine, tmp_path / "repo",
+                             profile=EngineProfile((1, 3, 240, 320), (8, 3, 240, 320)))
+    assert write_tensorrt_model(toy, engine, tmp_path / "repo",
+                                profile=EngineProfile((1, 3, 256, 320), (8, 3, 256, 320)))

@@ -17,6 +17,11 @@ engine) behind the same small surface:
   ``SegmentationModel`` (exporting it as the backend needs), which is how ``convcrf-bench``
   builds every backend: a new backend is a new folder, nothing else.
 
+Input constraints: ``infer`` and ``infer_unary`` pad an image that does not meet the model's
+(``metadata.pad_multiple`` / ``min_size``) at the bottom and right by repeating its edge
+pixels, run the model on it and crop the outputs back (:mod:`convcrf_deploy.runtime.padding`),
+so any caller may pass any size; ``infer_crf`` runs at the size given (the CRF has none).
+
 Thread safety: ``infer`` (and the stage calls) may be called from several threads at once.
 A backend whose session or buffers are not safe for that sets ``thread_safe = False`` and this
 class then runs its calls one at a time under a lock.
@@ -40,6 +45,7 @@ import numpy as np
 
 from ...install import MissingDependencyError
 from ...metadata import ModelMetadata
+from ..padding import crop_outputs, pad_image
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "labels")
@@ -121,12 +127,12 @@ class Backend(abc.ABC):
         """Run the model on ``feed[INPUT_NAME]`` (float32 ``[N, 3, H, W]``, RGB 0..255)."""
         if INPUT_NAME not in feed:
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
-        image = self._checked_image(feed[INPUT_NAME])
+        image, crop = pad_image(self._checked_image(feed[INPUT_NAME]), self.metadata)
         start = time.perf_counter()
         with self._serialised():
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
-        return outputs
+        return crop_outputs(outputs, crop)
 
     def _checked_image(self, image: np.ndarray) -> np.ndarray:
         if not self.is_active:
@@ -149,9 +155,10 @@ class Backend(abc.ABC):
         is not in :attr:`stages`."""
         if "unary" not in self.stages:
             raise StageUnavailableError(f"the {self.name} backend does not run the unary alone")
-        image = self._checked_image(image)
+        image, crop = pad_image(self._checked_image(image), self.metadata)
         with self._serialised():
-            return self._infer_unary(image)
+            logits = self._infer_unary(image)
+        return crop_outputs({"logits": logits}, crop)["logits"]
 
     def infer_crf(self, logits: np.ndarray, image: np.ndarray) -> np.ndarray:
         """The CRF alone, as ``infer`` runs it: ``logits`` float32 ``[N, C, H, W]`` and

@@ -104,7 +104,11 @@ class FrameSink(Protocol):
     """Where results go besides the window and ``--save`` (e.g. ``ros.BagSink``,
     ``foxglove.FoxgloveSink``): ``write`` gets every processed frame and its result; ``close``
     is called once when the run ends, with ``completed=False`` when it failed (an exception
-    other than Ctrl-C), so that a sink can discard a partial output."""
+    other than Ctrl-C), so that a sink can discard a partial output; it must return within
+    about a second unless it is completing an output (a slow client must not hold the run).
+    A sink may also have ``summary() -> dict | None``, called after ``close``: what it wrote or
+    served, with a ``"message"`` line for the terminal (``run_video`` puts it into the run's
+    statistics under ``"sinks"``)."""
 
     def write(self, frame: Frame, result: "SegmentationResult") -> None: ...
 

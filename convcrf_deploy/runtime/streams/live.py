@@ -201,7 +201,9 @@ class LiveSource(FrameSource):
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=min(5.0, self.stall_timeout_s))
+        # A capture read returns within a frame period; one stuck longer (a driver call
+        # that hangs) is left to its daemon thread, so that shutdown stays quick.
+        self._thread.join(timeout=min(1.0, self.stall_timeout_s))
         if not self._thread.is_alive():
             self._capture.release()
         else:                           # stuck in a driver call: its thread releases it

@@ -64,7 +64,7 @@ def one_line_error(capsys) -> str:
     ("mcap", "rgb8", 5), ("mcap", "jpeg", 0), ("sqlite3", "bgr8", 0), ("sqlite3", "mono8", 3),
     ("ros1", "mono16", 2), ("ros1", "png", 0), ("mcap", "bgra8", 0), ("mcap", "rgba8", 4)])
 def test_bag_in_bag_out_labels_equal_segmenter_and_stamps_are_kept(tmp_path, toy_onnx, frames,
-                                                                     kind, encoding, pad):
+                                                                     kind, encoding, pad, capsys):
     source = bag_path(tmp_path, kind)
     expected_images = write_bag(source, frames, kind, encoding, pad=pad, spacing_ns=SPACING)
     out, stats = tmp_path / "out", tmp_path / "stats.json"
@@ -77,19 +77,26 @@ def test_bag_in_bag_out_labels_equal_segmenter_and_stamps_are_kept(tmp_path, toy
     assert {topic: [m[0] for m in msgs][0] for topic, msgs in written.items()} == {
         f"{PREFIX}/classes": "std_msgs/msg/String",
         f"{PREFIX}/labels": "sensor_msgs/msg/Image",
+        f"{PREFIX}/confidence": "sensor_msgs/msg/Image",
         f"{PREFIX}/overlay/compressed": "sensor_msgs/msg/CompressedImage",
         f"{PREFIX}/latency": "diagnostic_msgs/msg/DiagnosticArray"}
     counts = {topic: len(msgs) for topic, msgs in written.items()}
-    assert counts == {f"{PREFIX}/classes": 1, f"{PREFIX}/labels": 4,
+    assert counts == {f"{PREFIX}/classes": 1, f"{PREFIX}/labels": 4, f"{PREFIX}/confidence": 4,
                       f"{PREFIX}/overlay/compressed": 4, f"{PREFIX}/latency": 4}
+    # Issue 21: --save-bag says what it wrote (path, topics, message counts), also in the stats.
+    printed = capsys.readouterr().out
+    assert f"--save-bag: wrote {out.resolve()}" in printed
+    assert all(f"{topic} {count}" in printed for topic, count in counts.items())
+    assert data["sinks"][0]["topics"] == counts and data["sinks"][0]["path"] == str(out.resolve())
     classes = json.loads(written[f"{PREFIX}/classes"][0][2].data)
-    segmenter = Segmenter(toy_onnx)
+    segmenter = Segmenter(toy_onnx, return_confidence=True)
     assert classes["classes"] == list(segmenter.metadata.class_names)
     assert classes["palette"] == np.asarray(segmenter.metadata.palette).tolist()
 
     for i, image in enumerate(expected_images):
-        want = segmenter(image).labels
-        for topic in ("labels", "overlay/compressed", "latency"):
+        result = segmenter(image)
+        want = result.labels
+        for topic in ("labels", "confidence", "overlay/compressed", "latency"):
             _, log_time, msg = written[f"{PREFIX}/{topic}"][i]
             assert log_time == LOG0 + i * SPACING
             assert Stamp.of(msg.header.stamp).nanoseconds == STAMP0 + i * SPACING
@@ -98,6 +105,9 @@ def test_bag_in_bag_out_labels_equal_segmenter_and_stamps_are_kept(tmp_path, toy
         assert (labels.encoding, labels.height, labels.width, labels.step) == \
             ("mono8", *want.shape, want.shape[1])
         np.testing.assert_array_equal(labels.data.reshape(want.shape), want)
+        confidence = written[f"{PREFIX}/confidence"][i][2]
+        assert confidence.encoding == "mono8"
+        np.testing.assert_array_equal(confidence.data.reshape(want.shape), result.confidence)
         overlay = cv2.imdecode(written[f"{PREFIX}/overlay/compressed"][i][2].data,
                                cv2.IMREAD_COLOR)
         assert overlay.shape == image.shape
@@ -348,3 +358,39 @@ def test_missing_rosbags_gives_the_install_command(tmp_path, toy_onnx, capsys, m
     with pytest.raises(MissingDependencyError, match=r"convcrf-deploy\[ros\]"):
         BagSink(tmp_path / "out", Segmenter(toy_onnx).metadata)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+# ---- issue 21: a bag to start from -------------------------------------------------------------
+
+def test_write_image_bag_makes_a_bag_convcrf_run_reads(tmp_path, toy_onnx):
+    from convcrf_deploy.runtime.streams.ros import write_image_bag
+
+    drive = tmp_path / "drive"
+    info = write_image_bag(drive, "demo", max_frames=5, demo_size=(48, 64))
+    assert info["frames"] == 5 and info["topic"] == "/camera/image_raw"
+    source = BagSource(drive, topic="/camera/image_raw")
+    frames = list(source)
+    demo = open_source("demo", demo_size=(48, 64))
+    for frame in frames:                                          # bgr8: lossless
+        np.testing.assert_array_equal(frame.image, demo.read().image)
+    stamps = [frame.stamp.nanoseconds for frame in frames]
+    assert np.allclose(np.diff(stamps), 1e9 / 30, atol=1)        # the demo's 30 fps
+    # The README's bag command works on it.
+    assert run(["--video", f"bag:{drive}", "--topic", "/camera/image_raw", "--save-bag",
+                str(tmp_path / "out")], toy_onnx) == 0
+    # From a video file at its own frame rate, as JPEG CompressedImage.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    info = write_image_bag(tmp_path / "from_clip", str(clip), encoding="jpeg", max_frames=None)
+    assert info["frames"] == 4 and info["topic"] == "/camera/image_raw/compressed"
+    stamps = [f.stamp.nanoseconds for f in BagSource(tmp_path / "from_clip")]
+    assert np.allclose(np.diff(stamps), 1e8, atol=1)
+    # Never over an existing path; nothing left behind when it fails.
+    with pytest.raises(FileExistsError):
+        write_image_bag(drive, "demo", max_frames=2)
+    with pytest.raises(ValueError, match="never ends"):
+        write_image_bag(tmp_path / "endless", "demo", max_frames=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "drive", "from_clip", "out"]

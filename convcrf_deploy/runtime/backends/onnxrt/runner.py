@@ -142,14 +142,16 @@ class OnnxRuntimeBackend(Backend):
 
     def _check_native_against_graph(self, fp16: bool) -> None:
         """Run the graph's CRF and the native one once on a small image (the graph's own size
-        where its input is static): the parameters in the metadata must be the ones in the
+        where its input is static; else 19 x 23 padded to the unary's input constraints, which
+        the graph needs): the parameters in the metadata must be the ones in the
         graph (a file edited or damaged in one place only is refused, rather than silently
         giving other results than its graph). The criterion is the mean absolute difference
         of the probabilities: an fp16 graph differs from the fp32 native CRF by rounding
         (max errors up to 1e-1 on single pixels near ties), an edited parameter shifts the
         whole map."""
+        small = self.metadata.padded_size(19, 23)
         batch, _, height, width = (d if isinstance(d, int) and d > 0 else default for d, default
-                                   in zip(self.session.get_inputs()[0].shape, (1, 3, 19, 23)))
+                                   in zip(self.session.get_inputs()[0].shape, (1, 3, *small)))
         image = np.random.default_rng(0).uniform(0, 255, (batch, 3, height, width))
         image = image.astype(np.float32 if self.session.get_inputs()[0].type == "tensor(float)"
                              else np.float16)

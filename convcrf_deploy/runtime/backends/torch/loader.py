@@ -28,7 +28,12 @@ def load_segmentation_model(model: Any, device: str = "cpu", allow_pickle: bool 
 
     Checkpoints load with ``allow_pickle=False`` by default (no code from the file runs). An
     architecture the checkpoint names must be registered (import your module first) or
-    declared as an entry point (:mod:`convcrf_deploy.user_code`)."""
+    declared as an entry point (:mod:`convcrf_deploy.user_code`).
+
+    A model whose metadata records no input constraints is probed for them
+    (:func:`convcrf_deploy.model.constraints.with_probed_constraints`, as ``convcrf-export``
+    does), so that frames are padded as for the exported file; a model passed in is then
+    shallow-copied, not changed."""
     torch = import_torch()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(
@@ -41,4 +46,6 @@ def load_segmentation_model(model: Any, device: str = "cpu", allow_pickle: bool 
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "forward_unary"):
         raise TypeError(f"model must be 'demo', a checkpoint path or a SegmentationModel, got "
                         f"{type(model).__name__}")
-    return model.to(device).eval()
+    from ....model.constraints import with_probed_constraints
+
+    return with_probed_constraints(model.to(device).eval())

@@ -3,7 +3,10 @@ that the bag path and the example ROS 2 node (``examples/ros2_segmenter_node.py`
 
 * :mod:`.conversions` - ``sensor_msgs`` Image/CompressedImage <-> numpy (no ROS, no rosbags);
 * :class:`BagSource` - ``open_source("bag:PATH", topic=..., rate=...)``;
-* :class:`BagSink` - labels, overlay and latency into a new rosbag2 (``--save-bag``).
+* :class:`BagSink` - labels, confidence, overlay and latency into a new rosbag2
+  (``--save-bag``);
+* :func:`write_image_bag` - frames of any source (a video, a folder, the demo scene) as an
+  image bag, e.g. a bag to try ``bag:`` sources on.
 
 Bags need the ``[ros]`` extra (``rosbags``), imported when a bag is opened; see
 ``docs/robotics.md``.
@@ -15,9 +18,10 @@ from .conversions import (COMPRESSED_IMAGE_TYPE, IMAGE_ENCODINGS, IMAGE_TYPE, IM
                           ImageConversionError, Stamp, UnsupportedImageError, bgr_image_fields,
                           compressed_to_bgr, image_to_bgr, jpeg_fields, labels_fields,
                           message_to_bgr)
+from .image_bag import write_image_bag
 
 __all__ = ["BagFrame", "BagSink", "BagSource", "COMPRESSED_IMAGE_TYPE", "IMAGE_ENCODINGS",
            "IMAGE_TYPE", "IMAGE_TYPES", "ImageConversionError", "MissingDependencyError",
            "Stamp", "TopicSummary", "UnsupportedImageError", "bgr_image_fields",
            "check_output_bag", "compressed_to_bgr", "image_to_bgr", "jpeg_fields",
-           "labels_fields", "list_topics", "message_to_bgr"]
+           "labels_fields", "list_topics", "message_to_bgr", "write_image_bag"]

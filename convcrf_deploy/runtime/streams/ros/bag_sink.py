@@ -5,6 +5,9 @@ Per processed frame, under ``PREFIX`` (``<input topic>/convcrf`` for bag input, 
 
 ==================================  ============================================================
 ``PREFIX/labels``                   ``sensor_msgs/msg/Image`` ``mono8``: class index per pixel
+``PREFIX/confidence``               ``sensor_msgs/msg/Image`` ``mono8``: the largest class
+                                    probability per pixel x 255 (``SegmentationResult.
+                                    confidence``); when the result has it
 ``PREFIX/overlay/compressed``       ``sensor_msgs/msg/CompressedImage`` JPEG colour overlay
                                     (``overlay="jpeg"``, the default), or
 ``PREFIX/overlay``                  ``sensor_msgs/msg/Image`` ``bgr8`` (``overlay="bgr8"``)
@@ -18,7 +21,8 @@ and once, before the first frame, ``PREFIX/classes``: ``std_msgs/msg/String`` ho
 ``{"classes": [...], "palette": [[r, g, b], ...]}``, offered as transient-local ("latched"), also
 stored in ``metadata.yaml`` ``custom_data`` under ``convcrf.classes``. Every message keeps the
 input message's header ``stamp`` and ``frame_id`` and is recorded at the input's bag time, so
-the output lines up with the input bag when both are played.
+the output lines up with the input bag when both are played. :meth:`BagSink.summary` says
+what was written (path, topics, message counts); ``convcrf-run`` prints it.
 
 The bag is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` only when the run
 ends; an existing ``OUT`` is never opened, and a failed run leaves nothing behind.
@@ -136,6 +140,10 @@ class BagSink:
         self._lut = palette_lut(metadata.palette)
         self._colors: np.ndarray | None = None
         self.frames_written = 0
+        self.storage = storage
+        #: messages written per topic.
+        self.message_counts: dict[str, int] = {}
+        self._kept = False
         self._ts = typesys.get_typestore(typesys.Stores.ROS2_HUMBLE)
         # Written into a hidden folder beside the target; renamed into place by close().
         self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial",
@@ -169,6 +177,8 @@ class BagSink:
             "classes": add(f"{self.prefix}/classes", "std_msgs/msg/String", typestore=self._ts,
                            offered_qos_profiles=[latched]),
             "labels": add(f"{self.prefix}/labels", "sensor_msgs/msg/Image", typestore=self._ts),
+            "confidence": add(f"{self.prefix}/confidence", "sensor_msgs/msg/Image",
+                              typestore=self._ts),
             "overlay": add(overlay_topic, overlay_type, typestore=self._ts),
             "latency": add(f"{self.prefix}/latency", "diagnostic_msgs/msg/DiagnosticArray",
                            typestore=self._ts),
@@ -183,6 +193,20 @@ class BagSink:
         connection = self._connections[key]
         self._writer.write(connection, log_time_ns,
                            self._ts.serialize_cdr(msg, connection.msgtype))
+        self.message_counts[connection.topic] = self.message_counts.get(connection.topic, 0) + 1
+
+    def summary(self) -> dict[str, Any] | None:
+        """What was written, once closed: ``{"sink": "bag", "path", "storage", "frames",
+        "topics": {topic: message count}, "message": one line}``; None before ``close`` or
+        when nothing was kept (no frame, or a failed run)."""
+        if not self._closed or not self._kept:
+            return None
+        topics = {topic: count for topic, count in sorted(self.message_counts.items())}
+        listing = ", ".join(f"{topic} {count}" for topic, count in topics.items())
+        return {"sink": "bag", "path": str(self.path), "storage": self.storage,
+                "frames": self.frames_written, "topics": topics,
+                "message": f"--save-bag: wrote {self.path} ({self.storage}, {self.frames_written} "
+                           f"frames; messages per topic: {listing})"}
 
     def write(self, frame: Any, result: Any) -> None:
         """Add one frame's labels, overlay and latency (stamped like the input message)."""
@@ -197,6 +221,10 @@ class BagSink:
         self._put("labels", types["sensor_msgs/msg/Image"](header=header,
                                                            **labels_fields(result.labels)),
                   log_time_ns)
+        confidence = getattr(result, "confidence", None)
+        if confidence is not None:
+            self._put("confidence", types["sensor_msgs/msg/Image"](
+                header=header, **labels_fields(confidence)), log_time_ns)
         self._colors = colorize(result.labels, self._lut, self._colors)
         blended = overlay(frame.image, self._colors, self.alpha)
         if self.overlay_format == "jpeg":
@@ -243,3 +271,4 @@ class BagSink:
                                   f"are in {staged}")
         os.rename(staged, self.path)
         self._staging.rmdir()
+        self._kept = True

@@ -544,6 +544,17 @@ def test_build_engine_writes_engine_and_metadata(fakes, onnx_model, tmp_path):
     assert config.flags == [] and config.plugins_to_serialize == []
 
 
+def test_engine_build_shows_progress_on_a_terminal(fakes, onnx_model, tmp_path, monkeypatch):
+    # Issue 21: builds ran minutes without a word; the builder reports through the one
+    # progress helper (tests/test_progress.py checks that it draws only on a terminal).
+    from convcrf_deploy.progress import Progress
+    labels = []
+    monkeypatch.setattr(Progress, "__enter__",
+                        lambda self: labels.append(self.label) or self)
+    build_engine(onnx_model, tmp_path / "m.engine", min_shape="1x3x8x8", max_shape="2x3x32x32")
+    assert labels == ["TensorRT: building the engine for model.onnx"]
+
+
 def test_build_engine_cache_hit_and_miss(fakes, onnx_model):
     first = build_engine(onnx_model, opt_shape="1x3x16x16")
     assert first.parent.name == "cache" and first.name.startswith("model-")

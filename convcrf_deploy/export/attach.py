@@ -124,7 +124,9 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         "unary": unary, **({"crf": settings.crf} if isinstance(settings.crf, (str, os.PathLike))
                            and str(settings.crf).lower() != "none" else {})})
 
-    model = load_onnx_unary(unary, settings, logits_output=logits_output)
+    # Constraints below, by the exporter's rules (given, recorded or probed, and reported).
+    model = load_onnx_unary(unary, settings, logits_output=logits_output,
+                            probe_constraints=False)
     info = model.onnx_unary
     crf = model.crf if part == "full" and model.crf_enabled else None
     if part == "unary" and fp16 == "crf":

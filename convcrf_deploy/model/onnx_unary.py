@@ -443,7 +443,7 @@ def metadata_for_onnx_unary(settings, info: OnnxUnaryInfo) -> ModelMetadata:
 
 
 def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | None = None,
-                    threads: int | None = None):
+                    threads: int | None = None, probe_constraints: bool = True):
     """A :class:`SegmentationModel` whose unary is the ONNX file ``path`` run in ONNX Runtime
     (:class:`OnnxUnary`), with the CRF and metadata of ``settings`` (a
     :class:`~convcrf_deploy.model.UnarySettings`: ``--crf``, ``--crf-config``, ``--metadata``,
@@ -452,6 +452,10 @@ def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | Non
     ``onnx_unary`` attribute holds the :class:`OnnxUnaryInfo`.
 
     The probe image has the metadata's ``input_size`` when given (else :data:`PROBE_SIZE`).
+    With ``probe_constraints`` a unary of dynamic size whose metadata records no input
+    constraints gets the ones found by running it at a few sizes
+    (:func:`convcrf_deploy.model.constraints.with_probed_constraints`), so that
+    ``forward`` pads images to sizes it runs at, as the runtime does.
 
     Raises:
         OnnxUnaryError, CheckpointError (``ValueError``\\ s): a file of another kind, class
@@ -480,4 +484,7 @@ def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | Non
         raise OnnxUnaryError(f"{path}: {exc}") from None
     model.unary_file = str(path)
     model.onnx_unary = info
+    if probe_constraints and info.fixed_size is None:
+        from .constraints import with_probed_constraints
+        model = with_probed_constraints(model)
     return model

@@ -256,3 +256,17 @@ def test_output_key_names_the_logits_of_a_unary_with_several_outputs(tmp_path, c
     assert export_main(["--unary", str(unary), "-o", str(out), "--output-key", "out",
                         "--crf-config", "filter_size=3,blur=2"]) == 0, capsys.readouterr().err
     assert "logits 'out'" in capsys.readouterr().out
+
+
+def test_loading_an_onnx_unary_probes_its_input_constraints(user_files):
+    """convcrf-train's unary pads images as the runtime does (logits at 1/4: multiples of 4)."""
+    from convcrf_deploy.model.onnx_unary import load_onnx_unary
+    _, net, unary, _ = user_files
+    model = load_onnx_unary(unary, UnarySettings(metadata={"mean": MEAN, "std": STD}))
+    assert (model.metadata.pad_multiple, model.metadata.min_size) == (4, 1)
+    image = torch.rand(1, 3, 37, 51) * 255
+    with torch.no_grad():
+        logits = model.forward_unary(image)
+        expected = SegmentationModel(net, None, model.metadata).forward_unary(image)
+    assert logits.shape == (1, len(CLASSES), 37, 51)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)

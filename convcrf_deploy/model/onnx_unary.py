@@ -342,32 +342,30 @@ class OnnxUnary(nn.Module):
     runs a file of fixed batch image by image, takes the log of probability outputs. No
     gradient flows through it (the unary is fixed: paper Sec. 5.2).
 
-    Not thread-safe for concurrent calls on one instance (share nothing mutable? ONNX
-    Runtime sessions are, but the lazily created session is not guarded); deep copies and
-    pickles carry the file's bytes, not the session.
+    Thread-safe: calls only run its ONNX Runtime session (``InferenceSession.run`` is). Deep
+    copies and pickles carry the file's bytes and open a session of their own.
 
     Raises (on call):
         ValueError: the image size differs from a fixed-size file's, or ONNX Runtime fails
             (one line).
     """
 
-    def __init__(self, info: OnnxUnaryInfo, model_bytes: bytes, threads: int | None = None):
+    def __init__(self, info: OnnxUnaryInfo, model_bytes: bytes, threads: int | None = None,
+                 session=None):
         super().__init__()
         self.info = info
         self._model_bytes = model_bytes
         self.threads = threads
-        self._session = None
+        self.session = session or _session(model_bytes, info.path, threads)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_session"] = None
+        del state["session"]
         return state
 
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = _session(self._model_bytes, self.info.path, self.threads)
-        return self._session
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.session = _session(self._model_bytes, self.info.path, self.threads)
 
     def train(self, mode: bool = True) -> "OnnxUnary":
         self.training = bool(mode)   # nothing to switch: the file is an inference graph
@@ -472,14 +470,15 @@ def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | Non
     expected = len(settings.metadata["class_names"]) \
         if settings.metadata.get("class_names") else settings.crf_config.get("num_classes")
     model_bytes = model_proto.SerializeToString()
+    session = _session(model_bytes, path, threads)
     info = inspect_onnx_unary(path, probe_size=tuple(size) if size else None,
                               logits_output=logits_output, num_classes=expected,
-                              model=model_proto, session=_session(model_bytes, path, threads))
+                              model=model_proto, session=session)
     crf = crf_for_unary(settings, info.num_classes, path)
     metadata = metadata_for_onnx_unary(settings, info)
     try:
-        model = SegmentationModel(OnnxUnary(info, model_bytes, threads), crf, metadata,
-                                  unary_spec=None).eval()
+        model = SegmentationModel(OnnxUnary(info, model_bytes, threads, session), crf,
+                                  metadata, unary_spec=None).eval()
     except ValueError as exc:
         raise OnnxUnaryError(f"{path}: {exc}") from None
     model.unary_file = str(path)

@@ -140,6 +140,12 @@ def read_onnx_unary(path: str | Path):
         raise CheckpointNotFoundError(f"ONNX unary not found: {path}")
     if path.stat().st_size == 0:
         raise OnnxUnaryError(f"{path} is empty (0 bytes), not an ONNX model")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":
+            raise OnnxUnaryError(f"{path} is a zip archive (a PyTorch checkpoint, .pt2 or "
+                                 "TorchScript?), not ONNX: give it as the model, not as the "
+                                 "ONNX unary (convcrf-export MODEL, convcrf-train crf "
+                                 "--unary-model MODEL)")
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError, OSError) as exc:

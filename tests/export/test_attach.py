@@ -171,6 +171,14 @@ def test_bad_unary_files_get_one_line(kind, message, tmp_path, capsys):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_a_pytorch_file_given_as_the_onnx_unary_is_named(user_files, capsys):
+    _, _, _, crf = user_files
+    assert export_main(["--unary", str(crf), "-o", str(crf.with_suffix(".onnx"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a zip archive" in err and "not as the ONNX unary" in err and \
+        len(err.splitlines()) == 1
+
+
 def test_a_crf_checkpoint_with_another_class_count_is_refused(user_files, tmp_path, capsys):
     _, _, unary, _ = user_files
     save_crf(ConvCRF(CRFConfig(num_classes=3)), tmp_path / "crf3.pt")

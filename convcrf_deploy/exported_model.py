@@ -63,7 +63,8 @@ from .metadata import ONNX_KEYS, ModelMetadata
 DIGEST_KEY = "convcrf.content_sha256"
 #: metadata_props key of convcrf-deploy 0.1's byte digest (read only; see the module doc).
 LEGACY_DIGEST_KEY = "convcrf.weights_sha256"
-#: metadata_props key of the precision of the unary and the ConvCRF op I/O: "fp32" or "fp16".
+#: metadata_props key of the precision of the unary and the ConvCRF op I/O: "fp32", "fp16" or
+#: "fp16-crf" (the ConvCRF op I/O in fp16, the unary in fp32: ``convcrf-export --fp16 crf``).
 PRECISION_KEY = "convcrf.precision"
 #: prefix of our metadata_props keys (the ones the digest covers).
 KEY_PREFIX = "convcrf."
@@ -73,7 +74,7 @@ PLUGIN_DOMAIN = "trt.plugins"
 CRF_OP_TYPES = ("ConvCRFKernel", "ConvCRFMessagePassing")
 #: export flavours (convcrf_deploy.export.FLAVORS) and precisions.
 FLAVORS = ("single-file", "plugin", "portable")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "fp16-crf")
 #: graph inputs and outputs of each part ``convcrf-export --part`` writes (optional outputs
 #: after the required ones).
 GRAPH_IO = {
@@ -669,7 +670,8 @@ class ExportedModel:
         metadata = self.metadata
         if metadata is None:
             raise ValueError(f"{self.name} lacks metadata {ONNX_KEYS['classes']!r}: was it "
-                             "exported by convcrf-export?")
+                             "exported by convcrf-export? (For a unary network of your own "
+                             f"in ONNX: convcrf-export --unary {self.name} attaches the CRF)")
         return metadata
 
     @property

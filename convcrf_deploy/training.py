@@ -2,10 +2,11 @@
 
 **Decoupled training** (the paper's Section 5.2, and ``convcrf-train crf``): the unary is
 frozen — the synthetic noisy unary of :mod:`convcrf_deploy.data.synthetic`, or the
-predictions of a trained unary network — and only the CRF's parameters (kernel weights,
-bandwidths, message weights, and the +C compatibility / +T features when enabled) are fitted
-with Adam to the negative log-likelihood of the CRF's output probabilities, void pixels
-(255) ignored. Training runs on the differentiable path in float32, so gradients flow
+predictions of a trained unary network (:func:`model_examples`: a PyTorch model, or an ONNX
+file run in ONNX Runtime, :func:`convcrf_deploy.model.onnx_unary.load_onnx_unary`) — and only
+the CRF's parameters (kernel weights, bandwidths, message weights, and the +C compatibility /
++T features when enabled) are fitted with Adam to the negative log-likelihood of the CRF's
+output probabilities, void pixels (255) ignored. Training runs on the differentiable path in float32, so gradients flow
 through the custom ops::
 
     examples = synthetic_examples(folder, num_classes=21, scale=0.5)
@@ -14,6 +15,11 @@ through the custom ops::
     history = train_crf(crf, train, epochs=3, lr=0.02)
     print(evaluate_crf(crf, held_out))
     save_crf(crf, "crf.pt")                      # CRF-only checkpoint; load_crf() reads it
+
+    # the unary an ONNX file (convcrf-train crf --unary unary.onnx); attach the result with
+    # convcrf-export --unary unary.onnx --crf crf.pt
+    unary = load_onnx_unary("unary.onnx", UnarySettings(metadata={"mean": [...], "std": [...]}))
+    examples = model_examples(unary, LabelledFolder("data/", num_classes=unary.num_classes))
 
 **End-to-end training** in your own loop (the paper's protocol for Table 2: pre-train the
 unary alone, then train unary and CRF jointly with an auxiliary loss on the unary, which keeps
@@ -86,8 +92,10 @@ def synthetic_examples(samples: Iterable[LabelledSample], *, num_classes: int = 
 
 def model_examples(model, samples: Iterable[LabelledSample], *,
                    scale: float = 1.0) -> list[CRFExample]:
-    """Examples whose unary is ``model.forward_unary`` (a :class:`SegmentationModel`),
-    computed once without gradients."""
+    """Examples whose unary is ``model.forward_unary`` (a :class:`SegmentationModel`; its
+    unary may be an ONNX file run in ONNX Runtime, :func:`~convcrf_deploy.model.onnx_unary.
+    load_onnx_unary`, whose fixed size, if any, the samples must have), computed once without
+    gradients."""
     examples = []
     model.eval()
     with torch.no_grad():

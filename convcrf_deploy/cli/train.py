@@ -1,15 +1,19 @@
 """``convcrf-train``: train a ConvCRF's parameters on labelled images (decoupled training).
 
-    convcrf-train crf --data DIR (--synthetic | --unary-model MODEL) [--epochs 3] [--lr 0.02]
+    convcrf-train crf --data DIR (--synthetic | --unary-model MODEL | --unary UNARY.onnx)
+                      [--epochs 3] [--lr 0.02]
                       [--filter-size 7] [--learned-compatibility] [--learned-features]
                       [--trainable GROUPS] [--holdout 0.3] [--scale 1] [--out FILE] [--json FILE]
 
 The unary stays frozen: with ``--synthetic`` it is the paper's noisy ground truth (fresh noise
-every epoch), with ``--unary-model`` the predictions of a trained model (checkpoint or "demo").
+every epoch), with ``--unary-model`` the predictions of a trained model (checkpoint or "demo"),
+with ``--unary`` those of an ONNX unary network run in ONNX Runtime (its normalisation from
+``--mean``/``--std``/``--metadata``; a fixed-size network sees the images resized to its size).
 Only the CRF's parameters are trained, with Adam on the NLL of its output. A fraction of the
 images is held out and evaluated before and after training. ``--out`` writes a CRF-only
-checkpoint (``convcrf_deploy.training.load_crf``) with ``--synthetic``, or the model with its
-trained CRF (``convcrf_deploy.load_model``) with ``--unary-model``.
+checkpoint (``convcrf_deploy.training.load_crf``) with ``--synthetic`` or ``--unary`` (attach it
+with ``convcrf-export --unary UNARY.onnx --crf OUT``), or the model with its trained CRF
+(``convcrf_deploy.load_model``) with ``--unary-model``.
 """
 from __future__ import annotations
 
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unary = this model's predictions (checkpoint path, 'demo', or a "
                             "unary saved as a torch.export program (.pt2) or TorchScript: "
                             "--out then writes a CRF-only checkpoint)")
+    unary.add_argument("--unary", type=Path, metavar="UNARY.onnx",
+                       help="unary = this ONNX network's predictions, run in ONNX Runtime "
+                            "(--out writes a CRF-only checkpoint; --crf starts from one)")
     crf.add_argument("--num-classes", type=positive_int, default=21,
                      help="--synthetic: classes of the labels (default 21)")
     crf.add_argument("--epochs", type=positive_int, default=3)
@@ -83,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     crf.add_argument("--out", type=Path, default=None, help="write the trained checkpoint here")
     crf.add_argument("--json", type=Path, default=None, help="write the training report here")
     crf.add_argument("--quiet", action="store_true", help="no per-epoch output")
-    add_model_loading_arguments(crf, unary_files=False)
+    add_model_loading_arguments(crf)
     return parser
 
 
@@ -94,8 +101,17 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
 
     model = None
     initial_state = None
-    if args.unary_model is not None:
+    if args.synthetic:
+        from .harness import unary_settings_given
+        given = unary_settings_given(args)
+        if given:
+            raise UsageError(f"{', '.join(given)} describe a unary file (--unary, or a .pt2/"
+                             "TorchScript --unary-model); --synthetic has none")
+    if args.unary is not None:
+        model = _onnx_unary_model(args)
+    elif args.unary_model is not None:
         model = load_model_argument(args, args.unary_model)
+    if model is not None:
         num_classes = model.num_classes
         base = model.crf.config if model.crf is not None else CRFConfig(num_classes=num_classes,
                                                                         filter_size=7)
@@ -124,6 +140,9 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
     folder = LabelledFolder(args.data, split=args.split, num_classes=num_classes,
                             max_images=args.max_images)
     samples = [sample.resized(args.scale) for sample in folder]
+    fixed = getattr(getattr(model, "onnx_unary", None), "fixed_size", None)
+    if fixed is not None:      # the network runs at its own size only (the runtime stretches)
+        samples = [_resized_to(sample, fixed) for sample in samples]
     train_samples, held_samples = training.split_holdout(samples, args.holdout, seed=args.seed)
     if model is None:
         # Several noise draws per held-out image: two or three images with one draw each
@@ -153,8 +172,32 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
             train, held_out, config, epochs=args.epochs, lr=args.lr, seed=args.seed,
             initial_state=initial_state, on_step=on_step)
     report.update({"data": str(args.data), "scale": args.scale, "holdout": args.holdout,
-                   "unary": "synthetic" if model is None else str(args.unary_model)})
+                   "unary": "synthetic" if model is None else str(args.unary or args.unary_model)})
     return report, (crf, model)
+
+
+def _onnx_unary_model(args: argparse.Namespace):
+    """``--unary``: the ONNX network as a frozen unary (ONNX Runtime) with the CRF settings
+    and metadata of the command line."""
+    from ..model.onnx_unary import load_onnx_unary
+    from .harness import unary_settings
+    for flag, given in (("--import", args.imports), ("--allow-pickle", args.allow_pickle)):
+        if given:
+            raise UsageError(f"{flag} applies to checkpoints; an ONNX unary runs no Python code")
+    return load_onnx_unary(args.unary, unary_settings(args))
+
+
+def _resized_to(sample, size: tuple[int, int]):
+    """``sample`` stretched to ``size`` (H, W): image bilinear, labels nearest neighbour."""
+    import cv2
+    import numpy as np
+
+    from ..data.folder import LabelledSample
+    height, width = size
+    image = cv2.resize(sample.image, (width, height), interpolation=cv2.INTER_LINEAR)
+    labels = cv2.resize(sample.labels.astype(np.int32), (width, height),
+                        interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    return LabelledSample(sample.name, image, labels)
 
 
 def _save(path: Path, crf, model) -> None:
@@ -204,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{TORCH_HINT}") from error
     try:
         check_output_paths({"--out": args.out, "--json": args.json},
-                           {"--data": args.data, "--unary-model": args.unary_model})
+                           {"--data": args.data, "--unary-model": args.unary_model,
+                            "--unary": args.unary, "--crf": args.crf})
         report, (crf, model) = _run(args)
         if args.out is not None:
             _save(args.out, crf, model)

@@ -5,7 +5,10 @@
 * :mod:`.onnx_ops`: the ``trt.plugins::ConvCRFKernel`` / ``ConvCRFMessagePassing`` ops on the
   ONNX side (schemas, exporter translations, standard-op lowering, reference evaluator);
   needs only onnx and numpy.
-* :mod:`.verify`: checker, strict shape inference and parity runs.
+* :func:`attach_crf`: the ConvCRF attached to a unary the user has as ONNX (:mod:`.attach`),
+  written and verified like an export.
+* :mod:`.verify`: checker, strict shape inference and parity runs (bounded memory, peak
+  reported, the unary and the CRF compared on their own).
 * :mod:`.quantize`: INT8 unary (static QDQ quantisation with ONNX Runtime's tools, calibrated
   on the user's frames; the CRF stays float), for exported graphs or any graph whose
   unary/CRF boundary is known.
@@ -31,7 +34,7 @@ _LAZY = {
     "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
     "ExportError": "exporter",
     "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
-    "check_graph": "verify",
+    "check_graph": "verify", "attach_crf": "attach",
     "quantize_unary": "quantize", "calibration_set": "quantize", "CalibrationSet": "quantize",
     "CalibrationError": "quantize", "QuantizationError": "quantize",
 }

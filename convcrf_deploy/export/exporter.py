@@ -56,6 +56,15 @@ from . import (DEFAULT_FLAVOR, DEFAULT_OPSET, FLAVORS, MAX_OPSET, MIN_OPSET, PAR
 
 Flavor = Literal["single-file", "plugin", "portable"]  # the values of FLAVORS
 Part = Literal["full", "unary", "crf"]  # the values of PARTS
+#: ``fp16=`` values: False (fp32), True (unary network and ConvCRF op I/O in fp16), "crf"
+#: (the ConvCRF op I/O only: the unary stays fp32, for networks that lose accuracy in fp16).
+FP16_CHOICES = (False, True, "crf")
+
+
+def precision_name(fp16) -> str:
+    """The ``convcrf.precision`` metadata value of an ``fp16=`` choice: ``"fp32"``, ``"fp16"``
+    (whole graph) or ``"fp16-crf"`` (the ConvCRF op I/O only)."""
+    return {False: "fp32", True: "fp16", "crf": "fp16-crf"}[fp16]
 
 #: Graph input and output names per part.
 IO_NAMES = {part: (list(inputs), [*required, *optional])
@@ -68,8 +77,8 @@ IO_NAMES = {part: (list(inputs), [*required, *optional])
 #: batch of 2, into one symbol). With constraints, :func:`trace_size` picks the nearest size
 #: that meets them.
 TRACE_SIZE = (61, 83)
-#: Largest image side and area the export traces (static) or verifies at: the parity run
-#: holds a few [2, C, H, W] float32 tensors in PyTorch and ONNX Runtime at once.
+#: Largest image side and area the export traces (static) or is asked to verify at (the
+#: verification itself keeps within its memory budget: verify.plan_verification).
 MAX_SIDE, MAX_PIXELS = 4096, 4096 * 4096
 
 
@@ -93,7 +102,7 @@ class ExportReport:
     path: Path
     flavor: str
     part: str
-    fp16: bool
+    fp16: bool | str            # an FP16_CHOICES value
     opset: int
     inputs: dict[str, list]
     outputs: dict[str, list]
@@ -107,6 +116,7 @@ class ExportReport:
     min_size: int = 1
     constraints_source: str = ""
     trace_size: tuple[int, int] | None = None
+    unary_source: str = ""      # an ONNX unary the CRF was attached to (export.attach)
     int8: object | None = None              # quantize.QuantizationReport (int8=True)
     int8_verification: object | None = None  # quantize.Int8VerificationResult
 
@@ -119,9 +129,11 @@ class ExportReport:
     def summary(self) -> str:
         io_text = ", ".join(f"{k} {v}" for k, v in self.inputs.items())
         out_text = ", ".join(f"{k} {v}" for k, v in self.outputs.items())
-        precision = "fp16" if self.fp16 else "fp32"
+        precision = {"fp32": "fp32", "fp16": "fp16", "fp16-crf": "fp32 unary, fp16 CRF"}[
+            precision_name(self.fp16)]
         if self.int8 is not None:
-            precision = "int8" if self.part == "unary" else f"int8 unary, {precision} CRF"
+            crf = "fp16" if self.fp16 else "fp32"
+            precision = "int8" if self.part == "unary" else f"int8 unary, {crf} CRF"
         lines = [f"wrote {self.path} ({self.flavor}, part={self.part}, {precision}, "
                  f"opset {self.opset})",
                  f"  inputs:  {io_text}", f"  outputs: {out_text}",
@@ -133,6 +145,8 @@ class ExportReport:
             traced = (f"; traced at {self.trace_size[0]}x{self.trace_size[1]}"
                       if self.trace_size else "")
             lines.append(f"  input constraints: {words} ({self.constraints_source}){traced}")
+        if self.unary_source:
+            lines.append(f"  unary: {self.unary_source}")
         if self.int8 is not None:
             lines.append("  " + self.int8.summary())
         if self.verification is not None:
@@ -268,7 +282,7 @@ def load_exportable(model):
                       f"path or 'demo', got {type(model).__name__}")
 
 
-def _prepare(model, part: str, fp16: bool):
+def _prepare(model, part: str, fp16: bool | str):
     """An eval-mode copy arranged for tracing; returns ``(graph module, crf or None)``."""
     from ..model import ConvCRF
     model = copy.deepcopy(model).cpu().eval()
@@ -281,7 +295,7 @@ def _prepare(model, part: str, fp16: bool):
         crf = model
     else:
         crf = model.crf if model.crf_enabled else None
-        if fp16:
+        if fp16 is True:        # "crf": the unary stays fp32
             model.unary = _HalfPrecision(model.unary, model.output_key)
             model.output_key = None     # selected inside _HalfPrecision
     if crf is not None and crf.implementation == "reference":
@@ -443,13 +457,13 @@ def _io_shapes(values) -> dict[str, list]:
     return out
 
 
-def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) -> None:
+def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool | str) -> None:
     """Our metadata entries (:func:`convcrf_deploy.exported_model.set_metadata`); the CRF's
     configuration and trained parameters only when the graph contains the CRF."""
     from ..exported_model import set_metadata
     from ..model import SegmentationModel
     set_metadata(model, metadata=source.metadata if isinstance(source, SegmentationModel) else None,
-                 flavor=flavor, precision="fp16" if fp16 else "fp32", version=__version__,
+                 flavor=flavor, precision=precision_name(fp16), version=__version__,
                  crf_config=crf.config if crf is not None else None,
                  crf_state=({name: value.detach().cpu().float().numpy()
                              for name, value in crf.state_dict().items()}
@@ -458,12 +472,12 @@ def _set_metadata(model: onnx.ModelProto, source, crf, flavor: str, fp16: bool) 
 
 # ---- public API --------------------------------------------------------------------------------
 
-def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = False,
+def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | str = False,
                 opset: int | None = None, height: int | None = None, width: int | None = None,
                 static: bool = False, part: Part = "full", verify: bool = True,
-                int8: bool = False, calibration=None, reduce_range: bool = False,
-                pad_multiple: int | None = None, min_size: int | None = None,
-                output_key: str | None = None) -> ExportReport:
+                verify_memory: int | None = None, int8: bool = False, calibration=None,
+                reduce_range: bool = False, pad_multiple: int | None = None,
+                min_size: int | None = None, output_key: str | None = None) -> ExportReport:
     """Export a segmentation model (or its unary or CRF part) to ONNX and verify it.
 
     Args:
@@ -473,7 +487,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
         flavor: ``"single-file"`` (custom nodes + standard-op function bodies; runs in ONNX
             Runtime and, with our plugin, in TensorRT), ``"plugin"`` (custom nodes only) or
             ``"portable"`` (standard ONNX only).
-        fp16: unary network and ConvCRF op I/O in FLOAT16 (graph I/O stays float32).
+        fp16: ``True``: unary network and ConvCRF op I/O in FLOAT16 (graph I/O stays
+            float32); ``"crf"``: the ConvCRF op I/O only, the unary stays float32 (for networks
+            that lose accuracy in fp16: the verification names the part that failed).
         opset: standard ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET` (18..28; default
             :data:`DEFAULT_OPSET` = 20); the file declares the IR version of the first ONNX
             release with that opset.
@@ -489,6 +505,10 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
             inference, parity against PyTorch on a random image); with ``int8`` on the float
             graph, then :func:`convcrf_deploy.export.quantize.verify_int8` (INT8 vs float
             label agreement on the calibration frames).
+        verify_memory: bytes the parity run may take (default
+            :data:`convcrf_deploy.export.verify.MEMORY_BUDGET`, 2 GiB): larger verification
+            sizes run at batch 1 and, for dynamic graphs, at a smaller size; the report gives
+            the peak measured.
         int8: quantise the unary network to INT8 (static QDQ quantisation,
             :func:`convcrf_deploy.export.quantize.quantize_unary`); the CRF stays fp32 (fp16
             with ``fp16``, which then applies to the ConvCRF op I/O only). Not for
@@ -533,6 +553,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                           f"with it), which is not installed: {install_hint('torch')}")
     if flavor not in FLAVORS:
         raise ExportError(f"flavor must be one of {list(FLAVORS)}, got {flavor!r}")
+    if not any(fp16 is choice or (isinstance(fp16, str) and fp16 == choice)
+               for choice in FP16_CHOICES):
+        raise ExportError(f"fp16 must be one of {list(FP16_CHOICES)}, got {fp16!r}")
     if part not in PARTS:
         raise ExportError(f"part must be one of {list(PARTS)}, got {part!r}")
     if (height is None) != (width is None):
@@ -576,7 +599,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
                    else source.num_classes)
     # With int8 the unary is traced in float (its quantisation scales are float32); fp16 then
     # applies to the ConvCRF op I/O only.
-    unary_fp16 = fp16 and not int8
+    unary_fp16 = False if int8 else fp16     # not `fp16 and not int8`: that turns "crf" into True
     module, crf = _prepare(source, part, unary_fp16)
     key = _trace_key(source, part, unary_fp16, *traced_at, static)
     if key not in _TRACED:
@@ -643,7 +666,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool = Fa
             with Progress("export: verifying the graph against PyTorch"):
                 report.verification = verify_export(
                     float_model, reference, flavor=flavor, part=part, fp16=fp16,
-                    size=verify_size)
+                    size=verify_size, memory_budget=verify_memory)
                 if int8:
                     from .quantize import verify_int8
                     report.int8_verification = verify_int8(float_model, onnx_model,

@@ -306,7 +306,7 @@ def _compare_outputs(what: str, names, got: list, want: list, fp16: bool) -> lis
 
 def _compare(result: ExportedModel, reference: ExportedModel,
              size: tuple[int, int]) -> list[Comparison]:
-    fp16 = reference.precision == "fp16"
+    fp16 = (reference.precision or "").startswith("fp16")   # "fp16" or "fp16-crf"
     reference_proto = reference.load_proto_with_data()
     dtype = np.float16 if reference.inputs["image"].elem_type == 10 else np.float32
     image = _test_images(size, dtype)

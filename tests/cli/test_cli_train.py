@@ -155,3 +155,53 @@ def test_tools_without_torch_say_how_to_install_it(tmp_path):
     for tool in ("convcrf-train", "convcrf-eval", "convcrf-bench"):
         assert f"{tool} needs torch" in done.stderr
     assert done.stderr.count("download.pytorch.org/whl/cpu") == 3
+
+
+def test_training_on_an_onnx_unary_writes_a_crf_the_export_attaches(tmp_path, capsys):
+    """Paper Sec. 5.2 with the fixed unary an ONNX file (issue 18 item 4): convcrf-train crf
+    --unary trains on its predictions in ONNX Runtime; --out is a CRF-only checkpoint that
+    convcrf-export --unary --crf attaches."""
+    pytest.importorskip("onnxscript")
+    from onnx_unary_fixtures import export_torch_unary, quarter_net
+
+    from convcrf_deploy.cli.export import main as export_main
+    from convcrf_deploy.training import load_crf
+
+    unary = export_torch_unary(quarter_net(num_classes=3), tmp_path / "unary.onnx")
+    data = write_folder(tmp_path / "data", count=2)
+    out = tmp_path / "crf.pt"
+    assert main(["crf", "--data", str(data), "--unary", str(unary), "--epochs", "1",
+                 "--filter-size", "3", "--holdout", "0.5", "--mean", "0.5,0.5,0.5",
+                 "--out", str(out), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["unary"] == str(unary) and set(report["held_out"]) == {"unary", "before",
+                                                                          "after"}
+    crf = load_crf(out)
+    assert crf.config.num_classes == 3 and crf.config.filter_size == 3
+    untrained = type(crf)(crf.config)
+    assert not torch.equal(crf.smoothness_weight, untrained.smoothness_weight)
+    capsys.readouterr()
+    assert export_main(["--unary", str(unary), "--crf", str(out), "--mean", "0.5,0.5,0.5",
+                        "-o", str(tmp_path / "model.onnx")]) == 0, capsys.readouterr().err
+
+
+def test_a_fixed_size_onnx_unary_trains_at_its_size(tmp_path):
+    from onnx_unary_fixtures import write_helper_unary
+    unary = write_helper_unary("nhwc-fixed", tmp_path / "tf.onnx")   # 40 x 56, 3 classes
+    data = write_folder(tmp_path / "data", count=2, height=30, width=90)
+    assert main(["crf", "--data", str(data), "--unary", str(unary), "--epochs", "1",
+                 "--filter-size", "3", "--holdout", "0", "--out", str(tmp_path / "crf.pt"),
+                 "--quiet"]) == 0
+
+
+def test_onnx_unary_errors_are_one_line(tmp_path, capsys):
+    from onnx_unary_fixtures import write_helper_unary
+    data = write_folder(tmp_path / "data", count=2)
+    unary = write_helper_unary("argmax-output", tmp_path / "seg.onnx")
+    assert main(["crf", "--data", str(data), "--unary", str(unary)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "without its final argmax" in err and len(err.splitlines()) == 1
+    assert main(["crf", "--data", str(data), "--synthetic", "--num-classes", "3",
+                 "--crf-config", "blur=2"]) == 2
+    assert "--synthetic has none" in capsys.readouterr().err

@@ -153,7 +153,8 @@ class OnnxRuntimeBackend(Backend):
             except NativeCRFUnavailable as exc:
                 reason = str(exc)
         if reason is None:
-            self._check_native_against_graph(self.model_file.precision == "fp16")
+            # "fp16" (whole graph) or "fp16-crf" (ConvCRF op I/O only): fp16 rounding either way
+            self._check_native_against_graph((self.model_file.precision or "").startswith("fp16"))
             return "native", "libconvcrf_cpu (the fused native CPU path), unary in ONNX Runtime"
         if wanted == "native":
             raise ValueError(f"{self.loader.path.name}: the native CRF cannot run: {reason}")

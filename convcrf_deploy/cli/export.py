@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--int8 quantises the unary network; --part crf has none")
 
     try:
-        from ..export import ExportError, export_onnx
-        from ..export.verify import VerificationError
+        from ..export import export_onnx
         from ..model import ConvCRF
     except ImportError as exc:
         raise MissingDependencyError(f"{exc}; the exporter needs torch, onnx, onnxscript and "
@@ -160,13 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(exc)) from None
     model = load_model_argument(args, args.model, crf_only=True, traceable=True)
     part = args.part or ("crf" if isinstance(model, ConvCRF) else "full")
+    return _report(lambda: export_onnx(
+        model, output, flavor=args.flavor, fp16=fp16, opset=args.opset, height=args.height,
+        width=args.width, static=args.static, part=part, verify=not args.no_verify,
+        verify_memory=verify_memory, int8=args.int8, calibration=args.calibration,
+        reduce_range=args.reduce_range, pad_multiple=args.pad_multiple,
+        min_size=args.min_size, output_key=args.output_key),
+        output, mismatch="the exported graph does not match PyTorch")
+
+
+def _report(export, output: Path, mismatch: str) -> int:
+    """Run ``export`` (returning an ExportReport), print its summary, turn failures into the
+    harness's errors: a failed or mismatching verification leaves ``output`` as it was."""
+    from ..export import ExportError
+    from ..export.verify import VerificationError
     try:
-        report = export_onnx(model, output, flavor=args.flavor, fp16=fp16, opset=args.opset,
-                             height=args.height, width=args.width, static=args.static,
-                             part=part, verify=not args.no_verify, verify_memory=verify_memory,
-                             int8=args.int8, calibration=args.calibration,
-                             reduce_range=args.reduce_range, pad_multiple=args.pad_multiple,
-                             min_size=args.min_size, output_key=args.output_key)
+        report = export()
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc
@@ -175,19 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary())
     if not report.ok:
         what = ("the INT8 graph does not agree with the float graph" if report.verification
-                is None or report.verification.passed else
-                "the exported graph does not match PyTorch")
-        raise CommandError(f"{what} (see above); "
-                           f"{output} was left as it was, and the failing graph written for "
-                           f"inspection to {report.path}")
+                is None or report.verification.passed else mismatch)
+        raise CommandError(f"{what} (see above); {output} was left as it was, and the failing "
+                           f"graph written for inspection to {report.path}")
     return ExitCode.OK
 
 
 def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
             verify_memory: int) -> int:
     """``--unary``: the CRF attached to an ONNX unary (:func:`convcrf_deploy.export.attach_crf`)."""
-    from ..export import ExportError, attach_crf
-    from ..export.verify import VerificationError
+    from ..export import attach_crf
     from ..files import OutputPathError, check_output_paths
     if args.part == "crf":
         parser.error("--part crf exports a CRF checkpoint alone (convcrf-export CRF.pt --part "
@@ -204,27 +209,14 @@ def _attach(parser: argparse.ArgumentParser, args: argparse.Namespace, fp16,
         check_output_paths({"-o": output}, inputs)
     except OutputPathError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        report = attach_crf(args.unary, output, settings=unary_settings(args),
-                            flavor=args.flavor, fp16=fp16, opset=args.opset, height=args.height,
-                            width=args.width, static=args.static, part=args.part or "full",
-                            verify=not args.no_verify, verify_memory=verify_memory,
-                            int8=args.int8, calibration=args.calibration,
-                            reduce_range=args.reduce_range, logits_output=args.output_key,
-                            pad_multiple=args.pad_multiple, min_size=args.min_size)
-    except VerificationError as exc:
-        raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
-                           "failing graph is beside it (.failed-verification.onnx)") from exc
-    except (ExportError, ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    print(report.summary())
-    if not report.ok:
-        what = ("the INT8 graph does not agree with the float graph" if report.verification
-                is None or report.verification.passed else "the attached graph does not match "
-                "the unary in ONNX Runtime + the PyTorch ConvCRF")
-        raise CommandError(f"{what} (see above); {output} was left as it was, and the failing "
-                           f"graph written for inspection to {report.path}")
-    return ExitCode.OK
+    return _report(lambda: attach_crf(
+        args.unary, output, settings=unary_settings(args), flavor=args.flavor, fp16=fp16,
+        opset=args.opset, height=args.height, width=args.width, static=args.static,
+        part=args.part or "full", verify=not args.no_verify, verify_memory=verify_memory,
+        int8=args.int8, calibration=args.calibration, reduce_range=args.reduce_range,
+        logits_output=args.output_key, pad_multiple=args.pad_multiple, min_size=args.min_size),
+        output, mismatch="the attached graph does not match the unary in ONNX Runtime + the "
+                         "PyTorch ConvCRF")
 
 
 def _fp16_value_explicit(argv: list[str] | None) -> list[str]:

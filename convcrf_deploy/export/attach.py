@@ -38,11 +38,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import describe_error
+from ..exported_model import seal
 from . import DEFAULT_FLAVOR, FLAVORS, MAX_OPSET, MIN_OPSET, rewrites
 from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_constraints,
                        _check_size, _checked_opset, _convert_opset, _custom_nodes,
                        _default_opset, _io_shapes, _quiet, _set_metadata,
-                       _with_input_conventions, export_onnx, ir_version_for_opset)
+                       _with_input_conventions, export_onnx, ir_version_for_opset,
+                       write_verified)
 
 #: metadata_props key describing the ONNX unary a file's CRF was attached to (JSON: file name,
 #: SHA-256, producer, opset, input and logits convention).
@@ -191,15 +194,15 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
     def verification():
         from .verify import verify_export
         size = _verification_size(model, fixed, height, width, fp16)
-        result = verify_export(float_model, model, flavor=flavor, part=part, fp16=fp16,
-                               size=size, memory_budget=verify_memory)
+        report.verification = verify_export(float_model, model, flavor=flavor, part=part,
+                                            fp16=fp16, size=size, memory_budget=verify_memory)
         if int8:
             from .quantize import verify_int8
             report.int8_verification = verify_int8(float_model, graph_proto,
                                                    calibration_frames, flavor=flavor)
-        return result
 
-    _write(graph_proto, report, verification if verify else None)
+    seal(graph_proto)
+    write_verified(graph_proto, report, verification if verify else None)
     return report
 
 
@@ -254,9 +257,9 @@ def _unary_to_fp16(unary: onnx.ModelProto, info) -> onnx.ModelProto:
         with _quiet():
             converted = convert_float_to_float16(unary, keep_io_types=True)
     except Exception as exc:  # noqa: BLE001 - the converter's failures share no base class
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"{info.path.name} could not be converted to fp16 ({first[:200]}); "
-                          "keep the unary in fp32 with --fp16 crf (fp16='crf')") from None
+        raise ExportError(describe_error(
+            exc, f"{info.path.name} could not be converted to fp16",
+            "keep the unary in fp32 with --fp16 crf (fp16='crf')")) from None
     # The converter appends the Casts of the graph's inputs after the nodes that read them.
     _sort_topologically(converted.graph)
     return converted
@@ -492,29 +495,6 @@ def _verification_size(model, fixed, height, width, fp16):
         return height, width
     from .verify import FP16_PARITY_SIZE, PARITY_SIZE
     return model.metadata.padded_size(*(FP16_PARITY_SIZE if fp16 else PARITY_SIZE))
-
-
-def _write(graph_proto: onnx.ModelProto, report: ExportReport, verification) -> None:
-    """Seal (digest), verify and write atomically with the read-back check, as
-    :func:`export_onnx` does: a graph that fails verification goes beside the path as
-    ``.failed-verification.onnx``."""
-    from ..exported_model import seal, write
-    from .verify import VerificationError
-    seal(graph_proto)
-    path = report.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
-    if verification is not None:
-        try:
-            report.verification = verification()
-        except VerificationError:
-            from ..files import atomic_write     # a diagnostic copy, not a usable model
-            with atomic_write(failed_path) as temporary:
-                onnx.save(graph_proto, str(temporary))
-            raise
-    if not report.ok:
-        report.path = failed_path
-    write(graph_proto, report.path, seal_it=False)
 
 
 __all__ = ["attach_crf", "UNARY_SOURCE_KEY"]

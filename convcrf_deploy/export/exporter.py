@@ -641,7 +641,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     # Data safety (issue 11): the digest lets loaders detect a damaged file; the graph is
     # verified in memory and written atomically only when it passed, so a failed export
     # keeps the previous file and puts the failing graph beside it under a telling name.
-    from ..exported_model import seal, write
+    from ..exported_model import seal
     seal(onnx_model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -658,31 +658,49 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
                           min_size=metadata.min_size if metadata else 1,
                           constraints_source=constraints_source,
                           trace_size=None if static else traced_at)
+
+    def verification():
+        from .verify import verify_export
+        with Progress("export: verifying the graph against PyTorch"):
+            report.verification = verify_export(
+                float_model, source.eval(), flavor=flavor, part=part, fp16=fp16,
+                size=verify_size, memory_budget=verify_memory)
+            if int8:
+                from .quantize import verify_int8
+                report.int8_verification = verify_int8(float_model, onnx_model,
+                                                       calibration_frames, flavor=flavor)
+
+    write_verified(onnx_model, report, verification if verify else None)
+    return report
+
+
+def write_verified(graph: onnx.ModelProto, report: ExportReport, verification=None) -> None:
+    """Write a sealed graph to ``report.path`` once ``verification`` passed (issue 11).
+
+    ``verification()`` fills ``report.verification`` (and ``int8_verification``) or raises
+    :class:`~convcrf_deploy.export.verify.VerificationError`. A graph whose verification raised
+    or did not pass is written instead beside the path as ``<stem>.failed-verification.onnx``
+    (``report.path`` then names it), so a failed export keeps the user's previous file. The
+    write is atomic, with the runtime reader's read-back check (digest, metadata against the
+    graph) before it replaces anything.
+    """
+    from ..exported_model import write
+    path = report.path
+    path.parent.mkdir(parents=True, exist_ok=True)
     failed_path = path.with_name(f"{path.stem}.failed-verification{path.suffix}")
-    if verify:
-        from .verify import VerificationError, verify_export
-        reference = source.eval()
+    if verification is not None:
+        from .verify import VerificationError
         try:
-            with Progress("export: verifying the graph against PyTorch"):
-                report.verification = verify_export(
-                    float_model, reference, flavor=flavor, part=part, fp16=fp16,
-                    size=verify_size, memory_budget=verify_memory)
-                if int8:
-                    from .quantize import verify_int8
-                    report.int8_verification = verify_int8(float_model, onnx_model,
-                                                           calibration_frames, flavor=flavor)
+            verification()
         except VerificationError:
             from ..files import atomic_write     # a diagnostic copy, not a usable model
             with atomic_write(failed_path) as temporary:
-                onnx.save(onnx_model, str(temporary))
+                onnx.save(graph, str(temporary))
             raise
     if not report.ok:
         report.path = failed_path
-    # Read back with the runtime's reader (digest, metadata against graph) before it
-    # replaces anything.
     with Progress(f"export: writing {report.path.name}"):
-        write(onnx_model, report.path, seal_it=False)
-    return report
+        write(graph, report.path, seal_it=False)
 
 
 def _calibration_frames(source, part: str, int8: bool, calibration, reduce_range: bool,

@@ -656,9 +656,8 @@ def _run(model, feeds, flavor, outputs=None):
     except _native.NativeError:
         raise
     except Exception as exc:   # noqa: BLE001 - onnxruntime's errors share no useful base class
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VerificationError(f"ONNX Runtime could not run the exported graph: "
-                                f"{first[:300]}") from None
+        raise VerificationError(describe_error(
+            exc, "ONNX Runtime could not run the exported graph")) from None
 
 
 def _parity(model, reference, *, flavor, part, fp16, size, batch, seed, common

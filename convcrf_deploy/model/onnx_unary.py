@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import describe_error
 from ..metadata import ModelMetadata
 from .checkpoint import CheckpointError
 
@@ -149,8 +150,8 @@ def read_onnx_unary(path: str | Path):
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OnnxUnaryError(f"{path} is not a readable ONNX model ({first[:200]})") from None
+        raise OnnxUnaryError(describe_error(exc, f"{path} is not a readable ONNX model",
+                                            "export it again, or give the intact file")) from None
     if not model.graph.node and not model.graph.output:
         raise OnnxUnaryError(f"{path} is not an ONNX model (it holds no graph)")
     return model
@@ -242,8 +243,8 @@ def _session(model_bytes: bytes, path: Path, threads: int | None = None):
     try:
         return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's errors share no useful base class
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OnnxUnaryError(f"ONNX Runtime cannot load {path.name}: {first[:300]}") from None
+        raise OnnxUnaryError(describe_error(
+            exc, f"ONNX Runtime cannot load {path.name}")) from None
 
 
 def _spatial_layout(shape: tuple[int, ...], probe: tuple[int, int], preferred: str,
@@ -311,11 +312,10 @@ def inspect_onnx_unary(path: str | Path, *, probe_size: tuple[int, int] | None =
     try:
         (output,) = session.run([output_name], {input_name: image})
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OnnxUnaryError(
-            f"{path.name}: running it on a {size[1]}x{size[0]} (WxH) probe image failed "
-            f"({first[:200]}); give a size it runs at as the metadata's input_size "
-            "(--metadata with \"input_size\": [H, W])") from None
+        raise OnnxUnaryError(describe_error(
+            exc, f"{path.name}: running it on a {size[1]}x{size[0]} (WxH) probe image failed",
+            "give a size it runs at as the metadata's input_size (--metadata with "
+            "\"input_size\": [H, W])")) from None
     if output.ndim != 4 or output.shape[0] != image.shape[0]:
         raise OnnxUnaryError(
             f"{path.name}: output {output_name!r} has shape {list(output.shape)} for an input "
@@ -400,9 +400,9 @@ class OnnxUnary(nn.Module):
             try:
                 (out,) = self.session.run([info.output_name], {info.input_name: chunk})
             except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ValueError(f"{info.path.name} failed in ONNX Runtime on an input of shape "
-                                 f"{list(chunk.shape)}: {first[:300]}") from None
+                    raise ValueError(describe_error(
+                    exc, f"{info.path.name} failed in ONNX Runtime on an input of shape "
+                    f"{list(chunk.shape)}")) from None
             outputs.append(out)
         logits = np.concatenate(outputs).astype(np.float32)
         if info.output_layout == "NHWC":

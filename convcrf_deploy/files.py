@@ -219,11 +219,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def _input_files(path: Path) -> list[Path]:
-    """The files an input names: itself, a folder's files, or a glob's matches."""
+    """The files an input names: itself, a folder's files, a glob's matches, or the files a
+    numbered pattern (``f_%04d.png``) reads."""
     if path.is_dir():
         return [p for p in path.iterdir() if p.is_file()]
-    if any(ch in str(path) for ch in "*?[") and not path.exists():
+    if path.exists():
+        return [path]
+    if any(ch in str(path) for ch in "*?["):
         return [Path(p) for p in glob.glob(str(path))]
+    if is_integer_pattern(path.name):
+        folder, pattern = path.parent if str(path.parent) else Path("."), _pattern_regex(path.name)
+        if folder.is_dir():
+            return [p for p in folder.iterdir() if p.is_file() and pattern.fullmatch(p.name)]
     return [path]
 
 

@@ -71,12 +71,16 @@ def test_outputs_that_are_inputs_are_refused(tmp_path):
                            (tmp_path / "hard.mp4", clip), (tmp_path / "sub" / ".." / "clip.mp4", clip),
                            (folder / "img_00003.png", folder),
                            (folder / "img_%05d.png", folder),
-                           (folder / "img_%05d.png", str(folder / "*.png"))]:
+                           (folder / "img_%05d.png", str(folder / "*.png")),
+                           # new-user trial: a numbered input pattern as the output pattern
+                           (folder / "img_%05d.png", str(folder / "img_%05d.png")),
+                           (folder / "img_%03d.png", str(folder / "img_%05d.png"))]:
         with pytest.raises(OutputIsInputError, match="would overwrite the input"):
             refuse({"--save": output}, {"--video": source})
     for output, source in [(tmp_path / "out.mp4", clip), (folder / "out_%05d.png", folder),
                            (tmp_path / "img_%05d.png", folder), (tmp_path / "x.mp4", "demo"),
-                           (tmp_path / "x.mp4", "rtsp://host/x"), (None, clip)]:
+                           (tmp_path / "x.mp4", "rtsp://host/x"), (None, clip),
+                           (folder / "out_%05d.png", str(folder / "img_%05d.png"))]:
         refuse({"--save": output}, {"--video": source})
 
 

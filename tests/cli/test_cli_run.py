@@ -207,7 +207,10 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, toy_onnx, capsys):
     for args in (["--video", str(clip), "--save", str(clip)],
                  ["--video", str(tmp_path / "." / "x.mp4"), "--stats-json", str(clip)],
                  ["--video", "demo", "--save", toy_onnx],
-                 ["--video", str(frames), "--save", str(frames / "img_%05d.png")]):
+                 ["--video", str(frames), "--save", str(frames / "img_%05d.png")],
+                 # new-user trial: the input's own numbered pattern (was exit 0, frames lost)
+                 ["--video", str(frames / "img_%05d.png"), "--save",
+                  str(frames / "img_%05d.png")]):
         assert main(args + ["--model", toy_onnx, "--headless", "--max-frames", "2"]) == 2
         err = capsys.readouterr().err
         assert "would overwrite the input" in err and "Traceback" not in err

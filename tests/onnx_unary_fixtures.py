@@ -89,7 +89,9 @@ def write_helper_unary(kind: str, path: Path, classes: int = 3) -> Path:
     * ``"fp16-overflow"``: NCHW float32, dynamic; an intermediate reaches ~1e5, beyond fp16's
       65504, so that the network overflows when converted to fp16 (fine in fp32).
     * ``"two-outputs"``: logits ``out`` and an auxiliary ``aux`` (``--output-key out``).
-    * ``"two-inputs"``, ``"argmax-output"``, ``"two-channels"``: files ``--unary`` refuses.
+    * ``"two-inputs"``, ``"argmax-output"``, ``"two-channels"``, ``"one-channel"`` (a score
+      map), ``"batch-2"`` (a fixed batch of 2), ``"external-data-missing"``: files ``--unary``
+      refuses.
     """
     make = helper.make_node
     image_nchw = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])
@@ -163,4 +165,23 @@ def write_helper_unary(kind: str, path: Path, classes: int = 3) -> Path:
         nodes = [make("Conv", ["input", "w1"], ["logits"], kernel_shape=[1, 1])]
         return _save(path, nodes, inputs, outputs, [_weights("w1", (classes, 2, 1, 1), 1.0, 9)],
                      17)
+    if kind == "one-channel":       # a foreground score map (or a float argmax): no logits
+        outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1, "h", "w"])]
+        nodes = [make("Conv", ["input", "w1"], ["score"], kernel_shape=[1, 1])]
+        return _save(path, nodes, [image_nchw], outputs, [_weights("w1", (1, 3, 1, 1), 1.0, 11)],
+                     17)
+    if kind == "batch-2":           # torch.onnx.export with a (2, 3, 32, 48) example, no dynamic axes
+        inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 32, 48])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                 [2, classes, 32, 48])]
+        nodes = [make("Conv", ["input", "w1"], ["logits"], kernel_shape=[1, 1])]
+        return _save(path, nodes, inputs, outputs, [_weights("w1", (classes, 3, 1, 1), 1.0, 12)],
+                     17)
+    if kind == "external-data-missing":   # saved as model + data file; the data file lost
+        write_helper_unary("two-outputs", path, classes)
+        model = onnx.load(str(path))
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=0)
+        (path.parent / (path.name + ".data")).unlink()
+        return path
     raise ValueError(kind)

@@ -100,8 +100,8 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         ``<name>.failed-verification.onnx`` and ``path`` is left as it was.
 
     Raises:
-        ExportError: invalid arguments, the unary cannot be converted to the opset or to
-            fp16; no file is written.
+        ExportError: invalid arguments, the unary has a fixed batch other than 1, it cannot be
+            converted to the opset or to fp16; no file is written.
         convcrf_deploy.model.onnx_unary.OnnxUnaryError, CheckpointError (``ValueError``):
             the unary is not a usable ONNX unary (one line naming what was found), or the
             settings do not fit it (e.g. a CRF checkpoint with another class count).
@@ -136,6 +136,13 @@ def attach_crf(unary, path, *, settings=None, flavor: str = DEFAULT_FLAVOR,
         raise ExportError("fp16='crf' casts the CRF, and part='unary' has none")
     opset = _target_opset(opset, info.opset)
 
+    if info.batch not in (None, 1):
+        # The runtime, TensorRT profiles and Triton feed one frame per call (Triton batches
+        # by the dynamic batch axis): a file fixed at batch 2 would be refused at load.
+        raise ExportError(f"{info.path.name} takes a fixed batch of {info.batch} images; the "
+                          "runtime runs one frame at a time: export the unary with batch 1 or "
+                          "a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': "
+                          "{0: 'batch'}}))")
     fixed = info.fixed_size
     constraints_source = ""
     if fixed is not None:

@@ -149,6 +149,10 @@ def read_onnx_unary(path: str | Path):
                                  "--unary-model MODEL)")
     try:
         model = onnx.load(str(path))
+    except onnx.checker.ValidationError as exc:   # not a ValueError: external data it names
+        raise OnnxUnaryError(describe_error(   # is missing, or lies outside the model's folder
+            exc, f"{path}'s external data cannot be read", "keep the data file(s) saved with "
+            "the model beside it, or save the model again as one file")) from None
     except (DecodeError, ValueError, RuntimeError, EOFError, UnicodeDecodeError, OSError) as exc:
         raise OnnxUnaryError(describe_error(exc, f"{path} is not a readable ONNX model",
                                             "export it again, or give the intact file")) from None
@@ -323,6 +327,12 @@ def inspect_onnx_unary(path: str | Path, *, probe_size: tuple[int, int] | None =
     out_layout = _spatial_layout(output.shape, size, layout, num_classes)
     classes = output.shape[1] if out_layout == "NCHW" else output.shape[3]
     out_size = tuple(output.shape[2:] if out_layout == "NCHW" else output.shape[1:3])
+    if classes < 2:
+        raise OnnxUnaryError(
+            f"{path.name}: output {output_name!r} has shape {list(output.shape)}, one channel "
+            "(a label map or one score), not one logit per class; the CRF needs the class "
+            "logits: export the network without its final argmax (a single foreground class: "
+            "2 logits, background and foreground)")
     if not np.isfinite(output.astype(np.float32)).all():
         raise OnnxUnaryError(f"{path.name}: its output on the probe image holds NaN or "
                              "infinite values")

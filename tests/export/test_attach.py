@@ -162,6 +162,11 @@ def test_a_uint8_unary_with_a_softmax_output(tmp_path):
     ("two-inputs", "has 2 inputs ('input', 'scale'); an ONNX unary takes one image input"),
     ("argmax-output", "has no float [N, C, h, w] output (its outputs: 'seg' int64"),
     ("two-channels", "with no axis of 3 channels"),
+    # new-user trial: a traceback, a misleading 'num_classes must be >= 2', a file the runtime
+    # then refused
+    ("external-data-missing", "external data cannot be read"),
+    ("one-channel", "one channel (a label map or one score), not one logit per class"),
+    ("batch-2", "takes a fixed batch of 2 images; the runtime runs one frame at a time"),
 ])
 def test_bad_unary_files_get_one_line(kind, message, tmp_path, capsys):
     unary = write_helper_unary(kind, tmp_path / f"{kind}.onnx")

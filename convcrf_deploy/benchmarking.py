@@ -339,7 +339,9 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
 
     Raises:
         BenchmarkError: invalid arguments, an unknown CRF reference, or a CRF reference that
-            cannot run (a model without CRF; FullCRF without pydensecrf, naming the extra).
+            cannot run (a model without CRF).
+        convcrf_deploy.fullcrf.FullCRFUnavailable (a ``MissingDependencyError``): the
+            fullcrf reference without pydensecrf, naming the extra.
         BackendUnavailableError: none of the requested backends can run here.
     """
     import torch
@@ -371,9 +373,10 @@ def benchmark_model(model: Any = "demo", *, backends: Sequence[str] = ("torch", 
         raise BenchmarkError(f"unknown CRF reference(s) {unknown}; choose from "
                              f"{', '.join(CRF_REFERENCES)}")
     if "fullcrf" in crf_references:
-        from .fullcrf import INSTALL_HINT, fullcrf_available
-        if not fullcrf_available():
-            raise BenchmarkError(f"the fullcrf CRF reference needs pydensecrf: {INSTALL_HINT}")
+        from .fullcrf import INSTALL_HINT, FullCRFUnavailable, fullcrf_available
+        if not fullcrf_available():    # a missing library (status 3), not a bad argument
+            raise FullCRFUnavailable(f"the fullcrf CRF reference needs pydensecrf: "
+                                     f"{INSTALL_HINT}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError(f"device={device!r} but this torch has no usable CUDA; use "
                              "device='cpu'")

@@ -418,6 +418,10 @@ def test_crf_reference_errors(monkeypatch):
                               crf_references=["unfold"])
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(BenchmarkError, match=r"fullcrf.*\[fullcrf\]"):
+    # A missing library, not a bad argument: convcrf-bench ends with status 3 (it was 2).
+    from convcrf_deploy.fullcrf import FullCRFUnavailable
+    from convcrf_deploy.install import MissingDependencyError
+    with pytest.raises(FullCRFUnavailable, match=r"fullcrf.*\[fullcrf\]") as info:
         bench.benchmark_model(tiny_model(), backends=["torch"], sizes=[TINY],
                               crf_references=["fullcrf"])
+    assert isinstance(info.value, MissingDependencyError)

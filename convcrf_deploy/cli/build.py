@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                             timing_cache=args.timing_cache, workspace_mb=args.workspace,
                             version_compatible=args.version_compatible, force=args.force,
                             allow_standard_op_crf=args.allow_standard_op_crf, report=print)
-    except (PluginLibraryError, EngineBuildError, FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
+        # The model is missing, damaged or inconsistent, or the shapes are bad: an input that
+        # cannot be used (status 2, as every command), named before TensorRT is needed.
+        raise UsageError(str(exc)) from None
+    except (PluginLibraryError, EngineBuildError, OSError) as exc:
         raise CommandError(str(exc)) from exc
     sidecar = metadata_path_for(path)
     print(f"wrote {path}" + (f" (metadata {sidecar.name})" if sidecar.is_file() else ""))

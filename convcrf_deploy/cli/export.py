@@ -175,6 +175,8 @@ def _report(export, output: Path, mismatch: str) -> int:
     from ..export.verify import VerificationError
     try:
         report = export()
+    except MissingDependencyError:
+        raise                                   # status 3 (the harness), before ExportError
     except VerificationError as exc:
         raise CommandError(f"verification failed: {exc}; {output} was left as it was, the "
                            "failing graph is beside it (.failed-verification.onnx)") from exc

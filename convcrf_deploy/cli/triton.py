@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                     frame_sizes=[(size.height, size.width)
                                  for size in args.frame_size or ()] or None)
     except RepositoryError as exc:
-        raise CommandError(str(exc)) from exc
+        # The model file, the options or the target folder cannot be used as asked (nothing
+        # was written): status 2, as for every command's unusable input or refused output.
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"cannot write {args.output}: {exc}") from exc
     kind = ("onnxruntime backend" if args.onnxruntime else

@@ -32,7 +32,7 @@ MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 28, 20
 
 _LAZY = {
     "export_onnx": "exporter", "load_exportable": "exporter", "ExportReport": "exporter",
-    "ExportError": "exporter",
+    "ExportError": "exporter", "ExportDependencyError": "exporter",
     "VerificationError": "verify", "VerificationResult": "verify", "verify_export": "verify",
     "check_graph": "verify", "attach_crf": "attach",
     "quantize_unary": "quantize", "calibration_set": "quantize", "CalibrationSet": "quantize",

@@ -48,6 +48,7 @@ import torch.nn as nn
 from .. import __version__
 from ..errors import describe_error
 from ..exported_model import GRAPH_IO
+from ..install import MissingDependencyError
 from ..metadata import ModelMetadata
 from ..model.constraints import odd_multiple
 from ..progress import Progress
@@ -93,6 +94,12 @@ def ir_version_for_opset(opset: int) -> int:
 
 class ExportError(RuntimeError):
     """The model could not be exported; the message names the cause and the fix."""
+
+
+class ExportDependencyError(ExportError, MissingDependencyError):
+    """A library the exporter needs (onnxscript) is not installed: an :class:`ExportError`
+    for the API's callers, a :class:`~convcrf_deploy.install.MissingDependencyError` (status 3)
+    for the commands."""
 
 
 @dataclass
@@ -536,7 +543,7 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
         False) so that it can be inspected.
 
     Raises:
-        ExportError: onnxscript is missing, invalid arguments (an unsupported opset, a size
+        ExportError: onnxscript is missing (:class:`ExportDependencyError`), invalid arguments (an unsupported opset, a size
             out of range or not meeting the input constraints, ``int8`` without
             ``calibration``), the unary's output is not logits, the unary runs at no probed
             size, or the exporter or the quantiser failed (the message names the layer); no
@@ -549,8 +556,9 @@ def export_onnx(model, path, *, flavor: Flavor = DEFAULT_FLAVOR, fp16: bool | st
     import importlib.util
     if importlib.util.find_spec("onnxscript") is None:
         from ..install import install_hint
-        raise ExportError("ONNX export needs onnxscript (PyTorch's ONNX exporter translates "
-                          f"with it), which is not installed: {install_hint('torch')}")
+        raise ExportDependencyError("ONNX export needs onnxscript (PyTorch's ONNX exporter "
+                                    "translates with it), which is not installed: "
+                                    f"{install_hint('torch')}")
     if flavor not in FLAVORS:
         raise ExportError(f"flavor must be one of {list(FLAVORS)}, got {flavor!r}")
     if not any(fp16 is choice or (isinstance(fp16, str) and fp16 == choice)

@@ -181,15 +181,18 @@ def test_cli_writes_repository_and_prints_server_command(toy, tmp_path, capsys):
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo"), "--max-batch", "4"]) == 0
     out = capsys.readouterr().out
     assert f"tritonserver --model-repository={(tmp_path / 'repo').resolve()}" in out
-    assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo")]) == 1
+    assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo")]) == 2   # a refused output
     assert "--force" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--plugin", "lib.so"], "only apply with --engine"),
     (["--engine", "x.engine", "--min", "1x3x240x320"], "both --min and --max"),
+    # new-user trial: a missing model was status 1
+    (["--name", "bad/name"], "must be a plain folder name"),
 ])
 def test_cli_usage_errors(toy, tmp_path, capsys, extra, message):
+    """Bad arguments and unusable inputs are status 2 (README, "Exit status")."""
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -205,7 +208,7 @@ def test_cli_engine_plan_with_stated_profile(toy, tmp_path, capsys):
                             "--max", "8x3x240x320"]) == 0
     assert f'--backend-config=tensorrt,plugins="{plugin.resolve()}"' in capsys.readouterr().out
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo2"), "--engine", str(engine),
-                            "--min", "1x3x240x320", "--max", "2x3x240x320"]) == 1
+                            "--min", "1x3x240x320", "--max", "2x3x240x320"]) == 2
     assert "--max-batch 2" in capsys.readouterr().err
 
 
@@ -228,3 +231,17 @@ def test_engine_profile_is_checked_at_the_sizes_sent_after_padding(toy, tmp_path
                              profile=EngineProfile((1, 3, 240, 320), (8, 3, 240, 320)))
     assert write_tensorrt_model(toy, engine, tmp_path / "repo",
                                 profile=EngineProfile((1, 3, 256, 320), (8, 3, 256, 320)))
+
+
+def test_cli_unusable_models_are_status_2(toy, tmp_path, capsys):
+    """New-user trial: a missing, an empty and a truncated model were status 1 ("the work
+    failed") where every other command says 2 (an input that cannot be used)."""
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(toy.read_bytes()[:len(toy.read_bytes()) // 2])
+    for model in (tmp_path / "nope.onnx", empty, truncated):
+        assert triton_cli.main([str(model), "-o", str(tmp_path / "repo")]) == 2
+        err = capsys.readouterr().err
+        assert model.name in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "repo" / "convcrf").exists()

@@ -155,3 +155,13 @@ def test_crf_references_on_the_command_line(checkpoint, tmp_path, capsys):
         == EXIT_USAGE
     err = capsys.readouterr().err
     assert "unknown CRF reference" in err and "Traceback" not in err
+
+
+def test_a_missing_fullcrf_library_is_status_3(checkpoint, capsys, monkeypatch):
+    """New-user trial: ``--crf-references fullcrf`` without pydensecrf was status 2 (usage)."""
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)        # import fails: not installed
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    assert main([checkpoint, "--backends", "torch", "--crf-references", "fullcrf"] + FAST) \
+        == ExitCode.MISSING_DEPENDENCY
+    err = capsys.readouterr().err.strip()
+    assert "pydensecrf" in err and "[fullcrf]" in err and len(err.splitlines()) == 1, err

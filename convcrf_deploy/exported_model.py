@@ -625,7 +625,15 @@ class ExportedModel:
         """
         stored = self.props.get(DIGEST_KEY)
         if stored is not None:
-            if content_digest(self.proto, self.base_dir) != stored:
+            try:
+                content = content_digest(self.proto, self.base_dir)
+            except (TypeError, UnicodeError):
+                # protobuf hands back bytes for a string field that is not valid UTF-8: a
+                # damaged byte inside a name or a text attribute.
+                raise DamagedFileError(
+                    f"{self.name} is damaged: a name or text in its graph is not valid UTF-8 "
+                    "(changed bytes); export it again") from None
+            if content != stored:
                 raise DamagedFileError(
                     f"{self.name} is damaged: its content (weights, graph or convcrf metadata) "
                     f"does not match the digest written at export ({DIGEST_KEY}); export it "

@@ -57,6 +57,7 @@ import onnx
 
 from ..errors import describe_error
 from ..metadata import ONNX_KEYS, ModelMetadata
+from ..ort_session import inference_session
 
 #: Fewest frames a calibration may use: MinMax ranges from a handful of frames miss the
 #: brighter, darker and busier scenes the camera will see.
@@ -682,8 +683,7 @@ def verify_int8(float_model: onnx.ModelProto, int8_model: onnx.ModelProto,
     inputs = calibration.inputs[:max(1, frames)]
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    sessions = [ort.InferenceSession(_with_crf_bodies(model).SerializeToString(), options,
-                                     providers=["CPUExecutionProvider"])
+    sessions = [inference_session(_with_crf_bodies(model).SerializeToString(), options)
                 for model in (float_model, int8_model)]
     backend = f"ONNX Runtime {ort.__version__} CPU" + (
         ", ConvCRF nodes as their standard-op bodies" if flavor == "plugin" else "")

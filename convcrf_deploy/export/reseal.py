@@ -37,6 +37,7 @@ from ..exported_model import (DIGEST_KEY, KEY_PREFIX, LEGACY_DIGEST_KEY, PLUGIN_
 from ..errors import describe_error
 from ..files import check_output_paths
 from .verify import ERROR_STATISTIC, MIN_LABEL_AGREEMENT, TOLERANCE
+from ..ort_session import inference_session
 
 #: test images: frames of the synthetic scene, at most this many pixels per side.
 MAX_TEST_SIDE = 640
@@ -246,8 +247,7 @@ def _session(model: ExportedModel, proto):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(_runnable(model, proto).SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
+        return inference_session(_runnable(model, proto).SerializeToString(), options)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
         raise ResealError(describe_error(exc, f"ONNX Runtime cannot run {model.name}",
                                          "check it with onnx.checker and the optimiser's log")

@@ -35,6 +35,7 @@ import onnx
 
 from ..errors import describe_error
 from . import onnx_ops
+from ..ort_session import inference_session
 
 #: Parity thresholds, keyed by fp16: an error bound on |p_onnx - p_torch| (probabilities;
 #: logits for part="unary", scaled by max(1, max |logits|)) and the fraction of pixels whose
@@ -539,8 +540,7 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
     if library is not None:
         options.register_custom_ops_library(library)
         backend += " + libconvcrf_ort_ops"
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = inference_session(model.SerializeToString(), options)
     return backend + backend_note, session.run(outputs, feeds)
 
 

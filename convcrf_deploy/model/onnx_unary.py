@@ -44,6 +44,7 @@ import torch.nn as nn
 from ..errors import describe_error
 from ..metadata import ModelMetadata
 from .checkpoint import CheckpointError
+from ..ort_session import inference_session
 
 #: ONNX element types an image input may have -> numpy dtype.
 INPUT_TYPES = {1: np.float32, 10: np.float16, 2: np.uint8}     # FLOAT, FLOAT16, UINT8
@@ -158,7 +159,27 @@ def read_onnx_unary(path: str | Path):
                                             "export it again, or give the intact file")) from None
     if not model.graph.node and not model.graph.output:
         raise OnnxUnaryError(f"{path} is not an ONNX model (it holds no graph)")
+    if not _names_are_text(model.graph):
+        # protobuf hands back bytes for a string field that is not valid UTF-8; ONNX tools
+        # (the opset converter, ONNX Runtime's Python API) then fail with a traceback.
+        raise OnnxUnaryError(f"{path} is damaged: a name in its graph is not valid UTF-8 text "
+                             "(changed bytes); export it again, or give the intact file")
     return model
+
+
+def _names_are_text(graph) -> bool:
+    """Whether every name, input and output of ``graph``'s nodes, values and initializers
+    (and of its subgraphs) decoded as text."""
+    values = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
+    if any(not isinstance(v.name, str) for v in values):
+        return False
+    for node in graph.node:
+        strings = [node.name, node.op_type, node.domain, *node.input, *node.output]
+        if any(not isinstance(text, str) for text in strings):
+            return False
+        if any(a.HasField("g") and not _names_are_text(a.g) for a in node.attribute):
+            return False
+    return True
 
 
 def _dims(value) -> list:
@@ -245,10 +266,11 @@ def _session(model_bytes: bytes, path: Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        return inference_session(model_bytes, options)
     except Exception as exc:  # onnxruntime's errors share no useful base class
         raise OnnxUnaryError(describe_error(
-            exc, f"ONNX Runtime cannot load {path.name}")) from None
+            exc, f"ONNX Runtime cannot load {path.name}",
+            "export it again, or give the intact file")) from None
 
 
 def _spatial_layout(shape: tuple[int, ...], probe: tuple[int, int], preferred: str,

@@ -283,3 +283,39 @@ def test_loading_an_onnx_unary_probes_its_input_constraints(user_files):
         expected = SegmentationModel(net, None, model.metadata).forward_unary(image)
     assert logits.shape == (1, len(CLASSES), 37, 51)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_damaged_unary_gets_one_line_and_no_onnxruntime_banner(tmp_path, capsys):
+    """New-user trial: a changed byte in a name made ONNX Runtime print its four-line
+    "EP Error ... Falling back to ['CPUExecutionProvider'] and retrying" banner to standard
+    output before our error (ort_session.inference_session turns that retry off), and here
+    (the name changed everywhere it occurs) the opset converter ended in a traceback."""
+    unary = write_helper_unary("two-outputs", tmp_path / "u.onnx")
+    unary.write_bytes(unary.read_bytes().replace(b"aux", b"\xffux"))   # not UTF-8 any more
+    assert export_main(["--unary", str(unary), "--output-key", "out",
+                        "-o", str(tmp_path / "out.onnx")]) == 2
+    captured = capsys.readouterr()
+    assert "EP Error" not in captured.out + captured.err and "Falling back" not in captured.out
+    err = captured.err.strip()
+    assert "u.onnx is damaged: a name in its graph is not valid UTF-8" in err and \
+        len(err.splitlines()) == 1, err
+
+
+def test_onnxruntime_sessions_on_the_cpu_do_not_retry_with_a_banner(monkeypatch, capsys):
+    """The retry banner itself: ONNX Runtime prints it when loading raises a ValueError or
+    RuntimeError (the trial's damaged file: a UnicodeDecodeError), unless the fallback is off.
+    Loading is made to fail that way here."""
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_inference_collection as collection
+    from convcrf_deploy.ort_session import inference_session
+
+    def damaged(self, *args, **kwargs):
+        self._fallback_providers = ["CPUExecutionProvider"]   # as the real one sets it
+        raise ValueError("'utf-8' codec can't decode byte 0x98 in position 107")
+    monkeypatch.setattr(collection.InferenceSession, "_create_inference_session", damaged)
+    with pytest.raises(ValueError):
+        onnxruntime.InferenceSession(b"model", providers=["CPUExecutionProvider"])
+    assert "Falling back" in capsys.readouterr().out       # what users saw
+    with pytest.raises(ValueError, match="codec can't decode"):
+        inference_session(b"model")
+    assert "Falling back" not in capsys.readouterr().out

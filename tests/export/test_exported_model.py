@@ -371,3 +371,14 @@ def test_consistent_files_pass(tmp_path, exports):
     assert ExportedModel.open(exports["plugin"]).needs_custom_ops
     assert ExportedModel.open(exports["single-file"]).crf_nodes == {
         "ConvCRFKernel": 2, "ConvCRFMessagePassing": CONFIG.iterations}
+
+
+def test_a_name_that_is_not_utf8_is_damage(tmp_path):
+    """New-user trial: a changed byte inside a name ("smoothed" here) made every reader say
+    "sequence item 0: expected str instance, bytes found" (protobuf hands such a string field
+    back as bytes, and the digest joined it)."""
+    path = write_toy_onnx(tmp_path / "toy.onnx")
+    path.write_bytes(path.read_bytes().replace(b"smoothed", b"\xffmoothed"))
+    with pytest.raises(DamagedFileError, match="toy.onnx is damaged: a name or text in its "
+                                               "graph is not valid UTF-8"):
+        ExportedModel.open(path)

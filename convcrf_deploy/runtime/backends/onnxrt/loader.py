@@ -21,6 +21,7 @@ from ....exported_model import ExportedModel
 from ....install import install_hint
 from ....tensorrt.plugin import PLUGIN_ENV
 from ..base import BackendUnavailableError
+from ....ort_session import inference_session
 
 #: short name -> ONNX Runtime execution provider.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -158,8 +159,7 @@ class SessionLoader:
             else:
                 provider_list.append(PROVIDERS[name])
         try:
-            session = ort.InferenceSession(str(self.path), sess_options=options,
-                                           providers=provider_list)
+            session = inference_session(self.path, options, providers=provider_list)
         except Exception as exc:    # onnxruntime's pybind errors share no useful base class
             if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
                                           "NoSuchFile", "InvalidArgument", "RuntimeException"):

@@ -14,6 +14,7 @@ from ....exported_model import extract_part, unary_logits_name
 from ..base import (CRF_EXECUTOR_CHOICES, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES,
                     Backend, BackendUnavailableError, InputLimits)
 from .loader import SessionLoader, import_onnxruntime
+from ....ort_session import inference_session
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,10 @@ class OnnxRuntimeBackend(Backend):
         inputs, outputs = {"unary": ([INPUT_NAME], [self._logits_name]),
                            "crf": ([self._logits_name, INPUT_NAME], ["probabilities"])}[part]
         extracted = extract_part(self._model_proto, inputs, outputs)
-        ort = import_onnxruntime()
-        return ort.InferenceSession(extracted.SerializeToString(),
-                                    sess_options=self.loader.session_options(spinning),
-                                    providers=self.session.get_providers())
+        import_onnxruntime()         # the one-line error when onnxruntime is missing
+        return inference_session(extracted.SerializeToString(),
+                                 self.loader.session_options(spinning),
+                                 providers=self.session.get_providers())
 
     @property
     def crf_executor(self) -> str:

@@ -52,7 +52,8 @@ class ModelMetadata:
     """Description of a segmentation model's classes and input convention.
 
     Attributes:
-        class_names: one name per output class, in channel order.
+        class_names: one name per output class, in channel order: a list of distinct,
+            non-empty names (a string, an empty or a repeated name is a ValueError).
         palette: one ``[r, g, b]`` colour (0..255) per class, for overlays.
         mean, std: the unary's input normalisation, applied to RGB scaled to 0..1:
             ``(image / 255 - mean) / std``. Exported graphs apply it themselves.
@@ -81,9 +82,25 @@ class ModelMetadata:
     min_size: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.class_names, (str, bytes)):
+            # list("abcd") would be four one-letter classes (new-user trial: JSON metadata
+            # with "class_names": "abcd" exported silently).
+            raise ValueError(f"ModelMetadata.class_names: a list of names, got the string "
+                             f"{self.class_names!r} (JSON: [\"road\", \"car\"]; command "
+                             "line: --class-names road,car)")
         self.class_names = [str(name) for name in self.class_names]
         if not self.class_names:
             raise ValueError("ModelMetadata.class_names: at least one class is needed")
+        blank = [i for i, name in enumerate(self.class_names) if not name.strip()]
+        if blank:
+            raise ValueError(f"ModelMetadata.class_names: class {blank[0]} has an empty name "
+                             f"(names: {self.class_names!r}); give every class a name")
+        seen: dict[str, int] = {}
+        for i, name in enumerate(self.class_names):
+            if name in seen:
+                raise ValueError(f"ModelMetadata.class_names: {name!r} names classes "
+                                 f"{seen[name]} and {i}; give each class its own name")
+            seen[name] = i
         if not self.palette:
             self.palette = default_palette(len(self.class_names))
         self.palette = [[int(v) for v in colour] for colour in self.palette]

@@ -150,3 +150,15 @@ def test_demo_crf_improves_its_unary_on_fresh_frames():
     assert pixel_accuracy(unary_cm) > 0.85                  # the unary is a real segmenter
     assert pixel_accuracy(crf_cm) > pixel_accuracy(unary_cm)
     assert mean_iou(crf_cm) > mean_iou(unary_cm) + 0.01
+
+
+@pytest.mark.parametrize("names, message", [
+    # new-user trial: each exported with status 0 and no warning
+    ("abcd", "a list of names, got the string 'abcd'"),
+    (["", "", ""], "class 0 has an empty name"),
+    (["road", " ", "car"], "class 1 has an empty name"),
+    (["a", "a", "b", "c"], "'a' names classes 0 and 1"),
+])
+def test_class_names_are_a_list_of_distinct_names(names, message):
+    with pytest.raises(ValueError, match=message):
+        ModelMetadata(class_names=names)

@@ -55,6 +55,9 @@ class RunReport:
     #: outputs (the recording, sinks) that failed, each ``"<output>: <reason>"``; a failed
     #: output is dropped and the run and the other outputs go on.
     output_errors: list[str] = field(default_factory=list)
+    #: the error that ended the run early (one line), or None; the frames before it are
+    #: counted and timed here.
+    error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,7 +73,7 @@ class RunReport:
                 "reconnects": self.reconnects, "interrupted": self.interrupted,
                 "signal": self.signal,
                 "source_error": self.source_error, "frames_written": self.frames_written,
-                "output_errors": list(self.output_errors),
+                "output_errors": list(self.output_errors), "error": self.error,
                 "stages_ms": stages, "frame_age_ms": frame_age,
                 "frame_split": self.latency.frame_split()}
         if self.scores:
@@ -111,6 +114,8 @@ class RunReport:
             lines.append(sink["message"])
         if self.source_error:
             lines.append(f"source ended: {self.source_error}")
+        if self.error:
+            lines.append(f"run failed after {self.frames} frame(s): {self.error}")
         lines.extend(f"output failed: {error}" for error in self.output_errors)
         return "\n".join(lines)
 
@@ -177,8 +182,9 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
         interrupts (a second Ctrl-C) are noted, not raised (main thread only), so the
         recording, the sinks' outputs and ``on_end`` always complete; the shutdown itself is
         bounded (live sources and the Foxglove server get about a second each). Any other
-        exception discards the recording (a previous file at ``save`` stays as it was) and
-        propagates without calling ``on_end``.
+        exception discards the recording (a previous file at ``save`` stays as it was), sets
+        ``report.error`` (one line), calls ``on_end`` (so that the statistics of the frames
+        before it are written) and propagates.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -263,9 +269,12 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
     except KeyboardInterrupt:
         report.interrupted = completed = True
         report.signal = report.signal or "SIGINT"
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+            writer = None
+        if isinstance(exc, Exception):
+            report.error = describe_error(exc)
         raise
     finally:
         restore_signals()
@@ -286,7 +295,7 @@ def run_video(source: FrameSource, segmenter: Segmenter, *, display: bool = Fals
             if display:
                 cv2.destroyAllWindows()
             _close_sinks(sinks, completed, report)
-            if completed and on_end is not None:
+            if (completed or report.error) and on_end is not None:
                 on_end(report)
         finally:
             restore_signals()

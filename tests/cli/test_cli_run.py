@@ -318,6 +318,22 @@ def test_a_failed_run_keeps_the_previous_recording(tmp_path, toy_onnx):
     assert [p.name for p in tmp_path.iterdir() if p.name != "toy.onnx"] == ["out.mp4"]
 
 
+def test_a_run_that_fails_midway_still_writes_its_statistics(tmp_path, toy_onnx, capsys,
+                                                             monkeypatch):
+    """New-user trial: a model that failed on the 4th frame ended with status 1 and no
+    --stats-json at all; the statistics of the frames before it, and the error, are kept."""
+    import convcrf_deploy.runtime.streams as streams
+    monkeypatch.setattr(streams, "open_source", lambda *args, **kwargs: FailingSource())
+    stats = tmp_path / "stats.json"
+    assert main(["--video", "demo", "--model", toy_onnx, "--headless",
+                 "--stats-json", str(stats), "--save", str(tmp_path / "out.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert "the run failed" in err and "driver crashed" in err
+    data = json.loads(stats.read_text())
+    assert data["frames"] == 2 and "driver crashed" in data["error"]
+    assert not (tmp_path / "out.mp4").exists()          # the recording is discarded, as before
+
+
 _RECORD_UNTIL_SIGNAL = r"""
 import sys
 sys.path.insert(0, sys.argv[1])

@@ -36,6 +36,7 @@ import functools
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, TextIO
 
@@ -107,6 +108,10 @@ def command(program: str, *, interrupted_note: str = "no partial output was writ
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
+            # Warnings as one line naming the command, not Python's two lines that quote the
+            # entry-point script's ``sys.exit(main())`` (new-user trial).
+            formatwarning = warnings.formatwarning
+            warnings.formatwarning = functools.partial(_format_warning, program)
             try:
                 return int(main(argv) or 0)
             except CommandError as exc:
@@ -118,8 +123,18 @@ def command(program: str, *, interrupted_note: str = "no partial output was writ
             except KeyboardInterrupt:
                 print(f"{program}: interrupted; {interrupted_note}", file=sys.stderr)
                 return int(ExitCode.INTERRUPTED)
+            finally:
+                warnings.formatwarning = formatwarning
         return run
     return decorate
+
+
+def _format_warning(program: str, message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` while a command runs: ``<program>: warning: <message>``
+    (the category only when it is not a plain UserWarning)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    text = " ".join(str(message).split())
+    return f"{program}: warning{kind}: {text}\n"
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

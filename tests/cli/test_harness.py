@@ -161,3 +161,32 @@ def test_native_status_codes_have_one_meaning_each():
     assert "unknown" not in " ".join(messages.values())
     assert "memory" in messages[11] and "memory" not in messages[6]
     assert _native.status_message(999) == "unknown status"
+
+
+def test_warnings_during_a_command_are_one_line_naming_it():
+    """New-user trial: warnings came out as Python's two lines, the second quoting the
+    entry-point script's ``sys.exit(main())``. Run as a program (pytest records warnings)."""
+    script = textwrap.dedent("""
+        import sys, warnings
+        from convcrf_deploy.cli.harness import command
+        from convcrf_deploy.exported_model import MissingDigestWarning
+        formatwarning = warnings.formatwarning
+
+        @command("convcrf-demo")
+        def main(argv=None):
+            warnings.warn("model.onnx has no digest:\\n  loading it unchecked",
+                          MissingDigestWarning)
+            warnings.warn("frame 3 is 77x101", UserWarning)
+            return 0
+
+        status = main([])
+        assert warnings.formatwarning is formatwarning      # restored after the command
+        sys.exit(status)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "convcrf-demo: warning (MissingDigestWarning): model.onnx has no digest: loading it "
+        "unchecked",
+        "convcrf-demo: warning: frame 3 is 77x101"]

@@ -164,9 +164,25 @@ class SessionLoader:
             if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph", "Fail",
                                           "NoSuchFile", "InvalidArgument", "RuntimeException"):
                 raise
-            raise ValueError(describe_error(exc, f"ONNX Runtime {ort.__version__} cannot load "
-                                            f"{self.path}")) from None
+            session = self._from_memory(model, options, provider_list) \
+                if model.uses_external_data else None
+            if session is None:
+                raise ValueError(describe_error(exc, f"ONNX Runtime {ort.__version__} cannot "
+                                                f"load {self.path}")) from None
         return session, model
+
+    @staticmethod
+    def _from_memory(model: ExportedModel, options, provider_list):
+        """A session on the model with its external data read in (``None`` when that fails
+        too): ONNX Runtime cannot read every tensor from external data (new-user trial:
+        "Cannot parse data from external tensors" for the small int64 constants that
+        ``onnx.save(..., save_as_external_data=True, size_threshold=0)`` moves out), and our
+        reader can. Models over protobuf's 2 GiB cannot be held in one message: None."""
+        try:
+            data = model.load_proto_with_data().SerializeToString()
+            return inference_session(data, options, providers=provider_list)
+        except Exception:           # noqa: BLE001 - the caller reports the first error
+            return None
 
     def _check_plugin_flavour_can_run(self) -> None:
         """A ``plugin``-flavour graph: its ConvCRF nodes need our kernels registered."""

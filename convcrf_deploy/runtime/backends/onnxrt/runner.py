@@ -42,8 +42,8 @@ class OnnxRuntimeBackend(Backend):
 
     ``infer`` times the unary and the CRF apart (:attr:`Backend.last_stage_times`): with the
     native CRF, and with the graph's CRF on the CPU provider, which then runs as two sessions
-    of the graph's parts (the same nodes); on GPU providers, and for weights stored as
-    external data, the graph runs in one piece.
+    of the graph's parts (the same nodes; weights stored as external data are read into
+    memory for them); on GPU providers the graph runs in one piece.
 
     Args:
         path: the ``.onnx`` file.
@@ -123,11 +123,10 @@ class OnnxRuntimeBackend(Backend):
                                                  warm_start_mix)
         #: ``infer`` runs the unary and the CRF apart (and times each): with the native CRF,
         #: and with the graph's CRF on the CPU provider, as two sessions of the graph's parts
-        #: (on a GPU provider the logits would cross to the host and back: one run there; part
-        #: sessions are built from bytes, where weights stored as external data are not found).
+        #: (on a GPU provider the logits would cross to the host and back: one run there). Part
+        #: sessions are built from bytes: weights stored as external data are read in first.
         self._runs_in_parts = self.has_crf and self._logits_name is not None and (
-            self._crf_executor == "native" or (self.loader.providers == ("cpu",)
-                                               and not model_file.uses_external_data))
+            self._crf_executor == "native" or self.loader.providers == ("cpu",))
         if self._runs_in_parts:
             # The unary session never spins: its idle threads would take the cores from the
             # CRF (native or the CRF part's session) that runs right after it.
@@ -146,8 +145,6 @@ class OnnxRuntimeBackend(Backend):
             reason = f"providers {list(self.loader.providers)} (native CRF is CPU-only)"
         elif self._logits_name is None:
             reason = "the graph has no unary_labels output to find the unary logits by"
-        elif self.model_file.uses_external_data:
-            reason = "the weights are stored as external data"
         else:
             try:
                 self.native_crf = NativeCRF.from_onnx_props(props, self.threads)
@@ -214,6 +211,8 @@ class OnnxRuntimeBackend(Backend):
                              "graph (no unary_labels output)")
         inputs, outputs = {"unary": ([INPUT_NAME], [self._logits_name]),
                            "crf": ([self._logits_name, INPUT_NAME], ["probabilities"])}[part]
+        if self.model_file.uses_external_data and self._model_proto is self.model_file.proto:
+            self._model_proto = self.model_file.load_proto_with_data()   # once, for the parts
         extracted = extract_part(self._model_proto, inputs, outputs)
         import_onnxruntime()         # the one-line error when onnxruntime is missing
         return inference_session(extracted.SerializeToString(),

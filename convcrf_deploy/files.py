@@ -80,7 +80,7 @@ def is_streamed(path: str | os.PathLike) -> bool:
     if text == STDOUT:
         return True
     absolute = os.path.abspath(text)
-    if absolute.startswith(("/dev/fd/", "/dev/std", "/proc/")):
+    if absolute.startswith(("/dev/fd/", "/dev/std", "/proc/")) and os.path.lexists(text):
         return True                        # a process's descriptors, whatever they are now
     try:
         mode = os.stat(text).st_mode
@@ -275,8 +275,9 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
             it is refused for those outputs.
 
     Raises :class:`OutputPathError` when an output is an existing folder, lies in a folder that
-    does not exist (or is a file; for a symbolic link: the folder of its target), has a suffix
-    that cannot be written, or names the same file as another output (``-`` twice included);
+    does not exist (or is a file; for a symbolic link: the folder of its target) or where no
+    file can be created (probed with an empty temporary file), has a suffix that cannot be
+    written, or names the same file as another output (``-`` twice included);
     and :class:`OutputIsInputError` when it would overwrite an input
     (:func:`refuse_output_overwriting_input`). ``-``, FIFOs and devices are accepted (they are
     streamed to, see :class:`AtomicOutput`).
@@ -306,6 +307,10 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
                                   "create it first")
         if not parent.is_dir():
             raise OutputPathError(f"{name} {path}: {parent}{link} is a file, not a folder")
+        reason = _cannot_create_in(parent)
+        if reason:
+            raise OutputPathError(f"{name} {path}: cannot create files in {parent}{link} "
+                                  f"({reason}); choose a folder you can write to")
     names = list(given)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
@@ -314,6 +319,19 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
             if same:
                 raise OutputPathError(f"{first} and {second} name the same file "
                                       f"{given[first]}; give each output its own path")
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (read-only, no permission, a pseudo file
+    system such as /proc), or None. Probed by creating and removing an empty temporary file,
+    which is what the atomic write does first (``os.access`` says yes to root everywhere)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".convcrf-probe-")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(handle)
+    os.unlink(probe)
+    return None
 
 
 def refuse_output_overwriting_input(outputs: Mapping[str, str | os.PathLike | None],

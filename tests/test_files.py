@@ -175,3 +175,15 @@ def test_process_substitution_receives_the_statistics_of_a_run(tmp_path):
     while time.monotonic() < deadline and not (out.exists() and out.read_text().endswith("}\n")):
         time.sleep(0.05)
     assert json.loads(out.read_text())["frames"] == 2
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_in_a_folder_where_nothing_can_be_created_is_refused_up_front():
+    """New-user trial: ``-o /proc/version.onnx`` failed after the work with "[Errno 2] No such
+    file or directory" (convcrf-bench: a traceback). os.access says yes to root, so the folder
+    is probed; /proc/self/fd/1 (an existing descriptor) stays a streamed output."""
+    from convcrf_deploy.files import OutputPathError, check_output_paths
+    with pytest.raises(OutputPathError, match=r"-o /proc/version.onnx: cannot create files in "
+                                              r"/proc \(.*\); choose a folder you can write to"):
+        check_output_paths({"-o": "/proc/version.onnx"}, {})
+    check_output_paths({"--json": "/proc/self/fd/1"}, {})

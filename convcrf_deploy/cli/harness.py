@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, TextIO
 
+from ..errors import describe_error
 from ..install import MissingDependencyError
 
 
@@ -102,7 +103,8 @@ def report_error(program: str, message: str) -> None:
 def command(program: str, *, interrupted_note: str = "no partial output was written"
             ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate a command's ``main(argv) -> int``: :class:`CommandError` and
-    :class:`MissingDependencyError` become one line and their status, Ctrl-C one line and
+    :class:`MissingDependencyError` become one line and their status, an ``OSError`` nothing
+    else caught one line and status 1, Ctrl-C one line and
     status 130 (outputs are written atomically, hence ``interrupted_note``); argparse's own
     usage errors keep their status 2."""
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
@@ -123,6 +125,12 @@ def command(program: str, *, interrupted_note: str = "no partial output was writ
             except KeyboardInterrupt:
                 print(f"{program}: interrupted; {interrupted_note}", file=sys.stderr)
                 return int(ExitCode.INTERRUPTED)
+            except OSError as exc:
+                # A file that could not be read or written where no command expected it (a
+                # disk that filled up, a folder that went away): one line, not a traceback.
+                report_error(program, describe_error(exc, "", "check the path, its "
+                                                     "permissions and the free space"))
+                return int(ExitCode.FAILED)
             finally:
                 warnings.formatwarning = formatwarning
         return run

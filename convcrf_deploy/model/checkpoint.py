@@ -198,9 +198,11 @@ def _read(path: Path, map_location, expected: str = FORMAT) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if path.suffix.lower() == ".onnx":
-        raise CheckpointError(f"{path} is an ONNX file, not a PyTorch checkpoint: run it with "
-                              "--backend onnxruntime (the default for .onnx files); exports "
-                              "start from the checkpoint (.pt) it was exported from")
+        raise CheckpointError(f"{path} is an ONNX file, not a PyTorch checkpoint: run it "
+                              "with convcrf-run --model FILE.onnx (Segmenter(path)); exports, "
+                              "benchmarks and training start from the checkpoint (.pt) it was "
+                              "exported from (an ONNX unary of your own: convcrf-export "
+                              "--unary FILE.onnx)")
     from .unary_files import unary_file_kind
     kind = unary_file_kind(path)
     if kind is not None:

@@ -190,3 +190,14 @@ def test_warnings_during_a_command_are_one_line_naming_it():
         "convcrf-demo: warning (MissingDigestWarning): model.onnx has no digest: loading it "
         "unchecked",
         "convcrf-demo: warning: frame 3 is 77x101"]
+
+
+def test_an_oserror_no_command_expected_is_one_line_and_status_1(capsys):
+    @harness.command("convcrf-demo")
+    def main(argv=None):
+        raise FileNotFoundError(2, "No such file or directory", "/gone/b.json")
+
+    assert main([]) == harness.ExitCode.FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convcrf-demo: error: ") and "/gone/b.json" in err and \
+        "free space" in err and len(err.splitlines()) == 1, err

@@ -116,12 +116,15 @@ def backend_name_for(model: Any, backend: str | None = None) -> str:
         return "torch"  # an in-memory SegmentationModel
     if str(model) == "demo":
         return "torch"
+    if Path(model).is_dir():
+        raise ValueError(f"{str(model)!r} is a folder, not a model file; give the model's "
+                         f"{'/'.join(SUFFIXES)} file, or 'demo'")
     suffix = Path(model).suffix.lower()
     if suffix in SUFFIXES:
         return SUFFIXES[suffix]
     raise ValueError(f"cannot tell which backend runs {str(model)!r} from its suffix; use a "
-                     f"{'/'.join(SUFFIXES)} file, 'demo', or pass backend= one of "
-                     f"{', '.join(BACKENDS)}")
+                     f"{'/'.join(SUFFIXES)} file, 'demo', or name the backend (convcrf-run "
+                     f"--backend, Segmenter(backend=...)): one of {', '.join(BACKENDS)}")
 
 
 def backends_help() -> str:

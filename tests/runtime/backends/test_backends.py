@@ -45,8 +45,18 @@ def test_explicit_backend_names_and_aliases_win():
 def test_unknown_backend_or_suffix_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown backend 'tflite'"):
         backend_name_for("m.onnx", "tflite")
-    with pytest.raises(ValueError, match="cannot tell which backend.*backend="):
+    with pytest.raises(ValueError, match=r"cannot tell which backend.*convcrf-run --backend, "
+                                         r"Segmenter\(backend=\.\.\.\)"):
         backend_name_for("model.bin")
+
+
+def test_a_folder_given_as_the_model_is_named(tmp_path):
+    # New-user trial: "cannot tell which backend runs 'emptydir' from its suffix ... pass
+    # backend=" (the API's argument, not the command's).
+    folder = tmp_path / "emptydir"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="'.*emptydir' is a folder, not a model file"):
+        backend_name_for(str(folder))
 
 
 def test_missing_model_file_is_reported_before_loading(tmp_path):

@@ -156,9 +156,12 @@ def probe_constraints(model, pad_multiple: int | None = None,
 def with_probed_constraints(model):
     """``model`` (a SegmentationModel) when its metadata records input constraints, else a
     shallow copy (sharing its modules) whose metadata has the probed ones. A unary that runs
-    at no probed size keeps none (a warning says so; it fails on the sizes it cannot take).
+    at no probed size but at its metadata's ``input_size`` is a network of that one size: the
+    copy's ``fixed_input_size`` is ``(height, width)`` (the runtime fits frames to it).
 
     Raises:
+        ConstraintError: the unary runs at no probed size, nor at its ``input_size`` (the
+            message names both failures and the options that state the sizes).
         convcrf_deploy.model.outputs.UnaryOutputError: the unary's output is not logits.
     """
     import copy
@@ -173,8 +176,19 @@ def with_probed_constraints(model):
     try:
         probe = probe_constraints(model)
     except ConstraintError as exc:
-        warn(f"input constraints not found: {exc}")
-        return model
+        height, width = model.metadata.input_size
+        failure = _Prober(model).failure(height, width)
+        if failure is None:
+            # A network of one size (a Linear on the flattened image, a fixed positional
+            # embedding): frames are fitted to it like a fixed-size export's, or refused
+            # before the run with --resize none (new-user trial: it failed mid-run).
+            model = copy.copy(model)
+            model.fixed_input_size = (height, width)
+            return model
+        raise ConstraintError(
+            f"{exc}; nor at its input_size {width}x{height} (WxH): {failure}. Give the size it "
+            "runs at as input_size (--metadata with \"input_size\": [H, W]) or the sizes it "
+            "needs (--pad-multiple N, --min-size N)") from None
     if probe.pad_multiple == 1 and probe.min_size == 1:
         return model
     model = copy.copy(model)

@@ -179,6 +179,41 @@ def test_a_fixed_size_torch_export_program_is_a_fixed_size_model(tmp_path):
     assert segmenter(frame(60, 90)).labels.shape == (60, 90)
 
 
+def _one_size_model(input_size):
+    """A checkpoint-style network that runs at 32x48 only (a Linear on the flattened image),
+    as the new-user trial's, which failed mid-run with status 1."""
+    torch = pytest.importorskip("torch")
+    from convcrf_deploy import ConvCRF, CRFConfig, SegmentationModel
+
+    class OneSize(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.fc = torch.nn.Linear(3 * 32 * 48, 3)
+
+        def forward(self, x):
+            return self.conv(x) + self.fc(x.flatten(1))[:, :, None, None]
+
+    return SegmentationModel(OneSize(), ConvCRF(CRFConfig(num_classes=3)),
+                             ModelMetadata(["a", "b", "c"], input_size=input_size)).eval()
+
+
+def test_a_network_of_one_size_is_a_fixed_size_model():
+    model = _one_size_model((32, 48))
+    with pytest.raises(InputSizeError, match=r"48x32 frames only.*runs at its input_size only"):
+        Segmenter(model, "torch", resize="none")
+    segmenter = Segmenter(model, "torch")
+    assert segmenter.input_limits.fixed_size == (32, 48)
+    assert segmenter(frame(77, 101)).labels.shape == (77, 101)
+
+
+def test_a_network_that_runs_at_no_size_it_is_given_is_refused_at_load():
+    from convcrf_deploy.model.constraints import ConstraintError
+    with pytest.raises(ConstraintError, match=r"failed at every size probed.*nor at its "
+                                              r"input_size 320x240 \(WxH\).*\"input_size\""):
+        Segmenter(_one_size_model((240, 320)), "torch")
+
+
 def test_limits_from_shapes_and_their_descriptions():
     assert InputLimits.from_shape(["N", 3, "H", "W"], "x").fixed_size == (None, None)
     limits = InputLimits.from_shape([1, 3, 240, 320], "its graph")

@@ -54,16 +54,22 @@ class TorchBackend(Backend):
 
     @property
     def input_limits(self) -> InputLimits:
-        """A unary saved as a ``torch.export`` program of one fixed size takes only that size
-        (a checkpoint's network, or a program with dynamic shapes: any size)."""
+        """A unary saved as a ``torch.export`` program of one fixed size takes only that size,
+        as does a network the constraint probe found to run at its ``input_size`` only; any
+        other network, or a program with dynamic shapes: any size."""
         from ....model.unary_files import ProgramUnary, _static_size
         unary = getattr(self.model, "unary", None)
         size = _static_size(unary) if isinstance(unary, ProgramUnary) else None
-        if size is None:
-            return InputLimits()
-        return InputLimits(size, size, origin=f"the torch.export program {unary.source}",
-                           widen="export the unary again with dynamic shapes "
-                                 "(torch.export.Dim for height and width)")
+        if size is not None:
+            return InputLimits(size, size, origin=f"the torch.export program {unary.source}",
+                               widen="export the unary again with dynamic shapes "
+                                     "(torch.export.Dim for height and width)")
+        size = getattr(self.model, "fixed_input_size", None)   # found by the constraint probe
+        if size is not None:
+            return InputLimits(size, size, origin="the unary network, which runs at its "
+                               "input_size only", widen="make the network size-independent "
+                               "(e.g. pool before its Linear layers)")
+        return InputLimits()
 
     @property
     def thread_safe(self) -> bool:

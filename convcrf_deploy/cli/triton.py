@@ -107,7 +107,8 @@ def _check_repository_output(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..serving.repository import (EngineProfile, ModelOptions, RepositoryError,
-                                      server_command, write_onnxruntime_model, write_python_model,
+                                      RepositoryWriteError, server_command,
+                                      write_onnxruntime_model, write_python_model,
                                       write_tensorrt_model)
 
     engine_only = [f"--{n.replace('_', '-')}" for n in ("plugin", "min", "max", "frame_size")
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     profile=profile, force=args.force,
                     frame_sizes=[(size.height, size.width)
                                  for size in args.frame_size or ()] or None)
+    except RepositoryWriteError as exc:    # written, but not as the server reads it: failed
+        raise CommandError(str(exc)) from exc
     except RepositoryError as exc:
         # The model file, the options or the target folder cannot be used as asked (nothing
         # was written): status 2, as for every command's unusable input or refused output.

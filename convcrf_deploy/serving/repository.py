@@ -70,6 +70,11 @@ class RepositoryError(ValueError):
     """The repository cannot be written as asked; the message says why and what to do."""
 
 
+class RepositoryWriteError(RepositoryError):
+    """The repository was written, but what was written does not read back as the server
+    would read it (nothing is committed): a failure of the writing, not of the request."""
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """Serving options shared by both model kinds.
@@ -136,7 +141,8 @@ def _write_served_onnx(model: ExportedModel, written: Path, final: Path, load) -
         check_written(written, final)
         load(written)
     except ValueError as exc:
-        raise RepositoryError(f"the server could not load the written model: {exc}") from None
+        raise RepositoryWriteError(f"the server could not load the written model: {exc}") \
+            from None
 
 
 def _load_like_the_server(path: Path, ops_library) -> None:

@@ -257,6 +257,12 @@ def _pattern_regex(name: str) -> re.Pattern:
     return re.compile(r"\d+".join(re.escape(part.replace("%%", "%")) for part in parts))
 
 
+#: what a JSON output (``--json``, ``--stats-json``) may be called: ``.json``, or a name
+#: without a suffix (``-``, ``/dev/stdout``, a FIFO). Anything else is refused, so that a slip
+#: such as ``--json model.onnx`` cannot replace a model (new-user trial).
+JSON_SUFFIXES = (".json", "")
+
+
 def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
                        inputs: Mapping[str, str | os.PathLike | None],
                        folder_outputs: Iterable[str] = (),
@@ -296,7 +302,8 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
             if suffix not in allowed:
                 what = (f"cannot be {STDOUT} (standard output)" if str(path) == STDOUT else
                         f"cannot be written as {suffix}" if suffix else "has no suffix")
-                raise OutputPathError(f"{name} {path} {what}; supported: {', '.join(allowed)}")
+                named = [s or "no suffix (-, /dev/stdout)" for s in allowed]
+                raise OutputPathError(f"{name} {path} {what}; supported: {', '.join(named)}")
         if is_streamed(path):
             continue
         target = destination_of(path)

@@ -187,3 +187,13 @@ def test_an_output_in_a_folder_where_nothing_can_be_created_is_refused_up_front(
                                               r"/proc \(.*\); choose a folder you can write to"):
         check_output_paths({"-o": "/proc/version.onnx"}, {})
     check_output_paths({"--json": "/proc/self/fd/1"}, {})
+
+
+def test_json_outputs_are_json_files_or_streams():
+    """New-user trial: ``convcrf-bench demo --json demo.onnx`` replaced the user's model."""
+    from convcrf_deploy.files import JSON_SUFFIXES, OutputPathError, check_output_paths
+    with pytest.raises(OutputPathError, match=r"--json demo.onnx cannot be written as \.onnx; "
+                                              r"supported: \.json, no suffix"):
+        check_output_paths({"--json": "demo.onnx"}, {}, suffixes={"--json": JSON_SUFFIXES})
+    for fine in ("bench.json", "-", "/dev/stdout", "stats.JSON"):
+        check_output_paths({"--json": fine}, {}, suffixes={"--json": JSON_SUFFIXES})

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from ..benchmarking import MAX_BENCH_SIDE
-from ..files import check_output_paths, write_text_atomic
+from ..files import JSON_SUFFIXES, check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError, install_hint
 from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                          "onnxruntime) or PyTorch's")
     try:
         check_output_paths({"--json": args.json, "--plot": args.plot}, {"model": args.model},
-                           suffixes={"--plot": bench.PLOT_SUFFIXES})
+                           suffixes={"--plot": bench.PLOT_SUFFIXES, "--json": JSON_SUFFIXES})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = report_stream(args.json)

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from ..files import check_output_paths, write_text_atomic
+from ..files import JSON_SUFFIXES, check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from .harness import (ExitCode, PlainHelpFormatter, UsageError, add_model_loading_arguments,
                       command, load_model_argument, positive_float, positive_int,
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_paths(
             {"--json": args.json}, {"--data": args.data, "--model": getattr(args, "model", None),
-                                    **{f"--crf {p}": p for p in getattr(args, "crf", None) or []}})
+                                    **{f"--crf {p}": p for p in getattr(args, "crf", None) or []}},
+            suffixes={"--json": JSON_SUFFIXES})
         result = _run(args)
     except (ValueError, FileNotFoundError, OSError) as error:
         # DatasetError, CheckpointError and bad settings are ValueErrors with a full message.

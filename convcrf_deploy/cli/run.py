@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from ..errors import describe_error
-from ..files import STDOUT, OutputPathError, check_output_paths, write_text_atomic
+from ..files import (JSON_SUFFIXES, STDOUT, OutputPathError, check_output_paths,
+                     write_text_atomic)
 from ..metadata import RESIZE_POLICIES
 from ..progress import Progress
 from ..runtime.backends.base import CRF_EXECUTOR_CHOICES
@@ -174,10 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--warm-start-iterations must be >= 1, got "
                          f"{args.warm_start_iterations}")
     try:  # every output, before anything is opened or loaded
+        # A bag source is its path after "bag:" (new-user trial: --stats-json over the
+        # input bag was written, exit 0).
+        video = args.video.strip()
         check_output_paths({"--save": args.save, "--stats-json": args.stats_json,
                             "--save-bag": args.save_bag},
-                           {"--video": args.video, "--model": args.model},
-                           folder_outputs=("--save-bag",))
+                           {"--video": video[len("bag:"):] if video.startswith("bag:")
+                            else args.video, "--model": args.model},
+                           folder_outputs=("--save-bag",),
+                           suffixes={"--stats-json": JSON_SUFFIXES})
         if args.save:
             check_recording_target(args.save)   # a format it can write in full
     except ValueError as exc:           # OutputPathError too

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from ..config import TRAINABLE_GROUPS
-from ..files import check_output_paths, write_text_atomic
+from ..files import JSON_SUFFIXES, check_output_paths, write_text_atomic
 from ..install import TORCH_HINT, MissingDependencyError
 from ..metrics import MIOU_LEGEND
 from ..progress import Progress
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_paths({"--out": args.out, "--json": args.json},
                            {"--data": args.data, "--unary-model": args.unary_model,
-                            "--unary": args.unary, "--crf": args.crf})
+                            "--unary": args.unary, "--crf": args.crf},
+                           suffixes={"--json": JSON_SUFFIXES})
         report, (crf, model) = _run(args)
         if args.out is not None:
             _save(args.out, crf, model)

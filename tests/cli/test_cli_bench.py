@@ -165,3 +165,11 @@ def test_a_missing_fullcrf_library_is_status_3(checkpoint, capsys, monkeypatch):
         == ExitCode.MISSING_DEPENDENCY
     err = capsys.readouterr().err.strip()
     assert "pydensecrf" in err and "[fullcrf]" in err and len(err.splitlines()) == 1, err
+
+
+def test_json_output_must_be_json(checkpoint, tmp_path, capsys):
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(b"the user's model")
+    assert main([checkpoint, "--json", str(model_file)] + FAST) == EXIT_USAGE
+    assert "cannot be written as .onnx" in capsys.readouterr().err
+    assert model_file.read_bytes() == b"the user's model"

@@ -204,17 +204,23 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, toy_onnx, capsys):
     frames = tmp_path / "frames"
     frames.mkdir()
     cv2.imwrite(str(frames / "img_00000.png"), np.zeros((48, 64, 3), np.uint8))
+    bag = tmp_path / "drive" / "drive.mcap"
+    bag.parent.mkdir()
+    bag.write_bytes(b"\x89MCAP0\r\n")
     for args in (["--video", str(clip), "--save", str(clip)],
                  ["--video", str(tmp_path / "." / "x.mp4"), "--stats-json", str(clip)],
                  ["--video", "demo", "--save", toy_onnx],
                  ["--video", str(frames), "--save", str(frames / "img_%05d.png")],
                  # new-user trial: the input's own numbered pattern (was exit 0, frames lost)
                  ["--video", str(frames / "img_%05d.png"), "--save",
-                  str(frames / "img_%05d.png")]):
+                  str(frames / "img_%05d.png")],
+                 # new-user trial: a bag source (a file, a folder's file): exit 0, bag lost
+                 ["--video", f"bag:{bag}", "--stats-json", str(bag)],
+                 ["--video", f"bag:{bag.parent}", "--stats-json", str(bag)]):
         assert main(args + ["--model", toy_onnx, "--headless", "--max-frames", "2"]) == 2
         err = capsys.readouterr().err
         assert "would overwrite the input" in err and "Traceback" not in err
-    assert clip.read_bytes() == before
+    assert clip.read_bytes() == before and bag.read_bytes() == b"\x89MCAP0\r\n"
 
 
 @pytest.mark.parametrize("args, message", [

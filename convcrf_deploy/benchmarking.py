@@ -137,18 +137,27 @@ def size_key(size: tuple[int, int]) -> str:
 
 def normalize_backends(names: Iterable[str]) -> list[str]:
     """Registry names of ``names`` (aliases such as ``ort``/``trt`` accepted), in order,
-    without duplicates; an unknown name raises :class:`BenchmarkError` listing the choices."""
+    without duplicates; an unknown name, or a server's backend (triton: not built from a
+    model), raises :class:`BenchmarkError` listing the choices."""
     result = []
+    local = [name for name, spec in BACKENDS.items() if not spec.remote]
     for name in names:
         try:
             key = backend_name_for(None, name.strip())
         except ValueError:
-            raise BenchmarkError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} "
+            raise BenchmarkError(f"unknown backend {name!r}; choose from {', '.join(local)} "
                                  f"(aliases: {', '.join(sorted(ALIASES))})") from None
+        if BACKENDS[key].remote:
+            # The bench builds each backend from the model; a server's model is not built
+            # here (new-user trial: --backends triton ended in a traceback).
+            raise BenchmarkError(f"the {key} backend runs a model on a server, which convcrf-"
+                                 f"bench cannot build from {name!r}'s model: choose from "
+                                 f"{', '.join(local)}; time a Triton server with "
+                                 "benchmarks/bench_triton.py")
         if key not in result:
             result.append(key)
     if not result:
-        raise BenchmarkError(f"no backend given; choose from {', '.join(BACKENDS)}")
+        raise BenchmarkError(f"no backend given; choose from {', '.join(local)}")
     return result
 
 

@@ -69,6 +69,10 @@ def test_backend_names():
         ["onnxruntime", "torch", "tensorrt"]
     with pytest.raises(BenchmarkError, match="unknown backend 'tflite'.*torch, onnxruntime"):
         bench.normalize_backends(["torch", "tflite"])
+    # New-user trial: --backends triton ended in a StageUnavailableError traceback.
+    with pytest.raises(BenchmarkError, match="the triton backend runs a model on a server.*"
+                                             "benchmarks/bench_triton.py"):
+        bench.normalize_backends(["torch", "triton"])
 
 
 # ---- the benchmark ---------------------------------------------------------------------------

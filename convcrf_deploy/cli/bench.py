@@ -9,8 +9,7 @@ Examples::
     convcrf-bench demo --sweep --filter-sizes 5,7,11 --blurs 2,4,8 --crf-iterations 1,3,5
     convcrf-bench model.pt --sweep --frames path/to/labelled/folder --size 500x375
     convcrf-bench demo --backends onnxruntime --crf-executor graph   # the graph's own CRF
-    convcrf-bench demo --sweep --backends onnxruntime --warm-start-iterations 1,2 \
-        --num-frames 30                                      # warm start on the native CRF
+    convcrf-bench demo --sweep --backends onnxruntime --warm-start-iterations 1,2   # native
     convcrf-bench demo --threads 2 --sizes 320x240 --int8 --calibration frames/
 
 Sizes are WIDTHxHEIGHT. All variants of one run are timed interleaved, so compare the ratios

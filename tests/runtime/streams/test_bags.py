@@ -237,6 +237,12 @@ def test_missing_and_non_image_topics_list_the_image_topics(tmp_path, toy_onnx, 
     assert run(["--video", f"bag:{tmp_path / 'b'}", "--topic", "/chatter"], toy_onnx) == 2
     err = one_line_error(capsys)
     assert "std_msgs/msg/String, not an image" in err and "CompressedImage (jpeg, png)" in err
+    # New-user trial: an image topic without messages ran 0 frames, exit 0, --save-bag dropped.
+    write_bag(tmp_path / "empty", [], "mcap", "bgr8")
+    assert run(["--video", f"bag:{tmp_path / 'empty'}", "--topic", TOPIC, "--save-bag",
+                str(tmp_path / "out")], toy_onnx) == 2
+    err = one_line_error(capsys)
+    assert f"topic {TOPIC} has no messages" in err and not (tmp_path / "out").exists()
 
 
 def test_unsupported_encoding_ends_the_run_naming_the_message(tmp_path, toy_onnx, frames, capsys):

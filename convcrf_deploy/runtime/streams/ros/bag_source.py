@@ -175,6 +175,11 @@ class BagSource(FrameSource):
             self.topic = self._choose_topic(topics, topic)
             summary = next(t for t in topics if t.name == self.topic)
             self.msgtype, self.message_count = summary.msgtype, summary.count
+            if summary.count == 0:
+                # Nothing to segment: refused like a missing topic, before any output is
+                # made (new-user trial: exit 0 with 0 frames and --save-bag dropped).
+                raise SourceError(f"bag {path}: topic {self.topic} has no messages; "
+                                  f"{_describe_images(topics)}")
             connections = [c for c in self._reader.connections if c.topic == self.topic]
             self._messages: Iterator[tuple[Any, int, bytes]] = self._reader.messages(
                 connections=connections)

@@ -232,10 +232,19 @@ class Backend(abc.ABC):
         image, crop = pad_image(self._checked_image(feed[INPUT_NAME]), self.metadata)
         start = time.perf_counter()
         self._per_thread.stage_ms = {}
+        # One read of the switch per call: another thread switching the CRF cannot change it
+        # halfway, and last_crf_enabled says what this call ran (second new-user trial).
+        self._per_thread.crf = bool(self.crf_enabled)
         with self._serialised(), _inference_errors(self, image):
             outputs = self._infer(image)
         self.last_inference_time = time.perf_counter() - start
         return crop_outputs(outputs, crop)
+
+    @property
+    def last_crf_enabled(self) -> bool:
+        """:attr:`crf_enabled` as this thread's current or last :meth:`infer` read it (what
+        ``_infer`` implementations test, and what that call ran)."""
+        return getattr(self._per_thread, "crf", bool(self.crf_enabled))
 
     @property
     def last_stage_times(self) -> dict[str, float]:

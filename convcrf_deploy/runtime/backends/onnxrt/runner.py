@@ -312,7 +312,7 @@ class OnnxRuntimeBackend(Backend):
                                                                 INPUT_NAME: image})[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if self.crf_switchable and not self.crf_enabled:
+        if self.crf_switchable and not self.last_crf_enabled:
             self.reset()  # a warm start is stale once the CRF skips frames
             with self._timed("unary"):
                 logits = self._infer_unary(image)

@@ -145,7 +145,7 @@ class TorchBackend(Backend):
                 # takes ~8x longer (19 ms vs 2.5 ms at 320x240) and dominated the unary's time.
                 unary_labels = logits.max(1).indices
                 self._synchronize()
-            if self.crf_enabled and self.model.crf is not None:
+            if self.last_crf_enabled and self.model.crf is not None:
                 with self._timed("crf"):
                     if self.warm_start is not None:
                         probabilities = self.warm_start(logits, x)

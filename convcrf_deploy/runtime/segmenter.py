@@ -366,7 +366,7 @@ class Segmenter:
             self._check_one_stream()
         image = self.preprocess(frame)
         t1 = time.perf_counter()
-        outputs = self.backend.infer({"image": image})
+        outputs = self.backend.infer({"image": image}, check_values=False)  # from uint8
         t2 = time.perf_counter()
         parts = self.backend.last_stage_times
         mapped = self.postprocess(outputs)

@@ -44,6 +44,13 @@ def check_frames(image: np.ndarray, max_pixels: int) -> str | None:
     if h * w > max_pixels:
         return (f"'image' frame {w}x{h} has {h * w} pixels, more than this model's limit of "
                 f"{max_pixels} ({MAX_PIXELS_KEY}); resize it on the client (Segmenter does)")
+    if image.dtype != np.uint8:
+        # Per request, so that one client's NaN frame fails its own request only.
+        from ..runtime.backends.base import check_image_values
+        try:
+            check_image_values(image)
+        except ValueError as exc:
+            return str(exc)
     return None
 
 
@@ -89,7 +96,7 @@ class TritonPythonModel:
         for members in groups.values():
             batch = np.concatenate([image for _, image, _ in members]).astype(np.float32)
             try:
-                outputs = self.backend.infer({"image": batch})
+                outputs = self.backend.infer({"image": batch}, check_values=False)  # checked
             except Exception as exc:  # one failing batch must not take the server down
                 for index, _, _ in members:
                     responses[index] = pb_utils.InferenceResponse(

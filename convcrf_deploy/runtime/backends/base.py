@@ -166,6 +166,21 @@ class InputLimits:
 CRF_EXECUTOR_CHOICES = ("auto", "native", "graph")
 
 
+#: largest |value| an image may hold (ConvCRF's own bound: a 16-bit image is the most a colour
+#: kernel in 0..255 units can mean).
+MAX_IMAGE_VALUE = 65535.0
+
+
+def check_image_values(image: np.ndarray) -> None:
+    """Raise ``ValueError`` when ``image`` holds NaN or infinite values or values beyond
+    +-:data:`MAX_IMAGE_VALUE` (one line with the range found and the fix)."""
+    low, high = float(np.min(image)), float(np.max(image))
+    if not (np.isfinite(low) and np.isfinite(high)) or max(-low, high) > MAX_IMAGE_VALUE:
+        raise ValueError(f"{INPUT_NAME!r} must hold finite RGB values in 0..255, got values in "
+                         f"[{low:.4g}, {high:.4g}]; replace NaN/inf pixels and scale the image "
+                         "to 0..255")
+
+
 class StageUnavailableError(NotImplementedError):
     """This backend cannot run that stage of the model on its own."""
 
@@ -225,11 +240,21 @@ class Backend(abc.ABC):
         return contextlib.nullcontext() if self.thread_safe else self._call_lock
 
     # -- inference ------------------------------------------------------------------------------
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on ``feed[INPUT_NAME]`` (float32 ``[N, 3, H, W]``, RGB 0..255)."""
+    def infer(self, feed: dict[str, np.ndarray], *,
+              check_values: bool = True) -> dict[str, np.ndarray]:
+        """Run the model on ``feed[INPUT_NAME]`` (float32 ``[N, 3, H, W]``, RGB 0..255).
+
+        Raises ``ValueError`` for another shape, and (unless ``check_values=False``, for
+        images made from uint8 frames, as ``Segmenter`` makes them) for NaN or infinite values
+        or values beyond +-65535: the conventions of ``ConvCRF``, which every backend follows
+        (before, the graph's CRF returned NaN probabilities and label 0, ONNX Runtime took
+        1e9; second new-user trial)."""
         if INPUT_NAME not in feed:
             raise ValueError(f"feed must contain {INPUT_NAME!r}, got keys {sorted(feed)}")
-        image, crop = pad_image(self._checked_image(feed[INPUT_NAME]), self.metadata)
+        image = self._checked_image(feed[INPUT_NAME])
+        if check_values:
+            check_image_values(image)
+        image, crop = pad_image(image, self.metadata)
         start = time.perf_counter()
         self._per_thread.stage_ms = {}
         # One read of the switch per call: another thread switching the CRF cannot change it
@@ -267,6 +292,7 @@ class Backend(abc.ABC):
             self._per_thread.stage_ms[stage] = (time.perf_counter() - start) * 1e3
 
     def _checked_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` as contiguous float32 ``[N, 3, H, W]``, its shape checked."""
         if not self.is_active:
             self.activate()
         image = np.ascontiguousarray(image, dtype=np.float32)

@@ -417,3 +417,25 @@ def test_fp16_and_static_exports_run_the_native_crf(options, tmp_path):
     got, expected = native.infer({"image": image}), graph.infer({"image": image})
     difference = np.abs(got["probabilities"] - expected["probabilities"].astype(np.float32))
     assert difference.mean() < (2e-3 if options.get("fp16") else 1e-5)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e9, -1e9])
+def test_every_backend_refuses_nan_and_huge_images(demo_onnx, value):
+    """Second new-user trial: the graph's CRF returned label 0 and NaN probabilities for a NaN
+    image, and ONNX Runtime took 1e9, where PyTorch (ConvCRF) refuses both."""
+    from convcrf_deploy.runtime import create_backend
+    from convcrf_deploy.runtime.backends.base import check_image_values
+    from convcrf_deploy.serving.python_model import check_frames
+    image = np.full((1, 3, 24, 32), 100, np.float32)
+    image[0, 1, 3, 4] = value
+    with pytest.raises(ValueError, match=r"finite RGB values in 0..255"):
+        check_image_values(image)
+    assert "finite RGB values" in check_frames(image, 10 ** 6)   # a Triton request
+    backends = [create_backend(str(demo_onnx), crf_executor="graph"), create_backend("demo")]
+    if cpu_library() is not None:
+        backends.append(create_backend(str(demo_onnx), crf_executor="native"))
+    for backend in backends:
+        with pytest.raises(ValueError, match=r"finite RGB values in 0..255"):
+            backend.infer({"image": image})
+    finite = np.full((1, 3, 24, 32), 100, np.float32)
+    assert backends[0].infer({"image": finite})["labels"].shape == (1, 24, 32)

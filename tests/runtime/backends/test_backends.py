@@ -254,4 +254,3 @@ def test_torch_backend_stages_compose_to_infer(torch_model):
                                backend.infer({"image": image})["probabilities"], atol=1e-6)
     with pytest.raises(ValueError, match="matching image"):
         backend.infer_crf(logits[:, :, :10], image)
-

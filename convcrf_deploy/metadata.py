@@ -47,6 +47,28 @@ def default_palette(num_classes: int) -> list[list[int]]:
     return palette
 
 
+#: Largest image side anything here accepts (16K video): beyond it one frame alone needs
+#: gigabytes, and the failure would be an allocation error deep inside a run.
+MAX_IMAGE_SIDE = 16384
+
+
+def checked_size(size: Any, what: str = "input_size") -> tuple[int, int]:
+    """``size`` as ``(height, width)`` ints in 1..:data:`MAX_IMAGE_SIDE`; ``ValueError`` (one
+    line naming ``what``, the value and the form expected) otherwise."""
+    try:
+        if isinstance(size, (str, bytes)) or len(size) != 2:
+            raise TypeError
+        height, width = (int(v) for v in size)
+        if any(float(v) != int(v) for v in size):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (height, width), two ints, got {size!r}") from None
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+        raise ValueError(f"{what} must be (height, width) in 1..{MAX_IMAGE_SIDE} px, got "
+                         f"{(height, width)}")
+    return height, width
+
+
 @dataclass
 class ModelMetadata:
     """Description of a segmentation model's classes and input convention.
@@ -112,9 +134,7 @@ class ModelMetadata:
         self.std = tuple(float(v) for v in self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or any(v <= 0 for v in self.std):
             raise ValueError("ModelMetadata.mean/std: three values each, std > 0")
-        self.input_size = tuple(int(v) for v in self.input_size)
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise ValueError(f"ModelMetadata.input_size: (height, width) >= 1, got {self.input_size}")
+        self.input_size = checked_size(self.input_size, "ModelMetadata.input_size")
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"ModelMetadata.resize: 'none', 'stretch' or 'letterbox', got "
                              f"{self.resize!r}")

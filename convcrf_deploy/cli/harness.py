@@ -42,6 +42,7 @@ from typing import Callable, NamedTuple, TextIO
 
 from ..errors import describe_error
 from ..install import MissingDependencyError
+from ..metadata import MAX_IMAGE_SIDE
 
 
 class ExitCode(enum.IntEnum):
@@ -196,9 +197,8 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-#: Largest frame side the commands accept (16K video): beyond it a frame alone needs
-#: gigabytes, and the failure would be an allocation error deep inside the run.
-MAX_FRAME_SIDE = 16384
+#: Largest frame side the commands accept (metadata.MAX_IMAGE_SIDE, 16K video).
+MAX_FRAME_SIDE = MAX_IMAGE_SIDE
 
 
 class FrameSize(NamedTuple):

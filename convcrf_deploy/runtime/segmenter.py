@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from .. import _warnings
-from ..metadata import RESIZE_POLICIES
+from ..metadata import RESIZE_POLICIES, checked_size
 from .backends import Backend, InputLimits, create_backend
 from .padding import replicate_edges
 
@@ -123,7 +123,8 @@ class Segmenter:
             already created :class:`Backend`.
         backend: backend name (chosen from the file type when omitted).
         resize: override the model's resize policy (``"none"``, ``"stretch"``, ``"letterbox"``).
-        input_size: override the model's nominal ``(height, width)``.
+        input_size: override the model's nominal ``(height, width)``: two ints in
+            1..16384 (``ValueError`` otherwise).
         return_probabilities: also return ``[C, H, W]`` probabilities at the frame size.
         return_confidence: also return the per-pixel confidence (``result.confidence``, see
             :class:`SegmentationResult`), computed at the model's resolution and resized to
@@ -148,6 +149,8 @@ class Segmenter:
     def __init__(self, model: Any, backend: str | None = None, *, resize: str | None = None,
                  input_size: tuple[int, int] | None = None, return_probabilities: bool = False,
                  return_confidence: bool = False, crf: bool = True, **backend_options: Any):
+        if input_size is not None:    # before the model loads: a bad argument fails at once
+            input_size = checked_size(input_size, "Segmenter(input_size=...)")
         if isinstance(model, Backend):
             if backend_options:
                 raise ValueError("backend options cannot be applied to an existing Backend")

@@ -384,3 +384,16 @@ def test_result_crf_says_what_each_call_ran_while_another_thread_switches_it():
     assert {r.crf for r in results} == {True, False}      # both settings were met
     for result in results:
         assert np.array_equal(result.labels, with_crf if result.crf else without_crf)
+
+
+@pytest.mark.parametrize("size, message", [
+    # second new-user trial: cv2.error at the first call, "invalid literal for int()", a
+    # TypeError, a MemoryError of 112 GiB at the first call
+    ((0, 0), r"in 1..16384 px, got \(0, 0\)"), ((-4, 5), r"in 1..16384 px"),
+    ("320x240", "two ints, got '320x240'"), ((1, 2, 3), "two ints"),
+    ((100000, 100000), r"in 1..16384 px"), ((240.5, 320), "two ints"),
+])
+def test_input_size_is_checked_when_the_segmenter_is_made(tmp_path, size, message):
+    with pytest.raises(ValueError, match=r"Segmenter\(input_size=\.\.\.\) must be \(height, "
+                                         r"width\)" + ".*" + message):
+        Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")), input_size=size)

@@ -310,7 +310,9 @@ def test_output_that_is_the_input_is_refused(tmp_path, toy_onnx, frames, capsys,
     source = tmp_path / ("b/b.mcap" if target == "b/b.mcap" else "b")
     assert run(["--video", f"bag:{source}", "--save-bag", str(tmp_path / target)],
                toy_onnx) == 2
-    assert "is the input bag" in one_line_error(capsys)
+    expected = {"b": "is the input bag", "b/inside": "lies inside the input bag",
+                "b/b.mcap": "would overwrite the input --video"}[target]
+    assert expected in one_line_error(capsys)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
 
 
@@ -399,4 +401,12 @@ def test_write_image_bag_makes_a_bag_convcrf_run_reads(tmp_path, toy_onnx):
         write_image_bag(drive, "demo", max_frames=2)
     with pytest.raises(ValueError, match="never ends"):
         write_image_bag(tmp_path / "endless", "demo", max_frames=None)
+    # Second new-user trial: 0 silently became 30 fps, -5 ran time backwards, inf gave every
+    # frame one stamp, nan and 1e-9 ended in errors of other libraries; the API's errors named
+    # the command's option.
+    for fps in (0, -5, float("inf"), float("nan"), 1e-9, "30"):
+        with pytest.raises(ValueError, match=r"fps must be a number in 0.01..10000"):
+            write_image_bag(tmp_path / "rate", "demo", max_frames=2, fps=fps)
+    with pytest.raises(FileExistsError, match=r"^path .*drive: it exists"):
+        write_image_bag(drive, "demo", max_frames=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "drive", "from_clip", "out"]

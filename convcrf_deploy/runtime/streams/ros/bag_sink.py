@@ -53,8 +53,10 @@ BAG_VERSION = 8
 log = logging.getLogger(__name__)
 
 
-def check_output_bag(path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
-    """Validate an output bag path before anything runs; returns it resolved.
+def check_output_bag(path: str | Path, inputs: Sequence[str | Path] = (),
+                     option: str = "--save-bag") -> Path:
+    """Validate an output bag path before anything runs; returns it resolved. ``option``
+    names the path in messages (the command's option, or an API argument such as ``path``).
 
     Raises:
         FileExistsError: ``path`` exists (an existing bag is never modified).
@@ -65,13 +67,15 @@ def check_output_bag(path: str | Path, inputs: Sequence[str | Path] = ()) -> Pat
     for source in inputs:
         source = Path(source).expanduser().resolve()
         if out == source or source in out.parents or out in source.parents:
-            raise ValueError(f"--save-bag {path} is the input bag {source} (or inside it): "
-                             "write the results elsewhere")
+            where = "is" if out == source else "contains" if out in source.parents else \
+                "lies inside"
+            raise ValueError(f"{option} {path} {where} the input bag {source}: write the "
+                             "results elsewhere")
     if os.path.lexists(out):
-        raise FileExistsError(f"--save-bag {path}: it exists; an existing bag is never "
+        raise FileExistsError(f"{option} {path}: it exists; an existing bag is never "
                               "modified: choose a new name or remove it")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"--save-bag {path}: folder {out.parent} does not exist")
+        raise FileNotFoundError(f"{option} {path}: folder {out.parent} does not exist")
     return out
 
 

@@ -12,6 +12,7 @@ folder beside ``path`` and renamed to it when complete, like ``--save-bag``.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -25,6 +26,8 @@ from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, Stamp, bgr_image_fie
 #: the topic camera drivers publish raw images on (and README's commands read).
 DEFAULT_TOPIC = "/camera/image_raw"
 ENCODINGS = ("bgr8", "jpeg")
+#: frame rates ``fps`` may be: a slow survey camera to a fast event camera's frames.
+MIN_FPS, MAX_FPS = 0.01, 10000.0
 
 
 def write_image_bag(path: str | Path, source: Any = "demo", *, topic: str = DEFAULT_TOPIC,
@@ -44,7 +47,7 @@ def write_image_bag(path: str | Path, source: Any = "demo", *, topic: str = DEFA
         storage: ``"mcap"`` or ``"sqlite3"``.
         max_frames: stop after this many frames (``None``: until the source ends; the demo
             scene never ends).
-        fps: frame rate of the stamps (default: the source's, else 30).
+        fps: frame rate of the stamps, 0.01..10000 (default: the source's, else 30).
         demo_size: ``(height, width)`` of the demo scene.
 
     Returns:
@@ -65,17 +68,23 @@ def write_image_bag(path: str | Path, source: Any = "demo", *, topic: str = DEFA
         raise ValueError(f"bag storage must be one of {STORAGES}, got {storage!r}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps)
+                                and MIN_FPS <= fps <= MAX_FPS):
+        # 0 was taken as "the default", a negative rate ran time backwards, inf gave every
+        # frame one stamp (second new-user trial).
+        raise ValueError(f"fps must be a number in {MIN_FPS}..{MAX_FPS:g} frames per second, "
+                         f"got {fps!r}")
     if isinstance(source, str) and source.strip() == "demo" and max_frames is None:
         raise ValueError("the demo scene never ends: give max_frames")
     rosbag2 = require("rosbags.rosbag2", "rosbags", "ros")
     typesys = require("rosbags.typesys", "rosbags", "ros")
     if isinstance(source, str):
         inputs = [source.strip()[len("bag:"):]] if source.strip().startswith("bag:") else []
-        target = check_output_bag(path, inputs)
+        target = check_output_bag(path, inputs, option="path")
         source = open_source(source, demo_size=demo_size)
     else:
         try:
-            target = check_output_bag(path)
+            target = check_output_bag(path, option="path")
         except BaseException:
             source.close()
             raise
@@ -83,7 +92,7 @@ def write_image_bag(path: str | Path, source: Any = "demo", *, topic: str = DEFA
     types = store.types
     msgtype = IMAGE_TYPE if encoding == "bgr8" else COMPRESSED_IMAGE_TYPE
     out_topic = topic if encoding == "bgr8" else f"{topic.rstrip('/')}/compressed"
-    rate = float(fps or getattr(source, "fps", None) or 30.0)
+    rate = float(fps if fps is not None else getattr(source, "fps", None) or 30.0)
     start_ns = time.time_ns()
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
                                     dir=target.parent))

@@ -314,7 +314,7 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
                                   "create it first")
         if not parent.is_dir():
             raise OutputPathError(f"{name} {path}: {parent}{link} is a file, not a folder")
-        reason = _cannot_create_in(parent)
+        reason = cannot_create_in(parent)
         if reason:
             raise OutputPathError(f"{name} {path}: cannot create files in {parent}{link} "
                                   f"({reason}); choose a folder you can write to")
@@ -328,7 +328,7 @@ def check_output_paths(outputs: Mapping[str, str | os.PathLike | None],
                                       f"{given[first]}; give each output its own path")
 
 
-def _cannot_create_in(folder: Path) -> str | None:
+def cannot_create_in(folder: Path) -> str | None:
     """Why no file can be created in ``folder`` (read-only, no permission, a pseudo file
     system such as /proc), or None. Probed by creating and removing an empty temporary file,
     which is what the atomic write does first (``os.access`` says yes to root everywhere)."""

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..files import cannot_create_in
 from ..progress import Progress
 from .harness import (CommandError, ExitCode, UsageError, command, frame_size, int_at_least,
                       positive_int)
@@ -94,6 +95,12 @@ def _check_repository_output(args: argparse.Namespace) -> None:
     folder (``REPO/NAME``, replaced with ``--force``) that holds one of the inputs."""
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"-o {args.output} is a file; the model repository is a folder")
+    existing = next(p for p in (args.output.absolute(), *args.output.absolute().parents)
+                    if p.exists())
+    reason = cannot_create_in(existing) if existing.is_dir() else "not a folder"
+    if reason:    # e.g. /proc (second new-user trial: [Errno 2] after the model was read)
+        raise UsageError(f"-o {args.output}: cannot create files in {existing} ({reason}); "
+                         "choose a folder you can write to")
     target = (args.output / args.name).resolve()
     for option, path in (("model", args.model), ("--engine", args.engine),
                          ("--plugin", args.plugin),

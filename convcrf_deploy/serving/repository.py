@@ -359,6 +359,16 @@ def write_python_model(onnx_path: str | os.PathLike, repository: str | os.PathLi
         raise RepositoryError("threads and the maximum frame size must be >= 1")
     onnx_path = Path(onnx_path)
     model, props = _open_onnx(onnx_path)
+    metadata = model.metadata
+    if metadata is not None:
+        need = metadata.padded_size(*metadata.input_size)
+        if max_frame_size[0] * max_frame_size[1] < need[0] * need[1]:
+            # Clients send frames at the model's input size (Segmenter resizes to it): every
+            # request would be refused (second new-user trial).
+            raise RepositoryError(
+                f"--max-frame-size {max_frame_size[1]}x{max_frame_size[0]} is below "
+                f"{onnx_path.name}'s input size {need[1]}x{need[0]} (WxH), which clients "
+                "send: every request would be refused; give at least that size")
     if model.needs_custom_ops:
         try:
             _native.ort_ops_library()
@@ -516,7 +526,8 @@ def _readme(options: ModelOptions, kind: str, input_dtype: str | None,
             "This is a **Python-backend** model (CPU): the server runs the exported ONNX graph with\n"
             "convcrf-deploy's runtime (ONNX Runtime, no torch). In the server's Python environment:\n\n"
             "```bash\n"
-            "pip install convcrf-deploy nvidia-pytriton \"numpy<2\" \"opencv-python-headless<4.12\"\n"
+            "pip install /path/to/convcrf-deploy nvidia-pytriton \"numpy<2\" \"opencv-python-headless<4.12\"\n"
+            "#            ^ your checkout: convcrf-deploy is installed from source (README)\n"
             "tritonserver --model-repository=$PWD/..     # NVIDIA's container, or the wheel's binary\n"
             "```\n\n"
             "With the `nvidia-pytriton` wheel instead of the container, the Python-backend stub needs\n"

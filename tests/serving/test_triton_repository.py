@@ -245,3 +245,16 @@ def test_cli_unusable_models_are_status_2(toy, tmp_path, capsys):
         err = capsys.readouterr().err
         assert model.name in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "repo" / "convcrf").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_cli_refuses_a_repository_it_cannot_write_or_serve(toy, tmp_path, capsys):
+    """Second new-user trial: -o /proc/repo was status 1 after the model was read, and a
+    --max-frame-size below the model's input size wrote a model that refuses every client."""
+    assert triton_cli.main([str(toy), "-o", "/proc/repo"]) == 2
+    assert "cannot create files in /proc" in capsys.readouterr().err
+    assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo"), "--max-frame-size",
+                            "8x8"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-frame-size 8x8 is below" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "repo" / "convcrf").exists()

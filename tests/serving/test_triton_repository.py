@@ -181,6 +181,10 @@ def test_cli_writes_repository_and_prints_server_command(toy, tmp_path, capsys):
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo"), "--max-batch", "4"]) == 0
     out = capsys.readouterr().out
     assert f"tritonserver --model-repository={(tmp_path / 'repo').resolve()}" in out
+    # Second new-user trial: the repository's README installed convcrf-deploy from the
+    # package index, where it is not (install.py: from the checkout).
+    written = (tmp_path / "repo" / "convcrf" / "README.md").read_text()
+    assert "pip install convcrf-deploy " not in written and "pip install /path/to/" in written
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo")]) == 2   # a refused output
     assert "--force" in capsys.readouterr().err
 

@@ -172,7 +172,35 @@ def cpu_library() -> ctypes.CDLL | None:
         raise NativeError(f"{path} has C API version {version}, this package expects "
                           f"{API_VERSION}: rebuild with `pip install --force-reinstall .`")
     _declare(lib)
+    for problem in environment_problems(lib):
+        warn(problem, RuntimeWarning)
     return lib
+
+
+#: the environment variables the CPU library reads when it loads (plugins/cpu/isa.cpp,
+#: thread_pool.cpp); a value it cannot use is ignored there, and said here.
+ISA_ENV, SPIN_ENV = "CONVCRF_CPU_ISA", "CONVCRF_CPU_SPIN_US"
+
+
+def environment_problems(lib: ctypes.CDLL | None = None) -> list[str]:
+    """One line per ``$CONVCRF_CPU_*`` setting the CPU library ignores (an unknown
+    instruction set, a spin time that is not a whole number of microseconds); empty when all
+    are used (second new-user trial: CONVCRF_CPU_ISA=bogus ran avx512 without a word)."""
+    problems = []
+    isa = os.environ.get(ISA_ENV)
+    if isa is not None and isa not in (*CPU_ISAS, "auto"):
+        problems.append(f"${ISA_ENV}={isa!r} is not one of {', '.join(CPU_ISAS)}, auto: "
+                        "ignored (the widest clone the CPU has runs)")
+    elif isa in CPU_ISAS:
+        lib = lib or cpu_library()          # ``lib``: while cpu_library() is loading it
+        if lib is not None and CPU_ISAS.index(isa) > lib.convcrf_cpu_best_isa():
+            problems.append(f"${ISA_ENV}={isa!r}: this CPU lacks it: ignored (the widest "
+                            "clone the CPU has runs)")
+    spin = os.environ.get(SPIN_ENV)
+    if spin not in (None, "") and not (spin.isdigit() and int(spin) <= 100_000):
+        problems.append(f"${SPIN_ENV}={spin!r} is not a whole number of microseconds in "
+                        "0..100000: ignored (default 200)")
+    return problems
 
 
 @lru_cache(maxsize=None)

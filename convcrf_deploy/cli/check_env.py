@@ -49,6 +49,15 @@ def _native() -> dict[str, dict[str, Any]]:
             {"ok": False, "detail": "not built: the PyTorch reference ops are used (slower); "
                                     + (f"an editable install: {_native.EDITABLE_FIX}" if editable
                                        else "rebuild with `pip install .`")})
+        if lib is not None:
+            # Which clone runs, and the settings of the environment that it read.
+            problems = _native.environment_problems()
+            report["CPU kernels"] = {
+                "ok": not problems,
+                "detail": f"{_native.cpu_isa()} (this CPU: "
+                          f"{', '.join(_native.supported_cpu_isas())}; "
+                          f"${_native.ISA_ENV}={os.environ.get(_native.ISA_ENV, 'unset')})"
+                          + "".join(f"; {problem}" for problem in problems)}
     except Exception as exc:
         report["native CPU library"] = {"ok": False, "detail": str(exc)}
     lib = _native.cuda_library()

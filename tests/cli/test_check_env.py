@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from convcrf_deploy.cli.check_env import main
 
 
@@ -61,3 +63,22 @@ def test_missing_plugin_message_does_not_claim_the_extra_builds_it(capsys, tmp_p
     assert main(["--json"]) == 0
     detail = json.loads(capsys.readouterr().out)["TensorRT plugin library"]["detail"]
     assert "CONVCRF_WITH_TENSORRT=ON" in detail and "extra alone does not build it" in detail
+
+
+def test_the_cpu_kernels_line_names_the_clone_and_settings_it_ignores(monkeypatch):
+    """Second new-user trial: check-env did not say which instruction set runs, and
+    CONVCRF_CPU_ISA=bogus / CONVCRF_CPU_SPIN_US=abc were ignored without a word."""
+    from convcrf_deploy import _native
+    if _native.cpu_library() is None:
+        pytest.skip("native CPU library not built")
+    from convcrf_deploy.cli.check_env import collect
+    line = collect()["CPU kernels"]
+    assert line["ok"] and line["detail"].startswith(_native.cpu_isa())
+    monkeypatch.setenv("CONVCRF_CPU_ISA", "bogus")
+    monkeypatch.setenv("CONVCRF_CPU_SPIN_US", "abc")
+    line = collect()["CPU kernels"]
+    assert not line["ok"] and "'bogus' is not one of baseline, avx2, avx512, auto" in \
+        line["detail"] and "'abc' is not a whole number" in line["detail"]
+    monkeypatch.setenv("CONVCRF_CPU_ISA", "baseline")
+    monkeypatch.setenv("CONVCRF_CPU_SPIN_US", "0")
+    assert _native.environment_problems() == []

@@ -115,6 +115,24 @@ def _geometry(frame_shape: tuple[int, int], policy: str, input_size: tuple[int, 
     return _Geometry(frame_shape, metadata.padded_size(*resized), content, tuple(resized))
 
 
+def _frame_fix(frame: Any) -> str:
+    """What turns ``frame`` into a BGR uint8 ``[H, W, 3]`` array, for the error message."""
+    if not isinstance(frame, np.ndarray):
+        return "; pass the image as a numpy array (cv2.imread gives one)"
+    if 0 in frame.shape:
+        return "; the frame is empty (a failed read?)"
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return "; grayscale: cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)"
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return "; with alpha: cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)"
+    if frame.ndim == 3 and frame.shape[0] == 3:
+        return "; channels first: frame.transpose(1, 2, 0)"
+    if frame.dtype != np.uint8:
+        return ("; scale it to 0..255 and convert: np.clip(frame * 255, 0, 255).astype(np.uint8) "
+                "for 0..1 images, cv2.convertScaleAbs for others")
+    return ""
+
+
 class Segmenter:
     """Segment video frames with any backend.
 
@@ -284,7 +302,7 @@ class Segmenter:
                 or frame.dtype != np.uint8 or 0 in frame.shape:
             raise ValueError("frame must be a BGR uint8 array [H, W, 3] with H, W >= 1, got "
                              + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
-                                else type(frame).__name__))
+                                else type(frame).__name__) + _frame_fix(frame))
         shape = frame.shape[:2]
         local = self._local
         geo = getattr(local, "geometry", None)

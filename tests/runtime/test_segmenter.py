@@ -1,6 +1,7 @@
 """Segmenter: resize policies, colour order, label mapping, timings and timestamps."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -397,3 +398,17 @@ def test_input_size_is_checked_when_the_segmenter_is_made(tmp_path, size, messag
     with pytest.raises(ValueError, match=r"Segmenter\(input_size=\.\.\.\) must be \(height, "
                                          r"width\)" + ".*" + message):
         Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")), input_size=size)
+
+
+@pytest.mark.parametrize("frame, fix", [
+    # second new-user trial: the errors named the problem but not the fix
+    (np.zeros((48, 64), np.uint8), "cv2.COLOR_GRAY2BGR"),
+    (np.zeros((48, 64, 4), np.uint8), "cv2.COLOR_BGRA2BGR"),
+    (np.zeros((48, 64, 3), np.float32), "scale it to 0..255"),
+    (np.zeros((3, 48, 64), np.uint8), "frame.transpose(1, 2, 0)"),
+    ([[0]], "pass the image as a numpy array"),
+])
+def test_a_frame_of_another_kind_says_how_to_convert_it(tmp_path, frame, fix):
+    segmenter = Segmenter(str(write_toy_onnx(tmp_path / "toy.onnx")))
+    with pytest.raises(ValueError, match=r"frame must be a BGR uint8 array .*" + re.escape(fix)):
+        segmenter(frame)

@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "as fast as possible)")
     ros.add_argument("--save-bag", metavar="OUT", help="write labels, overlay and latency per "
                      "frame into a new rosbag2 folder OUT, stamped like the input")
-    ros.add_argument("--bag-storage", choices=("mcap", "sqlite3"), default="mcap",
+    ros.add_argument("--bag-storage", choices=("mcap", "sqlite3"),
                      help="storage of --save-bag (default mcap)")
-    ros.add_argument("--bag-overlay", choices=("jpeg", "bgr8"), default="jpeg",
-                     help="overlay in --save-bag as a JPEG CompressedImage or a bgr8 Image")
+    ros.add_argument("--bag-overlay", choices=("jpeg", "bgr8"),
+                     help="overlay in --save-bag as a JPEG CompressedImage (default) or a bgr8 "
+                          "Image")
     ros.add_argument("--foxglove", metavar="[HOST:]PORT", help="serve overlay, labels and "
                      "latency live to Foxglove over WebSocket (host 127.0.0.1 by default)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -224,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                   + ("" if topic.is_image else "  (not an image)"))
         return ExitCode.OK
     bag_inputs = [args.video.strip()[len("bag:"):]] if is_bag else []
+    given = [flag for flag, value in (("--bag-storage", args.bag_storage),
+                                      ("--bag-overlay", args.bag_overlay)) if value]
+    if given and not args.save_bag:     # second new-user trial: silently ignored
+        raise UsageError(f"{', '.join(given)} apply to --save-bag OUT only")
     try:  # refuse a bad output or address before anything is loaded
         if args.save_bag:
             from ..runtime.streams.ros import check_output_bag
@@ -363,7 +368,8 @@ def _robotics_sinks(args: argparse.Namespace, metadata, input_topic: str | None,
         if args.save_bag:
             from ..runtime.streams.ros import BagSink
             sinks.append(BagSink(args.save_bag, metadata, topic_prefix=prefix, inputs=bag_inputs,
-                                 storage=args.bag_storage, overlay_format=args.bag_overlay,
+                                 storage=args.bag_storage or "mcap",
+                                 overlay_format=args.bag_overlay or "jpeg",
                                  alpha=args.alpha))
         if args.foxglove:
             from ..runtime.streams.foxglove import FoxgloveSink, parse_address

@@ -85,6 +85,15 @@ class SegmentationResult:
     timestamp: Any = None
     crf: bool = True
 
+    #: the stages that add up to a frame's time (``unary`` and ``crf`` are parts of
+    #: ``inference``, not more time).
+    TOTAL_STAGES = ("preprocess", "inference", "postprocess")
+
+    @property
+    def total_ms(self) -> float:
+        """Milliseconds of the whole call: preprocess + inference + postprocess."""
+        return sum(self.timings.get(stage, 0.0) for stage in self.TOTAL_STAGES)
+
 
 @dataclass(frozen=True)
 class _Geometry:

@@ -115,6 +115,11 @@ def test_bag_in_bag_out_labels_equal_segmenter_and_stamps_are_kept(tmp_path, toy
         values = {kv.key: kv.value for kv in status.values}
         assert status.name == "convcrf" and values["crf"] == "true"
         assert float(values["total_ms"]) >= float(values["inference_ms"]) > 0
+        # The whole call, not the sum of every timing (unary and crf are parts of inference:
+        # they were counted twice).
+        assert float(values["total_ms"]) == pytest.approx(sum(
+            float(values[f"{s}_ms"]) for s in ("preprocess", "inference", "postprocess")),
+            abs=2e-3)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left
 
 
@@ -410,3 +415,17 @@ def test_write_image_bag_makes_a_bag_convcrf_run_reads(tmp_path, toy_onnx):
     with pytest.raises(FileExistsError, match=r"^path .*drive: it exists"):
         write_image_bag(drive, "demo", max_frames=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "drive", "from_clip", "out"]
+
+
+def test_bag_output_options_are_checked_before_the_run(tmp_path, toy_onnx, frames, capsys):
+    """Second new-user trial: --save-bag out.mcap made a folder out.mcap/ holding
+    out.mcap.mcap, and --bag-storage without --save-bag was ignored."""
+    write_bag(tmp_path / "b", frames, "mcap", "bgr8")
+    source = ["--video", f"bag:{tmp_path / 'b'}"]
+    assert run(source + ["--save-bag", str(tmp_path / "out.mcap")], toy_onnx) == 2
+    assert "a ROS 2 bag is a folder; give the folder's name without .mcap" in \
+        one_line_error(capsys)
+    for flag, value in (("--bag-storage", "sqlite3"), ("--bag-overlay", "bgr8")):
+        assert run(source + [flag, value], toy_onnx) == 2
+        assert f"{flag} apply to --save-bag OUT only" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -108,6 +108,8 @@ def test_overlay_labels_and_stats_reach_a_websocket_client(toy_onnx):
     stats = json.loads(received[f"{PREFIX}/stats"])
     assert stats["stamp_ns"] == STAMP0 + stats["frame"] * 33_000_000
     assert stats["total_ms"] >= stats["inference_ms"] > 0 and stats["crf"] is True
+    assert stats["total_ms"] == pytest.approx(sum(            # unary, crf: parts of inference
+        stats[f"{s}_ms"] for s in ("preprocess", "inference", "postprocess")), abs=2e-3)
     # The payloads are protobuf-encoded foxglove messages: the JPEG and the raw label bytes
     # of the frame appear in them verbatim.
     assert b"\xff\xd8\xff" in received[f"{PREFIX}/overlay"]

@@ -53,6 +53,10 @@ BAG_VERSION = 8
 log = logging.getLogger(__name__)
 
 
+#: storage-file suffixes, which name the file inside a rosbag2 folder, not the bag.
+BAG_FILE_SUFFIXES = (".mcap", ".db3", ".bag")
+
+
 def check_output_bag(path: str | Path, inputs: Sequence[str | Path] = (),
                      option: str = "--save-bag") -> Path:
     """Validate an output bag path before anything runs; returns it resolved. ``option``
@@ -60,9 +64,16 @@ def check_output_bag(path: str | Path, inputs: Sequence[str | Path] = (),
 
     Raises:
         FileExistsError: ``path`` exists (an existing bag is never modified).
-        ValueError: ``path`` is, contains or lies inside one of ``inputs``.
+        ValueError: ``path`` is, contains or lies inside one of ``inputs``, or ends in a
+            storage file's suffix (``.mcap``, ``.db3``, ``.bag``: a bag is a folder).
         FileNotFoundError: its folder does not exist.
     """
+    if Path(path).suffix.lower() in BAG_FILE_SUFFIXES:
+        # A rosbag2 bag is a folder (metadata.yaml + its storage file): "out.mcap" made a
+        # folder out.mcap/ holding out.mcap.mcap (second new-user trial).
+        raise ValueError(f"{option} {path}: a ROS 2 bag is a folder; give the folder's name "
+                         f"without {Path(path).suffix} (e.g. {Path(path).stem}: it will hold "
+                         f"{Path(path).stem}{Path(path).suffix.lower()})")
     out = Path(path).expanduser().resolve()
     for source in inputs:
         source = Path(source).expanduser().resolve()
@@ -132,7 +143,8 @@ def classes_json(metadata: Any) -> str:
 def latency_values(result: Any) -> list[tuple[str, str]]:
     """``(key, value)`` pairs of a result's per-stage milliseconds, their total and ``crf``."""
     values = [(f"{stage}_ms", f"{ms:.3f}") for stage, ms in result.timings.items()]
-    values.append(("total_ms", f"{sum(result.timings.values()):.3f}"))
+    # Not the sum of timings: unary and crf are parts of inference (counted twice before).
+    values.append(("total_ms", f"{result.total_ms:.3f}"))
     values.append(("crf", "true" if result.crf else "false"))
     return values
 

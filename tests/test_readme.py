@@ -249,6 +249,10 @@ COMMANDS: dict[str, object] = {
     "python benchmarks/bench_shared_cpu.py --frames 40 --rounds 2":
         Figure("benchmarks/bench_shared_cpu.py"),
     "python benchmarks/bench_bags.py": Figure("benchmarks/bench_bags.py"),
+    "python benchmarks/bench_ort_ops.py --size 640x480 --threads 2":
+        Figure("benchmarks/bench_ort_ops.py"),
+    "python benchmarks/bench_unary_crf_split.py demo.onnx unet.onnx deeplab.onnx segformer.onnx":
+        Figure("benchmarks/bench_unary_crf_split.py"),
     "python benchmarks/bench_triton.py --protocol grpc": Figure("benchmarks/bench_triton.py"),
     "convcrf-export demo --flavor portable": Run(why="the demo model traced once per process"),
 }

@@ -118,10 +118,19 @@ def _run(args: argparse.Namespace) -> dict:
         result = evaluate_model(model, folder, scale=args.scale,
                                 progress=False if args.quiet else None)
     except DatasetError as error:
+        if not _about_classes(error):   # an unreadable file is not the wrong data set
+            raise
         raise DatasetError(f"{error}; the model {args.model} has {model.num_classes} classes "
                            f"{model.metadata.class_names}: is this its data set?") from None
     result["model"] = str(args.model)
     return result
+
+
+def _about_classes(error: Exception) -> bool:
+    """Whether a data-set error is about label values the model's classes do not cover (a
+    class outside its range, a colour not in the map of its classes)."""
+    text = str(error)
+    return "outside" in text or "colour map" in text
 
 
 @command("convcrf-eval")

@@ -188,6 +188,12 @@ def test_dataset_labels_beyond_the_models_classes_name_the_model(tmp_path, capsy
     err = capsys.readouterr().err
     assert code != 0 and "class 2 outside 0..1" in err and "has 2 classes" in err
     assert "Traceback" not in err
+    # Second new-user trial: the class hint was added to every data error, also to a file
+    # that cannot be read, which is not a question of the data set.
+    (data / "img0_0img.png").write_bytes(b"not a png")
+    assert main(["dataset", str(tmp_path / "two.pt"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "is this its data set" not in err
 
 
 def test_the_demo_model_gains_from_its_crf_on_held_out_scenes(tmp_path):

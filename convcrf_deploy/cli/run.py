@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(exc) if isinstance(exc, OutputPathError) else f"--save {exc}")
     # With --stats-json - the statistics are the only thing on standard output.
     terminal = sys.stderr if args.stats_json == STDOUT else sys.stdout
-    display = not args.headless
+    display = not args.headless and not args.list_topics   # listing topics shows nothing
     if display and not display_available():
         print("convcrf-run: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless",
               file=sys.stderr)

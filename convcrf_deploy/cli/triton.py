@@ -95,6 +95,13 @@ def _check_repository_output(args: argparse.Namespace) -> None:
     folder (``REPO/NAME``, replaced with ``--force``) that holds one of the inputs."""
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"-o {args.output} is a file; the model repository is a folder")
+    for folder in (args.output.absolute(), *args.output.absolute().parents):
+        if (folder / "config.pbtxt").is_file():
+            # e.g. -o repo/convcrf/1: a model inside another model's folder, which Triton
+            # would not load (second new-user trial).
+            raise UsageError(f"-o {args.output} lies inside the model folder {folder} (it has "
+                             "a config.pbtxt); give the model repository that holds it: -o "
+                             f"{folder.parent}")
     existing = next(p for p in (args.output.absolute(), *args.output.absolute().parents)
                     if p.exists())
     reason = cannot_create_in(existing) if existing.is_dir() else "not a folder"

@@ -187,6 +187,11 @@ def test_cli_writes_repository_and_prints_server_command(toy, tmp_path, capsys):
     assert "pip install convcrf-deploy " not in written and "pip install /path/to/" in written
     assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo")]) == 2   # a refused output
     assert "--force" in capsys.readouterr().err
+    # Second new-user trial: a repository inside a model's version folder was written.
+    assert triton_cli.main([str(toy), "-o", str(tmp_path / "repo" / "convcrf" / "1"),
+                            "--name", "y"]) == 2
+    assert "lies inside the model folder" in capsys.readouterr().err
+    assert not (tmp_path / "repo" / "convcrf" / "1" / "y").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .. import _warnings
+from .._warnings import warn
 from ..metadata import RESIZE_POLICIES, checked_size
 from .backends import Backend, InputLimits, create_backend
 from .padding import replicate_edges
@@ -383,10 +383,9 @@ class Segmenter:
             if first == thread or self._warned_streams:
                 return
             self._warned_streams = True
-        _warnings.warn("this Segmenter has a warm start, which carries one stream's previous "
-                       "frame, and is called from a second thread: frames of different "
-                       "streams will mix; give each camera its own Segmenter (or call reset() "
-                       "between streams)", RuntimeWarning)
+        warn("this Segmenter has a warm start, which carries one stream's previous frame, and "
+             "is called from a second thread: frames of different streams will mix; give each "
+             "camera its own Segmenter (or call reset() between streams)", RuntimeWarning)
 
     def __call__(self, frame: np.ndarray, timestamp: Any = None) -> SegmentationResult:
         """Segment one BGR uint8 frame ``[H, W, 3]``; ``timestamp`` is passed through."""

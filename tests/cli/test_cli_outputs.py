@@ -44,7 +44,9 @@ def test_check_output_paths(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--stats-json", "{folder}"], "is a folder"),
     (["--stats-json", "{file}/s.json"], "is a file, not a folder"),
-    (["--save", "{tmp}/o.mp4", "--stats-json", "{tmp}/o.mp4"], "name the same file"),
+    # (--stats-json must be .json or a stream, so the clash is met with a .json name)
+    (["--save", "{tmp}/o.json", "--stats-json", "{tmp}/o.json"], "name the same file"),
+    (["--save", "{tmp}/o.mp4", "--stats-json", "{tmp}/o.mp4"], "cannot be written as .mp4"),
     (["--save", "{tmp}/x.png"], "use a pattern such as"),
     (["--size", "100000x100000"], "16384"),
 ])

@@ -131,8 +131,9 @@ def _runtime_preprocessor(metadata: ModelMetadata, resize: str | None, input_siz
 
         def _deactivate(self) -> None: ...
 
-        def _infer(self, image):  # pragma: no cover - never called
-            raise NotImplementedError
+        def _infer(self, image):  # pragma: no cover - Segmenter.preprocess never infers
+            raise RuntimeError("the calibration preprocessor runs no model; it only prepares "
+                               "frames as the runtime does (Segmenter.preprocess)")
 
     return Segmenter(_MetadataOnly(metadata), resize=resize, input_size=input_size)
 

@@ -44,3 +44,11 @@ def voc_sample() -> Path:
         pytest.skip(f"PASCAL VOC sample not found at {VOC_SAMPLE} (set {VOC_SAMPLE_ENV} to "
                     "its folder)")
     return VOC_SAMPLE
+
+
+@pytest.fixture(autouse=True)
+def no_display(monkeypatch):
+    """Every test runs headless, as CI does: commands that would open a window decide by
+    DISPLAY / WAYLAND_DISPLAY (a test may set them again)."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

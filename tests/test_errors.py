@@ -128,7 +128,6 @@ def test_no_module_cuts_a_third_party_message_itself():
 
 def test_the_ir_version_instance_reaches_the_user_whole(tmp_path, capsys, monkeypatch):
     """Field report: IR version 15 showed ONNX Runtime's C++ signature, cut before the reason."""
-    monkeypatch.delenv("DISPLAY", raising=False)
     from convcrf_deploy.cli.run import main
     from convcrf_deploy.runtime.testing import write_toy_onnx
     model = onnx.load(str(write_toy_onnx(tmp_path / "toy.onnx", input_size=(48, 64))))

@@ -121,8 +121,6 @@ def test_every_long_step_reports_progress(tmp_path, recorded, voc_sample, monkey
     """Each command's steps that can take longer than ~2 s go through Progress (engine
     builds: tests/tensorrt_builder/test_tensorrt_python.py, which has the fake TensorRT)."""
     pytest.importorskip("torch")
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     from convcrf_deploy.cli import eval as eval_cli
     from convcrf_deploy.cli import export, run, train, triton
 

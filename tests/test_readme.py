@@ -487,8 +487,6 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture
 def context(workdir, monkeypatch, voc_sample_or_none):
     monkeypatch.chdir(workdir)
-    monkeypatch.delenv("DISPLAY", raising=False)          # headless, as in CI
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     state = {"monkeypatch": monkeypatch, "cleanup": [],
              "voc": str(voc_sample_or_none) if voc_sample_or_none else ""}
     yield state

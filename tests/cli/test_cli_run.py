@@ -14,12 +14,6 @@ from convcrf_deploy.runtime.testing import write_toy_onnx
 from convcrf_deploy.runtime.video import run_video
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
 @pytest.fixture
 def toy_onnx(tmp_path):
     return str(write_toy_onnx(tmp_path / "toy.onnx", input_size=(60, 80), resize="stretch"))

@@ -59,12 +59,6 @@ def run_command(module, argv):
 COMMANDS = ["export", "run", "bench", "eval", "train"]
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
 @pytest.mark.parametrize("name", COMMANDS)
 def test_each_command_loads_the_users_network_with_import(name, user_checkpoint, tmp_path,
                                                           capsys):

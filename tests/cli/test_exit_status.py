@@ -21,12 +21,6 @@ from convcrf_deploy.runtime.testing import write_toy_onnx
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return str(write_toy_onnx(tmp_path_factory.mktemp("model") / "toy.onnx",

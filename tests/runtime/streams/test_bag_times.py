@@ -16,27 +16,9 @@ from convcrf_deploy.runtime.streams.ros import BagSource
 from convcrf_deploy.runtime.streams.ros import bag_source as bag_source_module
 from convcrf_deploy.runtime.streams.ros.bag_source import MAX_REPLAY_GAP_S
 from convcrf_deploy.runtime.streams.ros.testing import LOG0, TOPIC, read_bag, scene_frames, write_bag
-from convcrf_deploy.runtime.testing import write_toy_onnx
 
 MS = 1_000_000
 HOUR = 3600 * 10**9
-
-
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
-@pytest.fixture(scope="module")
-def toy_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "toy.onnx"
-    return str(write_toy_onnx(path, input_size=(48, 64), resize="stretch"))
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return scene_frames(4)
 
 
 class Clock:

@@ -20,27 +20,13 @@ from convcrf_deploy.runtime.streams.ros import BagSink, BagSource, MissingDepend
 from convcrf_deploy.runtime.streams.ros.testing import (FRAME_ID, LOG0, STAMP0, TOPIC, read_bag,
                                                 scene_frames, write_bag)
 from convcrf_deploy.runtime.streams import SourceError
-from convcrf_deploy.runtime.testing import write_toy_onnx
 
 PREFIX = TOPIC + "/convcrf"
 SPACING = 50_000_000
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
-@pytest.fixture(scope="module")
-def toy_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "toy.onnx"
-    return str(write_toy_onnx(path, input_size=(60, 80), resize="stretch"))
-
-
-@pytest.fixture(scope="module")
-def frames():
-    return scene_frames(4)
+#: the toy model's input size (conftest.toy_onnx)
+TOY_INPUT_SIZE = (60, 80)
 
 
 def bag_path(tmp_path, kind):

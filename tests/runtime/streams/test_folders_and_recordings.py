@@ -21,12 +21,6 @@ from convcrf_deploy.runtime.streams.files import (VIDEO_SUFFIXES, check_recordin
 from convcrf_deploy.runtime.testing import write_toy_onnx
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
 def image(value, size=(32, 24)):
     return np.full((size[1], size[0], 3), value, np.uint8)
 

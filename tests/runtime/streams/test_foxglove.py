@@ -20,7 +20,6 @@ from convcrf_deploy.runtime import Segmenter, run_video
 from convcrf_deploy.runtime.streams.foxglove import FoxgloveSink, parse_address
 from convcrf_deploy.runtime.streams.ros import Stamp
 from convcrf_deploy.runtime.streams import DemoSource, Frame, FrameSource
-from convcrf_deploy.runtime.testing import write_toy_onnx
 
 # foxglove-sdk 0.30 speaks "foxglove.sdk.v1"; older servers "foxglove.websocket.v1".
 SUBPROTOCOLS = ["foxglove.sdk.v1", "foxglove.websocket.v1"]
@@ -28,16 +27,8 @@ PREFIX = "/camera/image_raw/convcrf"
 STAMP0 = 1_700_000_000 * 10**9
 
 
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
-@pytest.fixture(scope="module")
-def toy_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "toy.onnx"
-    return str(write_toy_onnx(path, input_size=(60, 80), resize="stretch"))
+#: the toy model's input size (conftest.toy_onnx)
+TOY_INPUT_SIZE = (60, 80)
 
 
 class PacedDemo(FrameSource):

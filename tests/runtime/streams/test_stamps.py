@@ -18,21 +18,8 @@ from convcrf_deploy.runtime.streams.ros import BagSink, BagSource, Stamp
 from convcrf_deploy.runtime.streams.ros.conversions import (FOXGLOVE_TIME_SECONDS,
                                                             ROS2_TIME_SECONDS)
 from convcrf_deploy.runtime.streams.ros.testing import TOPIC, read_bag, scene_frames, write_bag
-from convcrf_deploy.runtime.testing import write_toy_onnx
 
 INT32_MAX = 2**31 - 1
-
-
-@pytest.fixture(autouse=True)
-def no_display(monkeypatch):
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-
-
-@pytest.fixture(scope="module")
-def toy_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "toy.onnx"
-    return str(write_toy_onnx(path, input_size=(48, 64), resize="stretch"))
 
 
 def ros2_time(sec, nanosec):

@@ -58,16 +58,6 @@ def deeplab(tmp_path_factory):
     return folder, network, folder / "unary.onnx", folder / "crf.pt"
 
 
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    from convcrf_deploy.data.scenes import SyntheticScene
-    folder = tmp_path_factory.mktemp("frames")
-    scene = SyntheticScene(*FRAME_SIZE, seed=3)
-    for t in range(2):
-        cv2.imwrite(str(folder / f"frame_{t}.png"), scene.render(10 * t)[0][:, :, ::-1])
-    return folder
-
-
 @pytest.mark.parametrize("flavor", ["single-file", "plugin", "portable"])
 def test_deeplab_onnx_unary_through_export_and_run(deeplab, frames, flavor, tmp_path, capsys):
     from convcrf_deploy import SegmentationModel

@@ -114,17 +114,6 @@ def network(request, checkpoints):
     return name, checkpoints[name].parent, checkpoints[name]
 
 
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    """A folder of two 77 x 101 frames of the synthetic street-like scene."""
-    from convcrf_deploy.data.scenes import SyntheticScene
-    folder = tmp_path_factory.mktemp("frames")
-    scene = SyntheticScene(*FRAME_SIZE, seed=3)
-    for t in range(2):
-        cv2.imwrite(str(folder / f"frame_{t}.png"), scene.render(10 * t)[0][:, :, ::-1])
-    return folder
-
-
 def _export(checkpoint: Path, flavor: str, capsys) -> Path:
     from convcrf_deploy.cli.export import main as export
     out = checkpoint.with_name(f"model.{flavor}.onnx")

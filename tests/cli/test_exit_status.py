@@ -17,6 +17,7 @@ from convcrf_deploy.cli.run import main
 from convcrf_deploy.runtime.backends import InputLimits
 from convcrf_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from convcrf_deploy.runtime.testing import write_toy_onnx
+from fakes import RefusingVideoWriter
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -42,17 +43,6 @@ def frames_in(path):
     while capture.read()[0]:
         count += 1
     return count
-
-
-class RefusingVideoWriter:
-    def __init__(self, *args):
-        pass
-
-    def isOpened(self):
-        return False
-
-    def release(self):
-        pass
 
 
 def bag_labels(path):

@@ -8,6 +8,7 @@ import pytest
 
 from convcrf_deploy.runtime import Segmenter, open_source, run_video
 from convcrf_deploy.runtime.testing import write_toy_onnx
+from fakes import RefusingVideoWriter
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +69,6 @@ def test_a_sink_that_fails_to_close_is_reported_and_the_others_still_close(tmp_p
     report = run_video(demo(3), segmenter, sinks=[first, second])
     assert first.closed == [True] and second.closed == [True] and second.frames == [0, 1, 2]
     assert report.output_errors == ["first: the bag could not be finalised"]
-
-
-class RefusingVideoWriter:
-    def __init__(self, *args):
-        pass
-
-    def isOpened(self):
-        return False
-
-    def release(self):
-        pass
 
 
 def test_a_recording_that_cannot_be_written_leaves_the_sinks_and_the_previous_file(

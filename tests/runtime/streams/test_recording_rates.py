@@ -12,6 +12,7 @@ import pytest
 from convcrf_deploy.runtime.streams import FrameWriter
 from convcrf_deploy.runtime.streams.files import (DEFAULT_FPS, RATE_RANGE, VIDEO_SIDES,
                                                   recordable_rate, recordable_size)
+from fakes import RefusingVideoWriter
 
 
 def frames(count, height=48, width=64):
@@ -94,17 +95,6 @@ def test_image_patterns_keep_their_rate_and_size(tmp_path):
     writer.write(np.zeros((1, 9000, 3), np.uint8))
     writer.close()
     assert cv2.imread(str(tmp_path / "f_000.png")).shape == (1, 9000, 3)
-
-
-class RefusingVideoWriter:
-    def __init__(self, *args):
-        pass
-
-    def isOpened(self):
-        return False
-
-    def release(self):
-        pass
 
 
 @pytest.mark.parametrize("name", ["out.mp4", "out.avi", "out.mkv"])

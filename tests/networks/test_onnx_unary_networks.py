@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-HERE = Path(__file__).resolve().parent
-USER_MODULE = HERE / "user_networks.py"
+from onnx_unaries import export_onnx_unary  # noqa: E402
+
 CLASSES = ["background", "road", "car", "person"]
 FRAME_SIZE = (77, 101)
 
@@ -27,32 +27,10 @@ def deeplab(tmp_path_factory):
     """``(folder, network, unary.onnx, crf.pt)``: the network with He-initialised random
     weights (so that its labels vary over the image), exported as users do."""
     from convcrf_deploy import ConvCRF, CRFConfig
-    from convcrf_deploy.model import build_unary, save_crf
-    from convcrf_deploy.model.outputs import select_logits
-    from convcrf_deploy.user_code import import_user_code
-
-    class Logits(torch.nn.Module):
-        def __init__(self, network):
-            super().__init__()
-            self.network = network
-
-        def forward(self, x):
-            return select_logits(self.network(x))
-
+    from convcrf_deploy.model import save_crf
     folder = tmp_path_factory.mktemp("onnx-deeplab")
-    import_user_code([str(USER_MODULE)])
-    torch.manual_seed(0)
-    network = build_unary({"name": "test_deeplabv3plus",
-                           "kwargs": {"num_classes": len(CLASSES)}})
-    for module in network.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    network = Logits(network).eval()
-    dims = {axis: torch.export.Dim(name) for axis, name in ((0, "batch"), (2, "height"),
-                                                            (3, "width"))}
-    torch.onnx.export(network, (torch.randn(2, 3, 96, 160),), str(folder / "unary.onnx"),
-                      dynamo=True, input_names=["input"], output_names=["logits"],
-                      dynamic_shapes={"x": dims}, verbose=False, external_data=False)
+    network = export_onnx_unary("test_deeplabv3plus", folder / "unary.onnx", size=(96, 160),
+                                num_classes=len(CLASSES), he_init=True)
     save_crf(ConvCRF(CRFConfig(num_classes=len(CLASSES), filter_size=5, blur=4, iterations=3)),
              folder / "crf.pt")
     return folder, network, folder / "unary.onnx", folder / "crf.pt"

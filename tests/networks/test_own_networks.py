@@ -33,11 +33,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from convcrf_deploy.metadata import ONNX_KEYS  # noqa: E402
+# USER_MODULE: the user's module, which the commands load with ``--import`` (the commands
+# run in their own processes, so their ``--import`` is what registers the architectures).
+from onnx_unaries import USER_MODULE, export_onnx_unary  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: the user's module, which the commands load with ``--import`` (this process never imports
-#: it itself, so the commands' ``--import`` is what registers the architectures).
-USER_MODULE = HERE / "user_networks.py"
 IMPORT = ["--import", str(USER_MODULE)]
 
 CLASSES = ["background", "road", "car", "person"]
@@ -171,42 +171,10 @@ def test_convcrf_bench_runs(network, capsys):
 
 # ---- an ONNX unary (the input of ``convcrf-export --unary``, issue 18 item 4) -----------------
 
-def export_onnx_unary(architecture: str, path: Path, size: tuple[int, int],
-                      num_classes: int = len(CLASSES)) -> torch.nn.Module:
-    """The user's network alone, exported by ``torch.onnx`` as users do before they come to
-    us: input ``input`` float32 ``[N, 3, H, W]`` normalised, output its raw logits (at 1/4
-    for the DeepLabV3+ and Segformer), N, H and W dynamic, traced at ``size`` (which must meet
-    the network's input constraints). Returns the PyTorch network (eval mode).
-
-    ``convcrf-export --unary FILE`` (attaching the CRF to an ONNX unary) is built by another
-    change; its tests take their ONNX unary from here."""
-    from convcrf_deploy.model.outputs import select_logits
-
-    class Logits(torch.nn.Module):
-        def __init__(self, network):
-            super().__init__()
-            self.network = network
-
-        def forward(self, x):
-            return select_logits(self.network(x))
-
-    from convcrf_deploy.model import build_unary
-    from convcrf_deploy.user_code import import_user_code
-    import_user_code([str(USER_MODULE)])      # as --import does (once per process)
-    torch.manual_seed(0)
-    network = build_unary({"name": architecture, "kwargs": {"num_classes": num_classes}}).eval()
-    example = (torch.randn(2, 3, *size),)
-    dims = {axis: torch.export.Dim(name) for axis, name in ((0, "batch"), (2, "height"),
-                                                            (3, "width"))}
-    torch.onnx.export(Logits(network), example, str(path), dynamo=True, input_names=["input"],
-                      output_names=["logits"], dynamic_shapes={"x": dims}, verbose=False)
-    return network
-
-
 def test_an_onnx_unary_exported_by_torch_onnx_runs_like_its_network(tmp_path):
     import onnxruntime as ort
     path = tmp_path / "unet.onnx"
-    network = export_onnx_unary("test_unet32", path, size=(96, 160))
+    network = export_onnx_unary("test_unet32", path, size=(96, 160), num_classes=len(CLASSES))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     image = torch.randn(1, 3, 64, 128)
     (logits,) = session.run(None, {"input": image.numpy()})

@@ -6,8 +6,9 @@
 // of training those programs do not cover. Not part of the library.
 //
 // Built and run like the independent programs, as a program of its own (same flags, same
-// OpenMP threads, so the same conditions):
-//   g++ -O3 -march=native -fopenmp floor_kernels.cpp -o floor_kernels
+// OpenMP threads, so the same conditions; benchmarks/floors.py adds jump padding, which moves
+// instructions, not which ones run, so that code placement cannot make this floor the slower):
+//   g++ -O3 -march=native -fopenmp -Wa,-mbranches-within-32B-boundaries floor_kernels.cpp -o floor_kernels
 //   OMP_NUM_THREADS=2 ./floor_kernels STAGE K C H W REPS
 // STAGE: mp (message passing), mpT (transposed message passing, the gradient w.r.t. q),
 // kgrad (the gradient w.r.t. the kernel), fused (one full-resolution mean-field pass, blur 4,

@@ -33,7 +33,7 @@ OWN_SOURCE = HERE / "floor_kernels.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 #: Added to the own floors' build only, when the assembler takes it. The own and the independent
 #: full-resolution floors execute the same instructions (callgrind: 185.5 M per three passes
-#: each), yet on one CI machine the own one ran 1.12-1.16x slower: code placement. On
+#: each), so only where they lie and what memory they get can tell them apart. On
 #: Skylake-derived CPUs (Intel's "JCC erratum") a jump that crosses or ends on a 32-byte boundary
 #: leaves the decoded-uop cache, which costs a hot loop up to ~20 % depending on where the linker
 #: happened to put it. Padding such jumps keeps our floor from losing to that accident (a floor
@@ -98,17 +98,18 @@ class FloorPrograms:
             self._build("mp", limits / "message_passing.cpp")
             self._build("fused", limits / "fused_pass.cpp")
         if self._cxx is not None:
-            self._build("own", OWN_SOURCE, OWN_PLACEMENT_FLAGS, optional_flags=True)
+            self._build("own", OWN_SOURCE, optional_flags=OWN_PLACEMENT_FLAGS)
         self.independent = "mp" in self._programs and "fused" in self._programs
         self.own = "own" in self._programs
 
-    def _build(self, name: str, source: Path, extra: list[str] = (),
-               optional_flags: bool = False) -> None:
+    def _build(self, name: str, source: Path, optional_flags: list[str] | None = None) -> None:
+        """Build ``source`` with FLAGS (and ``optional_flags`` where the toolchain takes them)."""
         out = self.workdir / f"floor_{name}"
-        cmd = [self._cxx, *FLAGS, *extra, str(source), "-o", str(out)]
+        cmd = [self._cxx, *FLAGS, *(optional_flags or []), str(source), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 and extra and optional_flags:  # an assembler without the flag
-            self.notes.append(f"{source.name}: built without {' '.join(extra)} (not supported)")
+        if proc.returncode != 0 and optional_flags:  # e.g. an assembler without the flag
+            self.notes.append(f"{source.name}: built without {' '.join(optional_flags)} "
+                              "(not supported by this toolchain)")
             cmd = [self._cxx, *FLAGS, str(source), "-o", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

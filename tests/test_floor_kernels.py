@@ -101,3 +101,17 @@ def test_best_time_is_parsed_or_refused():
     assert floors.best_ms("fused pass: best 2.26 ms\nread: best 0.4 ms") == 2.26
     with pytest.raises(floors.FloorError, match="no 'best"):
         floors.best_ms("segmentation fault")
+
+
+def test_own_floors_build_where_the_toolchain_lacks_the_placement_flags(tmp_path, monkeypatch):
+    """The jump padding is optional: a toolchain without it still builds the own floors, plain,
+    and says so."""
+    if floors.compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("CONVCRF_LIMITS_DIR", str(tmp_path / "none"))  # own floors only
+    monkeypatch.setattr(floors, "OWN_PLACEMENT_FLAGS", ["-Wa,--no-such-assembler-flag"])
+    built = floors.FloorPrograms(tmp_path, threads=1)
+    assert built.own and not built.independent
+    assert any("built without -Wa,--no-such-assembler-flag" in note for note in built.notes)
+    assert "--no-such-assembler-flag" not in built.commands["own"]
+    assert built.own_floor("mp", 3, 2, 5, 9, 1) > 0

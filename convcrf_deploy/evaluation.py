@@ -154,16 +154,27 @@ def evaluate_model(model, samples: Iterable[LabelledSample], *, scale: float = 1
     Returns ``{"methods": {"unary": {...}, "crf": {...}}, ...}`` as :func:`evaluate_synthetic`
     (``"crf"`` only when the model has one). ``time_ms`` is the unary's time for ``"unary"``
     and the CRF's own time for ``"crf"``.
+
+    Images of any size: a model whose metadata records no input constraints is probed for them
+    first (:func:`~convcrf_deploy.model.with_probed_constraints`, as every backend does), so a
+    network that needs sides in multiples of 32 sees its images padded as ``convcrf-run`` pads
+    them, and scores come from the same input. ``model`` itself is not changed.
+
+    Raises:
+        ValueError: labels outside the model's classes, or no image to score.
+        convcrf_deploy.model.constraints.ConstraintError: the unary runs at no probed size.
     """
     import torch
 
+    from .model.constraints import with_probed_constraints
+
+    model = with_probed_constraints(model.eval())
     num_classes = model.num_classes
     methods = {"unary": _Method(num_classes)}
     if model.crf is not None:
         methods["crf"] = _Method(num_classes)
     total = num_samples if num_samples is not None else (len(samples) if hasattr(samples, "__len__")
                                                          else 0)
-    model.eval()
     images = skipped = 0
     with torch.no_grad(), Progress("dataset", total, enabled=progress) as bar:
         for sample in samples:

@@ -95,9 +95,17 @@ def model_examples(model, samples: Iterable[LabelledSample], *,
     """Examples whose unary is ``model.forward_unary`` (a :class:`SegmentationModel`; its
     unary may be an ONNX file run in ONNX Runtime, :func:`~convcrf_deploy.model.onnx_unary.
     load_onnx_unary`, whose fixed size, if any, the samples must have), computed once without
-    gradients."""
+    gradients. A model whose metadata records no input constraints is probed for them first
+    (:func:`~convcrf_deploy.model.with_probed_constraints`), so that images of any size are
+    padded as every backend pads them; ``model`` itself is not changed.
+
+    Raises:
+        convcrf_deploy.model.constraints.ConstraintError: the unary runs at no probed size.
+    """
+    from .model.constraints import with_probed_constraints
+
     examples = []
-    model.eval()
+    model = with_probed_constraints(model.eval())
     with torch.no_grad():
         for sample in samples:
             sample = sample.resized(scale)

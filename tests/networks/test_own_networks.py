@@ -182,3 +182,48 @@ def test_an_onnx_unary_exported_by_torch_onnx_runs_like_its_network(tmp_path):
         expected = network(image).numpy()
     assert logits.shape == (1, len(CLASSES), 64, 128)
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+# ---- eval and train pad like the backends (third new-user trial) -----------------------------
+
+def _labelled_folder(folder: Path) -> Path:
+    """Two labelled frames of the synthetic scene at FRAME_SIZE, labels in the networks'
+    classes (the sample layout: NAME_0img.png + NAME_5labels.png)."""
+    from convcrf_deploy.data.scenes import SyntheticScene
+    folder.mkdir()
+    scene = SyntheticScene(*FRAME_SIZE, seed=5)
+    for t in range(2):
+        image, labels = scene.render(7 * t)
+        cv2.imwrite(str(folder / f"f{t}_0img.png"), image[:, :, ::-1])
+        cv2.imwrite(str(folder / f"f{t}_5labels.png"),
+                    (np.asarray(labels) % len(CLASSES)).astype(np.uint8))
+    return folder
+
+
+def test_convcrf_eval_and_train_pad_frames_the_network_cannot_take(network, tmp_path, capsys):
+    """Before: ``convcrf-eval dataset`` and ``convcrf-train --unary-model`` ran the unary at the
+    images' own size (77 x 101), which these networks refuse ("input must be multiple of 32",
+    status 2), while run, bench and export probed the sizes and padded."""
+    from convcrf_deploy.cli.eval import main as evaluate
+    from convcrf_deploy.cli.train import main as train
+    _, _, checkpoint = network
+    data = _labelled_folder(tmp_path / "data")
+    report = tmp_path / "eval.json"
+    assert evaluate(["dataset", str(checkpoint), "--data", str(data), "--quiet",
+                     "--json", str(report), *IMPORT]) == 0, capsys.readouterr().err
+    import json
+    methods = json.loads(report.read_text())["methods"]
+    assert set(methods) == {"unary", "crf"}
+    assert train(["crf", "--unary-model", str(checkpoint), "--data", str(data), "--epochs", "1",
+                  "--holdout", "0.5", "--quiet", "--out", str(tmp_path / "trained.pt"),
+                  *IMPORT]) == 0, capsys.readouterr().err
+    assert (tmp_path / "trained.pt").is_file()
+    # The library functions behind them probe a copy: the caller's model is not changed.
+    # (The commands' --import registered the architectures in this process.)
+    from convcrf_deploy.data.folder import LabelledFolder
+    from convcrf_deploy.evaluation import evaluate_model
+    from convcrf_deploy.model import load_model
+    model = load_model(checkpoint)
+    before = model.metadata
+    result = evaluate_model(model, LabelledFolder(data, num_classes=len(CLASSES)))
+    assert result["num_images"] == 2 and model.metadata == before

@@ -133,7 +133,8 @@ ADVICE: list[tuple[re.Pattern, object]] = [
     (re.compile(r"Got invalid dimensions for input"),
      "the model has a fixed input size: let the runtime resize frames to it (convcrf-run "
      "--resize stretch or letterbox), or export the model again with dynamic sizes "
-     "(convcrf-export without --static)"),
+     "(convcrf-export without --static; a CRF attached to your own ONNX unary with --unary "
+     "needs that unary exported with a dynamic height and width)"),
     (re.compile(r"Unexpected input data type"),
      "the model's input has another element type than the frames fed to it: export it again "
      "with convcrf-export (float32 input, or --fp16)"),

@@ -66,6 +66,10 @@ LEGACY_DIGEST_KEY = "convcrf.weights_sha256"
 #: metadata_props key of the precision of the unary and the ConvCRF op I/O: "fp32", "fp16" or
 #: "fp16-crf" (the ConvCRF op I/O in fp16, the unary in fp32: ``convcrf-export --fp16 crf``).
 PRECISION_KEY = "convcrf.precision"
+#: metadata_props key describing the ONNX unary a file's CRF was attached to
+#: (``convcrf-export --unary``; JSON: file name, SHA-256, producer, opset, input and logits
+#: convention). Absent in files exported from PyTorch.
+UNARY_SOURCE_KEY = "convcrf.unary_source"
 #: prefix of our metadata_props keys (the ones the digest covers).
 KEY_PREFIX = "convcrf."
 #: domain of the custom ConvCRF nodes (docs/ops.md; convcrf_deploy.export.onnx_ops.DOMAIN).
@@ -1036,3 +1040,20 @@ def check_written(written: str | os.PathLike, final: str | os.PathLike | None = 
         message = str(exc).replace(str(written), str(final)).replace(written.name, final.name)
         raise type(exc)(f"refusing to write {final}: the written file fails its own check: "
                         f"{message}") from None
+
+
+def fixed_size_remedy(props: dict[str, str]) -> str:
+    """What lifts the fixed input size of an exported file with these ``metadata_props``, for
+    messages: export again without ``--static``, or, for a CRF attached to the user's own ONNX
+    unary (:data:`UNARY_SOURCE_KEY`), export that unary with dynamic height and width (the
+    size was fixed there, not by us) and attach the CRF again."""
+    source = props.get(UNARY_SOURCE_KEY)
+    if source is None:
+        return "export the model again with dynamic sizes (convcrf-export without --static)"
+    try:
+        name = json.loads(source).get("file") or "your ONNX unary"
+    except (ValueError, AttributeError):
+        name = "your ONNX unary"
+    return (f"export the unary {name} with a dynamic height and width (torch.onnx.export: "
+            "dynamic_shapes or dynamic_axes; other converters: a symbolic input shape) and "
+            "attach the CRF again (convcrf-export --unary)")

@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import describe_error
-from ..exported_model import seal
+from ..exported_model import UNARY_SOURCE_KEY, seal
 from . import DEFAULT_FLAVOR, FLAVORS, MAX_OPSET, MIN_OPSET, rewrites
 from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_constraints,
                        _check_size, _checked_opset, _convert_opset, _custom_nodes,
@@ -47,9 +47,6 @@ from .exporter import (FP16_CHOICES, ExportError, ExportReport, _check_constrain
                        _with_input_conventions, export_onnx, ir_version_for_opset,
                        write_verified)
 
-#: metadata_props key describing the ONNX unary a file's CRF was attached to (JSON: file name,
-#: SHA-256, producer, opset, input and logits convention).
-UNARY_SOURCE_KEY = "convcrf.unary_source"
 #: name prefixes that keep the unary's, our glue's and the CRF's names apart.
 UNARY_PREFIX, GLUE_PREFIX = "unary/", "attach/"
 #: graph tensor holding the float32 NCHW unary logits at the image size (the CRF's input).

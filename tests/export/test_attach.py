@@ -145,6 +145,13 @@ def test_a_fixed_size_nhwc_unary_of_an_older_opset(tmp_path, capsys):
     segmenter = Segmenter(str(report.path), backend="onnxruntime")
     labels = segmenter(np.zeros((*FRAME_SIZE, 3), np.uint8)).labels
     assert labels.shape == FRAME_SIZE
+    # Refused without resizing, with the remedy of an attached unary (third new-user trial:
+    # it said "convcrf-export without --static", an option the user never gave).
+    with pytest.raises(ValueError) as refused:
+        Segmenter(str(report.path), backend="onnxruntime", resize="none")(
+            np.zeros((*FRAME_SIZE, 3), np.uint8))
+    assert "export the unary tf.onnx with a dynamic height and width" in str(refused.value)
+    assert "--unary" in str(refused.value) and "without --static" not in str(refused.value)
 
 
 def test_a_uint8_unary_with_a_softmax_output(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ....crf.native import NativeCRF, NativeCRFUnavailable, argmax_classes
 from ....crf.warm_start import WarmStartMeanField
-from ....exported_model import extract_part, unary_logits_name
+from ....exported_model import extract_part, fixed_size_remedy, unary_logits_name
 from ..base import (CRF_EXECUTOR_CHOICES, INPUT_NAME, OPTIONAL_OUTPUT_NAMES, OUTPUT_NAMES,
                     Backend, BackendUnavailableError, InputLimits)
 from .loader import SessionLoader, import_onnxruntime
@@ -231,7 +231,7 @@ class OnnxRuntimeBackend(Backend):
         return InputLimits.from_shape(
             shape, f"the input shape of {self.loader.path.name}: "
                    f"{[d if isinstance(d, int) else '?' for d in shape]}",
-            "export the model again with dynamic sizes (convcrf-export without --static)")
+            fixed_size_remedy(self.session.get_modelmeta().custom_metadata_map))
 
     @property
     def thread_safe(self) -> bool:

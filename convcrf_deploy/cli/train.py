@@ -110,7 +110,10 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
     if args.unary is not None:
         model = _onnx_unary_model(args)
     elif args.unary_model is not None:
-        model = load_model_argument(args, args.unary_model)
+        from ..model.constraints import with_probed_constraints
+        # Once here (model_examples would otherwise probe for each split): the sizes the
+        # network takes, and whether it takes one size only.
+        model = with_probed_constraints(load_model_argument(args, args.unary_model))
     if model is not None:
         num_classes = model.num_classes
         base = model.crf.config if model.crf is not None else CRFConfig(num_classes=num_classes,
@@ -140,7 +143,7 @@ def _run(args: argparse.Namespace) -> tuple[dict, object]:
     folder = LabelledFolder(args.data, split=args.split, num_classes=num_classes,
                             max_images=args.max_images)
     samples = [sample.resized(args.scale) for sample in folder]
-    fixed = getattr(getattr(model, "onnx_unary", None), "fixed_size", None)
+    fixed = getattr(model, "fixed_input_size", None)
     if fixed is not None:      # the network runs at its own size only (the runtime stretches)
         samples = [_resized_to(sample, fixed) for sample in samples]
     train_samples, held_samples = training.split_holdout(samples, args.holdout, seed=args.seed)

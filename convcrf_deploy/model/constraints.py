@@ -18,6 +18,7 @@ runtime's torch backend, so that it pads like the exported file.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -159,6 +160,12 @@ def with_probed_constraints(model):
     at no probed size but at its metadata's ``input_size`` is a network of that one size: the
     copy's ``fixed_input_size`` is ``(height, width)`` (the runtime fits frames to it).
 
+    Probes at most once per model, so that the commands and the library functions that each
+    make sure of the constraints (``evaluate_model``, ``training.model_examples``) do not run
+    the unary again: a probed copy records them, a model found unconstrained is remembered
+    (weakly; change its unary and it is not probed again), and a model with a
+    ``fixed_input_size`` (a fixed-size ONNX unary) is returned as it is.
+
     Raises:
         ConstraintError: the unary runs at no probed size, nor at its ``input_size`` (the
             message names both failures and the options that state the sizes).
@@ -167,8 +174,8 @@ def with_probed_constraints(model):
     import copy
     import dataclasses
 
-    from .._warnings import warn
-    if model.metadata.constrained:
+    if (model.metadata.constrained or model in _FOUND_UNCONSTRAINED
+            or getattr(model, "fixed_input_size", None) is not None):
         return model
     from .unary_files import ProgramUnary, _static_size
     if isinstance(getattr(model, "unary", None), ProgramUnary) and _static_size(model.unary):
@@ -190,8 +197,13 @@ def with_probed_constraints(model):
             "runs at as input_size (--metadata with \"input_size\": [H, W]) or the sizes it "
             "needs (--pad-multiple N, --min-size N)") from None
     if probe.pad_multiple == 1 and probe.min_size == 1:
+        _FOUND_UNCONSTRAINED.add(model)
         return model
     model = copy.copy(model)
     model.metadata = dataclasses.replace(model.metadata, pad_multiple=probe.pad_multiple,
                                          min_size=probe.min_size)
     return model
+
+
+#: Models :func:`with_probed_constraints` found to take any size (weak: they stay collectable).
+_FOUND_UNCONSTRAINED: "weakref.WeakSet" = weakref.WeakSet()

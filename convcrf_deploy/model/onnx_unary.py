@@ -485,7 +485,9 @@ def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | Non
     :class:`~convcrf_deploy.model.UnarySettings`: ``--crf``, ``--crf-config``, ``--metadata``,
     ``--class-names``, ``--mean``, ``--std``), in eval mode. Its ``unary_file`` attribute
     names ``path`` (``convcrf-train`` then writes a CRF-only checkpoint) and its
-    ``onnx_unary`` attribute holds the :class:`OnnxUnaryInfo`.
+    ``onnx_unary`` attribute holds the :class:`OnnxUnaryInfo`; a unary of one fixed size sets
+    ``fixed_input_size`` ``(H, W)``, as the constraint probe does for a PyTorch network of one
+    size.
 
     The probe image has the metadata's ``input_size`` when given (else :data:`PROBE_SIZE`).
     With ``probe_constraints`` a unary of dynamic size whose metadata records no input
@@ -521,7 +523,9 @@ def load_onnx_unary(path: str | Path, settings=None, *, logits_output: str | Non
         raise OnnxUnaryError(f"{path}: {exc}") from None
     model.unary_file = str(path)
     model.onnx_unary = info
-    if probe_constraints and info.fixed_size is None:
+    if info.fixed_size is not None:
+        model.fixed_input_size = info.fixed_size   # what every consumer of a fixed size reads
+    elif probe_constraints:
         from .constraints import with_probed_constraints
         model = with_probed_constraints(model)
     return model

@@ -204,3 +204,24 @@ def test_with_probed_constraints_copies_and_keeps_recorded_ones():
     assert with_probed_constraints(recorded) is recorded
     plain = SegmentationModel(nn.Conv2d(3, 3, 1), None, ModelMetadata(CLASSES))
     assert with_probed_constraints(plain) is plain
+
+
+def test_with_probed_constraints_probes_a_model_once():
+    """evaluate_model and model_examples each make sure of the constraints; convcrf-train
+    called model_examples twice (training and held-out images) and probed each time."""
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.calls = nn.Conv2d(3, 3, 1), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.conv(x)
+
+    plain = SegmentationModel(Counting(), None, ModelMetadata(CLASSES))
+    assert with_probed_constraints(plain) is plain
+    calls = plain.unary.calls
+    assert calls > 0
+    assert with_probed_constraints(plain) is plain and plain.unary.calls == calls
+    probed = with_probed_constraints(SegmentationModel(Stride32Net(), None, ModelMetadata(CLASSES)))
+    assert with_probed_constraints(probed) is probed

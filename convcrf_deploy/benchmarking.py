@@ -50,7 +50,7 @@ from . import _native
 _native.prefer_passive_openmp()
 
 from .runtime.backends import STAGES as BACKEND_STAGES  # noqa: E402
-from .runtime.backends.base import CRF_EXECUTOR_CHOICES  # noqa: E402
+from .runtime.backends.base import CRF_EXECUTOR_CHOICES, check_image_values  # noqa: E402
 from .runtime.backends import (ALIASES, BACKENDS, BackendUnavailableError,  # noqa: E402
                                 backend_class, backend_name_for, backend_spec)
 from .data.folder import rgb_to_tensor  # noqa: E402
@@ -217,9 +217,12 @@ def stage_calls(backend, inputs: StageInputs) -> dict[str, Callable[[], Any]]:
     ``"full"`` = ``backend.infer``, ``"unary"`` = ``infer_unary``, ``"crf"`` = ``infer_crf``
     for the stages the backend lists in ``backend.stages``."""
     feed = {"image": inputs.image}
+    # Values checked once here, as Segmenter checks none (its images come from uint8 frames):
+    # the timed call is the one convcrf-run makes, without a min/max pass over the image.
+    check_image_values(inputs.image)
     calls = {"unary": lambda: backend.infer_unary(inputs.image),
              "crf": lambda: backend.infer_crf(inputs.logits, inputs.image),
-             "full": lambda: backend.infer(feed)}
+             "full": lambda: backend.infer(feed, check_values=False)}
     return {stage: call for stage, call in calls.items()
             if stage in backend.stages and (stage != "crf" or backend.has_crf)}
 

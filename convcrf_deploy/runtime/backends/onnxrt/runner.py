@@ -231,7 +231,7 @@ class OnnxRuntimeBackend(Backend):
         return InputLimits.from_shape(
             shape, f"the input shape of {self.loader.path.name}: "
                    f"{[d if isinstance(d, int) else '?' for d in shape]}",
-            fixed_size_remedy(self.session.get_modelmeta().custom_metadata_map))
+            fixed_size_remedy(self.model_file.props))
 
     @property
     def thread_safe(self) -> bool:

@@ -339,6 +339,34 @@ def local_functions(filter_size: int, opset: int) -> list[onnx.FunctionProto]:
 
 # ---- NumPy / native evaluation (onnx.reference) -------------------------------------------------
 
+def with_function_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or, where its ConvCRF nodes have no function bodies (the plugin flavour), a
+    copy with the standard-op bodies of :func:`local_functions` added (what the single-file
+    flavour carries), so that ONNX Runtime without ``libconvcrf_ort_ops`` runs it. The one
+    place that does this: export verification, INT8 calibration and ``convcrf-seal`` use it.
+
+    Raises:
+        ValueError: the ConvCRF nodes disagree on ``filter_size`` (a model has one), or the
+            model's opset is below :data:`MIN_BODY_OPSET`.
+    """
+    defined = {(f.domain, f.name) for f in model.functions}
+    missing = [n for n in model.graph.node
+               if n.domain == DOMAIN and (n.domain, n.op_type) not in defined]
+    if not missing:
+        return model
+    sizes = {helper.get_attribute_value(a) for n in missing for a in n.attribute
+             if a.name == "filter_size"}
+    if len(sizes) != 1:
+        raise ValueError(f"the graph's ConvCRF nodes have filter sizes {sorted(sizes)}; a "
+                         "model has one")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    runnable = onnx.ModelProto()
+    runnable.CopyFrom(model)
+    runnable.functions.extend(f for f in local_functions(int(sizes.pop()), opset)
+                              if (f.domain, f.name) not in defined)
+    return runnable
+
+
 def _compute_dtype(x: np.ndarray):
     return np.float64 if x.dtype == np.float64 else np.float32
 

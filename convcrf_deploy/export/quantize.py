@@ -711,24 +711,14 @@ def verify_int8(float_model: onnx.ModelProto, int8_model: onnx.ModelProto,
 
 
 def _with_crf_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model``, or for a plugin-flavour graph a copy with the ConvCRF ops' standard-op
-    function bodies attached (what the single-file flavour carries), so ONNX Runtime runs it."""
+    """:func:`~convcrf_deploy.export.onnx_ops.with_function_bodies`, its refusal as a
+    :class:`QuantizationError`."""
     from . import onnx_ops
 
-    defined = {(f.domain, f.name) for f in model.functions}
-    nodes = [n for n in model.graph.node if n.domain == onnx_ops.DOMAIN
-             and (n.domain, n.op_type) not in defined]
-    if not nodes:
-        return model
-    sizes = {onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute
-             if a.name == "filter_size"}
-    if len(sizes) != 1:
-        raise QuantizationError(f"the graph's ConvCRF nodes have filter sizes {sorted(sizes)}; "
-                                "expected one")
-    runnable = onnx.ModelProto()
-    runnable.CopyFrom(model)
-    runnable.functions.extend(onnx_ops.local_functions(int(sizes.pop()), _default_opset(model)))
-    return runnable
+    try:
+        return onnx_ops.with_function_bodies(model)
+    except ValueError as exc:
+        raise QuantizationError(str(exc)) from None
 
 
 def is_int8(model: onnx.ModelProto) -> bool:

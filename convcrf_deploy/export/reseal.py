@@ -36,6 +36,7 @@ from ..exported_model import (DIGEST_KEY, KEY_PREFIX, LEGACY_DIGEST_KEY, PLUGIN_
                               ExportedModel, extract_part, seal, write)
 from ..errors import describe_error
 from ..files import check_output_paths
+from . import onnx_ops
 from .verify import ERROR_STATISTIC, MIN_LABEL_AGREEMENT, TOLERANCE
 from ..ort_session import inference_session
 
@@ -222,32 +223,13 @@ def _test_size(reference: ExportedModel) -> tuple[int, int]:
     return tuple(padded(*size)) if padded is not None else size
 
 
-def _runnable(model: ExportedModel, proto):
-    """``proto`` with the ConvCRF function bodies attached when it has none (plugin flavour):
-    the standard-op definition of the same ops, so ONNX Runtime on the CPU can run it."""
-    import onnx
-
-    from . import onnx_ops
-
-    missing = set(model.crf_nodes) - model.crf_functions
-    if not missing:
-        return proto
-    config = model.crf_config
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    runnable = onnx.ModelProto()
-    runnable.CopyFrom(proto)
-    runnable.functions.extend(f for f in onnx_ops.local_functions(config.filter_size, opset)
-                              if f.name in missing)
-    return runnable
-
-
 def _session(model: ExportedModel, proto):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        return inference_session(_runnable(model, proto).SerializeToString(), options)
+        return inference_session(onnx_ops.with_function_bodies(proto).SerializeToString(), options)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
         raise ResealError(describe_error(exc, f"ONNX Runtime cannot run {model.name}",
                                          "check it with onnx.checker and the optimiser's log")

@@ -470,22 +470,6 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-def with_function_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a graph whose ConvCRF nodes have no function bodies (the plugin flavour)
-    with the single-file flavour's standard-op bodies added: plain ONNX Runtime runs it."""
-    bodies = {(f.domain, f.name) for f in model.functions}
-    sizes = {a.i for node in model.graph.node if node.domain == onnx_ops.DOMAIN
-             for a in node.attribute if a.name == "filter_size"}
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for size in sorted(sizes):
-        copy.functions.extend(f for f in onnx_ops.local_functions(size, opset)
-                              if (f.domain, f.name) not in bodies)
-        bodies |= {(f.domain, f.name) for f in copy.functions}
-    return copy
-
-
 def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
               runtime: str = "auto", outputs: list[str] | None = None) -> tuple[str, list]:
     """Evaluate ``model`` on CPU; returns ``(backend name, outputs in graph order)`` (or in
@@ -497,7 +481,7 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
             ``onnx.reference.ReferenceEvaluator``, with our two ops as ``new_ops``; minutes and
             gigabytes on real networks) or ``"auto"``: ONNX Runtime, with the custom-op library
             for a plugin-flavour graph where it is installed, else with the standard-op function
-            bodies grafted on (:func:`with_function_bodies`).
+            bodies grafted on (:func:`~convcrf_deploy.export.onnx_ops.with_function_bodies`).
 
     Raises:
         convcrf_deploy._native.NativeError: ``runtime="onnxruntime"`` for a plugin-flavour
@@ -515,7 +499,7 @@ def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray], flavor: str,
         except _native.NativeError:
             if runtime == "onnxruntime":
                 raise
-            model = with_function_bodies(model)
+            model = onnx_ops.with_function_bodies(model)
             backend_note = " (ConvCRF nodes as their standard-op function bodies: " \
                            "libconvcrf_ort_ops is not installed)"
     if runtime == "reference":
